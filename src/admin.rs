@@ -1,0 +1,59 @@
+//! The admin listener shared by gateway and ingest: plain HTTP/1.1 on a local address with
+//! `/healthz` (process alive), `/readyz` (ready to do its job) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Answers whether the program is ready, and if not, why.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves the admin endpoints until `shutdown` fires.
+pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: CancellationToken) {
+    let metrics = crate::telemetry::metrics();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let ready = ready.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (status, body) = match req.uri().path() {
+                    "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                    "/readyz" => match ready() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    },
+                    "/metrics" => (StatusCode::OK, metrics.render()),
+                    _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                };
+                let resp = Response::builder()
+                    .status(status)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static response");
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,243 @@
+//! One line (or a few) of documentation per setting, with unit and default rationale, printed by
+//! `uplink config defaults`. A unit test checks every key has one and no doc is stale.
+
+pub const GATEWAY_DOCS: &[(&str, &str)] = &[
+    (
+        "platform",
+        "Platform name used in message ids and cloud subjects. Empty = the CN of the client certificate.",
+    ),
+    ("nats", "Edge NATS JetStream: where the gateway reads from."),
+    ("nats.url", "Edge NATS server URL."),
+    ("nats.stream", "Edge stream name."),
+    (
+        "nats.subjects",
+        "Subjects of the edge stream (used when the stream is created).",
+    ),
+    (
+        "nats.create_stream",
+        "Create the edge stream (file storage, limits retention) when it does not exist.",
+    ),
+    (
+        "nats.consumer",
+        "Durable pull consumer name; created when missing (explicit ack).",
+    ),
+    (
+        "nats.ack_wait",
+        "JetStream ack_wait of the consumer (duration). Messages still being retried get\n`in_progress` every third of it, so they are not redelivered meanwhile.",
+    ),
+    (
+        "nats.max_ack_pending",
+        "JetStream max_ack_pending (messages): bounds what the gateway holds unacked.",
+    ),
+    (
+        "nats.connect_timeout",
+        "Timeout of the first connection to edge NATS (duration).",
+    ),
+    (
+        "cloud",
+        "The ingest endpoint and the client's mTLS identity.",
+    ),
+    (
+        "cloud.url",
+        "Ingest base URL, https only (mTLS is always on); batches go to <url>/v1/batches.",
+    ),
+    (
+        "cloud.server_name",
+        "TLS server name to verify; empty = the host of cloud.url.",
+    ),
+    (
+        "cloud.ca",
+        "PEM CA bundle that signs the ingest's certificate.",
+    ),
+    (
+        "cloud.cert",
+        "PEM client certificate chain (its CN is the platform identity).",
+    ),
+    ("cloud.key", "PEM private key of the client certificate."),
+    ("batch", "How messages are grouped into one request."),
+    ("batch.max_messages", "Most messages in one batch."),
+    (
+        "batch.max_bytes",
+        "Most payload+header bytes in one batch (bytes, before compression).",
+    ),
+    (
+        "batch.linger",
+        "Longest a partial batch waits for more messages (duration).",
+    ),
+    (
+        "batch.compression",
+        "Body encoding: identity, gzip or zstd.",
+    ),
+    ("batch.zstd_level", "zstd level (1..=22); 1 is fastest."),
+    ("forward", "HTTP/2 forwarding."),
+    (
+        "forward.max_in_flight",
+        "Most batches being sent at once (requests); the consumer stops pulling when reached.",
+    ),
+    (
+        "forward.connections",
+        "HTTP/2 connections kept to the ingest.",
+    ),
+    (
+        "forward.max_requests_per_connection",
+        "Rotate a connection after this many requests (below nginx's keepalive_requests 1000).",
+    ),
+    (
+        "forward.max_connection_age",
+        "Rotate a connection older than this (duration).",
+    ),
+    (
+        "forward.on_rejected",
+        "Messages of a batch the ingest rejects (4xx other than 408/429): \"term\" = log, count and\nterm them in JetStream (kept in the edge stream, not redelivered); \"keep\" = nak them for redelivery\nafter retry.max_backoff.",
+    ),
+    ("timeouts", "Every client timeout is finite."),
+    ("timeouts.connect", "TCP connect timeout (duration)."),
+    (
+        "timeouts.tls_handshake",
+        "TLS handshake timeout (duration).",
+    ),
+    (
+        "timeouts.request",
+        "Whole-request timeout, headers to end of response (duration); must be < nats.ack_wait.",
+    ),
+    (
+        "timeouts.idle",
+        "Close a connection unused this long (duration); below nginx's keepalive_timeout 75s.",
+    ),
+    (
+        "timeouts.ping_interval",
+        "HTTP/2 PING interval to detect half-open connections (duration).",
+    ),
+    (
+        "timeouts.ping_timeout",
+        "A PING unanswered this long closes the connection (duration).",
+    ),
+    (
+        "timeouts.shutdown_grace",
+        "On SIGTERM/SIGINT, how long in-flight batches may finish before the rest are nak'ed (duration).",
+    ),
+    (
+        "retry",
+        "Backoff for ambiguous failures (exponential, full jitter). Requests the server provably did not\nprocess are retried at once.",
+    ),
+    ("retry.initial_backoff", "First backoff ceiling (duration)."),
+    ("retry.max_backoff", "Largest backoff ceiling (duration)."),
+    (
+        "admin",
+        "Admin listener (plain HTTP): /healthz, /readyz, /metrics.",
+    ),
+    (
+        "admin.listen",
+        "Admin listen address; port 0 picks a free one.",
+    ),
+];
+
+pub const INGEST_DOCS: &[(&str, &str)] = &[
+    (
+        "listen",
+        "mTLS listen address (ALPN h2 and http/1.1); port 0 picks a free one.",
+    ),
+    (
+        "tls",
+        "Server certificate and the CA that client certificates must chain to.",
+    ),
+    (
+        "tls.ca",
+        "PEM CA bundle for client certificates (required, verified).",
+    ),
+    ("tls.cert", "PEM server certificate chain."),
+    ("tls.key", "PEM server private key."),
+    (
+        "nats",
+        "Cloud NATS JetStream: where accepted messages are persisted.",
+    ),
+    ("nats.url", "Cloud NATS server URL."),
+    ("nats.stream", "Cloud stream name."),
+    (
+        "nats.subjects",
+        "Subjects of the cloud stream (used when it is created).",
+    ),
+    (
+        "nats.subject_prefix",
+        "Cloud subject = <prefix>.<platform>.<edge subject>.",
+    ),
+    (
+        "nats.create_stream",
+        "Create the cloud stream (file storage) when it does not exist.",
+    ),
+    ("nats.replicas", "Stream replicas when created (1..=5)."),
+    (
+        "nats.duplicate_window",
+        "JetStream duplicate window (duration): retries within it are dropped by Nats-Msg-Id.",
+    ),
+    (
+        "nats.max_pending_acks",
+        "Most publishes awaiting their PubAck at once (messages); requests wait beyond it.",
+    ),
+    ("limits", "Request limits."),
+    (
+        "limits.max_body_bytes",
+        "Largest request body on the wire (bytes); larger gets 413.",
+    ),
+    (
+        "limits.max_decoded_bytes",
+        "Largest decompressed batch (bytes); larger gets 413.",
+    ),
+    (
+        "limits.max_messages_per_batch",
+        "Most messages in one batch; more gets 413.",
+    ),
+    (
+        "limits.max_connections",
+        "Most client connections at once; more wait before the TLS handshake.",
+    ),
+    (
+        "http2",
+        "HTTP/2 server settings (nginx names in parentheses).",
+    ),
+    (
+        "http2.max_concurrent_streams",
+        "SETTINGS_MAX_CONCURRENT_STREAMS (http2_max_concurrent_streams, 128).",
+    ),
+    (
+        "http2.max_requests_per_connection",
+        "Graceful GOAWAY after this many requests on a connection (keepalive_requests, 1000).",
+    ),
+    (
+        "http2.max_header_list_bytes",
+        "SETTINGS_MAX_HEADER_LIST_SIZE (bytes).",
+    ),
+    ("timeouts", "Every server timeout is finite."),
+    (
+        "timeouts.tls_handshake",
+        "TLS handshake timeout (duration).",
+    ),
+    (
+        "timeouts.idle",
+        "Close a connection without requests for this long with GOAWAY (keepalive_timeout, 75s).",
+    ),
+    (
+        "timeouts.max_connection_age",
+        "GOAWAY a connection older than this (keepalive_time, 1h).",
+    ),
+    (
+        "timeouts.request_body",
+        "Longest time to receive a request body (duration; client_body_timeout): slow-loris guard.",
+    ),
+    (
+        "timeouts.publish",
+        "Longest wait for JetStream PubAcks of one request before answering 503 (duration).",
+    ),
+    (
+        "timeouts.shutdown_grace",
+        "On SIGTERM/SIGINT: GOAWAY every connection, then wait this long for in-flight requests (duration).",
+    ),
+    (
+        "admin",
+        "Admin listener (plain HTTP): /healthz, /readyz, /metrics.",
+    ),
+    (
+        "admin.listen",
+        "Admin listen address; port 0 picks a free one.",
+    ),
+];

@@ -1,0 +1,85 @@
+//! `uplink demo`: the pipeline of `uplink bench` on embedded defaults with a steady telemetry
+//! trickle and a live one-line progress view, until Ctrl-C.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::scrape_sum;
+use crate::testbed::pipeline::Pipeline;
+use crate::testbed::verify::{self, Workload};
+
+/// Runs the demo until `shutdown`; `rate` messages per second; `duration` bounds it when set.
+pub async fn run(
+    nats_server: Option<&Path>,
+    rate: f64,
+    duration: Option<Duration>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let nats_bin = crate::testbed::find_nats_server(nats_server)?;
+    eprintln!("starting: dev PKI, edge and cloud nats-server, uplink ingest, uplink gateway …");
+    let p = Pipeline::start(&exe, &nats_bin, |_| {}, |_| {}).await?;
+    eprintln!(
+        "edge NATS   {}   (publish to telemetry.> here)\ningest      {}   (mTLS, HTTP/2)\ncloud NATS  {}   (stream {})\nlogs        {}\nCtrl-C to stop.\n",
+        p.edge.url(),
+        p.ingest_url(),
+        p.cloud_url(),
+        p.ingest_cfg.nats.stream,
+        p.dir.path().display()
+    );
+    let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    // The trickle: a large bounded workload at `rate`, stopped by Ctrl-C or the duration.
+    let w = Workload {
+        count: (rate * duration.map(|d| d.as_secs_f64()).unwrap_or(86_400.0)) as usize,
+        mixed: true,
+        rate: Some(rate),
+        ..Default::default()
+    };
+    let publisher = tokio::spawn({
+        let edge = edge.clone();
+        async move { verify::publish(&edge, &w).await }
+    });
+    let stop = async {
+        match duration {
+            Some(d) => {
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown.cancelled() => {} }
+            }
+            None => shutdown.cancelled().await,
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let published = stream_count(&edge, &p.gateway_cfg.nats.stream).await;
+        let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+        let m = p.gateway_metrics().await.unwrap_or_default();
+        eprint!(
+            "\rpublished {published:>8} | delivered {delivered:>8} | in flight {:>6} | retries {:>4} | connections {:>2} open, {:>3} opened   ",
+            published.saturating_sub(delivered),
+            scrape_sum(&m, "uplink_gateway_retries_total"),
+            scrape_sum(&m, "uplink_client_connections_open"),
+            scrape_sum(&m, "uplink_client_connections_opened_total"),
+        );
+        let _ = std::io::stderr().flush();
+    }
+    publisher.abort();
+    eprintln!("\nstopping; every process and temp dir is removed.");
+    drop(p);
+    Ok(())
+}
+
+async fn stream_count(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}

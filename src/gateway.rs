@@ -1,0 +1,440 @@
+//! `uplink gateway` (edge): JetStream durable pull consumer → batches → HTTP/2 mTLS POST →
+//! ack only after the ingest's 2xx.
+//!
+//! `batch` groups messages, `forward` is the retry loop, `retry` the backoff policy; this file
+//! binds the consumer and runs the pipeline with bounded in-flight batches.
+
+pub mod batch;
+pub mod forward;
+pub mod retry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Request;
+use http_body_util::Full;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::batch::Batcher;
+use self::forward::{Delivery, send_with_retries};
+use self::retry::Backoff;
+use crate::config::{GatewayConfig, RejectAction};
+use crate::http2::{Client, ClientConfig};
+use crate::wire;
+
+/// Everything a batch delivery task needs.
+struct Ctx {
+    cfg: GatewayConfig,
+    client: Client,
+    batches_url: http::Uri,
+    soft_stop: CancellationToken,
+    hard_stop: CancellationToken,
+}
+
+/// Runs the gateway until `shutdown`, then drains in-flight batches for at most
+/// `timeouts.shutdown_grace` and naks what is left (never acks anything unsent).
+pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tls = crate::tls::client_config(&cfg.cloud.ca, &cfg.cloud.cert, &cfg.cloud.key)?;
+    let platform = if cfg.platform.is_empty() {
+        let certs = crate::tls::load_certs(&cfg.cloud.cert)?;
+        crate::tls::identity(&certs[0]).with_context(|| {
+            format!(
+                "platform is empty and {} has no CN or DNS SAN to use",
+                cfg.cloud.cert.display()
+            )
+        })?
+    } else {
+        cfg.platform.clone()
+    };
+    wire::validate_token(&platform).map_err(|e| anyhow::anyhow!("platform: {e}"))?;
+    let base: http::Uri = cfg.cloud.url.parse().context("cloud.url")?;
+    let batches_url: http::Uri = format!(
+        "{}://{}/v1/batches",
+        base.scheme_str().unwrap_or("https"),
+        base.authority().context("cloud.url has no authority")?
+    )
+    .parse()?;
+    let client = Client::new(ClientConfig {
+        url: base,
+        server_name: cfg.cloud.server_name.clone(),
+        tls,
+        timeouts: cfg.timeouts.clone(),
+        connections: cfg.forward.connections,
+        max_requests_per_connection: cfg.forward.max_requests_per_connection,
+        max_connection_age: cfg.forward.max_connection_age,
+    })
+    .map_err(|e| anyhow::anyhow!("cloud.url: {e}"))?;
+
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("uplink-gateway")
+        .connection_timeout(cfg.nats.connect_timeout)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(cfg.nats.url.as_str())
+        .await
+        .with_context(|| format!("nats.url {}", cfg.nats.url))?;
+    let js = jetstream::new(nats.clone());
+    let bound = Arc::new(AtomicBool::new(false));
+    let ready_nats = nats.clone();
+    let ready_bound = bound.clone();
+    tracing::info!(
+        platform,
+        admin = %admin.local_addr()?,
+        nats = %cfg.nats.url,
+        stream = %cfg.nats.stream,
+        cloud = %cfg.cloud.url,
+        "gateway started"
+    );
+    tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::new(move || {
+            if ready_nats.connection_state() != async_nats::connection::State::Connected {
+                return Err("edge NATS not connected".into());
+            }
+            if !ready_bound.load(Ordering::Acquire) {
+                return Err("consumer not bound yet".into());
+            }
+            Ok(())
+        }),
+        shutdown.clone(),
+    ));
+
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        client,
+        batches_url,
+        soft_stop: shutdown.clone(),
+        hard_stop: CancellationToken::new(),
+    });
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(cfg.forward.max_in_flight));
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let (consumer, incarnation) = match bind(&js, &cfg).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot bind the edge consumer yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        bound.store(true, Ordering::Release);
+        tracing::info!(consumer = %cfg.nats.consumer, incarnation, "consumer bound");
+        let ids = IdMaker {
+            platform: platform.clone(),
+            stream: cfg.nats.stream.clone(),
+            incarnation,
+        };
+        if let Err(e) = pump(&consumer, &ids, &ctx, &slots, &tracker, &shutdown).await {
+            tracing::warn!(error = %e, "consuming stopped; rebinding");
+            bound.store(false, Ordering::Release);
+        }
+    }
+    tracker.close();
+    let grace = cfg.timeouts.shutdown_grace;
+    tracing::info!(
+        in_flight = tracker.len(),
+        ?grace,
+        "draining in-flight batches"
+    );
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown grace expired: abandoning in-flight batches (nak)");
+        ctx.hard_stop.cancel();
+        tracker.wait().await;
+    }
+    // Acks are buffered in the client: make sure they reach the server before exit.
+    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
+/// stream incarnation (creation time, ns since the epoch).
+async fn bind(
+    js: &jetstream::Context,
+    cfg: &GatewayConfig,
+) -> anyhow::Result<(PullConsumer, i128)> {
+    let n = &cfg.nats;
+    let mut stream = match js.get_stream(&n.stream).await {
+        Ok(s) => s,
+        Err(e) if n.create_stream => {
+            tracing::debug!(error = %e, "edge stream lookup failed; creating it");
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: n.stream.clone(),
+                subjects: n.subjects.clone(),
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating edge stream {}", n.stream))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("edge stream {}", n.stream)),
+    };
+    let incarnation = stream.info().await?.created.unix_timestamp_nanos();
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            &n.consumer,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(n.consumer.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: n.ack_wait,
+                max_ack_pending: n.max_ack_pending,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("consumer {} on {}", n.consumer, n.stream))?;
+    Ok((consumer, incarnation))
+}
+
+/// Builds message ids (DESIGN.md §1).
+pub struct IdMaker {
+    pub platform: String,
+    pub stream: String,
+    pub incarnation: i128,
+}
+
+impl IdMaker {
+    pub fn id(&self, sequence: u64) -> String {
+        wire::message_id(&self.platform, &self.stream, self.incarnation, sequence)
+    }
+}
+
+/// Converts an edge message for the wire. Edge `Nats-*` headers (JetStream control headers of
+/// the edge) are not forwarded.
+fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, String> {
+    let info = m.info().map_err(|e| e.to_string())?;
+    let mut headers = std::collections::HashMap::new();
+    if let Some(h) = &m.headers {
+        for (name, values) in h.iter() {
+            let name: &str = name.as_ref();
+            if name.len() >= 4 && name[..4].eq_ignore_ascii_case("nats") {
+                continue;
+            }
+            if let Some(v) = values.last() {
+                headers.insert(name.to_string(), v.as_str().to_string());
+            }
+        }
+    }
+    Ok(wire::Message {
+        id: ids.id(info.stream_sequence),
+        subject: m.subject.to_string(),
+        payload: m.payload.clone(),
+        headers,
+        time_unix_nano: info.published.unix_timestamp_nanos() as i64,
+    })
+}
+
+/// Pulls messages into batches and dispatches each to a delivery task, at most
+/// `forward.max_in_flight` at once (waiting for a slot stops the pulling: backpressure).
+async fn pump(
+    consumer: &PullConsumer,
+    ids: &IdMaker,
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = &ctx.cfg;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(cfg.batch.max_messages.min(1000))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let mut batcher: Batcher<jetstream::Message> =
+        Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
+    loop {
+        let deadline = batcher.deadline(cfg.batch.linger);
+        let full = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = sleep_until_opt(deadline), if deadline.is_some() => true,
+            next = messages.next() => match next {
+                Some(Ok(m)) => match to_wire(ids, &m) {
+                    Ok(w) => batcher.push(m, w),
+                    Err(e) => {
+                        tracing::error!(error = %e, subject = %m.subject, "not a JetStream message; terminating it");
+                        let _ = m.ack_with(AckKind::Term).await;
+                        false
+                    }
+                },
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    match e.kind() {
+                        K::Pull => {
+                            tracing::warn!(error = %e, "pull consumer hiccup; continuing");
+                            false
+                        }
+                        _ => {
+                            flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                None => {
+                    flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                    anyhow::bail!("message stream ended");
+                }
+            },
+        };
+        if full {
+            flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+        }
+    }
+    // Shutdown: what was pulled but not sent goes back at once.
+    let (left, _) = batcher.take();
+    for m in left {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the current batch (if any) to a delivery task once a slot is free.
+async fn flush(
+    batcher: &mut Batcher<jetstream::Message>,
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    if batcher.is_empty() {
+        return;
+    }
+    let permit = tokio::select! {
+        p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+        _ = shutdown.cancelled() => {
+            let (left, _) = batcher.take();
+            for m in left {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+            return;
+        }
+    };
+    let (msgs, batch) = batcher.take();
+    let body = match wire::encode_batch(&batch, ctx.cfg.batch.compression, ctx.cfg.batch.zstd_level)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a batch failed; naking it");
+            for m in msgs {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+            return;
+        }
+    };
+    metrics::counter!("uplink_gateway_batches_total").increment(1);
+    metrics::histogram!("uplink_gateway_batch_messages").record(msgs.len() as f64);
+    let ctx = ctx.clone();
+    tracker.spawn(async move {
+        metrics::gauge!("uplink_gateway_in_flight_batches").increment(1.0);
+        deliver(ctx, msgs, body).await;
+        metrics::gauge!("uplink_gateway_in_flight_batches").decrement(1.0);
+        drop(permit);
+    });
+}
+
+/// Delivers one batch, keeping its messages alive in JetStream (`in_progress`) while retries
+/// run, then acks, terms or naks them by outcome.
+async fn deliver(ctx: Arc<Ctx>, msgs: Vec<jetstream::Message>, body: Bytes) {
+    let cfg = &ctx.cfg;
+    let started = std::time::Instant::now();
+    let attempt = || {
+        let req = Request::post(ctx.batches_url.clone())
+            .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
+            .header(
+                http::header::CONTENT_ENCODING,
+                cfg.batch.compression.as_str(),
+            )
+            .body(Full::new(body.clone()))
+            .expect("valid request");
+        ctx.client.send(req)
+    };
+    let backoff = Backoff {
+        initial: cfg.retry.initial_backoff,
+        max: cfg.retry.max_backoff,
+    };
+    let work = send_with_retries(attempt, backoff, &ctx.soft_stop, &ctx.hard_stop);
+    let mut work = std::pin::pin!(work);
+    let every = cfg.nats.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut work => break o,
+            _ = progress.tick() => {
+                metrics::counter!("uplink_gateway_in_progress_total").increment(msgs.len() as u64);
+                for m in &msgs {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    let n = msgs.len() as u64;
+    match outcome {
+        Delivery::Delivered { attempts } => {
+            for m in &msgs {
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+                }
+            }
+            metrics::counter!("uplink_gateway_messages_total", "result" => "acked").increment(n);
+            metrics::histogram!("uplink_gateway_delivery_seconds")
+                .record(started.elapsed().as_secs_f64());
+            tracing::trace!(messages = n, attempts, "batch delivered");
+        }
+        Delivery::Rejected { status, detail } => {
+            let first = msgs
+                .first()
+                .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
+                .unwrap_or(0);
+            tracing::error!(
+                status,
+                %detail,
+                messages = n,
+                first_sequence = first,
+                action = ?cfg.forward.on_rejected,
+                "ingest rejected a batch; not retrying it blindly"
+            );
+            metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(n);
+            let kind = match cfg.forward.on_rejected {
+                RejectAction::Term => AckKind::Term,
+                RejectAction::Keep => AckKind::Nak(Some(cfg.retry.max_backoff)),
+            };
+            for m in &msgs {
+                let _ = m.ack_with(kind).await;
+            }
+        }
+        Delivery::Abandoned => {
+            metrics::counter!("uplink_gateway_messages_total", "result" => "abandoned")
+                .increment(n);
+            for m in &msgs {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Groups messages into batches, closed by count, by bytes or by linger time.
+
+use tokio::time::{Duration, Instant};
+
+use crate::wire;
+
+/// Accumulates `(handle, wire message)` pairs; `T` is what the caller acks later.
+pub struct Batcher<T> {
+    handles: Vec<T>,
+    batch: wire::Batch,
+    bytes: usize,
+    first_at: Option<Instant>,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+/// Size a message counts for against `batch.max_bytes`.
+pub fn message_size(m: &wire::Message) -> usize {
+    m.payload.len()
+        + m.id.len()
+        + m.subject.len()
+        + m.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+impl<T> Batcher<T> {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Batcher {
+            handles: Vec::new(),
+            batch: wire::Batch::default(),
+            bytes: 0,
+            first_at: None,
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    /// Adds a message; returns true when the batch is full and should be sent now. A single
+    /// message larger than `max_bytes` still makes a batch of its own.
+    pub fn push(&mut self, handle: T, m: wire::Message) -> bool {
+        self.first_at.get_or_insert_with(Instant::now);
+        self.bytes += message_size(&m);
+        self.handles.push(handle);
+        self.batch.messages.push(m);
+        self.handles.len() >= self.max_messages || self.bytes >= self.max_bytes
+    }
+
+    /// When the current batch must be sent even if not full.
+    pub fn deadline(&self, linger: Duration) -> Option<Instant> {
+        self.first_at.map(|t| t + linger)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Takes the batch out, leaving the batcher empty.
+    pub fn take(&mut self) -> (Vec<T>, wire::Batch) {
+        self.bytes = 0;
+        self.first_at = None;
+        (
+            std::mem::take(&mut self.handles),
+            std::mem::take(&mut self.batch),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn m(n: usize) -> wire::Message {
+        wire::Message {
+            id: "i".into(),
+            subject: "s".into(),
+            payload: Bytes::from(vec![0; n]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn closes_on_count() {
+        let mut b = Batcher::new(3, 1 << 20);
+        assert!(!b.push(1, m(1)));
+        assert!(!b.push(2, m(1)));
+        assert!(b.push(3, m(1)));
+        let (h, batch) = b.take();
+        assert_eq!(h, vec![1, 2, 3]);
+        assert_eq!(batch.messages.len(), 3);
+        assert!(b.is_empty() && b.deadline(Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn closes_on_bytes_and_oversized_messages_go_alone() {
+        let mut b = Batcher::new(100, 1000);
+        assert!(!b.push((), m(400)));
+        assert!(b.push((), m(600)));
+        b.take();
+        assert!(b.push((), m(5000)));
+        assert_eq!(b.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_starts_at_the_first_message() {
+        let mut b = Batcher::new(10, 1000);
+        assert_eq!(b.deadline(Duration::from_millis(20)), None);
+        let t0 = Instant::now();
+        b.push((), m(1));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        b.push((), m(1));
+        assert_eq!(
+            b.deadline(Duration::from_millis(20)),
+            Some(t0 + Duration::from_millis(20))
+        );
+    }
+}

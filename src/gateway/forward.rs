@@ -1,0 +1,89 @@
+//! Sending one batch until the ingest confirms it: the retry loop (rule 2 of DESIGN.md §4) is
+//! generic over the attempt, so its policy is unit-tested with paused time and no server.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use super::retry::Backoff;
+use crate::http2::client::FullResponse;
+use crate::http2::{ForwardError, Retry, classify, classify_status};
+
+/// How the delivery of a batch ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The ingest answered 2xx: every message is persisted.
+    Delivered { attempts: u32 },
+    /// The ingest rejected the batch (4xx other than 408/429): retrying it unchanged cannot help.
+    Rejected { status: u16, detail: String },
+    /// Shutdown came first: nothing is known to be persisted.
+    Abandoned,
+}
+
+/// Consecutive immediate retries allowed before falling back to backoff (a server that refuses
+/// every stream must not make us spin).
+const MAX_IMMEDIATE: u32 = 3;
+
+/// Calls `attempt` until it yields 2xx or a rejection. `soft_stop` ends waiting in backoff;
+/// `hard_stop` also abandons an attempt in progress.
+pub async fn send_with_retries<F, Fut>(
+    mut attempt: F,
+    backoff: Backoff,
+    soft_stop: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Delivery
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<FullResponse, ForwardError>>,
+{
+    let mut attempts = 0u32;
+    let mut failures = 0u32;
+    let mut immediate = 0u32;
+    loop {
+        attempts += 1;
+        let result = tokio::select! {
+            r = attempt() => r,
+            _ = hard_stop.cancelled() => return Delivery::Abandoned,
+        };
+        let class = match result {
+            Ok(resp) if resp.status().is_success() => return Delivery::Delivered { attempts },
+            Ok(resp) => {
+                let status = resp.status();
+                let class = classify_status(status);
+                let detail = String::from_utf8_lossy(resp.body()).into_owned();
+                if class == Retry::Never {
+                    return Delivery::Rejected {
+                        status: status.as_u16(),
+                        detail,
+                    };
+                }
+                tracing::warn!(status = status.as_u16(), %detail, attempts, "ingest refused the batch for now; will retry");
+                class
+            }
+            Err(e) => {
+                let class = classify(&e);
+                if class == Retry::Now {
+                    tracing::debug!(error = %e, "request not processed by the server; resending now");
+                } else {
+                    tracing::warn!(error = %e, attempts, "request failed; will retry");
+                }
+                class
+            }
+        };
+        metrics::counter!("uplink_gateway_retries_total", "class" => class.label()).increment(1);
+        if class == Retry::Now && immediate < MAX_IMMEDIATE {
+            immediate += 1;
+            continue;
+        }
+        immediate = 0;
+        let wait = backoff.delay(failures);
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = soft_stop.cancelled() => return Delivery::Abandoned,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

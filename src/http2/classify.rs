@@ -1,0 +1,147 @@
+//! What a failed request means, and what to do about it (DESIGN.md §4 rule 2). Decided by the
+//! cause chain, never by message strings.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+/// Why one attempt to send a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("TCP connect to {addr} failed: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TCP connect to {addr} timed out after {after:?} (timeouts.connect)")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} timed out after {after:?} (timeouts.tls_handshake)")]
+    TlsTimeout { addr: String, after: Duration },
+    #[error("HTTP/2 handshake failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("connection closed before the request was sent")]
+    NotSent,
+    #[error("request failed: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("no response within {after:?} (timeouts.request)")]
+    RequestTimeout { after: Duration },
+}
+
+/// The retry decision for a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The server provably did not process the request: resend at once on another connection,
+    /// not an error.
+    Now,
+    /// Maybe processed, or the server is unreachable: resend after a backoff (safe: message ids
+    /// and the cloud's duplicate window).
+    Backoff,
+    /// The server rejected the request: resending it unchanged cannot help.
+    Never,
+}
+
+impl Retry {
+    pub fn label(self) -> &'static str {
+        match self {
+            Retry::Now => "now",
+            Retry::Backoff => "backoff",
+            Retry::Never => "never",
+        }
+    }
+}
+
+/// Classifies a transport failure.
+pub fn classify(e: &ForwardError) -> Retry {
+    match e {
+        ForwardError::NotSent => Retry::Now,
+        ForwardError::Http(err) => {
+            if err.is_canceled() {
+                // hyper: the request was dropped before being written (connection closing).
+                return Retry::Now;
+            }
+            match h2_error(err) {
+                Some(h2) if h2.is_go_away() && h2.is_remote() => Retry::Now,
+                Some(h2) if h2.reason() == Some(::h2::Reason::REFUSED_STREAM) => Retry::Now,
+                _ => Retry::Backoff,
+            }
+        }
+        ForwardError::Connect { .. }
+        | ForwardError::ConnectTimeout { .. }
+        | ForwardError::Tls { .. }
+        | ForwardError::TlsTimeout { .. }
+        | ForwardError::Handshake(_)
+        | ForwardError::RequestTimeout { .. } => Retry::Backoff,
+    }
+}
+
+/// Classifies an HTTP status answered by the ingest.
+pub fn classify_status(status: http::StatusCode) -> Retry {
+    if status.is_success() {
+        unreachable!("success is not a failure")
+    }
+    match status.as_u16() {
+        408 | 429 => Retry::Backoff,
+        400..=499 => Retry::Never,
+        _ => Retry::Backoff,
+    }
+}
+
+/// The `h2::Error` in a hyper error's cause chain, if any.
+pub fn h2_error(err: &hyper::Error) -> Option<&::h2::Error> {
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<::h2::Error>() {
+            return Some(h2);
+        }
+        source = s.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures() {
+        assert_eq!(classify(&ForwardError::NotSent), Retry::Now);
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            classify(&ForwardError::Connect {
+                addr: "a".into(),
+                source: io()
+            }),
+            Retry::Backoff
+        );
+        assert_eq!(
+            classify(&ForwardError::RequestTimeout {
+                after: Duration::from_secs(1)
+            }),
+            Retry::Backoff
+        );
+        assert_eq!(
+            classify(&ForwardError::TlsTimeout {
+                addr: "a".into(),
+                after: Duration::from_secs(1)
+            }),
+            Retry::Backoff
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        use http::StatusCode as S;
+        assert_eq!(classify_status(S::BAD_REQUEST), Retry::Never);
+        assert_eq!(classify_status(S::FORBIDDEN), Retry::Never);
+        assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE), Retry::Never);
+        assert_eq!(classify_status(S::REQUEST_TIMEOUT), Retry::Backoff);
+        assert_eq!(classify_status(S::TOO_MANY_REQUESTS), Retry::Backoff);
+        assert_eq!(classify_status(S::SERVICE_UNAVAILABLE), Retry::Backoff);
+        assert_eq!(classify_status(S::INTERNAL_SERVER_ERROR), Retry::Backoff);
+        assert_eq!(classify_status(S::BAD_GATEWAY), Retry::Backoff);
+    }
+}

@@ -1,0 +1,377 @@
+//! An HTTP/2 client over mTLS with a connection manager of our own (hyper's pooled client does
+//! not replay streams refused by GOAWAY and dials one connection per waiting request).
+//!
+//! - A small pool of connections; each is retired make-before-break: when it nears
+//!   `max_requests_per_connection` or `max_connection_age`, ONE replacement is dialed (single
+//!   flight) while the old one keeps taking work, then the old one only drains.
+//! - A connection the server closes (GOAWAY) or that fails a PING is dropped from the pool; the
+//!   requests it refused come back as [`ForwardError`]s classified `Retry::Now`.
+//! - Every step has a finite timeout (connect, TLS, request, idle, PING).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use super::classify::ForwardError;
+use crate::config::ClientTimeouts;
+
+/// Client settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Base URL (`https://host:port`).
+    pub url: Uri,
+    /// TLS server name; empty = host of `url`.
+    pub server_name: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub timeouts: ClientTimeouts,
+    /// Connections kept in the pool.
+    pub connections: usize,
+    /// Retire a connection after this many requests.
+    pub max_requests_per_connection: u64,
+    /// Retire a connection older than this.
+    pub max_connection_age: Duration,
+}
+
+/// One pooled HTTP/2 connection.
+struct Conn {
+    id: u64,
+    sender: SendRequest<Full<Bytes>>,
+    opened: Instant,
+    /// Requests started on it.
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Set when the connection task ended or the server sent GOAWAY: take no more work.
+    closed: Arc<AtomicBool>,
+    /// Set when a replacement was requested for it.
+    replacing: AtomicBool,
+    /// When the last request on it ended (or it opened).
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Conn {
+    fn usable(&self, max_requests: u64) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && !self.sender.is_closed()
+            && self.requests.load(Ordering::Acquire) < max_requests
+    }
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    addr: String,
+    server_name: ServerName<'static>,
+    pool: std::sync::Mutex<Vec<Arc<Conn>>>,
+    /// Single-flight dialing: one dial at a time, whatever the number of waiting requests.
+    dial: tokio::sync::Mutex<()>,
+    /// A background replenish task is scheduled or running.
+    replenishing: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// The HTTP/2 client: cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// Sum of a response: status, headers and the whole body.
+pub type FullResponse = Response<Bytes>;
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Result<Self, String> {
+        let host = cfg.url.host().ok_or("URL has no host")?.to_string();
+        let port = cfg.url.port_u16().unwrap_or(443);
+        let host_for_addr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addr = if host_for_addr.contains(':') {
+            format!("[{host_for_addr}]:{port}")
+        } else {
+            format!("{host_for_addr}:{port}")
+        };
+        let name = if cfg.server_name.is_empty() {
+            host_for_addr
+        } else {
+            cfg.server_name.clone()
+        };
+        let server_name =
+            ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cfg,
+                addr,
+                server_name,
+                pool: Default::default(),
+                dial: Default::default(),
+                replenishing: AtomicBool::new(false),
+                next_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Sends one request (one attempt) and reads the whole response within `timeouts.request`.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<FullResponse, ForwardError> {
+        let after = self.inner.cfg.timeouts.request;
+        match tokio::time::timeout(after, self.send_inner(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ForwardError::RequestTimeout { after }),
+        }
+    }
+
+    async fn send_inner(&self, req: Request<Full<Bytes>>) -> Result<FullResponse, ForwardError> {
+        let conn = self.checkout().await?;
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _guard = InFlight(&conn);
+        let mut sender = conn.sender.clone();
+        if sender.ready().await.is_err() {
+            conn.closed.store(true, Ordering::Release);
+            return Err(ForwardError::NotSent);
+        }
+        let resp = match sender.try_send_request(req).await {
+            Ok(r) => r,
+            Err(mut e) => {
+                let not_sent = e.take_message().is_some();
+                let err = e.into_error();
+                if not_sent {
+                    conn.closed.store(true, Ordering::Release);
+                    return Err(ForwardError::NotSent);
+                }
+                if super::classify::h2_error(&err).is_some_and(|h2| h2.is_go_away()) {
+                    conn.closed.store(true, Ordering::Release);
+                }
+                return Err(ForwardError::Http(err));
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(ForwardError::Http)?.to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The base URL requests go to.
+    pub fn url(&self) -> &Uri {
+        &self.inner.cfg.url
+    }
+
+    /// Connections currently in the pool (open and usable or draining).
+    pub fn pooled(&self) -> usize {
+        self.inner.pool.lock().unwrap().len()
+    }
+
+    /// Picks the least-loaded usable connection, starting replacements make-before-break, and
+    /// dials (single flight) when none is usable.
+    async fn checkout(&self) -> Result<Arc<Conn>, ForwardError> {
+        loop {
+            if let Some(c) = self.pick() {
+                return Ok(c);
+            }
+            let _dialing = self.inner.dial.lock().await;
+            // Someone else may have dialed while we waited for the lock.
+            if let Some(c) = self.pick() {
+                return Ok(c);
+            }
+            let conn = self.dial().await?;
+            self.inner.pool.lock().unwrap().push(conn);
+        }
+    }
+
+    fn pick(&self) -> Option<Arc<Conn>> {
+        let cfg = &self.inner.cfg;
+        let max = cfg.max_requests_per_connection;
+        // Start replacing at ~90% of the limit, so the new connection is up before the old
+        // one stops taking work.
+        let soft = max.saturating_sub((max / 10).max(1)).max(1);
+        let mut pool = self.inner.pool.lock().unwrap();
+        pool.retain(|c| c.usable(max));
+        let live = pool
+            .iter()
+            .filter(|c| !c.replacing.load(Ordering::Acquire))
+            .count();
+        let mut wanted = cfg.connections.saturating_sub(live);
+        for c in pool.iter() {
+            let aged = c.opened.elapsed() >= cfg.max_connection_age;
+            let worn = c.requests.load(Ordering::Acquire) >= soft;
+            if (aged || worn) && !c.replacing.swap(true, Ordering::AcqRel) {
+                tracing::debug!(conn = c.id, aged, worn, "replacing connection");
+                metrics::counter!("uplink_client_rotations_total", "reason" => if aged { "age" } else { "requests" })
+                    .increment(1);
+                wanted += 1;
+            }
+        }
+        if wanted > 0 && !pool.is_empty() && !self.inner.replenishing.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.replenish().await;
+                me.inner.replenishing.store(false, Ordering::Release);
+            });
+        }
+        let best = pool
+            .iter()
+            .min_by_key(|c| {
+                (
+                    c.replacing.load(Ordering::Acquire),
+                    c.in_flight.load(Ordering::Acquire),
+                )
+            })?
+            .clone();
+        best.requests.fetch_add(1, Ordering::AcqRel);
+        Some(best)
+    }
+
+    /// Dials until the pool holds `connections` non-retiring connections (single flight).
+    async fn replenish(&self) {
+        let _dialing = self.inner.dial.lock().await;
+        loop {
+            let live = {
+                let pool = self.inner.pool.lock().unwrap();
+                pool.iter()
+                    .filter(|c| {
+                        !c.replacing.load(Ordering::Acquire)
+                            && c.usable(self.inner.cfg.max_requests_per_connection)
+                    })
+                    .count()
+            };
+            if live >= self.inner.cfg.connections {
+                break;
+            }
+            match self.dial().await {
+                Ok(c) => {
+                    let mut pool = self.inner.pool.lock().unwrap();
+                    pool.push(c);
+                    // The replacements are up: retire what they replace (it drains its
+                    // in-flight streams; hyper closes it when the last sender is gone).
+                    let max = self.inner.cfg.max_requests_per_connection;
+                    let retired: Vec<u64> = pool
+                        .iter()
+                        .filter(|c| c.replacing.load(Ordering::Acquire))
+                        .map(|c| c.id)
+                        .collect();
+                    if !retired.is_empty() {
+                        pool.retain(|c| !c.replacing.load(Ordering::Acquire) && c.usable(max));
+                        tracing::debug!(?retired, "retired connections after replacement");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dialing a replacement connection failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<Arc<Conn>, ForwardError> {
+        let inner = &self.inner;
+        let t = &inner.cfg.timeouts;
+        let addr = inner.addr.clone();
+        let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ForwardError::Connect { addr, source }),
+            Err(_) => {
+                return Err(ForwardError::ConnectTimeout {
+                    addr,
+                    after: t.connect,
+                });
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let connector = TlsConnector::from(inner.cfg.tls.clone());
+        let tls = match tokio::time::timeout(
+            t.tls_handshake,
+            connector.connect(inner.server_name.clone(), tcp),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ForwardError::Tls { addr, source }),
+            Err(_) => {
+                return Err(ForwardError::TlsTimeout {
+                    addr,
+                    after: t.tls_handshake,
+                });
+            }
+        };
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(t.ping_interval)
+            .keep_alive_timeout(t.ping_timeout)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(ForwardError::Handshake)?;
+        let id = inner.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = Arc::new(Conn {
+            id,
+            sender,
+            opened: Instant::now(),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            closed: closed.clone(),
+            replacing: AtomicBool::new(false),
+            last_used: std::sync::Mutex::new(Instant::now()),
+        });
+        metrics::counter!("uplink_client_connections_opened_total").increment(1);
+        metrics::gauge!("uplink_client_connections_open").increment(1.0);
+        tracing::debug!(conn = id, addr = %inner.addr, "connection open");
+        let weak = Arc::downgrade(&c);
+        let idle = t.idle;
+        let me = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let mut idled = false;
+            let reason = loop {
+                // Idle: no request in flight for `idle` → drop it from the pool.
+                let res = tokio::select! {
+                    r = conn.as_mut() => Some(r),
+                    _ = tokio::time::sleep(idle.min(Duration::from_secs(1))) => None,
+                };
+                match res {
+                    Some(Ok(())) => break if idled { "idle" } else { "closed" },
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = id, error = %e, "connection ended with error");
+                        break "error";
+                    }
+                    None => {
+                        let Some(c) = weak.upgrade() else { continue };
+                        if !idled
+                            && c.in_flight.load(Ordering::Acquire) == 0
+                            && c.last_used.lock().unwrap().elapsed() >= idle
+                            && let Some(inner) = me.upgrade()
+                        {
+                            // Dropping the pool's handle lets hyper close it once unused.
+                            idled = true;
+                            c.closed.store(true, Ordering::Release);
+                            inner.pool.lock().unwrap().retain(|p| p.id != id);
+                            tracing::debug!(conn = id, ?idle, "closing idle connection");
+                        }
+                    }
+                }
+            };
+            closed.store(true, Ordering::Release);
+            metrics::gauge!("uplink_client_connections_open").decrement(1.0);
+            metrics::counter!("uplink_client_connections_closed_total", "reason" => reason)
+                .increment(1);
+            tracing::debug!(conn = id, reason, "connection closed");
+        });
+        Ok(c)
+    }
+}
+
+struct InFlight<'a>(&'a Conn);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.last_used.lock().unwrap() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

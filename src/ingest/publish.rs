@@ -1,0 +1,166 @@
+//! Persisting accepted messages: the narrow [`Sink`] the handler talks to, and its JetStream
+//! implementation (publish with `Nats-Msg-Id`, await every PubAck).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage as Publish};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::config::CloudNats;
+
+/// One message ready for the cloud stream.
+#[derive(Debug, Clone)]
+pub struct OutMessage {
+    pub subject: String,
+    pub id: String,
+    pub headers: async_nats::HeaderMap,
+    pub payload: Bytes,
+}
+
+/// What a publish of a whole request achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+/// Why messages could not be persisted. Every variant maps to 503 + Retry-After: the request may
+/// be retried as a whole, and the duplicate window drops what was persisted already.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("JetStream is not connected")]
+    NotConnected,
+    #[error("JetStream did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("JetStream publish failed: {0}")]
+    Publish(String),
+}
+
+/// Where the ingest persists messages. The real one is JetStream; unit tests use a fake.
+pub trait Sink: Send + Sync + 'static {
+    /// Persists every message, or fails; 2xx is answered only after `Ok`.
+    fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>>;
+    /// `Ok` when the sink can take messages now.
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// JetStream sink.
+pub struct JetStreamSink {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    timeout: Duration,
+    stream_ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JetStreamSink {
+    /// Connects (retrying in the background if NATS is not up yet) and starts a task that
+    /// creates/checks the stream until it succeeds.
+    pub async fn connect(cfg: &CloudNats, publish_timeout: Duration) -> anyhow::Result<Arc<Self>> {
+        let client = async_nats::ConnectOptions::new()
+            .name("uplink-ingest")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(cfg.url.as_str())
+            .await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(publish_timeout)
+            .max_ack_inflight(cfg.max_pending_acks)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let stream_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sink = Arc::new(JetStreamSink {
+            client,
+            js: js.clone(),
+            timeout: publish_timeout,
+            stream_ready: stream_ready.clone(),
+        });
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match ensure_stream(&js, &cfg).await {
+                    Ok(()) => {
+                        stream_ready.store(true, std::sync::atomic::Ordering::Release);
+                        tracing::info!(stream = %cfg.stream, "cloud stream ready");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %cfg.stream, error = %e, "cloud stream not ready; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Ok(sink)
+    }
+}
+
+/// Creates the cloud stream when missing (and allowed), or checks that it exists.
+async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> anyhow::Result<()> {
+    if js.get_stream(&cfg.stream).await.is_ok() {
+        return Ok(());
+    }
+    if !cfg.create_stream {
+        anyhow::bail!(
+            "stream {} does not exist and nats.create_stream = false",
+            cfg.stream
+        );
+    }
+    js.create_stream(jetstream::stream::Config {
+        name: cfg.stream.clone(),
+        subjects: cfg.subjects.clone(),
+        num_replicas: cfg.replicas,
+        duplicate_window: cfg.duplicate_window,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+impl Sink for JetStreamSink {
+    fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>> {
+        Box::pin(async move {
+            self.ready().map_err(|_| SinkError::NotConnected)?;
+            let mut acks = Vec::with_capacity(messages.len());
+            for m in messages {
+                // `headers` replaces the whole map: set it before the message id.
+                let publish = Publish::build()
+                    .headers(m.headers)
+                    .message_id(&m.id)
+                    .payload(m.payload);
+                let ack = self
+                    .js
+                    .send_publish(m.subject, publish)
+                    .await
+                    .map_err(|e| SinkError::Publish(e.to_string()))?;
+                acks.push(ack);
+            }
+            let mut outcome = Outcome::default();
+            for ack in acks {
+                match ack.await {
+                    Ok(a) if a.duplicate => outcome.duplicates += 1,
+                    Ok(_) => outcome.accepted += 1,
+                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::TimedOut => {
+                        return Err(SinkError::Timeout(self.timeout));
+                    }
+                    Err(e) => return Err(SinkError::Publish(e.to_string())),
+                }
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err("cloud NATS not connected".into());
+        }
+        if !self.stream_ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("cloud stream not created/checked yet".into());
+        }
+        Ok(())
+    }
+}

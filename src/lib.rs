@@ -1,0 +1,29 @@
+//! uplink carries telemetry from edge NATS JetStream to a cloud JetStream over HTTP/2 with
+//! mutual TLS, and loses nothing on the way.
+//!
+//! # Layout
+//! ```text
+//! edge JetStream ─► gateway ─────────► http2 (client) ══ HTTP/2 + mTLS ══► ingest ─► cloud JetStream
+//!                   batch, forward,     pool, rotation,                    accept, handler,
+//!                   retry               classify                           publish
+//! ```
+//! - [`wire`]: the protobuf contract, encodings, subject rules, message ids (shared vocabulary).
+//! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs.
+//! - [`http2`]: HTTP/2 connection lifecycle (client pool, failure classification).
+//! - [`gateway`], [`ingest`]: the two programs; they never import each other.
+//! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
+//! - [`bench`], [`demo`], [`publish`]: the user-facing tools built on the testbed.
+
+pub mod admin;
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod http2;
+pub mod ingest;
+pub mod publish;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testbed;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,302 @@
+//! The `uplink` binary: parses the command line, sets up logging, calls into the library.
+//! Exit codes: 0 ok, 1 runtime failure (or a bench that lost/duplicated), 64 usage/config error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uplink::config::{self, ConfigError, Sources};
+
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "uplink",
+    version,
+    about = "Telemetry from edge NATS JetStream to a cloud JetStream over HTTP/2 + mTLS, losing nothing."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args)]
+struct ProgramArgs {
+    /// TOML config file (see `uplink config defaults`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set batch.max_messages=200` (repeatable; wins over file
+    /// and UPLINK_* environment).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Edge: JetStream durable consumer → batches → HTTP/2 mTLS → ack after the cloud confirms.
+    Gateway(ProgramArgs),
+    /// Cloud: HTTP/2 mTLS server → JetStream with dedupe → 2xx once persisted.
+    Ingest(ProgramArgs),
+    /// Show or check configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Certificates for demos and tests.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCmd,
+    },
+    /// Publish a load into the edge stream.
+    Publish {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// Subject; with --subjects N > 1, messages go to SUBJECT.s0 … SUBJECT.s{N-1}.
+        #[arg(long, default_value = "telemetry.demo")]
+        subject: String,
+        #[arg(long, default_value_t = 1)]
+        subjects: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Messages per second (default: as fast as acks come back).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Create this stream (on SUBJECT.>) if it does not exist.
+        #[arg(long)]
+        create_stream: Option<String>,
+    },
+    /// Run a whole local pipeline and report throughput, latency, lost and duplicated counts.
+    Bench {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Mixed sizes (0 B … 64 KiB), binary payloads and headers.
+        #[arg(long)]
+        mixed: bool,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        nats_server: Option<PathBuf>,
+        /// Ingest: GOAWAY after this many requests per connection.
+        #[arg(long)]
+        ingest_max_requests: Option<u64>,
+        /// Ingest: idle timeout (e.g. 2s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ingest_idle_timeout: Option<Duration>,
+        /// Gateway: batches in flight.
+        #[arg(long)]
+        in_flight: Option<usize>,
+    },
+    /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
+    Demo {
+        /// Messages per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        nats_server: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print every setting with its default and unit.
+    Defaults {
+        #[arg(value_parser = ["gateway", "ingest"])]
+        program: Option<String>,
+    },
+    /// Validate a config file (with UPLINK_* environment applied) for a program.
+    Check {
+        #[arg(value_parser = ["gateway", "ingest"])]
+        program: String,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// A dev CA, a server certificate (localhost, 127.0.0.1, ::1) and one client certificate per platform.
+    Dev {
+        #[arg(long)]
+        out: PathBuf,
+        /// Platform names (certificate CN); repeatable.
+        #[arg(long = "platform", default_value = "edge-1")]
+        platforms: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    uplink::telemetry::init_logging();
+    uplink::tls::install_crypto_provider();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigError>() {
+                eprintln!("uplink: configuration error: {c}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("uplink: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Gateway(a) => {
+            // Parse → build → spawn: every config error surfaces before a socket opens.
+            let cfg = config::gateway(&Sources::from_process(a.config, a.sets))?;
+            runtime()?.block_on(async {
+                let _ = uplink::telemetry::metrics();
+                uplink::gateway::run(cfg, uplink::shutdown::on_signals()).await
+            })?;
+        }
+        Cmd::Ingest(a) => {
+            let cfg = config::ingest(&Sources::from_process(a.config, a.sets))?;
+            runtime()?.block_on(async {
+                let _ = uplink::telemetry::metrics();
+                uplink::ingest::run(cfg, uplink::shutdown::on_signals()).await
+            })?;
+        }
+        Cmd::Config { command } => match command {
+            ConfigCmd::Defaults { program } => {
+                let show_gateway = program.as_deref() != Some("ingest");
+                let show_ingest = program.as_deref() != Some("gateway");
+                if show_gateway {
+                    println!(
+                        "# ===== uplink gateway (env: UPLINK_GATEWAY_<KEY>, nested keys joined by __) ====="
+                    );
+                    print!(
+                        "{}",
+                        config::render_defaults::<config::GatewayConfig>(config::GATEWAY_DOCS)
+                    );
+                }
+                if show_ingest {
+                    if show_gateway {
+                        println!();
+                    }
+                    println!(
+                        "# ===== uplink ingest (env: UPLINK_INGEST_<KEY>, nested keys joined by __) ====="
+                    );
+                    print!(
+                        "{}",
+                        config::render_defaults::<config::IngestConfig>(config::INGEST_DOCS)
+                    );
+                }
+            }
+            ConfigCmd::Check { program, file } => {
+                let sources = Sources::from_process(Some(file.clone()), vec![]);
+                match program.as_str() {
+                    "gateway" => drop(config::gateway(&sources)?),
+                    _ => drop(config::ingest(&sources)?),
+                }
+                println!("{}: valid {program} configuration", file.display());
+            }
+        },
+        Cmd::Pki {
+            command: PkiCmd::Dev { out, platforms },
+        } => {
+            let pki = uplink::tls::dev_pki(&out, &platforms)?;
+            println!(
+                "wrote {} (CA), {} + {} (server: localhost, 127.0.0.1, ::1)",
+                pki.ca().display(),
+                pki.server_cert().display(),
+                pki.server_key().display()
+            );
+            for p in &platforms {
+                println!(
+                    "wrote {} + {} (client, CN={p})",
+                    pki.client_cert(p).display(),
+                    pki.client_key(p).display()
+                );
+            }
+        }
+        Cmd::Publish {
+            nats,
+            subject,
+            subjects,
+            count,
+            size,
+            rate,
+            create_stream,
+        } => {
+            uplink::wire::validate_subject(&subject).map_err(|e| ConfigError::Invalid {
+                key: "--subject",
+                reason: e.to_string(),
+            })?;
+            let w = uplink::testbed::verify::Workload {
+                count,
+                subjects,
+                subject_prefix: subject,
+                size,
+                mixed: false,
+                rate,
+            };
+            runtime()?.block_on(uplink::publish::run(&nats, create_stream.as_deref(), w))?;
+        }
+        Cmd::Bench {
+            messages,
+            size,
+            mixed,
+            json,
+            nats_server,
+            ingest_max_requests,
+            ingest_idle_timeout,
+            in_flight,
+        } => {
+            let opts = uplink::bench::BenchOptions {
+                messages,
+                size,
+                mixed,
+                json,
+                nats_server,
+                ingest_max_requests,
+                ingest_idle_timeout,
+                in_flight,
+            };
+            let result = runtime()?.block_on(async {
+                let shutdown = uplink::shutdown::on_signals();
+                tokio::select! {
+                    r = uplink::bench::run(&opts) => r,
+                    _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+                }
+            })?;
+            uplink::bench::print(&result, json);
+            if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Demo {
+            rate,
+            duration,
+            nats_server,
+        } => {
+            runtime()?.block_on(async {
+                uplink::demo::run(
+                    nats_server.as_deref(),
+                    rate,
+                    duration,
+                    uplink::shutdown::on_signals(),
+                )
+                .await
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,74 @@
+//! Logs (tracing, to stderr, filtered by `UPLINK_LOG` or `RUST_LOG`, default `info`) and metrics
+//! (the `metrics` facade, rendered in Prometheus text format by the admin listener).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Sets up the tracing subscriber once per process.
+pub fn init_logging() {
+    let filter = std::env::var("UPLINK_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,async_nats=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ])
+                .expect("static buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (unit tests): keep rendering ours.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Reads one sample (`name` or `name{labels}` exactly as rendered) from Prometheus text.
+pub fn scrape_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// Sum of every sample of a metric family (all label sets).
+pub fn scrape_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let base = series.split('{').next()?;
+            (base == name).then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scraping() {
+        let text =
+            "# HELP x\nuplink_a 3\nuplink_b{class=\"now\"} 2\nuplink_b{class=\"backoff\"} 5\n";
+        assert_eq!(super::scrape_value(text, "uplink_a"), Some(3.0));
+        assert_eq!(
+            super::scrape_value(text, "uplink_b{class=\"now\"}"),
+            Some(2.0)
+        );
+        assert_eq!(super::scrape_sum(text, "uplink_b"), 7.0);
+        assert_eq!(super::scrape_value(text, "uplink_c"), None);
+    }
+}

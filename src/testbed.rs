@@ -1,0 +1,339 @@
+//! Real components on loopback, for `uplink bench`, `uplink demo` and the integration tests:
+//! private `nats-server`s on free ports with temp stores, the dev PKI, and `uplink ingest` /
+//! `uplink gateway` as child processes of this very binary. Every process is killed by pid
+//! when its handle drops, and every temp dir is removed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A directory removed (recursively) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> std::io::Result<Self> {
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough on a private machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A child process killed (SIGKILL, by pid) on drop unless already reaped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("log file {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends a signal by pid.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            send_signal(pid, sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit; SIGKILL after that. Returns the exit code.
+    pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(within).await
+    }
+
+    /// Waits up to `within` for the process to exit on its own; SIGKILL after that.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `kill(pid, sig)`; the one place this crate calls into libc.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers and has no memory effects on this process.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Finds `nats-server`: the given path, `$UPLINK_NATS_SERVER`, PATH, or /usr/sbin and /usr/bin.
+pub fn find_nats_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(p) = std::env::var("UPLINK_NATS_SERVER") {
+        return Ok(p.into());
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin"])
+    {
+        let p = Path::new(dir).join("nats-server");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "nats-server not found on PATH (install it: apt-get install -y nats-server, or pass --nats-server PATH)"
+    )
+}
+
+/// A private nats-server with JetStream on a free loopback port.
+pub struct Nats {
+    pub port: u16,
+    pub proc: Proc,
+    pub store: PathBuf,
+}
+
+impl Nats {
+    /// Starts it with its store under `dir` and waits until it accepts clients.
+    pub async fn start(bin: &Path, dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let store = dir.join(format!("{name}-js"));
+        Self::start_with_store(bin, dir, name, free_port(), store).await
+    }
+
+    /// Starts it on a given port and store (to restart a server where it was).
+    pub async fn start_with_store(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        port: u16,
+        store: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .args(["-n", name]);
+        let proc = Proc::spawn(
+            &format!("nats-server {name}"),
+            cmd,
+            dir.join(format!("{name}.log")),
+        )?;
+        let mut nats = Nats { port, proc, store };
+        wait_for(
+            || async {
+                let ok = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok();
+                Ok(ok)
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| format!("nats-server {name} did not start: {}", nats.proc.log_text()))?;
+        if !nats.proc.running() {
+            bail!("nats-server {name} exited: {}", nats.proc.log_text());
+        }
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Polls `check` (an event probe: a port that accepts, an endpoint that answers) every 20 ms
+/// until it returns true, for at most `within`.
+pub async fn wait_for<F, Fut>(mut check: F, within: Duration) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("not ready within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET on a plain admin listener: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timeout")??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .context("read timeout")??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// An `uplink ingest` or `uplink gateway` child process with its admin address.
+pub struct Uplink {
+    pub proc: Proc,
+    pub admin: SocketAddr,
+}
+
+impl Uplink {
+    /// Starts `exe <program> --config <file>` with extra environment, and waits for `/readyz`.
+    pub async fn start(
+        exe: &Path,
+        program: &str,
+        config: &Path,
+        admin: SocketAddr,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut up = Self::spawn(exe, program, config, admin, log, env)?;
+        up.wait_ready(Duration::from_secs(20)).await?;
+        Ok(up)
+    }
+
+    /// Starts it without waiting for readiness.
+    pub fn spawn(
+        exe: &Path,
+        program: &str,
+        config: &Path,
+        admin: SocketAddr,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.arg(program).arg("--config").arg(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("UPLINK_LOG").is_none() {
+            cmd.env("UPLINK_LOG", "info");
+        }
+        Ok(Uplink {
+            proc: Proc::spawn(&format!("uplink {program}"), cmd, log)?,
+            admin,
+        })
+    }
+
+    /// Waits for `/readyz` to answer 200; fails at once if the process exits.
+    pub async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if matches!(http_get(self.admin, "/readyz").await, Ok((200, _))) {
+                return Ok(());
+            }
+            if !self.proc.running() {
+                bail!("{} exited: {}", self.proc.name, self.proc.log_text());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} not ready within {within:?}: {}",
+                    self.proc.name,
+                    self.proc.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(http_get(self.admin, "/metrics").await?.1)
+    }
+}
+
+/// Loopback address with a free port.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+pub mod pipeline;
+pub mod verify;

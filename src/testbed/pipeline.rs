@@ -1,0 +1,230 @@
+//! A whole local pipeline — edge nats-server, gateway, ingest, cloud nats-server, dev PKI — as
+//! real processes, with handles to stop and restart each part.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::{Nats, TempDir, Uplink, free_addr};
+use crate::config::{GatewayConfig, IngestConfig};
+
+/// The running pipeline. Dropping it kills every process and removes the temp dir.
+pub struct Pipeline {
+    // Field order is drop order: processes first, then the directory.
+    pub gateway: Option<Uplink>,
+    pub ingest: Option<Uplink>,
+    pub edge: Nats,
+    pub cloud: Option<Nats>,
+    pub gateway_cfg: GatewayConfig,
+    pub ingest_cfg: IngestConfig,
+    pub platform: String,
+    exe: PathBuf,
+    nats_bin: PathBuf,
+    cloud_port: u16,
+    cloud_store: PathBuf,
+    env: Vec<(String, String)>,
+    pub dir: TempDir,
+}
+
+impl Pipeline {
+    /// Starts everything and waits until ingest and gateway are ready.
+    /// `tweak_*` adjust the generated configs (limits, timeouts) before start.
+    pub async fn start(
+        exe: &Path,
+        nats_bin: &Path,
+        tweak_ingest: impl FnOnce(&mut IngestConfig),
+        tweak_gateway: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Self> {
+        let dir = TempDir::new("uplink-pipeline")?;
+        let platform = "edge-1".to_string();
+        let pki = crate::tls::dev_pki(&dir.path().join("pki"), std::slice::from_ref(&platform))?;
+        let edge = Nats::start(nats_bin, dir.path(), "edge").await?;
+        let cloud = Nats::start(nats_bin, dir.path(), "cloud").await?;
+        let ingest_addr = free_addr();
+
+        let defaults = IngestConfig::default();
+        let mut ingest_cfg = IngestConfig {
+            listen: ingest_addr,
+            admin: crate::config::AdminConfig {
+                listen: free_addr(),
+            },
+            tls: crate::config::TlsFiles {
+                ca: pki.ca(),
+                cert: pki.server_cert(),
+                key: pki.server_key(),
+            },
+            nats: crate::config::CloudNats {
+                url: cloud.url(),
+                ..defaults.nats.clone()
+            },
+            ..defaults
+        };
+        tweak_ingest(&mut ingest_cfg);
+
+        let defaults = GatewayConfig::default();
+        let mut gateway_cfg = GatewayConfig {
+            nats: crate::config::EdgeNats {
+                url: edge.url(),
+                ..defaults.nats.clone()
+            },
+            cloud: crate::config::Cloud {
+                url: format!("https://localhost:{}", ingest_addr.port()),
+                server_name: String::new(),
+                ca: pki.ca(),
+                cert: pki.client_cert(&platform),
+                key: pki.client_key(&platform),
+            },
+            admin: crate::config::AdminConfig {
+                listen: free_addr(),
+            },
+            ..defaults
+        };
+        tweak_gateway(&mut gateway_cfg);
+
+        let cloud_port = cloud.port;
+        let cloud_store = cloud.store.clone();
+        let mut p = Pipeline {
+            gateway: None,
+            ingest: None,
+            edge,
+            cloud: Some(cloud),
+            gateway_cfg,
+            ingest_cfg,
+            platform,
+            exe: exe.to_path_buf(),
+            nats_bin: nats_bin.to_path_buf(),
+            cloud_port,
+            cloud_store,
+            env: Vec::new(),
+            dir,
+        };
+        p.start_ingest().await?;
+        p.start_gateway().await?;
+        Ok(p)
+    }
+
+    /// The dev PKI of this pipeline (CA, server and `edge-1` client certificates).
+    pub fn pki(&self) -> crate::tls::DevPki {
+        crate::tls::DevPki {
+            dir: self.dir.path().join("pki"),
+        }
+    }
+
+    /// Extra environment for the uplink processes started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
+    }
+
+    fn write_config<T: serde::Serialize>(&self, name: &str, cfg: &T) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, toml::to_string(cfg)?)?;
+        Ok(path)
+    }
+
+    async fn start_uplink(&self, program: &str, admin: SocketAddr) -> anyhow::Result<Uplink> {
+        let cfg = match program {
+            "ingest" => self.write_config(program, &self.ingest_cfg)?,
+            _ => self.write_config(program, &self.gateway_cfg)?,
+        };
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Uplink::start(
+            &self.exe,
+            program,
+            &cfg,
+            admin,
+            self.dir.path().join(format!("{program}.log")),
+            &env,
+        )
+        .await
+    }
+
+    pub async fn start_ingest(&mut self) -> anyhow::Result<()> {
+        let admin = self.ingest_cfg.admin.listen;
+        self.ingest = Some(self.start_uplink("ingest", admin).await?);
+        Ok(())
+    }
+
+    pub async fn start_gateway(&mut self) -> anyhow::Result<()> {
+        let admin = self.gateway_cfg.admin.listen;
+        self.gateway = Some(self.start_uplink("gateway", admin).await?);
+        Ok(())
+    }
+
+    /// Starts the ingest without waiting for readiness (for when cloud NATS is down).
+    pub fn spawn_ingest(&mut self) -> anyhow::Result<()> {
+        let cfg = self.write_config("ingest", &self.ingest_cfg)?;
+        self.ingest = Some(Uplink::spawn(
+            &self.exe,
+            "ingest",
+            &cfg,
+            self.ingest_cfg.admin.listen,
+            self.dir.path().join("ingest.log"),
+            &[],
+        )?);
+        Ok(())
+    }
+
+    /// Stops the cloud nats-server (SIGKILL).
+    pub fn stop_cloud(&mut self) {
+        if let Some(mut c) = self.cloud.take() {
+            c.proc.kill();
+        }
+    }
+
+    /// Restarts the cloud nats-server on the same port and store.
+    pub async fn start_cloud(&mut self) -> anyhow::Result<()> {
+        self.cloud = Some(
+            Nats::start_with_store(
+                &self.nats_bin,
+                self.dir.path(),
+                "cloud",
+                self.cloud_port,
+                self.cloud_store.clone(),
+            )
+            .await?,
+        );
+        Ok(())
+    }
+
+    pub fn cloud_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.cloud_port)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("https://localhost:{}", self.ingest_cfg.listen.port())
+    }
+
+    /// Log of a program of the pipeline ("ingest", "gateway", "edge", "cloud").
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Metrics of the gateway.
+    pub async fn gateway_metrics(&self) -> anyhow::Result<String> {
+        self.gateway
+            .as_ref()
+            .context("gateway not running")?
+            .metrics()
+            .await
+    }
+
+    /// Metrics of the ingest.
+    pub async fn ingest_metrics(&self) -> anyhow::Result<String> {
+        self.ingest
+            .as_ref()
+            .context("ingest not running")?
+            .metrics()
+            .await
+    }
+}
+
+/// How long to wait for a whole run to reach the cloud, for `count` messages.
+pub fn delivery_budget(count: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(count as u64 / 20)
+}

@@ -1,0 +1,197 @@
+//! TLS: the one crypto provider, PEM loading, mutual-TLS server and client configs, the platform
+//! identity of a client certificate, and the dev PKI of `uplink pki dev`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// A TLS setup problem, naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} from {path}: {detail}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{path} holds no {what}")]
+    Empty { what: &'static str, path: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    #[error("dev PKI: {0}")]
+    Pki(String),
+}
+
+/// Installs ring as the process-wide rustls crypto provider. Called once at start by every
+/// program (a second call is harmless).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem {
+            what: "certificates",
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what: "PEM certificate",
+            path: path.into(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+        what: "a private key",
+        path: path.into(),
+        detail: e.to_string(),
+    })
+}
+
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Config(format!("CA bundle {}: {e}", ca.display())))?;
+    }
+    Ok(roots)
+}
+
+/// Server config that REQUIRES a client certificate chaining to `ca`; ALPN `h2`, `http/1.1`.
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    install_crypto_provider();
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(ca)?))
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client config presenting `cert`/`key` and trusting only `ca`; ALPN `h2`.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    install_crypto_provider();
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The platform identity of a (verified) client certificate: its subject CN, else its first DNS SAN.
+pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Some(cn) = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        return Some(cn.to_string());
+    }
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+        _ => None,
+    })
+}
+
+/// Files written by [`dev_pki`].
+pub struct DevPki {
+    pub dir: PathBuf,
+}
+
+impl DevPki {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server-key.pem")
+    }
+    pub fn client_cert(&self, platform: &str) -> PathBuf {
+        self.dir.join(format!("{platform}.pem"))
+    }
+    pub fn client_key(&self, platform: &str) -> PathBuf {
+        self.dir.join(format!("{platform}-key.pem"))
+    }
+}
+
+/// Writes a throwaway CA, a server certificate for `localhost`/`127.0.0.1`/`::1`, and one client
+/// certificate per platform (CN = platform, clientAuth EKU) into `dir`. For demos and tests.
+pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let e = |e: rcgen::Error| TlsError::Pki(e.to_string());
+    for p in platforms {
+        crate::wire::validate_token(p).map_err(|err| TlsError::Pki(format!("platform: {err}")))?;
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|err| TlsError::Pki(format!("create {}: {err}", dir.display())))?;
+    let write = |name: String, text: String| {
+        let path = dir.join(&name);
+        std::fs::write(&path, text)
+            .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
+    };
+
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "uplink dev CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    write("ca.pem".into(), ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let server_key = KeyPair::generate().map_err(e)?;
+    let mut server = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(e)?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "uplink ingest (dev)");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server.signed_by(&server_key, &issuer).map_err(e)?;
+    write("server.pem".into(), server_cert.pem())?;
+    write("server-key.pem".into(), server_key.serialize_pem())?;
+
+    for p in platforms {
+        let key = KeyPair::generate().map_err(e)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, p.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).map_err(e)?;
+        write(format!("{p}.pem"), cert.pem())?;
+        write(format!("{p}-key.pem"), key.serialize_pem())?;
+    }
+    Ok(DevPki { dir: dir.into() })
+}
+
+#[cfg(test)]
+mod tests;

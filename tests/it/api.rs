@@ -1,0 +1,105 @@
+//! The ingest's HTTP API over real HTTP/2 + mTLS: bad input gets a JSON error naming the
+//! problem, and nothing is published.
+
+use bytes::Bytes;
+use uplink::wire::{self, Batch, Encoding, Message};
+
+use crate::support::h2client::{self, json};
+use crate::support::*;
+
+fn batch(subject: &str) -> Batch {
+    Batch {
+        messages: vec![Message {
+            id: "api.1".into(),
+            subject: subject.into(),
+            payload: Bytes::from_static(b"v"),
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
+    let p = pipeline(|i| i.limits.max_body_bytes = 64 * 1024, |_| {}).await;
+    let pki = p.pki();
+    let c = h2client::client(
+        &p.ingest_url(),
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
+    );
+    let pb = [("content-type", wire::CONTENT_TYPE_PROTOBUF)];
+    /// (path, headers, body, expected status, expected text in the detail)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Bytes, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "/v1/batches",
+            pb.to_vec(),
+            Bytes::from_static(b"\x0a\xff\xff\xff"),
+            400,
+            "not a valid uplink.v1.Batch",
+        ),
+        (
+            "/v1/batches",
+            vec![pb[0], ("content-encoding", "br")],
+            wire::encode_batch(&batch("a"), Encoding::Identity, 1).unwrap(),
+            415,
+            "br",
+        ),
+        (
+            "/v1/publish/big",
+            vec![],
+            Bytes::from(vec![1u8; 100 * 1024]),
+            413,
+            "max_body_bytes",
+        ),
+        (
+            "/v1/batches",
+            pb.to_vec(),
+            wire::encode_batch(&batch("telemetry.*"), Encoding::Identity, 1).unwrap(),
+            400,
+            "wildcards",
+        ),
+        (
+            "/v1/batches",
+            pb.to_vec(),
+            wire::encode_batch(&batch("telemetry..cpu"), Encoding::Identity, 1).unwrap(),
+            400,
+            "empty token",
+        ),
+        (
+            "/v1/publish/a.*",
+            vec![],
+            Bytes::from_static(b"x"),
+            400,
+            "wildcards",
+        ),
+    ];
+    for (path, headers, body, status, needle) in cases {
+        let resp = h2client::post(&c, path, &headers, body).await.unwrap();
+        assert_eq!(resp.status(), status, "{path} {needle}");
+        let v = json(&resp);
+        assert!(v["error"].is_string(), "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(needle),
+            "{v} lacks {needle:?}"
+        );
+    }
+    let cloud = cloud_js(&p).await;
+    assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 0);
+
+    // And the good request on the same connection is accepted, once, then deduplicated.
+    for dup in [0, 1] {
+        let headers = [pb[0], ("content-encoding", "gzip")];
+        let body = wire::encode_batch(&batch("telemetry.ok"), Encoding::Gzip, 1).unwrap();
+        let resp = h2client::post(&c, "/v1/batches", &headers, body)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            json(&resp),
+            serde_json::json!({"accepted": 1 - dup, "duplicates": dup})
+        );
+    }
+    assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 1);
+}

@@ -1,0 +1,97 @@
+//! Crashes and outages mid-stream: nothing lost, nothing duplicated.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const COUNT: usize = 20_000;
+const RATE: f64 = 4_000.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sigkill_mid_stream_then_restart() {
+    let mut p = pipeline(|_| {}, fast_recovery).await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let publisher = publish_in_background(edge.clone(), COUNT, RATE);
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 2_000).await;
+    p.gateway.as_mut().unwrap().proc.kill(); // SIGKILL: no chance to ack or nak anything
+    let at_kill = stream_len(&cloud, &p.ingest_cfg.nats.stream).await;
+    assert!(at_kill < COUNT as u64, "the kill must land mid-stream");
+    p.start_gateway().await.unwrap();
+    let sent = publisher.await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, COUNT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_down_for_seconds_mid_stream() {
+    let mut p = pipeline(|_| {}, fast_recovery).await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let publisher = publish_in_background(edge.clone(), COUNT, RATE);
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 2_000).await;
+    p.ingest.as_mut().unwrap().proc.kill();
+    // The outage itself is the scenario: a few seconds without the ingest.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.start_ingest().await.unwrap();
+    let sent = publisher.await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, COUNT);
+    let m = p.gateway_metrics().await.unwrap();
+    assert!(
+        uplink::telemetry::scrape_sum(&m, "uplink_gateway_retries_total") > 0.0,
+        "the outage must have been retried through: {m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_nats_down_gives_503_and_nothing_is_lost() {
+    let mut p = pipeline(|_| {}, fast_recovery).await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let publisher = publish_in_background(edge.clone(), COUNT / 2, RATE);
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 1_000).await;
+    p.stop_cloud();
+
+    // The ingest says so: not ready, and 503 + Retry-After to a direct request.
+    let ingest = p.ingest.as_ref().unwrap();
+    uplink::testbed::wait_for(
+        || async { Ok(uplink::testbed::http_get(ingest.admin, "/readyz").await?.0 == 503) },
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("/readyz turns 503 when cloud NATS is gone");
+    let pki = p.pki();
+    let c = h2client::client(
+        &p.ingest_url(),
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
+    );
+    let resp = h2client::post(
+        &c,
+        "/v1/publish/probe",
+        &[("idempotency-key", "probe-1")],
+        "x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(h2client::json(&resp)["error"], "unavailable");
+
+    // Let the gateway hit the outage for a while, then bring NATS back on the same store.
+    uplink::testbed::wait_for(
+        || async {
+            let m = p.gateway_metrics().await?;
+            Ok(uplink::telemetry::scrape_sum(&m, "uplink_gateway_retries_total") >= 3.0)
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("gateway retries during the outage");
+    p.start_cloud().await.unwrap();
+    let sent = publisher.await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, COUNT / 2);
+}

@@ -1,0 +1,8 @@
+//! The one integration-test binary: real nats-server, real TLS, the real `uplink` binary.
+
+mod api;
+mod cli;
+mod failures;
+mod pipeline;
+mod security;
+mod support;

@@ -1,0 +1,139 @@
+//! The shared harness: real nats-servers and real `uplink` processes on free loopback ports
+//! (via `uplink::testbed`), killed by pid on drop, plus helpers to publish and verify.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use uplink::config::{GatewayConfig, IngestConfig};
+use uplink::testbed::pipeline::Pipeline;
+use uplink::testbed::verify::{self, Report, Sent, Workload};
+
+pub mod h2client;
+
+/// The binary under test.
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_uplink"))
+}
+
+/// The Debian nats-server (installed by `.ci/run` / `make test`).
+pub fn nats_bin() -> PathBuf {
+    uplink::testbed::find_nats_server(None).expect("nats-server must be installed for the tests")
+}
+
+/// Settings that make failure tests fast: short ack_wait (redelivery after a gateway crash),
+/// short backoff ceilings.
+pub fn fast_recovery(g: &mut GatewayConfig) {
+    g.nats.ack_wait = Duration::from_secs(3);
+    g.timeouts.request = Duration::from_secs(2);
+    g.retry.max_backoff = Duration::from_millis(500);
+}
+
+/// Starts a pipeline with tweaks.
+pub async fn pipeline(
+    ingest: impl FnOnce(&mut IngestConfig),
+    gateway: impl FnOnce(&mut GatewayConfig),
+) -> Pipeline {
+    uplink::tls::install_crypto_provider();
+    Pipeline::start(&exe(), &nats_bin(), ingest, gateway)
+        .await
+        .expect("pipeline starts")
+}
+
+pub async fn edge_js(p: &Pipeline) -> jetstream::Context {
+    jetstream::new(async_nats::connect(p.edge.url()).await.expect("edge NATS"))
+}
+
+pub async fn cloud_js(p: &Pipeline) -> jetstream::Context {
+    jetstream::new(
+        async_nats::connect(p.cloud_url())
+            .await
+            .expect("cloud NATS"),
+    )
+}
+
+/// Waits until the cloud holds every sent message and the edge consumer is drained, then
+/// checks every id arrived exactly once and intact.
+pub async fn verify_delivery(p: &Pipeline, sent: &[Sent]) -> Report {
+    let edge = edge_js(p).await;
+    let cloud = cloud_js(p).await;
+    let budget = uplink::testbed::pipeline::delivery_budget(sent.len());
+    if let Err(e) =
+        verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await
+    {
+        panic!(
+            "{e}\n--- gateway log ---\n{}\n--- ingest log ---\n{}",
+            tail(&p.log("gateway")),
+            tail(&p.log("ingest"))
+        );
+    }
+    verify::wait_drained(
+        &edge,
+        &p.gateway_cfg.nats.stream,
+        &p.gateway_cfg.nats.consumer,
+        budget,
+    )
+    .await
+    .expect("edge consumer drains");
+    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .expect("read cloud");
+    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
+        .await
+        .unwrap();
+    verify::check(
+        sent,
+        &got,
+        &p.platform,
+        &p.gateway_cfg.nats.stream,
+        incarnation,
+        &p.ingest_cfg.nats.subject_prefix,
+    )
+}
+
+/// Asserts a report is perfect, with the logs on failure.
+pub fn assert_exactly_once(p: &Pipeline, r: &Report, expected: usize) {
+    assert!(
+        r.ok() && r.delivered == expected,
+        "{r:#?}\n--- gateway log ---\n{}\n--- ingest log ---\n{}",
+        tail(&p.log("gateway")),
+        tail(&p.log("ingest"))
+    );
+}
+
+/// The last lines of a log.
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A background publisher of `count` messages at `rate` per second.
+pub fn publish_in_background(
+    js: jetstream::Context,
+    count: usize,
+    rate: f64,
+) -> tokio::task::JoinHandle<Vec<Sent>> {
+    tokio::spawn(async move {
+        let w = Workload {
+            count,
+            rate: Some(rate),
+            ..Default::default()
+        };
+        verify::publish(&js, &w).await.expect("publish")
+    })
+}
+
+/// Number of messages in a stream.
+pub async fn stream_len(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until `stream` holds at least `n` messages (an event, polled), at most 60 s.
+pub async fn wait_stream_len(js: &jetstream::Context, stream: &str, n: u64) {
+    verify::wait_count(js, stream, n, Duration::from_secs(60))
+        .await
+        .expect("stream grows");
+}
