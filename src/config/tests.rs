@@ -2,15 +2,15 @@ use std::io::Write;
 
 use super::*;
 
-fn sources(file: Option<&str>, env: &[(&str, &str)], sets: &[&str]) -> (Sources, Option<PathBuf>) {
-    let path = file.map(|text| {
-        let dir = std::env::temp_dir().join(format!(
-            "uplink-cfg-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.toml");
+/// Sources for a test; the returned temp dir (holding the file) lives as long as the caller keeps it.
+fn sources(
+    file: Option<&str>,
+    env: &[(&str, &str)],
+    sets: &[&str],
+) -> (Sources, Option<crate::testbed::TempDir>) {
+    let dir = file.map(|_| crate::testbed::TempDir::new("uplink-cfg").unwrap());
+    let path = file.zip(dir.as_ref()).map(|(text, dir)| {
+        let p = dir.path().join("c.toml");
         std::fs::File::create(&p)
             .unwrap()
             .write_all(text.as_bytes())
@@ -26,7 +26,7 @@ fn sources(file: Option<&str>, env: &[(&str, &str)], sets: &[&str]) -> (Sources,
                 .collect(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
         },
-        path,
+        dir,
     )
 }
 
@@ -63,7 +63,7 @@ fn rendered_defaults_parse_back_to_the_defaults() {
 
 #[test]
 fn layers_apply_in_order_file_env_flags() {
-    let (s, _) = sources(
+    let (s, _dir) = sources(
         Some("platform = \"from-file\"\n[batch]\nmax_messages = 7\nlinger = \"5ms\"\n"),
         &[
             ("UPLINK_GATEWAY_PLATFORM", "from-env"),
@@ -86,61 +86,61 @@ fn layers_apply_in_order_file_env_flags() {
 
 #[test]
 fn unknown_keys_are_named_with_their_origin() {
-    let (s, _) = sources(Some("[batch]\nmax_mesages = 1\n"), &[], &[]);
+    let (s, _dir) = sources(Some("[batch]\nmax_mesages = 1\n"), &[], &[]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("batch.max_mesages") && e.contains("file"), "{e}");
 
-    let (s, _) = sources(None, &[("UPLINK_INGEST_NATS__STREEM", "x")], &[]);
+    let (s, _dir) = sources(None, &[("UPLINK_INGEST_NATS__STREEM", "x")], &[]);
     let e = ingest(&s).unwrap_err().to_string();
     assert!(
         e.contains("nats.streem") && e.contains("UPLINK_INGEST_NATS__STREEM"),
         "{e}"
     );
 
-    let (s, _) = sources(None, &[], &["nope=1"]);
+    let (s, _dir) = sources(None, &[], &["nope=1"]);
     let e = ingest(&s).unwrap_err().to_string();
     assert!(e.contains("`nope`") && e.contains("--set"), "{e}");
 }
 
 #[test]
 fn bad_values_name_the_key_and_reason() {
-    let (s, _) = sources(None, &[], &["batch.max_messages=lots"]);
+    let (s, _dir) = sources(None, &[], &["batch.max_messages=lots"]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(
         e.contains("batch.max_messages") && e.contains("not an integer"),
         "{e}"
     );
 
-    let (s, _) = sources(None, &[], &["timeouts.request=forever"]);
+    let (s, _dir) = sources(None, &[], &["timeouts.request=forever"]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("invalid duration"), "{e}");
 
-    let (s, _) = sources(None, &[], &["timeouts.request=0s"]);
+    let (s, _dir) = sources(None, &[], &["timeouts.request=0s"]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(
         e.contains("timeouts.request") && e.contains("greater than zero"),
         "{e}"
     );
 
-    let (s, _) = sources(None, &[], &["timeouts.request=40s"]);
+    let (s, _dir) = sources(None, &[], &["timeouts.request=40s"]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("nats.ack_wait"), "{e}");
 
-    let (s, _) = sources(None, &[], &["cloud.url=http://plain:80"]);
+    let (s, _dir) = sources(None, &[], &["cloud.url=http://plain:80"]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("cloud.url") && e.contains("https"), "{e}");
 
-    let (s, _) = sources(None, &[], &["batch.compression=lz4"]);
+    let (s, _dir) = sources(None, &[], &["batch.compression=lz4"]);
     assert!(gateway(&s).is_err());
 
-    let (s, _) = sources(None, &[], &["nats.stream=A.B"]);
+    let (s, _dir) = sources(None, &[], &["nats.stream=A.B"]);
     let e = ingest(&s).unwrap_err().to_string();
     assert!(e.contains("nats.stream"), "{e}");
 
-    let (s, _) = sources(Some("listen = \"not an address\"\n"), &[], &[]);
+    let (s, _dir) = sources(Some("listen = \"not an address\"\n"), &[], &[]);
     assert!(ingest(&s).is_err());
 
-    let (s, _) = sources(Some("[batch\n"), &[], &[]);
+    let (s, _dir) = sources(Some("[batch\n"), &[], &[]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("config file"), "{e}");
 }

@@ -1,19 +1,14 @@
 use super::*;
 
-fn tmp() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "uplink-tls-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp() -> crate::testbed::TempDir {
+    crate::testbed::TempDir::new("uplink-tls").unwrap()
 }
 
 #[test]
 fn dev_pki_builds_working_mtls_configs_and_identities() {
-    let dir = tmp();
-    let pki = dev_pki(&dir, &["edge-1".to_string(), "edge-2".to_string()]).unwrap();
+    let tmp = tmp();
+    let dir = tmp.path();
+    let pki = dev_pki(dir, &["edge-1".to_string(), "edge-2".to_string()]).unwrap();
     server_config(&pki.ca(), &pki.server_cert(), &pki.server_key()).unwrap();
     client_config(
         &pki.ca(),
@@ -23,12 +18,12 @@ fn dev_pki_builds_working_mtls_configs_and_identities() {
     .unwrap();
     let cert = &load_certs(&pki.client_cert("edge-2")).unwrap()[0];
     assert_eq!(identity(cert).as_deref(), Some("edge-2"));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn errors_name_the_file() {
-    let dir = tmp();
+    let tmp = tmp();
+    let dir = tmp.path();
     let missing = dir.join("missing.pem");
     let e = load_certs(&missing).unwrap_err().to_string();
     assert!(e.contains("missing.pem"), "{e}");
@@ -39,6 +34,5 @@ fn errors_name_the_file() {
         e.contains("empty.pem") && e.contains("no PEM certificate"),
         "{e}"
     );
-    assert!(dev_pki(&dir, &["bad.name".to_string()]).is_err());
-    std::fs::remove_dir_all(dir).unwrap();
+    assert!(dev_pki(dir, &["bad.name".to_string()]).is_err());
 }
