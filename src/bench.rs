@@ -10,7 +10,8 @@ use async_nats::jetstream;
 
 use crate::config::{GatewayConfig, IngestConfig};
 use crate::telemetry::scrape_sum;
-use crate::testbed::pipeline::{Pipeline, delivery_budget};
+use crate::testbed::nginx::NginxSite;
+use crate::testbed::pipeline::{Pipeline, PipelineOptions, delivery_budget};
 use crate::testbed::verify::{self, Workload};
 
 /// What to run.
@@ -27,6 +28,8 @@ pub struct BenchOptions {
     pub ingest_idle_timeout: Option<Duration>,
     /// Gateway `forward.max_in_flight`.
     pub in_flight: Option<usize>,
+    /// Put nginx (TLS terminator, nginx defaults: keepalive_requests 1000) in front of the ingest.
+    pub via_nginx: bool,
 }
 
 /// The figures of a run.
@@ -64,16 +67,19 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         if let Some(n) = o.in_flight {
             c.forward.max_in_flight = n;
         }
-        // The bench's own server limit must not be above the client's rotation point.
-        if let Some(n) = o.ingest_max_requests {
-            c.forward.max_requests_per_connection = c.forward.max_requests_per_connection.min(n);
-        }
     };
-    let p = Pipeline::start(&exe, &nats_bin, tweak_ingest, tweak_gateway).await?;
+    let options = PipelineOptions {
+        nginx: opts.via_nginx.then(NginxSite::default),
+    };
+    let p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
     if !opts.json {
         eprintln!(
-            "pipeline up: edge {} → gateway → ingest {} → cloud {} (logs in {})",
+            "pipeline up: edge {} → gateway → {}ingest {} → cloud {} (logs in {})",
             p.edge.url(),
+            match &p.nginx {
+                Some(n) => format!("nginx {} → ", n.url()),
+                None => String::new(),
+            },
             p.ingest_url(),
             p.cloud_url(),
             p.dir.path().display()

@@ -376,6 +376,55 @@ pub struct IngestConfig {
     pub http2: ServerHttp2,
     pub timeouts: ServerTimeouts,
     pub admin: AdminConfig,
+    pub proxy: ProxyConfig,
+}
+
+/// Serving behind a TLS-terminating proxy (nginx) that verified the client certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub listen: String,
+    pub trusted: Vec<String>,
+    pub identity_header: String,
+    pub verify_header: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: String::new(),
+            trusted: vec!["127.0.0.1".into(), "::1".into()],
+            identity_header: "x-uplink-client-dn".into(),
+            verify_header: "x-uplink-client-verify".into(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The plain listener address, when enabled.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|e| {
+            invalid(
+                "proxy.listen",
+                format!("{:?} is not an address: {e}", self.listen),
+            )
+        })
+    }
+
+    /// The trusted proxy addresses.
+    pub fn trusted_ips(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        self.trusted
+            .iter()
+            .map(|t| {
+                t.parse().map_err(|e| {
+                    invalid("proxy.trusted", format!("{t:?} is not an IP address: {e}"))
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -442,6 +491,7 @@ impl Default for IngestConfig {
             admin: AdminConfig {
                 listen: "127.0.0.1:9102".parse().unwrap(),
             },
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -542,6 +592,15 @@ impl IngestConfig {
                 "http2.max_requests_per_connection",
                 "must be at least 1",
             ));
+        }
+        self.proxy.listen_addr()?;
+        self.proxy.trusted_ips()?;
+        for (key, h) in [
+            ("proxy.identity_header", &self.proxy.identity_header),
+            ("proxy.verify_header", &self.proxy.verify_header),
+        ] {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| invalid(key, format!("{h:?} is not a header name")))?;
         }
         for (key, d) in [
             ("timeouts.tls_handshake", self.timeouts.tls_handshake),

@@ -25,6 +25,14 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
+    let proxy = match cfg.proxy.listen_addr()? {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (proxy.listen)"))?,
+        ),
+        None => None,
+    };
     let sink = publish::JetStreamSink::connect(&cfg.nats, cfg.timeouts.publish).await?;
     let handler = Arc::new(handler::Handler::new(
         sink,
@@ -35,6 +43,7 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
+        proxy = ?proxy.as_ref().map(|l| l.local_addr().ok()),
         nats = %cfg.nats.url,
         stream = %cfg.nats.stream,
         "ingest started"
@@ -45,18 +54,32 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         Arc::new(move || ready_handler.ready()),
         shutdown.clone(),
     ));
-    accept::serve(
-        listener,
-        tls,
-        handler,
-        accept::ServerLimits {
-            http2: cfg.http2.clone(),
-            timeouts: cfg.timeouts.clone(),
-            max_connections: cfg.limits.max_connections,
-        },
-        shutdown,
-    )
-    .await;
+    let limits = accept::ServerLimits {
+        http2: cfg.http2.clone(),
+        timeouts: cfg.timeouts.clone(),
+        max_connections: cfg.limits.max_connections,
+    };
+    let behind_proxy = match proxy {
+        Some(l) => {
+            let trust = Arc::new(accept::ProxyTrust {
+                trusted: cfg.proxy.trusted_ips()?,
+                identity_header: cfg.proxy.identity_header.parse()?,
+                verify_header: cfg.proxy.verify_header.parse()?,
+            });
+            Some(tokio::spawn(accept::serve(
+                l,
+                accept::Mode::Proxy(trust),
+                handler.clone(),
+                limits.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    accept::serve(listener, accept::Mode::Tls(tls), handler, limits, shutdown).await;
+    if let Some(task) = behind_proxy {
+        let _ = task.await;
+    }
     tracing::info!("ingest stopped");
     Ok(())
 }

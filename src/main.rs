@@ -93,6 +93,9 @@ enum Cmd {
         /// Gateway: batches in flight.
         #[arg(long)]
         in_flight: Option<usize>,
+        /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
+        #[arg(long)]
+        via_nginx: bool,
     },
     /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
     Demo {
@@ -259,8 +262,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ingest_max_requests,
             ingest_idle_timeout,
             in_flight,
+            via_nginx,
         } => {
             let opts = uplink::bench::BenchOptions {
+                via_nginx,
                 messages,
                 size,
                 mixed,

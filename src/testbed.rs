@@ -335,5 +335,6 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+pub mod nginx;
 pub mod pipeline;
 pub mod verify;

@@ -240,4 +240,24 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
         "admin.listen",
         "Admin listen address; port 0 picks a free one.",
     ),
+    (
+        "proxy",
+        "Behind a TLS-terminating proxy (nginx) that verifies client certificates itself.",
+    ),
+    (
+        "proxy.listen",
+        "Plain HTTP/1.1 listener for the proxy; empty = off. Only proxy.trusted peers are served.",
+    ),
+    (
+        "proxy.trusted",
+        "IP addresses of trusted proxies; connections from others are closed at once.",
+    ),
+    (
+        "proxy.identity_header",
+        "Header with the verified client certificate subject DN (nginx: $ssl_client_s_dn); its CN is the platform.",
+    ),
+    (
+        "proxy.verify_header",
+        "Header with the proxy's verification result (nginx: $ssl_client_verify); must be SUCCESS.",
+    ),
 ];

@@ -56,6 +56,9 @@ struct Conn {
     replacing: AtomicBool,
     /// When the last request on it ended (or it opened).
     last_used: std::sync::Mutex<Instant>,
+    /// Its own `max_connection_age`, jittered ±10 % so connections opened together do not
+    /// all rotate together.
+    max_age: Duration,
 }
 
 impl Conn {
@@ -75,6 +78,8 @@ struct Inner {
     dial: tokio::sync::Mutex<()>,
     /// A background replenish task is scheduled or running.
     replenishing: AtomicBool,
+    /// Requests per connection after which the server itself sent GOAWAY (0 = not seen yet).
+    learned_limit: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -115,6 +120,7 @@ impl Client {
                 pool: Default::default(),
                 dial: Default::default(),
                 replenishing: AtomicBool::new(false),
+                learned_limit: AtomicU64::new(0),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -187,7 +193,7 @@ impl Client {
 
     fn pick(&self) -> Option<Arc<Conn>> {
         let cfg = &self.inner.cfg;
-        let max = cfg.max_requests_per_connection;
+        let max = self.inner.max_requests();
         // Start replacing at ~90% of the limit, so the new connection is up before the old
         // one stops taking work.
         let soft = max.saturating_sub((max / 10).max(1)).max(1);
@@ -199,7 +205,7 @@ impl Client {
             .count();
         let mut wanted = cfg.connections.saturating_sub(live);
         for c in pool.iter() {
-            let aged = c.opened.elapsed() >= cfg.max_connection_age;
+            let aged = c.opened.elapsed() >= c.max_age;
             let worn = c.requests.load(Ordering::Acquire) >= soft;
             if (aged || worn) && !c.replacing.swap(true, Ordering::AcqRel) {
                 tracing::debug!(conn = c.id, aged, worn, "replacing connection");
@@ -236,8 +242,7 @@ impl Client {
                 let pool = self.inner.pool.lock().unwrap();
                 pool.iter()
                     .filter(|c| {
-                        !c.replacing.load(Ordering::Acquire)
-                            && c.usable(self.inner.cfg.max_requests_per_connection)
+                        !c.replacing.load(Ordering::Acquire) && c.usable(self.inner.max_requests())
                     })
                     .count()
             };
@@ -250,7 +255,7 @@ impl Client {
                     pool.push(c);
                     // The replacements are up: retire what they replace (it drains its
                     // in-flight streams; hyper closes it when the last sender is gone).
-                    let max = self.inner.cfg.max_requests_per_connection;
+                    let max = self.inner.max_requests();
                     let retired: Vec<u64> = pool
                         .iter()
                         .filter(|c| c.replacing.load(Ordering::Acquire))
@@ -319,6 +324,10 @@ impl Client {
             closed: closed.clone(),
             replacing: AtomicBool::new(false),
             last_used: std::sync::Mutex::new(Instant::now()),
+            max_age: inner
+                .cfg
+                .max_connection_age
+                .mul_f64(0.9 + 0.2 * fastrand::f64()),
         });
         metrics::counter!("uplink_client_connections_opened_total").increment(1);
         metrics::gauge!("uplink_client_connections_open").increment(1.0);
@@ -336,7 +345,30 @@ impl Client {
                     _ = tokio::time::sleep(idle.min(Duration::from_secs(1))) => None,
                 };
                 match res {
-                    Some(Ok(())) => break if idled { "idle" } else { "closed" },
+                    Some(Ok(())) if idled => break "idle",
+                    Some(Ok(())) => {
+                        // Still ours and not being replaced: the server ended it (GOAWAY).
+                        let Some(c) = weak.upgrade() else {
+                            break "retired";
+                        };
+                        if c.replacing.load(Ordering::Acquire) {
+                            break "retired";
+                        }
+                        let active = c.last_used.lock().unwrap().elapsed() < Duration::from_secs(2);
+                        if let Some(inner) = me.upgrade()
+                            && active
+                        {
+                            inner.learn_limit(c.requests.load(Ordering::Acquire), id);
+                        }
+                        break "goaway";
+                    }
+                    Some(Err(e)) if e.is_timeout() => {
+                        tracing::warn!(
+                            conn = id,
+                            "PING unanswered: connection is half-open; closing it"
+                        );
+                        break "ping_timeout";
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(conn = id, error = %e, "connection ended with error");
                         break "error";
@@ -364,6 +396,36 @@ impl Client {
             tracing::debug!(conn = id, reason, "connection closed");
         });
         Ok(c)
+    }
+}
+
+impl Inner {
+    /// Requests per connection before rotation: the configured cap, or ~90 % of what the
+    /// server was seen to allow, whichever is lower.
+    fn max_requests(&self) -> u64 {
+        let cfg = self.cfg.max_requests_per_connection;
+        match self.learned_limit.load(Ordering::Acquire) {
+            0 => cfg,
+            k => cfg.min((k * 9 / 10).max(1)),
+        }
+    }
+
+    /// Records that the server closed a busy connection after `k` requests.
+    fn learn_limit(&self, k: u64, conn: u64) {
+        if k < 2 {
+            return;
+        }
+        let prev = self.learned_limit.load(Ordering::Acquire);
+        if prev == 0 || k < prev {
+            self.learned_limit.store(k, Ordering::Release);
+            tracing::info!(
+                conn,
+                server_limit = k,
+                rotate_at = self.max_requests(),
+                "server closed a busy connection after {k} requests; rotating before that from now on"
+            );
+            metrics::gauge!("uplink_client_learned_max_requests").set(k as f64);
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
@@ -48,6 +50,68 @@ impl CloseReason {
     }
 }
 
+/// How connections of a listener are secured, and where the platform identity comes from.
+#[derive(Clone)]
+pub enum Mode {
+    /// mTLS: the identity is the verified client certificate's CN (or DNS SAN).
+    Tls(Arc<rustls::ServerConfig>),
+    /// Plain HTTP/1.1 from a trusted TLS-terminating proxy that verified the client
+    /// certificate and passes its subject DN in a header.
+    Proxy(Arc<ProxyTrust>),
+}
+
+/// Who may speak for clients on a proxy listener, and how.
+pub struct ProxyTrust {
+    pub trusted: Vec<IpAddr>,
+    pub identity_header: http::HeaderName,
+    pub verify_header: http::HeaderName,
+}
+
+impl ProxyTrust {
+    fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+            v4 => v4,
+        };
+        self.trusted.contains(&peer)
+    }
+
+    /// The platform named by the proxy for this request, if it verified a certificate.
+    fn identity(&self, headers: &http::HeaderMap) -> Option<String> {
+        let verified = headers
+            .get(&self.verify_header)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("SUCCESS"));
+        if !verified {
+            return None;
+        }
+        let dn = headers.get(&self.identity_header)?.to_str().ok()?;
+        common_name(dn).map(str::to_string)
+    }
+}
+
+/// The CN of a subject DN, in RFC 2253 form (`CN=a,O=b`, nginx's `$ssl_client_s_dn`) or the
+/// legacy slash form (`/O=b/CN=a`).
+pub fn common_name(dn: &str) -> Option<&str> {
+    let parts: Vec<&str> = if dn.starts_with('/') {
+        dn.split('/').collect()
+    } else {
+        dn.split(',').collect()
+    };
+    parts
+        .iter()
+        .map(|p| p.trim())
+        .find_map(|p| p.strip_prefix("CN=").or_else(|| p.strip_prefix("cn=")))
+        .filter(|cn| !cn.is_empty())
+}
+
+/// The platform identity of a connection or of each of its requests.
+#[derive(Clone)]
+enum Who {
+    Cert(Option<Arc<str>>),
+    Proxy(Arc<ProxyTrust>),
+}
+
 /// Per-connection bookkeeping shared with its request service.
 struct ConnState {
     requests: AtomicU64,
@@ -56,16 +120,15 @@ struct ConnState {
     limit_reached: Notify,
 }
 
-/// Serves TLS connections from `listener` until `shutdown`, then drains them for at most
+/// Serves connections from `listener` until `shutdown`, then drains them for at most
 /// `timeouts.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    mode: Mode,
     handler: Arc<Handler>,
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let limits = Arc::new(limits);
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -88,14 +151,28 @@ pub async fn serve(
         };
         next_id += 1;
         let id = next_id;
-        let (acceptor, handler, limits, shutdown) = (
-            acceptor.clone(),
+        let (mode, handler, limits, shutdown) = (
+            mode.clone(),
             handler.clone(),
             limits.clone(),
             shutdown.clone(),
         );
         tracker.spawn(async move {
-            connection(tcp, peer, id, acceptor, handler, limits, shutdown).await;
+            let _ = tcp.set_nodelay(true);
+            match mode {
+                Mode::Tls(tls) => {
+                    tls_connection(tcp, peer, id, tls, handler, limits, shutdown).await
+                }
+                Mode::Proxy(trust) => {
+                    if trust.trusts(peer.ip()) {
+                        let conn = Conn { id, handler, limits, shutdown };
+                        conn.serve(TokioIo::new(tcp), false, Who::Proxy(trust)).await;
+                    } else {
+                        metrics::counter!("uplink_ingest_untrusted_proxy_total").increment(1);
+                        tracing::warn!(conn = id, %peer, "connection to the proxy listener from an untrusted address; closed");
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -111,16 +188,16 @@ pub async fn serve(
     }
 }
 
-async fn connection(
+async fn tls_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     handler: Arc<Handler>,
     limits: Arc<ServerLimits>,
     shutdown: CancellationToken,
 ) {
-    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(tls);
     let tls = match tokio::time::timeout(limits.timeouts.tls_handshake, acceptor.accept(tcp)).await
     {
         Ok(Ok(s)) => s,
@@ -145,65 +222,96 @@ async fn connection(
         .map(Arc::from);
     let h2 = session.alpn_protocol() == Some(b"h2");
     tracing::debug!(conn = id, %peer, identity = identity.as_deref(), h2, "connection accepted");
-    metrics::counter!("uplink_ingest_connections_total", "protocol" => if h2 { "h2" } else { "http/1.1" })
-        .increment(1);
-    metrics::gauge!("uplink_ingest_connections_open").increment(1.0);
+    let conn = Conn {
+        id,
+        handler,
+        limits,
+        shutdown,
+    };
+    conn.serve(TokioIo::new(tls), h2, Who::Cert(identity)).await;
+}
 
-    let state = Arc::new(ConnState {
-        requests: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        last_active: std::sync::Mutex::new(Instant::now()),
-        limit_reached: Notify::new(),
-    });
-    let max_requests = limits.http2.max_requests_per_connection;
-    let svc_state = state.clone();
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let (handler, identity, state) = (handler.clone(), identity.clone(), svc_state.clone());
-        async move {
-            let n = state.requests.fetch_add(1, Ordering::AcqRel) + 1;
-            if n == max_requests {
-                state.limit_reached.notify_one();
+/// One accepted connection, whatever its transport.
+struct Conn {
+    id: u64,
+    handler: Arc<Handler>,
+    limits: Arc<ServerLimits>,
+    shutdown: CancellationToken,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: TokioIo<I>, h2: bool, who: Who)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            id,
+            handler,
+            limits,
+            shutdown,
+        } = self;
+        metrics::counter!("uplink_ingest_connections_total", "protocol" => if h2 { "h2" } else { "http/1.1" })
+            .increment(1);
+        metrics::gauge!("uplink_ingest_connections_open").increment(1.0);
+        let state = Arc::new(ConnState {
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_active: std::sync::Mutex::new(Instant::now()),
+            limit_reached: Notify::new(),
+        });
+        let max_requests = limits.http2.max_requests_per_connection;
+        let svc_state = state.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let (handler, who, state) = (handler.clone(), who.clone(), svc_state.clone());
+            async move {
+                let n = state.requests.fetch_add(1, Ordering::AcqRel) + 1;
+                if n == max_requests {
+                    state.limit_reached.notify_one();
+                }
+                state.in_flight.fetch_add(1, Ordering::AcqRel);
+                let platform: Option<std::borrow::Cow<'_, str>> = match &who {
+                    Who::Cert(c) => c.as_deref().map(std::borrow::Cow::Borrowed),
+                    Who::Proxy(trust) => trust.identity(req.headers()).map(std::borrow::Cow::Owned),
+                };
+                let resp = handler.handle(req, platform.as_deref()).await;
+                *state.last_active.lock().unwrap() = Instant::now();
+                state.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Ok::<_, std::convert::Infallible>(resp)
             }
-            state.in_flight.fetch_add(1, Ordering::AcqRel);
-            let resp = handler.handle(req, identity.as_deref()).await;
-            *state.last_active.lock().unwrap() = Instant::now();
-            state.in_flight.fetch_sub(1, Ordering::AcqRel);
-            Ok::<_, std::convert::Infallible>(resp)
+        });
+        if h2 {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.http2.max_concurrent_streams)
+                .max_header_list_size(limits.http2.max_header_list_bytes);
+            drive(
+                id,
+                builder.serve_connection(io, svc),
+                &state,
+                &limits,
+                &shutdown,
+            )
+            .await;
+        } else {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(limits.timeouts.idle);
+            drive(
+                id,
+                builder.serve_connection(io, svc),
+                &state,
+                &limits,
+                &shutdown,
+            )
+            .await;
         }
-    });
-    let io = TokioIo::new(tls);
-    if h2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.http2.max_concurrent_streams)
-            .max_header_list_size(limits.http2.max_header_list_bytes);
-        drive(
-            id,
-            builder.serve_connection(io, svc),
-            &state,
-            &limits,
-            &shutdown,
-        )
-        .await;
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(limits.timeouts.idle);
-        drive(
-            id,
-            builder.serve_connection(io, svc),
-            &state,
-            &limits,
-            &shutdown,
-        )
-        .await;
+        metrics::gauge!("uplink_ingest_connections_open").decrement(1.0);
+        metrics::histogram!("uplink_ingest_requests_per_connection")
+            .record(state.requests.load(Ordering::Acquire) as f64);
     }
-    metrics::gauge!("uplink_ingest_connections_open").decrement(1.0);
-    metrics::histogram!("uplink_ingest_requests_per_connection")
-        .record(state.requests.load(Ordering::Acquire) as f64);
 }
 
 /// Runs a connection to its end, starting a graceful shutdown (GOAWAY for HTTP/2) at the first
@@ -254,5 +362,39 @@ async fn drive<C>(
             .increment(1);
         closing = Some(reason);
         conn.as_mut().graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_of_distinguished_names() {
+        assert_eq!(common_name("CN=edge-1"), Some("edge-1"));
+        assert_eq!(common_name("CN=edge-1,O=Acme,C=DE"), Some("edge-1"));
+        assert_eq!(common_name("O=Acme, CN=site-b"), Some("site-b"));
+        assert_eq!(common_name("/C=DE/O=Acme/CN=edge-2"), Some("edge-2"));
+        assert_eq!(common_name("O=Acme"), None);
+        assert_eq!(common_name("CN="), None);
+    }
+
+    #[test]
+    fn proxy_identity_needs_verification_and_a_trusted_peer() {
+        let t = ProxyTrust {
+            trusted: vec!["127.0.0.1".parse().unwrap()],
+            identity_header: http::HeaderName::from_static("x-dn"),
+            verify_header: http::HeaderName::from_static("x-verify"),
+        };
+        assert!(t.trusts("127.0.0.1".parse().unwrap()));
+        assert!(t.trusts("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!t.trusts("127.0.0.2".parse().unwrap()));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-dn", "CN=edge-1".parse().unwrap());
+        assert_eq!(t.identity(&h), None, "unverified");
+        h.insert("x-verify", "FAILED:unable to verify".parse().unwrap());
+        assert_eq!(t.identity(&h), None);
+        h.insert("x-verify", "SUCCESS".parse().unwrap());
+        assert_eq!(t.identity(&h).as_deref(), Some("edge-1"));
     }
 }

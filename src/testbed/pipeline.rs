@@ -7,13 +7,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::nginx::{Nginx, NginxSite};
 use super::{Nats, TempDir, Uplink, free_addr};
 use crate::config::{GatewayConfig, IngestConfig};
+
+/// Optional parts of a pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineOptions {
+    /// Put a real nginx (TLS terminator, `ssl_verify_client on`) between gateway and ingest.
+    pub nginx: Option<NginxSite>,
+}
 
 /// The running pipeline. Dropping it kills every process and removes the temp dir.
 pub struct Pipeline {
     // Field order is drop order: processes first, then the directory.
     pub gateway: Option<Uplink>,
+    pub nginx: Option<Nginx>,
     pub ingest: Option<Uplink>,
     pub edge: Nats,
     pub cloud: Option<Nats>,
@@ -34,6 +43,24 @@ impl Pipeline {
     pub async fn start(
         exe: &Path,
         nats_bin: &Path,
+        tweak_ingest: impl FnOnce(&mut IngestConfig),
+        tweak_gateway: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            exe,
+            nats_bin,
+            PipelineOptions::default(),
+            tweak_ingest,
+            tweak_gateway,
+        )
+        .await
+    }
+
+    /// [`Pipeline::start`] with optional parts.
+    pub async fn start_with(
+        exe: &Path,
+        nats_bin: &Path,
+        opts: PipelineOptions,
         tweak_ingest: impl FnOnce(&mut IngestConfig),
         tweak_gateway: impl FnOnce(&mut GatewayConfig),
     ) -> anyhow::Result<Self> {
@@ -61,6 +88,9 @@ impl Pipeline {
             },
             ..defaults
         };
+        if opts.nginx.is_some() {
+            ingest_cfg.proxy.listen = free_addr().to_string();
+        }
         tweak_ingest(&mut ingest_cfg);
 
         let defaults = GatewayConfig::default();
@@ -83,10 +113,20 @@ impl Pipeline {
         };
         tweak_gateway(&mut gateway_cfg);
 
+        let nginx = match opts.nginx {
+            Some(mut site) => {
+                site.upstream = Some(ingest_cfg.proxy.listen.parse()?);
+                let n = Nginx::start(dir.path(), &pki, &site).await?;
+                gateway_cfg.cloud.url = n.url();
+                Some(n)
+            }
+            None => None,
+        };
         let cloud_port = cloud.port;
         let cloud_store = cloud.store.clone();
         let mut p = Pipeline {
             gateway: None,
+            nginx,
             ingest: None,
             edge,
             cloud: Some(cloud),

@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod failures;
+mod lifecycle;
 mod pipeline;
 mod security;
 mod support;

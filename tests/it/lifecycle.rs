@@ -1,0 +1,395 @@
+//! HTTP/2 connection lifecycle (DESIGN.md §4): every GOAWAY, idle close, half-open connection
+//! and shutdown is a non-event — nothing surfaced, nothing lost, nothing duplicated.
+
+use std::time::Duration;
+
+use uplink::gateway::forward::{Delivery, send_with_retries};
+use uplink::gateway::retry::Backoff;
+use uplink::telemetry::{scrape_sum, scrape_value};
+use uplink::testbed::nginx::NginxSite;
+use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
+use uplink::testbed::verify::{self, Workload};
+
+use crate::support::proxy::Proxy;
+use crate::support::*;
+
+fn small_batches(g: &mut uplink::config::GatewayConfig) {
+    fast_recovery(g);
+    g.batch.max_messages = 5;
+}
+
+async fn wait_metric(p: &Pipeline, gateway: bool, series: &str, at_least: f64) {
+    let r = uplink::testbed::wait_for(
+        || async {
+            let m = if gateway {
+                p.gateway_metrics().await?
+            } else {
+                p.ingest_metrics().await?
+            };
+            let v = if series.contains('{') {
+                scrape_value(&m, series).unwrap_or(0.0)
+            } else {
+                scrape_sum(&m, series)
+            };
+            Ok(v >= at_least)
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    if r.is_err() {
+        let m = if gateway {
+            p.gateway_metrics().await
+        } else {
+            p.ingest_metrics().await
+        };
+        panic!(
+            "{series} never reached {at_least}:\n{}",
+            m.unwrap_or_default()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_study_goaway_after_1000_requests_is_a_non_event() {
+    let p = pipeline(
+        |i| i.http2.max_requests_per_connection = 1000,
+        small_batches,
+    )
+    .await;
+    let pki = p.pki();
+
+    // The burst of the case study: 1001 concurrent single-message POSTs on one connection.
+    let c = h2client::client(
+        &p.ingest_url(),
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
+    );
+    let never = tokio_util::sync::CancellationToken::new();
+    let backoff = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(500),
+    };
+    let mut tasks = Vec::new();
+    for i in 0..1001 {
+        let (c, never) = (c.clone(), never.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = format!("burst-{i}");
+            let headers = [("idempotency-key", key.as_str())];
+            send_with_retries(
+                || h2client::post(&c, "/v1/publish/burst", &headers, "x"),
+                backoff,
+                &never,
+                &never,
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Delivery::Delivered { .. }));
+    }
+    let im = p.ingest_metrics().await.unwrap();
+    assert!(
+        scrape_value(
+            &im,
+            "uplink_ingest_goaway_sent_total{reason=\"max_requests\"}"
+        ) >= Some(1.0),
+        "{im}"
+    );
+
+    // Then sustained traffic through the gateway, 5 messages per request: 4000+ requests.
+    let edge = edge_js(&p).await;
+    let sent = verify::publish(
+        &edge,
+        &Workload {
+            count: 20_000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cloud = cloud_js(&p).await;
+    let stream = &p.ingest_cfg.nats.stream;
+    let budget = Duration::from_secs(120);
+    verify::wait_count(&cloud, stream, 20_000 + 1001, budget)
+        .await
+        .unwrap();
+    verify::wait_drained(
+        &edge,
+        &p.gateway_cfg.nats.stream,
+        &p.gateway_cfg.nats.consumer,
+        budget,
+    )
+    .await
+    .unwrap();
+    let got = verify::read_all(&cloud, stream).await.unwrap();
+    let (burst, gateway): (Vec<_>, Vec<_>) = got
+        .into_iter()
+        .partition(|m| m.subject == "uplink.edge-1.burst");
+    let keys: std::collections::HashSet<_> = burst.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(
+        (burst.len(), keys.len()),
+        (1001, 1001),
+        "each burst POST persisted once"
+    );
+    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
+        .await
+        .unwrap();
+    let r = verify::check(
+        &sent,
+        &gateway,
+        &p.platform,
+        &p.gateway_cfg.nats.stream,
+        incarnation,
+        "uplink",
+    );
+    assert_exactly_once(&p, &r, 20_000);
+
+    let gm = p.gateway_metrics().await.unwrap();
+    let opened = scrape_sum(&gm, "uplink_client_connections_opened_total");
+    let rotations = scrape_sum(&gm, "uplink_client_rotations_total");
+    assert!(rotations >= 4.0, "{gm}");
+    assert_eq!(
+        opened,
+        rotations + 1.0,
+        "one dial per rotation, no herd:\n{gm}"
+    );
+    assert_eq!(scrape_sum(&gm, "uplink_gateway_retries_total"), 0.0, "{gm}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_every_10_requests_loses_nothing() {
+    let p = pipeline(|i| i.http2.max_requests_per_connection = 10, small_batches).await;
+    let edge = edge_js(&p).await;
+    let sent = verify::publish(
+        &edge,
+        &Workload {
+            count: 5_000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 5_000);
+    let gm = p.gateway_metrics().await.unwrap();
+    // The client learned the server's limit from its first GOAWAY and rotates before it.
+    assert_eq!(
+        scrape_value(&gm, "uplink_client_learned_max_requests"),
+        Some(10.0),
+        "{gm}"
+    );
+    let im = p.ingest_metrics().await.unwrap();
+    let server_goaways = scrape_sum(&im, "uplink_ingest_goaway_sent_total");
+    let rotations = scrape_sum(&gm, "uplink_client_rotations_total");
+    assert!(rotations > 50.0, "{gm}");
+    assert!(
+        server_goaways < rotations / 4.0,
+        "the client should rotate before the server's limit: {server_goaways} server GOAWAYs vs {rotations} rotations"
+    );
+    assert_eq!(
+        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_below_the_servers_closes_first() {
+    let p = pipeline(
+        |i| i.timeouts.idle = Duration::from_secs(30),
+        |g| g.timeouts.idle = Duration::from_secs(1),
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let sent = verify::publish(
+        &edge,
+        &Workload {
+            count: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 100);
+    wait_metric(&p, true, "uplink_client_connections_closed_total", 1.0).await;
+    let gm = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(
+            &gm,
+            "uplink_client_connections_closed_total{reason=\"idle\"}"
+        ),
+        Some(1.0),
+        "{gm}"
+    );
+    let im = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
+        0.0,
+        "{im}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_goaway_is_absorbed() {
+    let p = pipeline(
+        |i| i.timeouts.idle = Duration::from_secs(1),
+        |g| g.timeouts.idle = Duration::from_secs(60),
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let first = verify::publish(
+        &edge,
+        &Workload {
+            count: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cloud = cloud_js(&p).await;
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 100).await;
+    wait_metric(&p, false, "uplink_ingest_goaway_sent_total", 1.0).await;
+    wait_metric(&p, true, "uplink_client_connections_closed_total", 1.0).await;
+    let mut all = first;
+    let w = Workload {
+        count: 100,
+        subject_prefix: "telemetry.after".into(),
+        ..Default::default()
+    };
+    all.extend(verify::publish(&edge, &w).await.unwrap());
+    let r = verify_delivery(&p, &all).await;
+    assert_exactly_once(&p, &r, 200);
+    let gm = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_sum(&gm, "uplink_client_connections_opened_total"),
+        2.0,
+        "{gm}"
+    );
+    assert_eq!(
+        scrape_value(&gm, "uplink_gateway_retries_total{class=\"backoff\"}").unwrap_or(0.0),
+        0.0,
+        "{gm}"
+    );
+    let im = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&im, "uplink_ingest_goaway_sent_total{reason=\"idle\"}"),
+        Some(1.0),
+        "{im}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connection_is_detected_by_ping_and_nothing_is_lost() {
+    let mut p = pipeline(|_| {}, |_| {}).await;
+    // Re-route the gateway through a proxy that can freeze connections.
+    p.gateway.as_mut().unwrap().proc.kill();
+    let proxy = Proxy::start(p.ingest_cfg.listen).await;
+    p.gateway_cfg.cloud.url = format!("https://localhost:{}", proxy.addr.port());
+    p.gateway_cfg.timeouts.ping_interval = Duration::from_secs(1);
+    p.gateway_cfg.timeouts.ping_timeout = Duration::from_secs(1);
+    // Long enough that only PING can be what notices.
+    p.gateway_cfg.timeouts.request = Duration::from_secs(20);
+    p.gateway_cfg.nats.ack_wait = Duration::from_secs(30);
+    p.start_gateway().await.unwrap();
+
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let publisher = publish_in_background(edge.clone(), 10_000, 2_000.0);
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 1_000).await;
+    assert!(proxy.freeze_existing() >= 1);
+    wait_metric(
+        &p,
+        true,
+        "uplink_client_connections_closed_total{reason=\"ping_timeout\"}",
+        1.0,
+    )
+    .await;
+    let sent = publisher.await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_sigterm_under_load_drains_and_restarts_cleanly() {
+    let mut p = pipeline(|_| {}, fast_recovery).await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let publisher = publish_in_background(edge.clone(), 20_000, 4_000.0);
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 2_000).await;
+    let code = p
+        .ingest
+        .as_mut()
+        .unwrap()
+        .proc
+        .terminate(Duration::from_secs(15))
+        .await;
+    assert_eq!(code, Some(0), "graceful exit:\n{}", tail(&p.log("ingest")));
+    assert!(p.log("ingest").contains("draining connections"));
+    p.start_ingest().await.unwrap();
+    let sent = publisher.await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 20_000);
+    let gm = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        0.0,
+        "{gm}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_real_nginx_as_in_the_case_study() {
+    uplink::tls::install_crypto_provider();
+    let site = NginxSite {
+        keepalive_requests: 1000,
+        keepalive_timeout: Duration::from_secs(2),
+        upstream: None,
+    };
+    let p = Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        PipelineOptions { nginx: Some(site) },
+        |_| {},
+        |g| {
+            fast_recovery(g);
+            g.batch.max_messages = 10;
+        },
+    )
+    .await
+    .expect("pipeline with nginx");
+    let edge = edge_js(&p).await;
+    let sent = verify::publish(
+        &edge,
+        &Workload {
+            count: 50_000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 50_000);
+    let gm = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        0.0,
+        "{gm}"
+    );
+    // The platform identity came from nginx's verified certificate, through the proxy header.
+    let got = verify::read_all(&cloud_js(&p).await, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    assert!(
+        got.iter()
+            .all(|m| m.headers.get("Uplink-Platform").map(String::as_str) == Some("edge-1"))
+    );
+    let im = p.ingest_metrics().await.unwrap();
+    assert!(
+        scrape_value(
+            &im,
+            "uplink_ingest_connections_total{protocol=\"http/1.1\"}"
+        ) >= Some(1.0),
+        "{im}"
+    );
+}
