@@ -120,8 +120,13 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.forward.max_in_flight));
     let mut delay = Duration::from_millis(100);
+    // When a bound stream disappears, someone is probably recreating it: give them time
+    // before creating it ourselves (racing them leaves JetStream 2.9 with a consumer that
+    // never delivers).
+    let mut lost_at: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        let (consumer, incarnation) = match bind(&js, &cfg).await {
+        let may_create = lost_at.is_none_or(|t| t.elapsed() >= STREAM_RECREATE_GRACE);
+        let (consumer, incarnation) = match bind(&js, &cfg, may_create).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot bind the edge consumer yet; retrying");
@@ -141,9 +146,11 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
             stream: cfg.nats.stream.clone(),
             incarnation,
         };
+        lost_at = None;
         if let Err(e) = pump(&consumer, &ids, &ctx, &slots, &tracker, &shutdown).await {
             tracing::warn!(error = %e, "consuming stopped; rebinding");
             bound.store(false, Ordering::Release);
+            lost_at = Some(tokio::time::Instant::now());
         }
     }
     tracker.close();
@@ -164,16 +171,21 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// How long the gateway waits for a deleted edge stream to be recreated by someone else
+/// before it creates the stream itself (`nats.create_stream`).
+const STREAM_RECREATE_GRACE: Duration = Duration::from_secs(10);
+
 /// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
 /// stream incarnation (creation time, ns since the epoch).
 async fn bind(
     js: &jetstream::Context,
     cfg: &GatewayConfig,
+    may_create: bool,
 ) -> anyhow::Result<(PullConsumer, i128)> {
     let n = &cfg.nats;
     let mut stream = match js.get_stream(&n.stream).await {
         Ok(s) => s,
-        Err(e) if n.create_stream => {
+        Err(e) if n.create_stream && may_create => {
             tracing::debug!(error = %e, "edge stream lookup failed; creating it");
             js.get_or_create_stream(jetstream::stream::Config {
                 name: n.stream.clone(),

@@ -1,8 +1,9 @@
 //! HTTP/2 connection lifecycle shared by the gateway and the doctor: the client connection
-//! manager and the failure classification of DESIGN.md §4.
+//! manager, the failure classification of DESIGN.md §4, and the frame tap.
 
 pub mod classify;
 pub mod client;
+pub mod tap;
 
 pub use classify::{ForwardError, Retry, classify, classify_status};
 pub use client::{Client, ClientConfig};

@@ -12,12 +12,14 @@
 //! - [`http2`]: HTTP/2 connection lifecycle (client pool, failure classification).
 //! - [`gateway`], [`ingest`]: the two programs; they never import each other.
 //! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
+//! - [`doctor`]: probes any HTTP/2 endpoint's lifecycle (uses [`http2`]'s tap and dialer).
 //! - [`bench`], [`demo`], [`publish`]: the user-facing tools built on the testbed.
 
 pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod gateway;
 pub mod http2;
 pub mod ingest;

@@ -30,6 +30,9 @@ struct ProgramArgs {
     /// and UPLINK_* environment).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Log every HTTP/2 frame sent and received (also: UPLINK_TRACE_H2=1).
+    #[arg(long)]
+    trace_h2: bool,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +100,43 @@ enum Cmd {
         #[arg(long)]
         via_nginx: bool,
     },
+    /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
+    Doctor {
+        /// https:// URL to probe (requests go to this path).
+        url: String,
+        /// CA bundle to verify the server (default: the system bundle).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) for mTLS.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request body (e.g. with --method POST).
+        #[arg(long, default_value = "")]
+        body: String,
+        /// Most requests on one connection while looking for a limit.
+        #[arg(long, default_value_t = 1100)]
+        requests: u64,
+        /// Requests in flight in the concurrent phase.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Longest an idle connection is held open.
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        idle_wait: Duration,
+        /// Time limit of the whole run.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        time_limit: Duration,
+        /// Print every HTTP/2 frame while probing.
+        #[arg(long)]
+        trace: bool,
+        /// Print one JSON object with every finding.
+        #[arg(long)]
+        json: bool,
+    },
     /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
     Demo {
         /// Messages per second.
@@ -163,6 +203,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Gateway(a) => {
+            uplink::http2::tap::set_trace(a.trace_h2);
             // Parse → build → spawn: every config error surfaces before a socket opens.
             let cfg = config::gateway(&Sources::from_process(a.config, a.sets))?;
             runtime()?.block_on(async {
@@ -171,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
         }
         Cmd::Ingest(a) => {
+            uplink::http2::tap::set_trace(a.trace_h2);
             let cfg = config::ingest(&Sources::from_process(a.config, a.sets))?;
             runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();
@@ -285,6 +327,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             uplink::bench::print(&result, json);
             if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Doctor {
+            url,
+            ca,
+            cert,
+            key,
+            method,
+            body,
+            requests,
+            concurrency,
+            idle_wait,
+            time_limit,
+            trace,
+            json,
+        } => {
+            let opts = uplink::doctor::DoctorOptions {
+                url,
+                ca,
+                cert,
+                key,
+                method,
+                body,
+                requests,
+                concurrency,
+                idle_wait,
+                trace,
+                time_limit,
+            };
+            if !json {
+                eprintln!(
+                    "probing {} (up to {} requests per connection, idle wait {})…",
+                    opts.url,
+                    opts.requests,
+                    humantime::format_duration(opts.idle_wait)
+                );
+            }
+            let rt = runtime()?;
+            let result = rt.block_on(async {
+                tokio::time::timeout(
+                    opts.time_limit + Duration::from_secs(30),
+                    uplink::doctor::run(&opts),
+                )
+                .await
+            });
+            match result {
+                Ok(Ok(f)) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&f)?);
+                    } else {
+                        print!("{}", f.render());
+                    }
+                }
+                Ok(Err(d)) => {
+                    if json {
+                        println!("{}", serde_json::json!({"error": d.to_string()}));
+                    }
+                    eprintln!("uplink doctor: {d}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(_) => {
+                    eprintln!("uplink doctor: time limit reached");
+                    return Ok(ExitCode::from(2));
+                }
             }
         }
         Cmd::Demo {

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::classify::ForwardError;
+use super::tap::{ConnInfo, Side, Tap, TapConfig};
 use crate::config::ClientTimeouts;
 
 /// Client settings.
@@ -56,6 +57,8 @@ struct Conn {
     replacing: AtomicBool,
     /// When the last request on it ended (or it opened).
     last_used: std::sync::Mutex<Instant>,
+    /// What the frame tap saw on it (SETTINGS, GOAWAY, PING RTT).
+    info: Arc<ConnInfo>,
     /// Its own `max_connection_age`, jittered ±10 % so connections opened together do not
     /// all rotate together.
     max_age: Duration,
@@ -277,34 +280,16 @@ impl Client {
     async fn dial(&self) -> Result<Arc<Conn>, ForwardError> {
         let inner = &self.inner;
         let t = &inner.cfg.timeouts;
-        let addr = inner.addr.clone();
-        let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ForwardError::Connect { addr, source }),
-            Err(_) => {
-                return Err(ForwardError::ConnectTimeout {
-                    addr,
-                    after: t.connect,
-                });
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let connector = TlsConnector::from(inner.cfg.tls.clone());
-        let tls = match tokio::time::timeout(
-            t.tls_handshake,
-            connector.connect(inner.server_name.clone(), tcp),
+        let tls = connect_tls(
+            &inner.addr,
+            inner.server_name.clone(),
+            inner.cfg.tls.clone(),
+            t,
         )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ForwardError::Tls { addr, source }),
-            Err(_) => {
-                return Err(ForwardError::TlsTimeout {
-                    addr,
-                    after: t.tls_handshake,
-                });
-            }
-        };
+        .await?;
+        let id = inner.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+        let info = Arc::new(ConnInfo::default());
+        let tls = Tap::new(tls, TapConfig::new(id, Side::Client), info.clone());
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(t.ping_interval)
@@ -313,7 +298,6 @@ impl Client {
             .handshake(TokioIo::new(tls))
             .await
             .map_err(ForwardError::Handshake)?;
-        let id = inner.next_id.fetch_add(1, Ordering::AcqRel) + 1;
         let closed = Arc::new(AtomicBool::new(false));
         let c = Arc::new(Conn {
             id,
@@ -324,6 +308,7 @@ impl Client {
             closed: closed.clone(),
             replacing: AtomicBool::new(false),
             last_used: std::sync::Mutex::new(Instant::now()),
+            info: info.clone(),
             max_age: inner
                 .cfg
                 .max_connection_age
@@ -354,11 +339,17 @@ impl Client {
                         if c.replacing.load(Ordering::Acquire) {
                             break "retired";
                         }
+                        let Some(goaway) = c.info.last_goaway_received() else {
+                            break "closed";
+                        };
                         let active = c.last_used.lock().unwrap().elapsed() < Duration::from_secs(2);
                         if let Some(inner) = me.upgrade()
                             && active
                         {
-                            inner.learn_limit(c.requests.load(Ordering::Acquire), id);
+                            // Client streams have odd ids: last_stream_id 2k-1 = k processed.
+                            let processed = u64::from(goaway.last_stream_id).div_ceil(2);
+                            let started = c.requests.load(Ordering::Acquire);
+                            inner.learn_limit(processed.min(started), id);
                         }
                         break "goaway";
                     }
@@ -390,6 +381,8 @@ impl Client {
                 }
             };
             closed.store(true, Ordering::Release);
+            metrics::histogram!("uplink_client_requests_per_connection")
+                .record(f64::from(info.streams_opened()));
             metrics::gauge!("uplink_client_connections_open").decrement(1.0);
             metrics::counter!("uplink_client_connections_closed_total", "reason" => reason)
                 .increment(1);
@@ -397,6 +390,60 @@ impl Client {
         });
         Ok(c)
     }
+}
+
+/// TCP connect + TLS handshake, each within its timeout (`timeouts.connect`,
+/// `timeouts.tls_handshake`). Shared by the pool and the doctor.
+pub async fn connect_tls(
+    addr: &str,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    t: &ClientTimeouts,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ForwardError> {
+    let addr = addr.to_string();
+    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ForwardError::Connect { addr, source }),
+        Err(_) => {
+            return Err(ForwardError::ConnectTimeout {
+                addr,
+                after: t.connect,
+            });
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = TlsConnector::from(tls);
+    match tokio::time::timeout(t.tls_handshake, connector.connect(server_name, tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(ForwardError::Tls { addr, source }),
+        Err(_) => Err(ForwardError::TlsTimeout {
+            addr,
+            after: t.tls_handshake,
+        }),
+    }
+}
+
+/// `host:port` to dial and the TLS server name for a URL (`server_name` overrides the host).
+pub fn target_of(url: &Uri, server_name: &str) -> Result<(String, ServerName<'static>), String> {
+    let host = url.host().ok_or("URL has no host")?;
+    let port = url.port_u16().unwrap_or(443);
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let addr = if bare.contains(':') {
+        format!("[{bare}]:{port}")
+    } else {
+        format!("{bare}:{port}")
+    };
+    let name = if server_name.is_empty() {
+        bare
+    } else {
+        server_name.to_string()
+    };
+    let server_name =
+        ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))?;
+    Ok((addr, server_name))
 }
 
 impl Inner {

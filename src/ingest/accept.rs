@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::handler::Handler;
 use crate::config::{ServerHttp2, ServerTimeouts};
+use crate::http2::tap::{ConnInfo, Side, Tap, TapConfig};
 
 /// Connection-level limits of the server.
 #[derive(Clone, Debug)]
@@ -228,7 +229,9 @@ async fn tls_connection(
         limits,
         shutdown,
     };
-    conn.serve(TokioIo::new(tls), h2, Who::Cert(identity)).await;
+    let info = Arc::new(ConnInfo::default());
+    let io = Tap::new(tls, TapConfig::new(id, Side::Server), info);
+    conn.serve(TokioIo::new(io), h2, Who::Cert(identity)).await;
 }
 
 /// One accepted connection, whatever its transport.
@@ -329,8 +332,8 @@ async fn drive<C>(
     let age_deadline = Instant::now() + limits.timeouts.max_connection_age;
     let idle = limits.timeouts.idle;
     let mut closing: Option<CloseReason> = None;
+    let mut idle_deadline = *state.last_active.lock().unwrap() + idle;
     loop {
-        let idle_deadline = *state.last_active.lock().unwrap() + idle;
         let reason = tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -340,11 +343,15 @@ async fn drive<C>(
             }
             _ = state.limit_reached.notified(), if closing.is_none() => CloseReason::MaxRequests,
             _ = tokio::time::sleep_until(idle_deadline), if closing.is_none() => {
-                if state.in_flight.load(Ordering::Acquire) > 0
-                    || *state.last_active.lock().unwrap() + idle > Instant::now()
-                {
-                    // Busy, or active since the deadline was computed: re-arm.
-                    *state.last_active.lock().unwrap() = Instant::now().max(idle_deadline);
+                if state.in_flight.load(Ordering::Acquire) > 0 {
+                    // Busy: look again one idle period from now.
+                    idle_deadline = Instant::now() + idle;
+                    continue;
+                }
+                let due = *state.last_active.lock().unwrap() + idle;
+                if due > Instant::now() {
+                    // Active since the deadline was set: idle counts from the last request.
+                    idle_deadline = due;
                     continue;
                 }
                 CloseReason::Idle

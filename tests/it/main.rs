@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod doctor;
 mod failures;
 mod lifecycle;
 mod pipeline;

@@ -1,5 +1,7 @@
 //! The whole pipeline moves every message exactly once, intact.
 
+use std::time::Duration;
+
 use uplink::testbed::verify::{self, Workload};
 
 use crate::support::*;
@@ -64,7 +66,28 @@ async fn recreated_edge_stream_gets_new_ids_not_dropped_as_duplicates() {
     let cloud = cloud_js(&p).await;
     let second = verify::publish(&edge, &w).await.unwrap();
     assert_eq!(second[0].sequence, 1);
-    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 1000).await;
+    if let Err(e) = verify::wait_count(
+        &cloud,
+        &p.ingest_cfg.nats.stream,
+        1000,
+        Duration::from_secs(60),
+    )
+    .await
+    {
+        let info = edge
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                &p.gateway_cfg.nats.consumer,
+                &p.gateway_cfg.nats.stream,
+            )
+            .await
+            .map(|c| format!("{:?}", c.cached_info()));
+        panic!(
+            "{e}\n{}\n{:?}\n{}",
+            tail(&p.log("gateway")),
+            info,
+            p.gateway_metrics().await.unwrap_or_default()
+        );
+    }
     let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
         .await
         .unwrap();

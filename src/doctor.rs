@@ -1,0 +1,237 @@
+//! `uplink doctor URL`: the case study's investigation in one command. Probes an HTTP/2
+//! endpoint's connection lifecycle (TLS, SETTINGS, PING RTT, requests per connection until
+//! GOAWAY, idle timeout, connection age) and recommends gateway settings for it.
+//!
+//! `probe` talks to the endpoint (every probe bounded in requests and time), `report` turns the
+//! results into findings, recommendations, a table and JSON.
+
+pub mod probe;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+
+use crate::config::ClientTimeouts;
+use crate::http2::ForwardError;
+use crate::http2::client::target_of;
+
+pub use report::Findings;
+
+/// What to probe and how hard.
+#[derive(Clone, Debug)]
+pub struct DoctorOptions {
+    pub url: String,
+    /// CA bundle to verify the server; default: the system bundle.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub method: String,
+    pub body: String,
+    /// Most requests sent on one connection while looking for a limit.
+    pub requests: u64,
+    /// Requests in flight in the concurrent phase.
+    pub concurrency: usize,
+    /// Longest an idle connection is held open.
+    pub idle_wait: Duration,
+    pub trace: bool,
+    /// Time limit of the whole run (each probe has its own share).
+    pub time_limit: Duration,
+}
+
+/// Why the endpoint could not be probed: one line for the user, non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum Diagnosis {
+    #[error("bad arguments: {0}")]
+    Usage(String),
+    #[error("cannot reach {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("TLS handshake with {addr} failed: {detail}")]
+    Tls { addr: String, detail: String },
+    #[error(
+        "the server certificate is not trusted: {detail} (pass the CA that signed it with --ca)"
+    )]
+    UntrustedServer { detail: String },
+    #[error(
+        "the server requires a client certificate and refused the connection without one (pass --cert and --key)"
+    )]
+    ClientCertRequired,
+    #[error("the server rejected the client certificate: {detail}")]
+    ClientCertRejected { detail: String },
+    #[error("the server does not speak HTTP/2 over TLS (ALPN: {alpn}); it looks HTTP/1.1-only")]
+    NotHttp2 { alpn: String },
+    #[error("HTTP/2 handshake failed: {0}")]
+    Http2(String),
+    #[error("the first request failed: {0}")]
+    FirstRequest(String),
+}
+
+impl Diagnosis {
+    fn from_connect(e: ForwardError, t: &probe::Target) -> Self {
+        match e {
+            ForwardError::Connect { addr, source } => Diagnosis::Unreachable {
+                addr,
+                detail: source.to_string(),
+            },
+            ForwardError::ConnectTimeout { addr, after } => Diagnosis::Unreachable {
+                addr,
+                detail: format!("no TCP connection within {after:?}"),
+            },
+            ForwardError::Tls { addr, source } => {
+                let detail = source.to_string();
+                if detail.contains("invalid peer certificate") {
+                    Diagnosis::UntrustedServer { detail }
+                } else if t.cert_requested.load(Ordering::Acquire) && !t.has_client_cert {
+                    Diagnosis::ClientCertRequired
+                } else {
+                    Diagnosis::Tls { addr, detail }
+                }
+            }
+            ForwardError::TlsTimeout { addr, after } => Diagnosis::Tls {
+                addr,
+                detail: format!("no handshake within {after:?}"),
+            },
+            other => Diagnosis::Http2(other.to_string()),
+        }
+    }
+
+    /// A first request that fails at the TLS layer after a TLS 1.3 handshake is how servers
+    /// refuse client certificates.
+    fn first_request(detail: String, t: &probe::Target) -> Self {
+        let requested = t.cert_requested.load(Ordering::Acquire);
+        let tls_alert = detail.contains("alert") || detail.contains("certificate");
+        match (requested, t.has_client_cert) {
+            (true, false) => Diagnosis::ClientCertRequired,
+            (true, true) if tls_alert => Diagnosis::ClientCertRejected { detail },
+            _ => Diagnosis::FirstRequest(detail),
+        }
+    }
+}
+
+/// Presents the client certificate (if any) and records whether the server asked for one.
+#[derive(Debug)]
+struct RecordingResolver {
+    key: Option<Arc<CertifiedKey>>,
+    requested: Arc<AtomicBool>,
+}
+
+impl ResolvesClientCert for RecordingResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.requested.store(true, Ordering::Release);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn target(o: &DoctorOptions) -> Result<probe::Target, Diagnosis> {
+    crate::tls::install_crypto_provider();
+    let usage = |m: String| Diagnosis::Usage(m);
+    let url: http::Uri = o
+        .url
+        .parse()
+        .map_err(|e| usage(format!("URL {:?}: {e}", o.url)))?;
+    if url.scheme_str() != Some("https") {
+        return Err(usage(format!(
+            "URL {:?}: only https:// (HTTP/2 over TLS) is probed",
+            o.url
+        )));
+    }
+    let url: http::Uri = if url.path_and_query().is_none() {
+        format!("{}/", o.url).parse().expect("valid")
+    } else {
+        url
+    };
+    let (addr, server_name) = target_of(&url, "").map_err(usage)?;
+    let ca = o.ca.clone().unwrap_or_else(|| SYSTEM_CA.into());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::tls::load_certs(&ca).map_err(|e| usage(e.to_string()))? {
+        let _ = roots.add(c);
+    }
+    let key = match (&o.cert, &o.key) {
+        (Some(cert), Some(key)) => {
+            let provider = rustls::crypto::ring::default_provider();
+            let certs = crate::tls::load_certs(cert).map_err(|e| usage(e.to_string()))?;
+            let key = crate::tls::load_key(key).map_err(|e| usage(e.to_string()))?;
+            Some(Arc::new(
+                CertifiedKey::from_der(certs, key, &provider)
+                    .map_err(|e| usage(format!("--cert/--key: {e}")))?,
+            ))
+        }
+        (None, None) => None,
+        _ => return Err(usage("--cert and --key go together".into())),
+    };
+    let requested = Arc::new(AtomicBool::new(false));
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(RecordingResolver {
+            key: key.clone(),
+            requested: requested.clone(),
+        }));
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let method: http::Method = o
+        .method
+        .parse()
+        .map_err(|_| usage(format!("--method {:?}", o.method)))?;
+    Ok(probe::Target {
+        url,
+        addr,
+        server_name,
+        tls: Arc::new(tls),
+        cert_requested: requested,
+        has_client_cert: key.is_some(),
+        timeouts: ClientTimeouts {
+            connect: Duration::from_secs(5),
+            tls_handshake: Duration::from_secs(5),
+            request: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+        method,
+        body: Bytes::from(o.body.clone().into_bytes()),
+        trace: o.trace,
+    })
+}
+
+/// Runs every probe and returns the findings.
+pub async fn run(o: &DoctorOptions) -> Result<Findings, Diagnosis> {
+    if o.requests == 0 || o.concurrency == 0 {
+        return Err(Diagnosis::Usage(
+            "--requests and --concurrency must be at least 1".into(),
+        ));
+    }
+    let t = target(o)?;
+    let started = tokio::time::Instant::now();
+    let deadline = started + o.time_limit;
+    let requests = probe::requests_per_connection(&t, o.requests, o.concurrency, deadline).await?;
+    // Keep the busy connection below the request limit, if one was found.
+    let busy_cap = if requests.limited {
+        (requests.completed / 2).max(1)
+    } else {
+        o.requests
+    };
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let idle_wait = o.idle_wait.min(remaining);
+    let idle = probe::idle_and_age(&t, idle_wait, Duration::from_millis(500), busy_cap).await?;
+    Ok(report::findings(
+        &t,
+        o,
+        requests,
+        idle,
+        idle_wait,
+        started.elapsed(),
+    ))
+}

@@ -1,0 +1,419 @@
+//! Probes of one endpoint's HTTP/2 lifecycle, each bounded in requests and time: TLS facts,
+//! SETTINGS and PING RTT, requests per connection until GOAWAY (sequential and concurrent, with
+//! a replay of what the GOAWAY refused), idle timeout, and maximum connection age.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Diagnosis;
+use crate::config::ClientTimeouts;
+use crate::http2::client::connect_tls;
+use crate::http2::tap::{ConnInfo, GoAwayInfo, Side, Tap, TapConfig};
+use crate::http2::{ForwardError, Retry, classify};
+
+/// Where and how to probe.
+pub struct Target {
+    pub url: Uri,
+    pub addr: String,
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Set by the TLS stack when the server sent a CertificateRequest.
+    pub cert_requested: Arc<AtomicBool>,
+    pub has_client_cert: bool,
+    pub timeouts: ClientTimeouts,
+    pub method: Method,
+    pub body: Bytes,
+    pub trace: bool,
+}
+
+/// What the TLS handshake showed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TlsFacts {
+    pub version: String,
+    pub cipher: String,
+    pub alpn: Option<String>,
+    pub server_subject: String,
+    pub server_sans: Vec<String>,
+    pub server_not_after: String,
+    pub server_days_left: i64,
+}
+
+/// One probe connection.
+pub struct ProbeConn {
+    sender: SendRequest<Full<Bytes>>,
+    pub info: Arc<ConnInfo>,
+    pub opened: Instant,
+    /// Becomes `Some(when)` when the connection ended (for any reason).
+    ended: watch::Receiver<Option<Instant>>,
+}
+
+/// How one request went.
+#[derive(Debug)]
+pub enum Outcome {
+    Status(StatusCode),
+    /// Provably not processed by the server (refused by GOAWAY, REFUSED_STREAM, not sent).
+    NotProcessed,
+    Failed(String),
+}
+
+impl ProbeConn {
+    pub fn ended_at(&self) -> Option<Instant> {
+        *self.ended.borrow()
+    }
+
+    /// Waits until the connection ends, at most until `deadline`.
+    pub async fn wait_end(&mut self, deadline: Instant) -> Option<Instant> {
+        let _ = tokio::time::timeout_at(deadline, self.ended.wait_for(|e| e.is_some())).await;
+        self.ended_at()
+    }
+
+    /// Sends one request of the target's shape.
+    pub async fn request(&self, t: &Target) -> Outcome {
+        let mut sender = self.sender.clone();
+        let req = Request::builder()
+            .method(t.method.clone())
+            .uri(t.url.clone())
+            .body(Full::new(t.body.clone()))
+            .expect("valid request");
+        let work = async {
+            if sender.ready().await.is_err() {
+                return Err(ForwardError::NotSent);
+            }
+            let resp = sender.try_send_request(req).await.map_err(|mut e| {
+                if e.take_message().is_some() {
+                    ForwardError::NotSent
+                } else {
+                    ForwardError::Http(e.into_error())
+                }
+            })?;
+            let status = resp.status();
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(ForwardError::Http)?;
+            Ok(status)
+        };
+        match tokio::time::timeout(t.timeouts.request, work).await {
+            Err(_) => Outcome::Failed(format!("no response within {:?}", t.timeouts.request)),
+            Ok(Ok(status)) => Outcome::Status(status),
+            Ok(Err(e)) if classify(&e) == Retry::Now => Outcome::NotProcessed,
+            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Opens a probe connection; `ping` = keep-alive PING interval (None: no PINGs, which an idle
+/// probe needs so that PINGs do not count as activity).
+pub async fn open(
+    t: &Target,
+    id: u64,
+    ping: Option<Duration>,
+) -> Result<(ProbeConn, TlsFacts), Diagnosis> {
+    let tls = connect_tls(&t.addr, t.server_name.clone(), t.tls.clone(), &t.timeouts)
+        .await
+        .map_err(|e| Diagnosis::from_connect(e, t))?;
+    let facts = tls_facts(tls.get_ref().1);
+    if facts.alpn.as_deref() != Some("h2") {
+        return Err(Diagnosis::NotHttp2 {
+            alpn: facts.alpn.clone().unwrap_or_else(|| "none".into()),
+        });
+    }
+    let info = Arc::new(ConnInfo::default());
+    let io = Tap::new(
+        tls,
+        TapConfig {
+            conn_id: id,
+            side: Side::Client,
+            trace: t.trace,
+        },
+        info.clone(),
+    );
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some(every) = ping {
+        builder
+            .keep_alive_interval(every)
+            .keep_alive_timeout(t.timeouts.ping_timeout)
+            .keep_alive_while_idle(true);
+    }
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Diagnosis::Http2(e.to_string()))?;
+    let (tx, ended) = watch::channel(None);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = tx.send(Some(Instant::now()));
+    });
+    Ok((
+        ProbeConn {
+            sender,
+            info,
+            opened: Instant::now(),
+            ended,
+        },
+        facts,
+    ))
+}
+
+fn tls_facts(c: &rustls::ClientConnection) -> TlsFacts {
+    let version = match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "unknown".into(),
+    };
+    let cipher = c
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    let alpn = c
+        .alpn_protocol()
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    let mut facts = TlsFacts {
+        version,
+        cipher,
+        alpn,
+        server_subject: String::new(),
+        server_sans: Vec::new(),
+        server_not_after: String::new(),
+        server_days_left: 0,
+    };
+    if let Some(cert) = c.peer_certificates().and_then(|certs| certs.first())
+        && let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref())
+    {
+        facts.server_subject = x.subject().to_string();
+        if let Ok(Some(san)) = x.subject_alternative_name() {
+            facts.server_sans = san
+                .value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => format!("DNS:{d}"),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => format!("IP:{}", std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3])),
+                        16 => {
+                            let mut b = [0u8; 16];
+                            b.copy_from_slice(ip);
+                            format!("IP:{}", std::net::Ipv6Addr::from(b))
+                        }
+                        _ => "IP:?".into(),
+                    },
+                    other => format!("{other}"),
+                })
+                .collect();
+        }
+        let not_after = x.validity().not_after;
+        facts.server_not_after = not_after.to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        facts.server_days_left = (not_after.timestamp() - now) / 86_400;
+    }
+    facts
+}
+
+/// Result of the requests-per-connection probe.
+#[derive(Debug, Default)]
+pub struct RequestsProbe {
+    /// Responses received on the connection before the server stopped taking streams.
+    pub completed: u64,
+    /// Whether a GOAWAY (or a close) ended the connection within the cap.
+    pub limited: bool,
+    pub goaway: Option<GoAwayInfo>,
+    pub first_status: Option<u16>,
+    pub statuses_ok: bool,
+    pub failure: Option<String>,
+    /// Concurrent phase: completed on the connection, refused by GOAWAY, replayed fine.
+    pub concurrent_completed: u64,
+    pub refused: u64,
+    pub replayed_ok: u64,
+    pub ping_rtt: Option<Duration>,
+    pub max_concurrent_streams: Option<u32>,
+    pub settings: Vec<(u16, u32)>,
+    pub tls: Option<TlsFacts>,
+}
+
+/// Sends up to `cap` sequential requests on one connection, then (if the server limits
+/// requests) repeats with `concurrency` requests in flight and replays what GOAWAY refused on
+/// a fresh connection.
+pub async fn requests_per_connection(
+    t: &Target,
+    cap: u64,
+    concurrency: usize,
+    deadline: Instant,
+) -> Result<RequestsProbe, Diagnosis> {
+    let mut r = RequestsProbe {
+        statuses_ok: true,
+        ..Default::default()
+    };
+    let (mut conn, facts) = open(t, 1, Some(Duration::from_millis(100))).await?;
+    r.tls = Some(facts);
+    // hyper PINGs an idle connection every 100 ms here: wait (bounded) for one round trip.
+    let rtt_deadline = Instant::now() + Duration::from_secs(1);
+    while conn.info.last_ping_rtt().is_none() && Instant::now() < rtt_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..cap {
+        if Instant::now() >= deadline {
+            r.failure = Some("probe time limit reached".into());
+            break;
+        }
+        match conn.request(t).await {
+            Outcome::Status(s) => {
+                r.first_status.get_or_insert(s.as_u16());
+                r.statuses_ok &= !s.is_server_error();
+                r.completed += 1;
+                if r.completed == 1 {
+                    check_first_status(t, s)?;
+                }
+            }
+            Outcome::NotProcessed => {
+                r.limited = true;
+                break;
+            }
+            Outcome::Failed(e) => {
+                if r.completed == 0 {
+                    return Err(Diagnosis::first_request(e, t));
+                }
+                r.limited = conn.info.goaway_received().is_some() || conn.ended_at().is_some();
+                if !r.limited {
+                    r.failure = Some(e);
+                }
+                break;
+            }
+        }
+        // The server may announce GOAWAY right after the response that reached its limit.
+        if conn.info.goaway_received().is_some() || conn.ended_at().is_some() {
+            r.limited = true;
+            break;
+        }
+    }
+    // The final GOAWAY of a two-step graceful shutdown comes one round trip later.
+    if r.limited {
+        conn.wait_end(Instant::now() + Duration::from_secs(2)).await;
+    }
+    r.goaway = conn.info.last_goaway_received();
+    r.ping_rtt = conn.info.last_ping_rtt();
+    r.max_concurrent_streams = conn.info.remote_max_concurrent_streams();
+    r.settings = conn.info.remote_settings();
+
+    if r.limited && concurrency > 1 {
+        let (b, _) = open(t, 2, None).await?;
+        let b = Arc::new(b);
+        let mut done = false;
+        while !done && Instant::now() < deadline && r.concurrent_completed + r.refused < cap {
+            let wave: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let b = b.clone();
+                    async move { b.request(t).await }
+                })
+                .collect();
+            for o in futures_util::future::join_all(wave).await {
+                match o {
+                    Outcome::Status(_) => r.concurrent_completed += 1,
+                    Outcome::NotProcessed => {
+                        r.refused += 1;
+                        done = true;
+                    }
+                    Outcome::Failed(_) => done = true,
+                }
+            }
+            done |= b.info.goaway_received().is_some();
+        }
+        if r.refused > 0 {
+            let (c, _) = open(t, 3, None).await?;
+            for _ in 0..r.refused {
+                if let Outcome::Status(s) = c.request(t).await
+                    && !s.is_server_error()
+                {
+                    r.replayed_ok += 1;
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// A 4xx on the very first request usually means the probe itself is wrong.
+fn check_first_status(t: &Target, s: StatusCode) -> Result<(), Diagnosis> {
+    let requested = t.cert_requested.load(Ordering::Acquire);
+    if (s == StatusCode::BAD_REQUEST || s == StatusCode::FORBIDDEN)
+        && requested
+        && !t.has_client_cert
+    {
+        return Err(Diagnosis::ClientCertRequired);
+    }
+    Ok(())
+}
+
+/// Result of the idle and age probes.
+#[derive(Debug, Default)]
+pub struct IdleProbe {
+    /// Time from the last response to the server closing the idle connection.
+    pub idle_closed_after: Option<Duration>,
+    pub idle_goaway: Option<GoAwayInfo>,
+    /// Time from open to the server closing a busy connection (max connection age).
+    pub age_closed_after: Option<Duration>,
+    pub age_requests: u64,
+}
+
+/// Holds one idle connection up to `wait`; meanwhile keeps another one busy (a request every
+/// `tick`, at most `max_busy_requests`) to tell a max connection age from an idle timeout.
+pub async fn idle_and_age(
+    t: &Target,
+    wait: Duration,
+    tick: Duration,
+    max_busy_requests: u64,
+) -> Result<IdleProbe, Diagnosis> {
+    let mut r = IdleProbe::default();
+    let (mut idle, _) = open(t, 4, None).await?;
+    let (busy, _) = open(t, 5, None).await?;
+    if let Outcome::Failed(e) = idle.request(t).await {
+        return Err(Diagnosis::first_request(e, t));
+    }
+    let idle_since = Instant::now();
+    let deadline = idle_since + wait;
+    let busy_task = async {
+        let mut n = 0;
+        while Instant::now() < deadline && n < max_busy_requests {
+            match busy.request(t).await {
+                Outcome::Status(_) => n += 1,
+                _ => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+            if busy.ended_at().is_some() {
+                break;
+            }
+        }
+        n
+    };
+    let (ended, busy_requests) = tokio::join!(idle.wait_end(deadline), busy_task);
+    if let Some(at) = ended {
+        r.idle_closed_after = Some(at.saturating_duration_since(idle_since));
+        r.idle_goaway = idle.info.last_goaway_received();
+    }
+    r.age_requests = busy_requests;
+    // A busy connection closed while requests kept coming, before the request limit.
+    if let Some(at) = busy.ended_at()
+        && busy_requests < max_busy_requests
+        && at < deadline
+    {
+        r.age_closed_after = Some(at.saturating_duration_since(busy.opened));
+    }
+    Ok(r)
+}

@@ -1,0 +1,236 @@
+//! `uplink doctor` against real servers: the ingest, nginx, a server without limits, and the
+//! failure cases, each a one-line diagnosis.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use uplink::testbed::TempDir;
+use uplink::testbed::nginx::{Nginx, NginxSite};
+use uplink::tls::DevPki;
+
+use crate::support::*;
+
+fn doctor(url: &str, pki: Option<(&DevPki, bool)>, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(exe());
+    cmd.arg("doctor").arg(url);
+    if let Some((pki, with_cert)) = pki {
+        cmd.arg("--ca").arg(pki.ca());
+        if with_cert {
+            cmd.arg("--cert").arg(pki.client_cert("edge-1"));
+            cmd.arg("--key").arg(pki.client_key("edge-1"));
+        }
+    }
+    cmd.args(extra).output().expect("run uplink doctor")
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "doctor failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn assert_schema(v: &serde_json::Value) {
+    for key in [
+        "alpn",
+        "tls_version",
+        "max_concurrent_streams",
+        "max_requests_per_connection",
+        "goaway",
+        "idle_timeout_seconds",
+        "ping_rtt_ms",
+        "recommendations",
+        "server_certificate",
+        "client_certificate",
+        "max_connection_age_seconds",
+    ] {
+        assert!(v.get(key).is_some(), "JSON lacks {key}: {v}");
+    }
+    assert_eq!(v["alpn"], "h2");
+    assert!(v["recommendations"]["forward"]["max_requests_per_connection"].is_u64());
+    assert!(v["recommendations"]["timeouts"]["idle"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_the_ingests_request_limit_and_idle_timeout() {
+    let p = pipeline(
+        |i| {
+            i.http2.max_requests_per_connection = 50;
+            i.timeouts.idle = Duration::from_secs(2);
+        },
+        |_| {},
+    )
+    .await;
+    let pki = p.pki();
+    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
+    let out = tokio::task::spawn_blocking(move || {
+        doctor(
+            &url,
+            Some((&pki, true)),
+            &[
+                "--method",
+                "POST",
+                "--body",
+                "x",
+                "--requests",
+                "200",
+                "--idle-wait",
+                "6s",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let v = json_of(&out);
+    assert_schema(&v);
+    assert_eq!(v["max_requests_per_connection"], 50, "{v}");
+    assert_eq!(v["goaway"]["error_code"], 0);
+    assert_eq!(v["max_concurrent_streams"], 128);
+    let idle = v["idle_timeout_seconds"]
+        .as_f64()
+        .expect("idle timeout found");
+    assert!((1.5..3.5).contains(&idle), "idle {idle}");
+    let rotate = v["recommendations"]["forward"]["max_requests_per_connection"]
+        .as_u64()
+        .unwrap();
+    assert!((40..50).contains(&rotate), "{rotate}");
+    assert_eq!(v["client_certificate"]["requested"], true);
+    assert_eq!(v["client_certificate"]["accepted"], true);
+    assert_eq!(v["concurrency"]["lost"], 0, "{v}");
+    assert!(v["ping_rtt_ms"].as_f64().is_some());
+}
+
+async fn nginx(dir: &TempDir, site: NginxSite) -> (Nginx, DevPki) {
+    uplink::tls::install_crypto_provider();
+    let pki = uplink::tls::dev_pki(&dir.path().join("pki"), &["edge-1".to_string()]).unwrap();
+    (
+        Nginx::start(dir.path(), &pki, &site)
+            .await
+            .expect("nginx starts"),
+        pki,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_nginx_keepalive_requests_and_timeout() {
+    let dir = TempDir::new("uplink-doctor-nginx").unwrap();
+    let site = NginxSite {
+        keepalive_requests: 100,
+        keepalive_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (n, pki) = nginx(&dir, site).await;
+    let url = n.url();
+    let out = tokio::task::spawn_blocking(move || {
+        doctor(
+            &url,
+            Some((&pki, true)),
+            &["--requests", "300", "--idle-wait", "8s", "--json"],
+        )
+    })
+    .await
+    .unwrap();
+    let v = json_of(&out);
+    assert_schema(&v);
+    assert_eq!(v["max_requests_per_connection"], 100, "{v}");
+    let idle = v["idle_timeout_seconds"]
+        .as_f64()
+        .expect("idle timeout found");
+    assert!((2.5..4.5).contains(&idle), "idle {idle}");
+    assert_eq!(v["concurrency"]["lost"], 0, "{v}");
+    drop(n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invents_nothing_for_a_server_without_limits() {
+    let p = pipeline(
+        |i| {
+            i.http2.max_requests_per_connection = 1_000_000;
+            i.timeouts.idle = Duration::from_secs(3600);
+        },
+        |_| {},
+    )
+    .await;
+    let pki = p.pki();
+    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
+    let (text, json) = tokio::task::spawn_blocking(move || {
+        let args = [
+            "--method",
+            "POST",
+            "--body",
+            "x",
+            "--requests",
+            "150",
+            "--idle-wait",
+            "3s",
+        ];
+        let text = doctor(&url, Some((&pki, true)), &args);
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        (text, doctor(&url, Some((&pki, true)), &with_json))
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(text.status.success());
+    assert!(stdout.contains("no limit within 150 requests"), "{stdout}");
+    assert!(
+        stdout.contains("idle connection kept for the whole wait"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[forward]") && stdout.contains("max_requests_per_connection = 900"),
+        "{stdout}"
+    );
+    let v = json_of(&json);
+    assert!(v["max_requests_per_connection"].is_null(), "{v}");
+    assert!(v["idle_timeout_seconds"].is_null(), "{v}");
+    assert!(v["goaway"].is_null(), "{v}");
+}
+
+fn one_line_failure(out: &Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("uplink doctor:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_get_a_one_line_diagnosis() {
+    let dir = TempDir::new("uplink-doctor-fail").unwrap();
+    let (n, pki) = nginx(&dir, NginxSite::default()).await;
+    let h1_dir = TempDir::new("uplink-doctor-h1").unwrap();
+    let (h1, _) = {
+        uplink::tls::install_crypto_provider();
+        let site = NginxSite {
+            http2: false,
+            ..Default::default()
+        };
+        (Nginx::start(h1_dir.path(), &pki, &site).await.unwrap(), ())
+    };
+    let other = TempDir::new("uplink-doctor-other").unwrap();
+    let other_pki = uplink::tls::dev_pki(other.path(), &["edge-1".to_string()]).unwrap();
+    let (url, h1_url) = (n.url(), h1.url());
+    let nobody = format!("https://127.0.0.1:{}/", uplink::testbed::free_port());
+    tokio::task::spawn_blocking(move || {
+        one_line_failure(&doctor(&nobody, Some((&pki, true)), &[]), "cannot reach");
+        one_line_failure(&doctor(&url, Some((&other_pki, true)), &[]), "not trusted");
+        one_line_failure(
+            &doctor(&url, Some((&pki, false)), &["--requests", "5"]),
+            "requires a client certificate",
+        );
+        one_line_failure(&doctor(&h1_url, Some((&pki, true)), &[]), "HTTP/1.1-only");
+    })
+    .await
+    .unwrap();
+}
