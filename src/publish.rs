@@ -30,7 +30,7 @@ pub async fn run(url: &str, stream: Option<&str>, w: Workload) -> anyhow::Result
     let secs = started.elapsed().as_secs_f64();
     let bytes: usize = sent.iter().map(|s| s.len).sum();
     println!(
-        "published {} messages ({} payload bytes) to {}.* in {:.2} s: {:.0} msgs/s; edge sequences {}..={}",
+        "published {} messages ({} payload bytes) under {} in {:.2} s: {:.0} msgs/s; edge sequences {}..={}",
         sent.len(),
         bytes,
         w.subject_prefix,
