@@ -28,6 +28,20 @@ pub fn metrics() -> PrometheusHandle {
                     10.0, 30.0,
                 ])
                 .expect("static buckets")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("requests_per_connection".into()),
+                    &[
+                        1.0, 10.0, 100.0, 500.0, 900.0, 1000.0, 5000.0, 10000.0, 100000.0,
+                    ],
+                )
+                .expect("static buckets")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "uplink_gateway_batch_messages".into(),
+                    ),
+                    &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+                )
+                .expect("static buckets")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (unit tests): keep rendering ours.

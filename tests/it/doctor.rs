@@ -234,3 +234,42 @@ async fn failures_get_a_one_line_diagnosis() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_a_max_connection_age_shorter_than_the_idle_wait() {
+    let p = pipeline(
+        |i| i.timeouts.max_connection_age = Duration::from_secs(3),
+        |_| {},
+    )
+    .await;
+    let pki = p.pki();
+    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
+    let out = tokio::task::spawn_blocking(move || {
+        doctor(
+            &url,
+            Some((&pki, true)),
+            &[
+                "--method",
+                "POST",
+                "--body",
+                "x",
+                "--requests",
+                "50",
+                "--idle-wait",
+                "6s",
+                "--json",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let v = json_of(&out);
+    let age = v["max_connection_age_seconds"].as_f64().expect("age found");
+    assert!((2.5..4.0).contains(&age), "age {age}: {v}");
+    // The idle connection is closed by the same age limit, not by an idle timeout of 75 s.
+    assert!(v["max_requests_per_connection"].is_null(), "{v}");
+    let rec = v["recommendations"]["forward"]["max_connection_age"]
+        .as_str()
+        .unwrap();
+    assert_eq!(rec, "2s", "{v}");
+}

@@ -99,15 +99,7 @@ async fn case_study_goaway_after_1000_requests_is_a_non_event() {
 
     // Then sustained traffic through the gateway, 5 messages per request: 4000+ requests.
     let edge = edge_js(&p).await;
-    let sent = verify::publish(
-        &edge,
-        &Workload {
-            count: 20_000,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sent = publish(&edge, 20_000).await;
     let cloud = cloud_js(&p).await;
     let stream = &p.ingest_cfg.nats.stream;
     let budget = Duration::from_secs(120);
@@ -161,15 +153,7 @@ async fn case_study_goaway_after_1000_requests_is_a_non_event() {
 async fn goaway_every_10_requests_loses_nothing() {
     let p = pipeline(|i| i.http2.max_requests_per_connection = 10, small_batches).await;
     let edge = edge_js(&p).await;
-    let sent = verify::publish(
-        &edge,
-        &Workload {
-            count: 5_000,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sent = publish(&edge, 5_000).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 5_000);
     let gm = p.gateway_metrics().await.unwrap();
@@ -199,15 +183,7 @@ async fn client_idle_timeout_below_the_servers_closes_first() {
     )
     .await;
     let edge = edge_js(&p).await;
-    let sent = verify::publish(
-        &edge,
-        &Workload {
-            count: 100,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sent = publish(&edge, 100).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 100);
     wait_metric(&p, true, "uplink_client_connections_closed_total", 1.0).await;
@@ -236,15 +212,7 @@ async fn server_idle_goaway_is_absorbed() {
     )
     .await;
     let edge = edge_js(&p).await;
-    let first = verify::publish(
-        &edge,
-        &Workload {
-            count: 100,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let first = publish(&edge, 100).await;
     let cloud = cloud_js(&p).await;
     wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 100).await;
     wait_metric(&p, false, "uplink_ingest_goaway_sent_total", 1.0).await;
@@ -357,15 +325,7 @@ async fn through_real_nginx_as_in_the_case_study() {
     .await
     .expect("pipeline with nginx");
     let edge = edge_js(&p).await;
-    let sent = verify::publish(
-        &edge,
-        &Workload {
-            count: 50_000,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sent = publish(&edge, 50_000).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 50_000);
     let gm = p.gateway_metrics().await.unwrap();

@@ -108,6 +108,15 @@ pub fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// Publishes `count` ordinary messages (200 B, 8 subjects) and returns what was sent.
+pub async fn publish(js: &jetstream::Context, count: usize) -> Vec<Sent> {
+    let w = Workload {
+        count,
+        ..Default::default()
+    };
+    verify::publish(js, &w).await.expect("publish")
+}
+
 /// A background publisher of `count` messages at `rate` per second.
 pub fn publish_in_background(
     js: jetstream::Context,
