@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// A TLS setup problem, naming the file involved.
@@ -90,6 +91,118 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
         .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// A certificate chain and key re-read from disk when either file changes, so certificates can
+/// be rotated without a restart and without dropping open connections (they keep the
+/// certificate they were established with). Checked on handshakes, at most once per
+/// `check_every`; a file that fails to load keeps the previous pair and logs why.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    check_every: std::time::Duration,
+    state: std::sync::Mutex<CertState>,
+}
+
+#[derive(Debug)]
+struct CertState {
+    current: Arc<CertifiedKey>,
+    stamp: FileStamp,
+    checked: std::time::Instant,
+}
+
+/// Modification time and length of both files: what "changed" means.
+type FileStamp = [Option<(std::time::SystemTime, u64)>; 2];
+
+fn stamp(cert: &Path, key: &Path) -> FileStamp {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    [one(cert), one(key)]
+}
+
+fn certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider)
+        .map(Arc::new)
+        .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))
+}
+
+impl ReloadingCert {
+    /// Loads the pair now (errors name the files); checks for changes at most once a second.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Self::with_check_interval(cert, key, std::time::Duration::from_secs(1))
+    }
+
+    pub fn with_check_interval(
+        cert: &Path,
+        key: &Path,
+        check_every: std::time::Duration,
+    ) -> Result<Self, TlsError> {
+        let before = stamp(cert, key);
+        let current = certified(cert, key)?;
+        Ok(ReloadingCert {
+            cert: cert.into(),
+            key: key.into(),
+            check_every,
+            state: std::sync::Mutex::new(CertState {
+                current,
+                stamp: before,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// The pair to present now, reloaded first if the files changed.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.checked.elapsed() >= self.check_every {
+            st.checked = std::time::Instant::now();
+            let now = stamp(&self.cert, &self.key);
+            if now != st.stamp {
+                match certified(&self.cert, &self.key) {
+                    Ok(k) => {
+                        st.current = k;
+                        st.stamp = now;
+                        tracing::info!(cert = %self.cert.display(), "certificate reloaded");
+                        metrics::counter!("uplink_tls_reloads_total", "result" => "ok")
+                            .increment(1);
+                    }
+                    Err(e) => {
+                        // Often a half-written pair during rotation: keep serving the old one.
+                        tracing::warn!(error = %e, "certificate files changed but do not load; keeping the previous pair");
+                        metrics::counter!("uplink_tls_reloads_total", "result" => "error")
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        st.current.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// The platform identity of a (verified) client certificate: its subject CN, else its first DNS SAN.

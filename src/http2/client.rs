@@ -332,21 +332,25 @@ impl Client {
                 match res {
                     Some(Ok(())) if idled => break "idle",
                     Some(Ok(())) => {
-                        // Still ours and not being replaced: the server ended it (GOAWAY).
                         let Some(c) = weak.upgrade() else {
                             break "retired";
                         };
-                        if c.replacing.load(Ordering::Acquire) {
-                            break "retired";
-                        }
+                        // A GOAWAY received means the server ended it, even when we were
+                        // about to retire it ourselves: our rotation point is too high.
                         let Some(goaway) = c.info.last_goaway_received() else {
-                            break "closed";
+                            break if c.replacing.load(Ordering::Acquire) {
+                                "retired"
+                            } else {
+                                "closed"
+                            };
                         };
                         let active = c.last_used.lock().unwrap().elapsed() < Duration::from_secs(2);
                         if let Some(inner) = me.upgrade()
                             && active
                         {
                             // Client streams have odd ids: last_stream_id 2k-1 = k processed.
+                            // It can exceed the server's limit by the requests in flight when
+                            // the limit was hit; the minimum over several GOAWAYs converges.
                             let processed = u64::from(goaway.last_stream_id).div_ceil(2);
                             let started = c.requests.load(Ordering::Acquire);
                             inner.learn_limit(processed.min(started), id);

@@ -36,3 +36,29 @@ fn errors_name_the_file() {
     );
     assert!(dev_pki(dir, &["bad.name".to_string()]).is_err());
 }
+
+#[test]
+fn changed_certificate_files_are_reloaded_and_bad_ones_ignored() {
+    let tmp = tmp();
+    let a = dev_pki(&tmp.path().join("a"), &["edge-1".to_string()]).unwrap();
+    let b = dev_pki(&tmp.path().join("b"), &["edge-2".to_string()]).unwrap();
+    let live = ReloadingCert::with_check_interval(
+        &a.client_cert("edge-1"),
+        &a.client_key("edge-1"),
+        std::time::Duration::ZERO,
+    )
+    .unwrap();
+    let first = live.current();
+    assert_eq!(identity(&first.cert[0]).as_deref(), Some("edge-1"));
+    assert!(
+        Arc::ptr_eq(&first, &live.current()),
+        "unchanged files are not re-read"
+    );
+
+    // A half-written rotation (new cert, old key) keeps the old pair.
+    std::fs::copy(b.client_cert("edge-2"), a.client_cert("edge-1")).unwrap();
+    assert_eq!(identity(&live.current().cert[0]).as_deref(), Some("edge-1"));
+    // The complete pair is picked up.
+    std::fs::copy(b.client_key("edge-2"), a.client_key("edge-1")).unwrap();
+    assert_eq!(identity(&live.current().cert[0]).as_deref(), Some("edge-2"));
+}
