@@ -554,6 +554,20 @@ impl IngestConfig {
         if self.nats.subjects.is_empty() {
             return Err(invalid("nats.subjects", "needs at least one subject"));
         }
+        if !self
+            .nats
+            .subjects
+            .iter()
+            .any(|p| crate::wire::pattern_reaches_under(p, &self.nats.subject_prefix))
+        {
+            return Err(invalid(
+                "nats.subjects",
+                format!(
+                    "no subject reaches under nats.subject_prefix {:?} (e.g. \"{}.>\"): every publish would fail",
+                    self.nats.subject_prefix, self.nats.subject_prefix
+                ),
+            ));
+        }
         if !(1..=5).contains(&self.nats.replicas) {
             return Err(invalid("nats.replicas", "must be 1..=5"));
         }

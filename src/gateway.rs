@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use http::Request;
 use http_body_util::Full;
@@ -163,7 +162,12 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("shutdown grace expired: abandoning in-flight batches (nak)");
         ctx.hard_stop.cancel();
-        tracker.wait().await;
+        if tokio::time::timeout(SETTLE_TIMEOUT * 2, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight batches did not stop; exiting (JetStream redelivers them)");
+        }
     }
     // Acks are buffered in the client: make sure they reach the server before exit.
     let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
@@ -213,6 +217,11 @@ async fn bind(
         )
         .await
         .with_context(|| format!("consumer {} on {}", n.consumer, n.stream))?;
+    // The stream may have been recreated between reading its incarnation and binding.
+    let now = stream.get_info().await?.created.unix_timestamp_nanos();
+    if now != incarnation {
+        anyhow::bail!("edge stream {} was recreated while binding", n.stream);
+    }
     Ok((consumer, incarnation))
 }
 
@@ -233,6 +242,9 @@ impl IdMaker {
 /// the edge) are not forwarded.
 fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, String> {
     let info = m.info().map_err(|e| e.to_string())?;
+    // The ingest refuses what it cannot map under the platform's prefix; find out here, for
+    // this message alone.
+    wire::validate_subject(&m.subject).map_err(|e| e.to_string())?;
     let mut headers = std::collections::HashMap::new();
     if let Some(h) = &m.headers {
         for (name, values) in h.iter() {
@@ -284,8 +296,9 @@ async fn pump(
                 Some(Ok(m)) => match to_wire(ids, &m) {
                     Ok(w) => batcher.push(m, w),
                     Err(e) => {
-                        tracing::error!(error = %e, subject = %m.subject, "not a JetStream message; terminating it");
-                        let _ = m.ack_with(AckKind::Term).await;
+                        tracing::error!(error = %e, subject = %m.subject, "message cannot be forwarded; terminating it (it stays in the edge stream)");
+                        metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(1);
+                        let _ = tokio::time::timeout(SETTLE_TIMEOUT, m.ack_with(AckKind::Term)).await;
                         false
                     }
                 },
@@ -314,9 +327,7 @@ async fn pump(
     }
     // Shutdown: what was pulled but not sent goes back at once.
     let (left, _) = batcher.take();
-    for m in left {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
-    }
+    settle(&left, AckKind::Nak(None)).await;
     Ok(())
 }
 
@@ -327,7 +338,36 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sends the current batch (if any) to a delivery task once a slot is free.
+/// How long acks, naks and progress notes for one batch may take (they block while edge NATS
+/// is disconnected; shutdown must not).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Acks/naks/terms/progresses every message, giving up after [`SETTLE_TIMEOUT`] (what is not
+/// acked is redelivered by JetStream and deduplicated by the cloud).
+async fn settle(msgs: &[jetstream::Message], kind: AckKind) {
+    let work = async {
+        for m in msgs {
+            let r = match kind {
+                AckKind::Ack => m.ack().await,
+                k => m.ack_with(k).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, ?kind, "acknowledgement not sent; JetStream will redeliver");
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(SETTLE_TIMEOUT, work).await.is_err() {
+        tracing::warn!(
+            ?kind,
+            messages = msgs.len(),
+            "edge NATS did not take the acknowledgements in time; JetStream will redeliver"
+        );
+    }
+}
+
+/// Sends the current batch (if any) to a delivery task once a slot is free. While it waits,
+/// its messages get `in_progress` so JetStream does not redeliver them meanwhile.
 async fn flush(
     batcher: &mut Batcher<jetstream::Message>,
     ctx: &Arc<Ctx>,
@@ -338,115 +378,166 @@ async fn flush(
     if batcher.is_empty() {
         return;
     }
-    let permit = tokio::select! {
-        p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        _ = shutdown.cancelled() => {
-            let (left, _) = batcher.take();
-            for m in left {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
+    let every = ctx.cfg.nats.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let permit = loop {
+        tokio::select! {
+            p = slots.clone().acquire_owned() => break p.expect("semaphore never closed"),
+            _ = progress.tick() => settle(batcher.handles(), AckKind::Progress).await,
+            _ = shutdown.cancelled() => {
+                let (left, _) = batcher.take();
+                settle(&left, AckKind::Nak(None)).await;
+                return;
             }
-            return;
         }
     };
     let (msgs, batch) = batcher.take();
-    let body = match wire::encode_batch(&batch, ctx.cfg.batch.compression, ctx.cfg.batch.zstd_level)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "encoding a batch failed; naking it");
-            for m in msgs {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-            }
-            return;
-        }
-    };
     metrics::counter!("uplink_gateway_batches_total").increment(1);
     metrics::histogram!("uplink_gateway_batch_messages").record(msgs.len() as f64);
     let ctx = ctx.clone();
     tracker.spawn(async move {
         metrics::gauge!("uplink_gateway_in_flight_batches").increment(1.0);
-        deliver(ctx, msgs, body).await;
+        deliver(ctx, msgs, batch).await;
         metrics::gauge!("uplink_gateway_in_flight_batches").decrement(1.0);
         drop(permit);
     });
 }
 
+/// Whether a 2xx answer confirms every message of the batch (`{"accepted":N,"duplicates":M}`
+/// with N + M = the batch size). Anything else — a catch-all proxy route, a stray server —
+/// must not get messages acked.
+fn confirms(body: &[u8], count: usize) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        accepted: usize,
+        duplicates: usize,
+    }
+    serde_json::from_slice::<Answer>(body).is_ok_and(|a| a.accepted + a.duplicates == count)
+}
+
 /// Delivers one batch, keeping its messages alive in JetStream (`in_progress`) while retries
-/// run, then acks, terms or naks them by outcome.
-async fn deliver(ctx: Arc<Ctx>, msgs: Vec<jetstream::Message>, body: Bytes) {
-    let cfg = &ctx.cfg;
-    let started = std::time::Instant::now();
-    let attempt = || {
-        let req = Request::post(ctx.batches_url.clone())
-            .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
-            .header(
-                http::header::CONTENT_ENCODING,
-                cfg.batch.compression.as_str(),
-            )
-            .body(Full::new(body.clone()))
-            .expect("valid request");
-        ctx.client.send(req)
-    };
-    let backoff = Backoff {
-        initial: cfg.retry.initial_backoff,
-        max: cfg.retry.max_backoff,
-    };
-    let work = send_with_retries(attempt, backoff, &ctx.soft_stop, &ctx.hard_stop);
-    let mut work = std::pin::pin!(work);
-    let every = cfg.nats.ack_wait / 3;
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let outcome = loop {
-        tokio::select! {
-            o = &mut work => break o,
-            _ = progress.tick() => {
-                metrics::counter!("uplink_gateway_in_progress_total").increment(msgs.len() as u64);
-                for m in &msgs {
-                    let _ = m.ack_with(AckKind::Progress).await;
+/// run, then acks, terms or naks them by outcome. A rejected batch of several messages is split
+/// in halves and each half delivered again, so only the messages the ingest refuses are
+/// dead-lettered, not their batch-mates.
+fn deliver(
+    ctx: Arc<Ctx>,
+    msgs: Vec<jetstream::Message>,
+    batch: wire::Batch,
+) -> futures_util::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let cfg = &ctx.cfg;
+        let started = std::time::Instant::now();
+        let body = match wire::encode_batch(&batch, cfg.batch.compression, cfg.batch.zstd_level) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a batch failed; naking it");
+                settle(&msgs, AckKind::Nak(None)).await;
+                return;
+            }
+        };
+        let count = msgs.len();
+        let attempt = || {
+            let req = Request::post(ctx.batches_url.clone())
+                .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
+                .header(
+                    http::header::CONTENT_ENCODING,
+                    cfg.batch.compression.as_str(),
+                )
+                .body(Full::new(body.clone()))
+                .expect("valid request");
+            let send = ctx.client.send(req);
+            async move {
+                let resp = send.await?;
+                if resp.status().is_success() && !confirms(resp.body(), count) {
+                    return Err(crate::http2::ForwardError::Unconfirmed {
+                        status: resp.status().as_u16(),
+                        detail: String::from_utf8_lossy(resp.body())
+                            .chars()
+                            .take(200)
+                            .collect(),
+                    });
+                }
+                Ok(resp)
+            }
+        };
+        let backoff = Backoff {
+            initial: cfg.retry.initial_backoff,
+            max: cfg.retry.max_backoff,
+        };
+        let work = send_with_retries(attempt, backoff, &ctx.soft_stop, &ctx.hard_stop);
+        let mut work = std::pin::pin!(work);
+        let every = cfg.nats.ack_wait / 3;
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let outcome = loop {
+            tokio::select! {
+                o = &mut work => break o,
+                _ = progress.tick() => {
+                    metrics::counter!("uplink_gateway_in_progress_total").increment(count as u64);
+                    settle(&msgs, AckKind::Progress).await;
                 }
             }
-        }
-    };
-    let n = msgs.len() as u64;
-    match outcome {
-        Delivery::Delivered { attempts } => {
-            for m in &msgs {
-                if let Err(e) = m.ack().await {
-                    tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
-                }
+        };
+        let n = count as u64;
+        match outcome {
+            Delivery::Delivered { attempts } => {
+                settle(&msgs, AckKind::Ack).await;
+                metrics::counter!("uplink_gateway_messages_total", "result" => "acked")
+                    .increment(n);
+                metrics::histogram!("uplink_gateway_delivery_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                tracing::trace!(messages = n, attempts, "batch delivered");
             }
-            metrics::counter!("uplink_gateway_messages_total", "result" => "acked").increment(n);
-            metrics::histogram!("uplink_gateway_delivery_seconds")
-                .record(started.elapsed().as_secs_f64());
-            tracing::trace!(messages = n, attempts, "batch delivered");
-        }
-        Delivery::Rejected { status, detail } => {
-            let first = msgs
-                .first()
-                .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
-                .unwrap_or(0);
-            tracing::error!(
-                status,
-                %detail,
-                messages = n,
-                first_sequence = first,
-                action = ?cfg.forward.on_rejected,
-                "ingest rejected a batch; not retrying it blindly"
-            );
-            metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(n);
-            let kind = match cfg.forward.on_rejected {
-                RejectAction::Term => AckKind::Term,
-                RejectAction::Keep => AckKind::Nak(Some(cfg.retry.max_backoff)),
-            };
-            for m in &msgs {
-                let _ = m.ack_with(kind).await;
+            Delivery::Rejected { status, detail } if count > 1 => {
+                tracing::warn!(status, %detail, messages = n, "ingest rejected a batch; splitting it to find the offending messages");
+                let mut msgs = msgs;
+                let mut batch = batch;
+                let right_msgs = msgs.split_off(count / 2);
+                let right = wire::Batch {
+                    messages: batch.messages.split_off(count / 2),
+                };
+                deliver(ctx.clone(), msgs, batch).await;
+                deliver(ctx.clone(), right_msgs, right).await;
+            }
+            Delivery::Rejected { status, detail } => {
+                let sequence = msgs
+                    .first()
+                    .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
+                    .unwrap_or(0);
+                tracing::error!(
+                    status,
+                    %detail,
+                    edge_sequence = sequence,
+                    id = %batch.messages.first().map(|m| m.id.as_str()).unwrap_or(""),
+                    action = ?cfg.forward.on_rejected,
+                    "ingest rejected a message; not retrying it blindly"
+                );
+                metrics::counter!("uplink_gateway_messages_total", "result" => "rejected")
+                    .increment(n);
+                let kind = match cfg.forward.on_rejected {
+                    RejectAction::Term => AckKind::Term,
+                    RejectAction::Keep => AckKind::Nak(Some(cfg.retry.max_backoff)),
+                };
+                settle(&msgs, kind).await;
+            }
+            Delivery::Abandoned => {
+                metrics::counter!("uplink_gateway_messages_total", "result" => "abandoned")
+                    .increment(n);
+                settle(&msgs, AckKind::Nak(None)).await;
             }
         }
-        Delivery::Abandoned => {
-            metrics::counter!("uplink_gateway_messages_total", "result" => "abandoned")
-                .increment(n);
-            for m in &msgs {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-            }
-        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::confirms;
+
+    #[test]
+    fn only_a_full_confirmation_acks() {
+        assert!(confirms(br#"{"accepted":3,"duplicates":2}"#, 5));
+        assert!(!confirms(br#"{"accepted":3,"duplicates":1}"#, 5));
+        assert!(!confirms(b"", 5));
+        assert!(!confirms(b"<html>ok</html>", 5));
+        assert!(!confirms(br#"{"status":"ok"}"#, 5));
     }
 }

@@ -192,6 +192,25 @@ pub fn validate_token(token: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Whether a stream subject pattern (with `*` and `>` wildcards) can match some subject under
+/// `prefix` (i.e. `prefix.<something>`).
+pub fn pattern_reaches_under(pattern: &str, prefix: &str) -> bool {
+    let pat: Vec<&str> = pattern.split('.').collect();
+    let pre: Vec<&str> = prefix.split('.').collect();
+    for (i, p) in pat.iter().enumerate() {
+        if *p == ">" {
+            return true;
+        }
+        match pre.get(i) {
+            Some(t) if *p == "*" || p == t => {}
+            Some(_) => return false,
+            // Past the prefix: any further token can match something under it.
+            None => return true,
+        }
+    }
+    false
+}
+
 /// The stable id of an edge message (DESIGN.md §1):
 /// `<platform>.<edge stream>.<stream incarnation>.<edge stream sequence>`.
 /// The incarnation (stream creation time, ns) keeps ids unique when a stream is recreated.

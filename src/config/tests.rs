@@ -133,6 +133,10 @@ fn bad_values_name_the_key_and_reason() {
     let (s, _dir) = sources(None, &[], &["batch.compression=lz4"]);
     assert!(gateway(&s).is_err());
 
+    let (s, _dir) = sources(None, &[], &["nats.subjects=telemetry.>"]);
+    let e = ingest(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.subjects") && e.contains("uplink.>"), "{e}");
+
     let (s, _dir) = sources(None, &[], &["nats.stream=A.B"]);
     let e = ingest(&s).unwrap_err().to_string();
     assert!(e.contains("nats.stream"), "{e}");

@@ -52,6 +52,11 @@ impl<T> Batcher<T> {
         self.first_at.map(|t| t + linger)
     }
 
+    /// The handles of the current batch.
+    pub fn handles(&self) -> &[T] {
+        &self.handles
+    }
+
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
     }

@@ -49,7 +49,7 @@ where
             Ok(resp) if resp.status().is_success() => return Delivery::Delivered { attempts },
             Ok(resp) => {
                 let status = resp.status();
-                let class = classify_status(status);
+                let class = classify_status(status, resp.body());
                 let detail = String::from_utf8_lossy(resp.body()).into_owned();
                 if class == Retry::Never {
                     return Delivery::Rejected {
@@ -57,7 +57,12 @@ where
                         detail,
                     };
                 }
-                tracing::warn!(status = status.as_u16(), %detail, attempts, "ingest refused the batch for now; will retry");
+                if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) {
+                    // Not the ingest judging the content: a setup problem for a human.
+                    tracing::error!(status = status.as_u16(), %detail, attempts, "the endpoint refuses requests (certificate, identity, URL or proxy problem?); keeping the messages and retrying");
+                } else {
+                    tracing::warn!(status = status.as_u16(), %detail, attempts, "ingest refused the batch for now; will retry");
+                }
                 class
             }
             Err(e) => {

@@ -29,6 +29,8 @@ pub enum ForwardError {
     Http(#[source] hyper::Error),
     #[error("no response within {after:?} (timeouts.request)")]
     RequestTimeout { after: Duration },
+    #[error("the server answered {status} without confirming every message: {detail}")]
+    Unconfirmed { status: u16, detail: String },
 }
 
 /// The retry decision for a failure.
@@ -74,20 +76,30 @@ pub fn classify(e: &ForwardError) -> Retry {
         | ForwardError::Tls { .. }
         | ForwardError::TlsTimeout { .. }
         | ForwardError::Handshake(_)
-        | ForwardError::RequestTimeout { .. } => Retry::Backoff,
+        | ForwardError::RequestTimeout { .. }
+        | ForwardError::Unconfirmed { .. } => Retry::Backoff,
     }
 }
 
-/// Classifies an HTTP status answered by the ingest.
-pub fn classify_status(status: http::StatusCode) -> Retry {
+/// Classifies a non-2xx answer. Only the ingest's own verdict on the content (400, 413, 415
+/// with its JSON error body) is final: the same 4xx from anything else (a proxy refusing a
+/// certificate, a wrong path, 421 Misdirected Request) is a setup problem that a retry after
+/// the fix will get through, so those messages are kept, not dead-lettered.
+pub fn classify_status(status: http::StatusCode, body: &[u8]) -> Retry {
     if status.is_success() {
         unreachable!("success is not a failure")
     }
     match status.as_u16() {
-        408 | 429 => Retry::Backoff,
-        400..=499 => Retry::Never,
+        400 | 413 | 415 if is_ingest_error(body) => Retry::Never,
         _ => Retry::Backoff,
     }
+}
+
+/// Whether a body is the ingest's JSON error (`{"error": "...", "detail": "..."}`).
+fn is_ingest_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_string()) && v.get("detail").is_some())
 }
 
 /// The `h2::Error` in a hyper error's cause chain, if any.
@@ -124,6 +136,13 @@ mod tests {
             Retry::Backoff
         );
         assert_eq!(
+            classify(&ForwardError::Unconfirmed {
+                status: 200,
+                detail: "{}".into()
+            }),
+            Retry::Backoff
+        );
+        assert_eq!(
             classify(&ForwardError::TlsTimeout {
                 addr: "a".into(),
                 after: Duration::from_secs(1)
@@ -135,13 +154,31 @@ mod tests {
     #[test]
     fn statuses() {
         use http::StatusCode as S;
-        assert_eq!(classify_status(S::BAD_REQUEST), Retry::Never);
-        assert_eq!(classify_status(S::FORBIDDEN), Retry::Never);
-        assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE), Retry::Never);
-        assert_eq!(classify_status(S::REQUEST_TIMEOUT), Retry::Backoff);
-        assert_eq!(classify_status(S::TOO_MANY_REQUESTS), Retry::Backoff);
-        assert_eq!(classify_status(S::SERVICE_UNAVAILABLE), Retry::Backoff);
-        assert_eq!(classify_status(S::INTERNAL_SERVER_ERROR), Retry::Backoff);
-        assert_eq!(classify_status(S::BAD_GATEWAY), Retry::Backoff);
+        let ingest = br#"{"error":"malformed","detail":"x"}"#;
+        assert_eq!(classify_status(S::BAD_REQUEST, ingest), Retry::Never);
+        assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE, ingest), Retry::Never);
+        assert_eq!(
+            classify_status(S::UNSUPPORTED_MEDIA_TYPE, ingest),
+            Retry::Never
+        );
+        // The same statuses from something that is not the ingest: keep and retry.
+        let nginx = b"<html>400 No required SSL certificate was sent</html>";
+        assert_eq!(classify_status(S::BAD_REQUEST, nginx), Retry::Backoff);
+        assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE, b""), Retry::Backoff);
+        // Identity, routing and misdirection problems are setup errors, not bad messages.
+        assert_eq!(classify_status(S::FORBIDDEN, ingest), Retry::Backoff);
+        assert_eq!(classify_status(S::NOT_FOUND, ingest), Retry::Backoff);
+        assert_eq!(classify_status(S::MISDIRECTED_REQUEST, b""), Retry::Backoff);
+        assert_eq!(classify_status(S::REQUEST_TIMEOUT, ingest), Retry::Backoff);
+        assert_eq!(classify_status(S::TOO_MANY_REQUESTS, b""), Retry::Backoff);
+        assert_eq!(
+            classify_status(S::SERVICE_UNAVAILABLE, ingest),
+            Retry::Backoff
+        );
+        assert_eq!(
+            classify_status(S::INTERNAL_SERVER_ERROR, b""),
+            Retry::Backoff
+        );
+        assert_eq!(classify_status(S::BAD_GATEWAY, b""), Retry::Backoff);
     }
 }

@@ -68,6 +68,8 @@ impl Conn {
     fn usable(&self, max_requests: u64) -> bool {
         !self.closed.load(Ordering::Acquire)
             && !self.sender.is_closed()
+            // A GOAWAY received: it will refuse new streams, do not offer it any.
+            && self.info.goaway_received().is_none()
             && self.requests.load(Ordering::Acquire) < max_requests
     }
 }
@@ -83,6 +85,8 @@ struct Inner {
     replenishing: AtomicBool,
     /// Requests per connection after which the server itself sent GOAWAY (0 = not seen yet).
     learned_limit: AtomicU64,
+    /// A first observation waiting for a second, consistent one (0 = none).
+    limit_candidate: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -124,6 +128,7 @@ impl Client {
                 dial: Default::default(),
                 replenishing: AtomicBool::new(false),
                 learned_limit: AtomicU64::new(0),
+                limit_candidate: AtomicU64::new(0),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -461,21 +466,40 @@ impl Inner {
         }
     }
 
-    /// Records that the server closed a busy connection after `k` requests.
+    /// Records that the server closed a busy connection after `k` requests. One observation
+    /// could be a restart or a deploy; a limit is learned when two observations agree within a
+    /// factor of 2 (then the lower one is kept, and later agreeing ones can lower it further).
     fn learn_limit(&self, k: u64, conn: u64) {
         if k < 2 {
             return;
         }
-        let prev = self.learned_limit.load(Ordering::Acquire);
-        if prev == 0 || k < prev {
-            self.learned_limit.store(k, Ordering::Release);
-            tracing::info!(
+        let agrees = |a: u64, b: u64| a.max(b) <= a.min(b) * 2;
+        let learned = self.learned_limit.load(Ordering::Acquire);
+        let candidate = self.limit_candidate.swap(k, Ordering::AcqRel);
+        let confirmed = if learned != 0 && agrees(learned, k) {
+            Some(learned.min(k))
+        } else if candidate != 0 && agrees(candidate, k) {
+            Some(candidate.min(k))
+        } else {
+            None
+        };
+        match confirmed {
+            Some(limit) if learned == 0 || limit < learned => {
+                self.learned_limit.store(limit, Ordering::Release);
+                tracing::info!(
+                    conn,
+                    server_limit = limit,
+                    rotate_at = self.max_requests(),
+                    "the server closes busy connections after about {limit} requests; rotating before that from now on"
+                );
+                metrics::gauge!("uplink_client_learned_max_requests").set(limit as f64);
+            }
+            Some(_) => {}
+            None => tracing::info!(
                 conn,
-                server_limit = k,
-                rotate_at = self.max_requests(),
-                "server closed a busy connection after {k} requests; rotating before that from now on"
-            );
-            metrics::gauge!("uplink_client_learned_max_requests").set(k as f64);
+                requests = k,
+                "the server closed a busy connection; one more such GOAWAY at a similar count and the gateway rotates below it"
+            ),
         }
     }
 }

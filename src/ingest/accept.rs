@@ -113,6 +113,27 @@ enum Who {
     Proxy(Arc<ProxyTrust>),
 }
 
+/// Server PING interval and timeout on idle HTTP/2 connections.
+const SERVER_PING_INTERVAL: Duration = Duration::from_secs(30);
+const SERVER_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Marks a request in flight on its connection for as long as it lives.
+struct Busy<'a>(&'a ConnState);
+
+impl<'a> Busy<'a> {
+    fn new(state: &'a ConnState) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(state)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.last_active.lock().unwrap() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per-connection bookkeeping shared with its request service.
 struct ConnState {
     requests: AtomicU64,
@@ -271,14 +292,13 @@ impl Conn {
                 if n == max_requests {
                     state.limit_reached.notify_one();
                 }
-                state.in_flight.fetch_add(1, Ordering::AcqRel);
+                // A guard, so a request hyper cancels (RST_STREAM) still counts as ended.
+                let _busy = Busy::new(&state);
                 let platform: Option<std::borrow::Cow<'_, str>> = match &who {
                     Who::Cert(c) => c.as_deref().map(std::borrow::Cow::Borrowed),
                     Who::Proxy(trust) => trust.identity(req.headers()).map(std::borrow::Cow::Owned),
                 };
                 let resp = handler.handle(req, platform.as_deref()).await;
-                *state.last_active.lock().unwrap() = Instant::now();
-                state.in_flight.fetch_sub(1, Ordering::AcqRel);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
@@ -287,6 +307,10 @@ impl Conn {
             builder
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(limits.http2.max_concurrent_streams)
+                // PINGs find half-open clients, which would otherwise hold a slot until TCP
+                // gives up.
+                .keep_alive_interval(SERVER_PING_INTERVAL)
+                .keep_alive_timeout(SERVER_PING_TIMEOUT)
                 .max_header_list_size(limits.http2.max_header_list_bytes);
             drive(
                 id,
@@ -333,12 +357,19 @@ async fn drive<C>(
     let idle = limits.timeouts.idle;
     let mut closing: Option<CloseReason> = None;
     let mut idle_deadline = *state.last_active.lock().unwrap() + idle;
+    let mut hard_deadline = Instant::now();
     loop {
         let reason = tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(conn = id, error = %e, "connection ended with error");
                 }
+                return;
+            }
+            _ = tokio::time::sleep_until(hard_deadline), if closing.is_some() => {
+                // A peer that never finishes (no preface, half-open) must not hold a slot.
+                tracing::debug!(conn = id, "connection did not close within the grace period; dropping it");
+                metrics::counter!("uplink_ingest_connections_dropped_total").increment(1);
                 return;
             }
             _ = state.limit_reached.notified(), if closing.is_none() => CloseReason::MaxRequests,
@@ -368,6 +399,7 @@ async fn drive<C>(
         metrics::counter!("uplink_ingest_goaway_sent_total", "reason" => reason.label())
             .increment(1);
         closing = Some(reason);
+        hard_deadline = Instant::now() + limits.timeouts.shutdown_grace;
         conn.as_mut().graceful_shutdown();
     }
 }

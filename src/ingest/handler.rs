@@ -231,14 +231,14 @@ impl Handler {
             let id = match parts.headers.get("idempotency-key") {
                 Some(v) => v
                     .to_str()
+                    .map(|key| format!("{platform}.{key}"))
                     .map_err(|_| {
                         ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "bad_id",
                             "Idempotency-Key is not ASCII",
                         )
-                    })?
-                    .to_string(),
+                    })?,
                 // No key: the request cannot be deduplicated; make a unique id.
                 None => format!(
                     "{platform}.http.{}.{:016x}",
@@ -329,9 +329,22 @@ impl Handler {
                 format!("message id must be 1..={MAX_ID_LEN} bytes without control characters"),
             ));
         }
+        // Ids are deduplicated per stream: a platform may only use ids under its own name, or
+        // it could make another platform's messages look like duplicates.
+        if !m
+            .id
+            .strip_prefix(platform)
+            .is_some_and(|rest| rest.starts_with('.'))
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_id",
+                format!("message id {:?} must start with \"{platform}.\"", m.id),
+            ));
+        }
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in &m.headers {
-            if k.len() >= 4 && k[..4].eq_ignore_ascii_case("nats") {
+            if k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("nats")) {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_header",

@@ -52,7 +52,15 @@ pub struct JetStreamSink {
     js: jetstream::Context,
     timeout: Duration,
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Publishes awaiting their PubAck, across all requests (`nats.max_pending_acks`). A request
+    /// takes the permits for a whole chunk at once, so concurrent requests can never each hold
+    /// part of what they need and wait on each other.
+    pending: Arc<tokio::sync::Semaphore>,
+    chunk: usize,
 }
+
+/// Most publishes of one request in flight at once.
+const MAX_CHUNK: usize = 256;
 
 impl JetStreamSink {
     /// Connects (retrying in the background if NATS is not up yet) and starts a task that
@@ -64,10 +72,10 @@ impl JetStreamSink {
             .max_reconnects(None)
             .connect(cfg.url.as_str())
             .await?;
+        // Our semaphore keeps async-nats below its own in-flight limit, so it never refuses.
         let js = jetstream::ContextBuilder::new()
             .timeout(publish_timeout)
             .max_ack_inflight(cfg.max_pending_acks)
-            .backpressure_on_inflight(true)
             .build(client.clone());
         let stream_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sink = Arc::new(JetStreamSink {
@@ -75,6 +83,8 @@ impl JetStreamSink {
             js: js.clone(),
             timeout: publish_timeout,
             stream_ready: stream_ready.clone(),
+            pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_acks)),
+            chunk: MAX_CHUNK.min(cfg.max_pending_acks),
         });
         let cfg = cfg.clone();
         tokio::spawn(async move {
@@ -125,29 +135,38 @@ impl Sink for JetStreamSink {
     fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>> {
         Box::pin(async move {
             self.ready().map_err(|_| SinkError::NotConnected)?;
-            let mut acks = Vec::with_capacity(messages.len());
-            for m in messages {
-                // `headers` replaces the whole map: set it before the message id.
-                let publish = Publish::build()
-                    .headers(m.headers)
-                    .message_id(&m.id)
-                    .payload(m.payload);
-                let ack = self
-                    .js
-                    .send_publish(m.subject, publish)
-                    .await
-                    .map_err(|e| SinkError::Publish(e.to_string()))?;
-                acks.push(ack);
-            }
             let mut outcome = Outcome::default();
-            for ack in acks {
-                match ack.await {
-                    Ok(a) if a.duplicate => outcome.duplicates += 1,
-                    Ok(_) => outcome.accepted += 1,
-                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::TimedOut => {
-                        return Err(SinkError::Timeout(self.timeout));
+            let mut messages = messages.into_iter().peekable();
+            while messages.peek().is_some() {
+                let chunk: Vec<OutMessage> = messages.by_ref().take(self.chunk).collect();
+                let _permits = self
+                    .pending
+                    .acquire_many(chunk.len() as u32)
+                    .await
+                    .expect("semaphore never closed");
+                let mut acks = Vec::with_capacity(chunk.len());
+                for m in chunk {
+                    // `headers` replaces the whole map: set it before the message id.
+                    let publish = Publish::build()
+                        .headers(m.headers)
+                        .message_id(&m.id)
+                        .payload(m.payload);
+                    let ack = self
+                        .js
+                        .send_publish(m.subject, publish)
+                        .await
+                        .map_err(|e| SinkError::Publish(e.to_string()))?;
+                    acks.push(ack);
+                }
+                for ack in acks {
+                    match ack.await {
+                        Ok(a) if a.duplicate => outcome.duplicates += 1,
+                        Ok(_) => outcome.accepted += 1,
+                        Err(e) if e.kind() == jetstream::context::PublishErrorKind::TimedOut => {
+                            return Err(SinkError::Timeout(self.timeout));
+                        }
+                        Err(e) => return Err(SinkError::Publish(e.to_string())),
                     }
-                    Err(e) => return Err(SinkError::Publish(e.to_string())),
                 }
             }
             Ok(outcome)

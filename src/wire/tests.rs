@@ -105,3 +105,16 @@ fn message_ids_are_stable_and_distinguish_incarnations() {
     assert_eq!(message_id("p", "S", 5, 9), "p.S.5.9");
     assert_ne!(message_id("p", "S", 5, 1), message_id("p", "S", 6, 1));
 }
+
+#[test]
+fn stream_patterns_under_a_prefix() {
+    assert!(pattern_reaches_under("uplink.>", "uplink"));
+    assert!(pattern_reaches_under(">", "uplink"));
+    assert!(pattern_reaches_under("*.>", "uplink"));
+    assert!(pattern_reaches_under("uplink.edge-1.>", "uplink"));
+    assert!(pattern_reaches_under("uplink.*", "uplink"));
+    assert!(!pattern_reaches_under("uplink", "uplink"));
+    assert!(!pattern_reaches_under("telemetry.>", "uplink"));
+    assert!(pattern_reaches_under("a.b.>", "a.b"));
+    assert!(!pattern_reaches_under("a.c.>", "a.b"));
+}

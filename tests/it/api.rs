@@ -10,7 +10,7 @@ use crate::support::*;
 fn batch(subject: &str) -> Batch {
     Batch {
         messages: vec![Message {
-            id: "api.1".into(),
+            id: "edge-1.api.1".into(),
             subject: subject.into(),
             payload: Bytes::from_static(b"v"),
             ..Default::default()

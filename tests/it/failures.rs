@@ -95,3 +95,58 @@ async fn cloud_nats_down_gives_503_and_nothing_is_lost() {
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, COUNT / 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
+    let p = pipeline(
+        |i| {
+            i.limits.max_body_bytes = 16 * 1024;
+            i.limits.max_decoded_bytes = 16 * 1024;
+        },
+        fast_recovery,
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let mut sent = publish(&edge, 50).await;
+    // 40 KiB of random bytes: no compression brings it under the ingest's 16 KiB limit.
+    let mut big = vec![0u8; 40 * 1024];
+    fastrand::fill(&mut big);
+    let ack = edge
+        .publish("telemetry.big", big.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    sent.extend(publish(&edge, 50).await);
+
+    let cloud = cloud_js(&p).await;
+    let budget = Duration::from_secs(60);
+    uplink::testbed::verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, 100, budget)
+        .await
+        .unwrap();
+    uplink::testbed::verify::wait_drained(
+        &edge,
+        &p.gateway_cfg.nats.stream,
+        &p.gateway_cfg.nats.consumer,
+        budget,
+    )
+    .await
+    .unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 100);
+    let m = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        uplink::telemetry::scrape_value(&m, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    // It is still in the edge stream for inspection, and the log names it.
+    let stream = edge.get_stream(&p.gateway_cfg.nats.stream).await.unwrap();
+    assert!(stream.get_raw_message(ack.sequence).await.is_ok());
+    assert!(
+        p.log("gateway")
+            .contains(&format!("edge_sequence={}", ack.sequence)),
+        "{}",
+        tail(&p.log("gateway"))
+    );
+}

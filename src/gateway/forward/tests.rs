@@ -9,7 +9,7 @@ use super::*;
 fn resp(status: u16) -> Result<FullResponse, ForwardError> {
     Ok(http::Response::builder()
         .status(status)
-        .body(Bytes::from_static(b"{\"error\":\"x\"}"))
+        .body(Bytes::from_static(b"{\"error\":\"x\",\"detail\":\"y\"}"))
         .unwrap())
 }
 

@@ -70,7 +70,7 @@ async fn batch_is_published_under_the_platform_prefix() {
     let sink = Arc::new(FakeSink::default());
     let h = handler(sink.clone());
     let b = Batch {
-        messages: vec![msg("a.1", "telemetry.cpu"), msg("a.2", "x")],
+        messages: vec![msg("edge-1.a.1", "telemetry.cpu"), msg("edge-1.a.2", "x")],
     };
     let resp = h
         .handle(batch_req(&b, Encoding::Zstd), Some("edge-1"))
@@ -82,7 +82,7 @@ async fn batch_is_published_under_the_platform_prefix() {
     );
     let got = sink.got.lock().unwrap();
     assert_eq!(got[0].subject, "uplink.edge-1.telemetry.cpu");
-    assert_eq!(got[0].id, "a.1");
+    assert_eq!(got[0].id, "edge-1.a.1");
     assert_eq!(got[0].headers.get("h").unwrap().as_str(), "v");
     assert_eq!(got[0].headers.get(TIME_HEADER).unwrap().as_str(), "9");
     assert_eq!(got[1].subject, "uplink.edge-1.x");
@@ -128,7 +128,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
         (
             batch_req(
                 &Batch {
-                    messages: vec![msg("1", "a.*")],
+                    messages: vec![msg("edge-1.1", "a.*")],
                 },
                 Encoding::Identity,
             ),
@@ -138,7 +138,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
         (
             batch_req(
                 &Batch {
-                    messages: vec![msg("1", "ok"), msg("2", "a..b")],
+                    messages: vec![msg("edge-1.1", "ok"), msg("edge-1.2", "a..b")],
                 },
                 Encoding::Gzip,
             ),
@@ -148,7 +148,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
         (
             batch_req(
                 &Batch {
-                    messages: vec![msg("1", "a"); 4],
+                    messages: vec![msg("edge-1.1", "a"); 4],
                 },
                 Encoding::Identity,
             ),
@@ -164,6 +164,16 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
             ),
             StatusCode::BAD_REQUEST,
             "message id",
+        ),
+        (
+            batch_req(
+                &Batch {
+                    messages: vec![msg("other.1", "a")],
+                },
+                Encoding::Identity,
+            ),
+            StatusCode::BAD_REQUEST,
+            "must start with \"edge-1.\"",
         ),
         (
             Request::post("/v1/publish/a.*")
@@ -195,7 +205,22 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
         assert!(detail.contains(needle), "{detail:?} lacks {needle:?}");
         assert!(v["error"].is_string());
     }
-    let mut nats_header = msg("1", "a");
+    // A non-ASCII header name must be refused, not panic on a char boundary.
+    let mut odd = msg("p.1", "a");
+    odd.headers.insert("abcé".into(), "v".into());
+    let resp = h
+        .handle(
+            batch_req(
+                &Batch {
+                    messages: vec![odd],
+                },
+                Encoding::Identity,
+            ),
+            Some("p"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let mut nats_header = msg("p.1", "a");
     nats_header
         .headers
         .insert("Nats-Expected-Stream".into(), "X".into());
@@ -240,7 +265,7 @@ async fn publish_uses_idempotency_key() {
     let got = sink.got.lock().unwrap();
     assert_eq!(
         (got[0].id.as_str(), got[0].subject.as_str()),
-        ("key-1", "uplink.p.metrics.temp")
+        ("p.key-1", "uplink.p.metrics.temp")
     );
     assert_eq!(&got[0].payload[..], b"21.5");
 }
@@ -255,7 +280,7 @@ async fn unavailable_sink_is_503_with_retry_after() {
         .handle(
             batch_req(
                 &Batch {
-                    messages: vec![msg("1", "a")],
+                    messages: vec![msg("p.1", "a")],
                 },
                 Encoding::Identity,
             ),
