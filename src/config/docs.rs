@@ -88,7 +88,7 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "forward.on_rejected",
-        "Messages of a batch the ingest rejects (4xx other than 408/429): \"term\" = log, count and\nterm them in JetStream (kept in the edge stream, not redelivered); \"keep\" = nak them for redelivery\nafter retry.max_backoff.",
+        "Messages the ingest refuses for their content (its JSON 400/413/415; the batch is split until\nthey are alone): \"term\" = log, count and term them in JetStream (kept in the edge stream, not\nredelivered); \"keep\" = nak them for redelivery after retry.max_backoff.",
     ),
     ("timeouts", "Every client timeout is finite."),
     ("timeouts.connect", "TCP connect timeout (duration)."),
