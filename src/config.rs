@@ -446,6 +446,7 @@ pub struct CloudNats {
 pub struct IngestLimits {
     pub max_body_bytes: usize,
     pub max_decoded_bytes: usize,
+    pub max_inflight_bytes: usize,
     pub max_messages_per_batch: usize,
     pub max_connections: usize,
 }
@@ -516,6 +517,7 @@ impl Default for IngestLimits {
         IngestLimits {
             max_body_bytes: 8 << 20,
             max_decoded_bytes: 64 << 20,
+            max_inflight_bytes: 512 << 20,
             max_messages_per_batch: 10_000,
             max_connections: 10_000,
         }
@@ -585,6 +587,17 @@ impl IngestConfig {
                 "limits.max_decoded_bytes",
                 "must not be less than limits.max_body_bytes",
             ));
+        }
+        if self.limits.max_inflight_bytes
+            < self.limits.max_body_bytes + self.limits.max_decoded_bytes
+        {
+            return Err(invalid(
+                "limits.max_inflight_bytes",
+                "must hold at least one largest request (max_body_bytes + max_decoded_bytes)",
+            ));
+        }
+        if self.limits.max_inflight_bytes > u32::MAX as usize {
+            return Err(invalid("limits.max_inflight_bytes", "must be below 4 GiB"));
         }
         if self.limits.max_messages_per_batch == 0 {
             return Err(invalid(

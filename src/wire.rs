@@ -112,6 +112,19 @@ pub fn decode_batch(body: &[u8], encoding: Encoding, limit: usize) -> Result<Bat
     Batch::decode(&raw[..]).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// Decodes a `Batch` from an already decompressed buffer; payloads share its memory.
+pub fn decode_raw_batch(raw: Bytes) -> Result<Batch, WireError> {
+    Batch::decode(raw).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// An identity body as is (no copy), within `limit`.
+pub fn decompress_owned(body: Bytes, limit: usize) -> Result<Bytes, WireError> {
+    if body.len() > limit {
+        return Err(WireError::TooLarge { limit });
+    }
+    Ok(body)
+}
+
 /// Decompresses `body`, refusing to produce more than `limit` bytes.
 pub fn decompress(body: &[u8], encoding: Encoding, limit: usize) -> Result<Bytes, WireError> {
     fn read_limited(

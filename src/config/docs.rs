@@ -184,6 +184,10 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
         "Largest decompressed batch (bytes); larger gets 413.",
     ),
     (
+        "limits.max_inflight_bytes",
+        "Most request bytes (on the wire and decoded) held at once across all requests; beyond it\nbodies wait, and a decode that would exceed it gets 503 (memory bound of the ingest).",
+    ),
+    (
         "limits.max_messages_per_batch",
         "Most messages in one batch; more gets 413.",
     ),

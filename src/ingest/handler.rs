@@ -25,7 +25,12 @@ pub struct Handler {
     subject_prefix: String,
     limits: IngestLimits,
     body_timeout: Duration,
+    /// Bytes of request bodies and their decoded form held now (`limits.max_inflight_bytes`).
+    memory: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bodies at least this large are decompressed and decoded off the async worker threads.
+const BLOCKING_DECODE_BYTES: usize = 256 << 10;
 
 /// A failed request: status plus the JSON error body.
 #[derive(Debug)]
@@ -103,11 +108,13 @@ impl Handler {
         limits: IngestLimits,
         body_timeout: Duration,
     ) -> Self {
+        let memory = Arc::new(tokio::sync::Semaphore::new(limits.max_inflight_bytes));
         Handler {
             sink,
             subject_prefix,
             limits,
             body_timeout,
+            memory,
         }
     }
 
@@ -205,9 +212,37 @@ impl Handler {
             }
         }
         let (parts, body) = req.into_parts();
+        // Reserve memory for the body before reading it (the declared length, else the limit).
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(self.limits.max_body_bytes)
+            .min(self.limits.max_body_bytes);
+        let _wire_bytes = self
+            .memory
+            .acquire_many(declared.max(1) as u32)
+            .await
+            .expect("semaphore never closed");
         let body = self.read_body(&parts.headers, body).await?;
+        let raw = self.decompress(body.clone(), encoding).await?;
+        // The decoded form needs memory too; when the ingest is full, say so rather than wait
+        // holding what we have.
+        let extra = raw.len().saturating_sub(declared) as u32;
+        let _decoded_bytes = if extra > 0 {
+            Some(self.memory.try_acquire_many(extra).map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the ingest holds limits.max_inflight_bytes of requests; retry later",
+                )
+            })?)
+        } else {
+            None
+        };
+        drop(body);
         let messages = if is_batches {
-            let batch = wire::decode_batch(&body, encoding, self.limits.max_decoded_bytes)?;
+            let batch = wire::decode_raw_batch(raw)?;
             if batch.messages.len() > self.limits.max_messages_per_batch {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,7 +262,7 @@ impl Handler {
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             let subject = publish_subject.unwrap_or_default();
-            let payload = wire::decompress(&body, encoding, self.limits.max_decoded_bytes)?;
+            let payload = raw;
             let id = match parts.headers.get("idempotency-key") {
                 Some(v) => v
                     .to_str()
@@ -275,6 +310,27 @@ impl Handler {
             StatusCode::OK,
             serde_json::json!({"accepted": outcome.accepted, "duplicates": outcome.duplicates}),
         ))
+    }
+
+    /// Decompresses within `limits.max_decoded_bytes`, off the async threads when large.
+    async fn decompress(&self, body: Bytes, encoding: Encoding) -> Result<Bytes, ApiError> {
+        let limit = self.limits.max_decoded_bytes;
+        if encoding == Encoding::Identity {
+            return Ok(wire::decompress_owned(body, limit)?);
+        }
+        if body.len() < BLOCKING_DECODE_BYTES {
+            return Ok(wire::decompress(&body, encoding, limit)?);
+        }
+        tokio::task::spawn_blocking(move || wire::decompress(&body, encoding, limit))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("decoding task failed: {e}"),
+                )
+            })?
+            .map_err(ApiError::from)
     }
 
     async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>

@@ -33,9 +33,14 @@ impl Sink for FakeSink {
 }
 
 fn handler(sink: Arc<FakeSink>) -> Handler {
+    handler_with_memory(sink, 4096 + 8192)
+}
+
+fn handler_with_memory(sink: Arc<FakeSink>, max_inflight_bytes: usize) -> Handler {
     let limits = IngestLimits {
         max_body_bytes: 4096,
         max_decoded_bytes: 8192,
+        max_inflight_bytes,
         max_messages_per_batch: 3,
         max_connections: 10,
     };
@@ -306,4 +311,40 @@ async fn no_identity_is_403() {
         )
         .await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn decoding_beyond_the_memory_bound_is_503_not_a_wait() {
+    let sink = Arc::new(FakeSink::default());
+    // Room for a body but not for what it decodes to.
+    let h = handler_with_memory(sink.clone(), 5000);
+    let mut m = msg("p.1", "a");
+    m.payload = Bytes::from(vec![1u8; 6000]);
+    let resp = h
+        .handle(
+            batch_req(
+                &Batch {
+                    messages: vec![m.clone()],
+                },
+                Encoding::Zstd,
+            ),
+            Some("p"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body_json(resp).await["error"], "busy");
+    assert!(sink.got.lock().unwrap().is_empty());
+    // Memory is given back: a small request goes through afterwards.
+    let resp = h
+        .handle(
+            batch_req(
+                &Batch {
+                    messages: vec![msg("p.2", "a")],
+                },
+                Encoding::Zstd,
+            ),
+            Some("p"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
