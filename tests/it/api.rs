@@ -21,13 +21,7 @@ fn batch(subject: &str) -> Batch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
     let p = pipeline(|i| i.limits.max_body_bytes = 64 * 1024, |_| {}).await;
-    let pki = p.pki();
-    let c = h2client::client(
-        &p.ingest_url(),
-        &pki.ca(),
-        &pki.client_cert("edge-1"),
-        &pki.client_key("edge-1"),
-    );
+    let c = edge_client(&p);
     let pb = [("content-type", wire::CONTENT_TYPE_PROTOBUF)];
     /// (path, headers, body, expected status, expected text in the detail)
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Bytes, u16, &'a str);

@@ -57,25 +57,8 @@ pub async fn cloud_js(p: &Pipeline) -> jetstream::Context {
 /// checks every id arrived exactly once and intact.
 pub async fn verify_delivery(p: &Pipeline, sent: &[Sent]) -> Report {
     let edge = edge_js(p).await;
+    wait_delivered(p, sent.len() as u64).await;
     let cloud = cloud_js(p).await;
-    let budget = uplink::testbed::pipeline::delivery_budget(sent.len());
-    if let Err(e) =
-        verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await
-    {
-        panic!(
-            "{e}\n--- gateway log ---\n{}\n--- ingest log ---\n{}",
-            tail(&p.log("gateway")),
-            tail(&p.log("ingest"))
-        );
-    }
-    verify::wait_drained(
-        &edge,
-        &p.gateway_cfg.nats.stream,
-        &p.gateway_cfg.nats.consumer,
-        budget,
-    )
-    .await
-    .expect("edge consumer drains");
     let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
         .await
         .expect("read cloud");
@@ -89,6 +72,42 @@ pub async fn verify_delivery(p: &Pipeline, sent: &[Sent]) -> Report {
         &p.gateway_cfg.nats.stream,
         incarnation,
         &p.ingest_cfg.nats.subject_prefix,
+    )
+}
+
+/// Waits until the cloud stream holds `count` messages and the edge consumer has nothing
+/// pending or unacked (the gateway is done), with the logs on failure.
+pub async fn wait_delivered(p: &Pipeline, count: u64) {
+    let edge = edge_js(p).await;
+    let cloud = cloud_js(p).await;
+    let budget = uplink::testbed::pipeline::delivery_budget(count as usize);
+    let waited = async {
+        verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, count, budget).await?;
+        verify::wait_drained(
+            &edge,
+            &p.gateway_cfg.nats.stream,
+            &p.gateway_cfg.nats.consumer,
+            budget,
+        )
+        .await
+    };
+    if let Err(e) = waited.await {
+        panic!(
+            "{e}\n--- gateway log ---\n{}\n--- ingest log ---\n{}",
+            tail(&p.log("gateway")),
+            tail(&p.log("ingest"))
+        );
+    }
+}
+
+/// A test client with the pipeline's `edge-1` certificate.
+pub fn edge_client(p: &Pipeline) -> uplink::http2::Client {
+    let pki = p.pki();
+    h2client::client(
+        &p.ingest_url(),
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
     )
 }
 
