@@ -3,6 +3,8 @@
 //! waits until the cloud stream holds them and the edge consumer is drained, then verifies every
 //! id arrived exactly once with its payload intact.
 
+mod anchor;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,8 @@ pub struct BenchOptions {
     pub in_flight: Option<usize>,
     /// Put nginx (TLS terminator, nginx defaults: keepalive_requests 1000) in front of the ingest.
     pub via_nginx: bool,
+    /// Also measure the in-process JetStream-to-JetStream relay on the same servers.
+    pub anchor: bool,
 }
 
 /// The figures of a run.
@@ -47,6 +51,10 @@ pub struct BenchResult {
     pub connections_opened: f64,
     pub retries: f64,
     pub server_goaways: f64,
+    /// Messages per second of a direct in-process JetStream relay (`--anchor`), same run.
+    pub anchor_msgs_per_sec: Option<f64>,
+    /// `msgs_per_sec / anchor_msgs_per_sec`.
+    pub ratio_to_anchor: Option<f64>,
 }
 
 /// Runs the bench; Ok(result) whatever the verdict (the caller decides the exit code).
@@ -120,6 +128,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     for problem in &report.problems {
         eprintln!("problem: {problem}");
     }
+    let msgs_per_sec = report.messages as f64 / seconds.max(1e-9);
+    let anchor = if opts.anchor {
+        let batch = p.gateway_cfg.batch.max_messages;
+        Some(anchor::relay_rate(&edge, &cloud, &w, batch).await?)
+    } else {
+        None
+    };
     Ok(BenchResult {
         messages: report.messages,
         delivered: report.delivered,
@@ -127,12 +142,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         duplicates: report.duplicates,
         corrupted: report.corrupted,
         seconds,
-        msgs_per_sec: report.messages as f64 / seconds.max(1e-9),
+        msgs_per_sec,
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
         connections_opened: scrape_sum(&gm, "uplink_client_connections_opened_total"),
         retries: scrape_sum(&gm, "uplink_gateway_retries_total"),
         server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
+        anchor_msgs_per_sec: anchor,
+        ratio_to_anchor: anchor.map(|a| msgs_per_sec / a),
     })
 }
 
@@ -154,4 +171,9 @@ pub fn print(r: &BenchResult, json: bool) {
         "connections opened {}, retries {}, server GOAWAYs {}",
         r.connections_opened, r.retries, r.server_goaways
     );
+    if let (Some(a), Some(ratio)) = (r.anchor_msgs_per_sec, r.ratio_to_anchor) {
+        println!(
+            "anchor (in-process JetStream→JetStream relay, same servers, same run): {a:.0} msgs/s; uplink = {ratio:.2}× of it"
+        );
+    }
 }

@@ -99,6 +99,9 @@ enum Cmd {
         /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
         #[arg(long)]
         via_nginx: bool,
+        /// Also measure a direct JetStream-to-JetStream relay on the same servers (ratio).
+        #[arg(long)]
+        anchor: bool,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -305,9 +308,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ingest_idle_timeout,
             in_flight,
             via_nginx,
+            anchor,
         } => {
             let opts = uplink::bench::BenchOptions {
                 via_nginx,
+                anchor,
                 messages,
                 size,
                 mixed,

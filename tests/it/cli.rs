@@ -93,3 +93,53 @@ fn pki_dev_writes_the_documented_files() {
     let cert = &uplink::tls::load_certs(&dir.path().join("site-b.pem")).unwrap()[0];
     assert_eq!(uplink::tls::identity(cert).as_deref(), Some("site-b"));
 }
+
+#[test]
+fn bench_proves_delivery_and_reports_json_with_the_anchor() {
+    let child = Command::new(exe())
+        .args([
+            "bench",
+            "--messages",
+            "3000",
+            "--mixed",
+            "--json",
+            "--anchor",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["messages"], 3000);
+    assert_eq!(v["delivered"], 3000);
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    for key in [
+        "seconds",
+        "msgs_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "anchor_msgs_per_sec",
+        "ratio_to_anchor",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    // The temp dir it worked in (PKI, stores, logs) is gone.
+    let prefix = format!("uplink-pipeline-{pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
