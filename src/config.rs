@@ -109,6 +109,8 @@ pub struct EdgeNats {
     pub max_ack_pending: i64,
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    #[serde(with = "duration")]
+    pub recreate_grace: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -209,6 +211,7 @@ impl Default for EdgeNats {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
             connect_timeout: Duration::from_secs(5),
+            recreate_grace: Duration::from_secs(10),
         }
     }
 }

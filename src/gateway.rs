@@ -36,6 +36,8 @@ struct Ctx {
     batches_url: http::Uri,
     soft_stop: CancellationToken,
     hard_stop: CancellationToken,
+    /// The edge consumer delivers nothing though messages are pending (see `PumpError`).
+    stalled: Arc<AtomicBool>,
 }
 
 /// Runs the gateway until `shutdown`, then drains in-flight batches for at most
@@ -85,6 +87,8 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         .with_context(|| format!("nats.url {}", cfg.nats.url))?;
     let js = jetstream::new(nats.clone());
     let bound = Arc::new(AtomicBool::new(false));
+    let stalled_flag = Arc::new(AtomicBool::new(false));
+    let ready_stalled = stalled_flag.clone();
     let ready_nats = nats.clone();
     let ready_bound = bound.clone();
     tracing::info!(
@@ -101,6 +105,9 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
             if ready_nats.connection_state() != async_nats::connection::State::Connected {
                 return Err("edge NATS not connected".into());
             }
+            if ready_stalled.load(Ordering::Acquire) {
+                return Err("edge consumer stalled: messages pending but none delivered".into());
+            }
             if !ready_bound.load(Ordering::Acquire) {
                 return Err("consumer not bound yet".into());
             }
@@ -115,6 +122,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         batches_url,
         soft_stop: shutdown.clone(),
         hard_stop: CancellationToken::new(),
+        stalled: stalled_flag.clone(),
     });
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.forward.max_in_flight));
@@ -124,7 +132,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     // never delivers).
     let mut lost_at: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        let may_create = lost_at.is_none_or(|t| t.elapsed() >= STREAM_RECREATE_GRACE);
+        let may_create = lost_at.is_none_or(|t| t.elapsed() >= cfg.nats.recreate_grace);
         let (consumer, incarnation) = match bind(&js, &cfg, may_create).await {
             Ok(b) => b,
             Err(e) => {
@@ -146,10 +154,19 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
             incarnation,
         };
         lost_at = None;
-        if let Err(e) = pump(&consumer, &ids, &ctx, &slots, &tracker, &shutdown).await {
-            tracing::warn!(error = %e, "consuming stopped; rebinding");
-            bound.store(false, Ordering::Release);
-            lost_at = Some(tokio::time::Instant::now());
+        match pump(&consumer, &ids, &ctx, &slots, &tracker, &shutdown).await {
+            Ok(()) => {}
+            Err(e @ PumpError::Stalled { .. }) => {
+                tracing::error!(error = %e, "edge consumer stalled; rebinding");
+                metrics::counter!("uplink_gateway_consumer_stalls_total").increment(1);
+                bound.store(false, Ordering::Release);
+                stalled_flag.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consuming stopped; rebinding");
+                bound.store(false, Ordering::Release);
+                lost_at = Some(tokio::time::Instant::now());
+            }
         }
     }
     tracker.close();
@@ -175,9 +192,35 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
-/// How long the gateway waits for a deleted edge stream to be recreated by someone else
-/// before it creates the stream itself (`nats.create_stream`).
-const STREAM_RECREATE_GRACE: Duration = Duration::from_secs(10);
+/// How often the pump checks that a consumer with pending messages is delivering them.
+const STALL_CHECK: Duration = Duration::from_secs(10);
+
+/// Why consuming stopped.
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    /// The server says messages are pending but delivers none. Seen with nats-server 2.9 after an
+    /// edge stream was recreated while a gateway recreated it too (recreating the consumer does
+    /// not cure it; the stream needs an operator). Reported loudly, and /readyz says so.
+    #[error(
+        "the edge consumer has {pending} messages pending but delivered none for {idle:?} (nats-server stuck after a stream recreate?); check the edge stream"
+    )]
+    Stalled { pending: u64, idle: Duration },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// The durable consumer's configuration.
+fn consumer_config(cfg: &GatewayConfig) -> jetstream::consumer::pull::Config {
+    let n = &cfg.nats;
+    jetstream::consumer::pull::Config {
+        durable_name: Some(n.consumer.clone()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: n.ack_wait,
+        max_ack_pending: n.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
 
 /// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
 /// stream incarnation (creation time, ns since the epoch).
@@ -204,17 +247,7 @@ async fn bind(
     };
     let incarnation = stream.info().await?.created.unix_timestamp_nanos();
     let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            &n.consumer,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(n.consumer.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: n.ack_wait,
-                max_ack_pending: n.max_ack_pending,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(&n.consumer, consumer_config(cfg))
         .await
         .with_context(|| format!("consumer {} on {}", n.consumer, n.stream))?;
     // The stream may have been recreated between reading its incarnation and binding.
@@ -275,15 +308,20 @@ async fn pump(
     slots: &Arc<Semaphore>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), PumpError> {
     let cfg = &ctx.cfg;
+    let mut watchdog =
+        tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+    let mut received_since_check = false;
+    let mut strikes = 0;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(cfg.batch.max_messages.min(1000))
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
-        .await?;
+        .await
+        .map_err(anyhow::Error::from)?;
     let mut batcher: Batcher<jetstream::Message> =
         Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
     loop {
@@ -292,9 +330,29 @@ async fn pump(
             biased;
             _ = shutdown.cancelled() => break,
             _ = sleep_until_opt(deadline), if deadline.is_some() => true,
+            _ = watchdog.tick() => {
+                if std::mem::take(&mut received_since_check) {
+                    strikes = 0;
+                } else if let Some(pending) = stalled(consumer, cfg, slots).await {
+                    strikes += 1;
+                    if strikes >= 2 {
+                        flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                        return Err(PumpError::Stalled { pending, idle: STALL_CHECK * 2 });
+                    }
+                } else {
+                    strikes = 0;
+                }
+                false
+            }
             next = messages.next() => match next {
                 Some(Ok(m)) => match to_wire(ids, &m) {
-                    Ok(w) => batcher.push(m, w),
+                    Ok(w) => {
+                        if !received_since_check {
+                            received_since_check = true;
+                            ctx.stalled.store(false, Ordering::Release);
+                        }
+                        batcher.push(m, w)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, subject = %m.subject, "message cannot be forwarded; terminating it (it stays in the edge stream)");
                         metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(1);
@@ -311,13 +369,13 @@ async fn pump(
                         }
                         _ => {
                             flush(&mut batcher, ctx, slots, tracker, shutdown).await;
-                            return Err(e.into());
+                            return Err(anyhow::Error::from(e).into());
                         }
                     }
                 }
                 None => {
                     flush(&mut batcher, ctx, slots, tracker, shutdown).await;
-                    anyhow::bail!("message stream ended");
+                    return Err(anyhow::anyhow!("message stream ended").into());
                 }
             },
         };
@@ -329,6 +387,18 @@ async fn pump(
     let (left, _) = batcher.take();
     settle(&left, AckKind::Nak(None)).await;
     Ok(())
+}
+
+/// `Some(pending)` when the consumer has messages to deliver and room to deliver them (below
+/// max_ack_pending, a send slot free) — called when it delivered nothing for a while.
+async fn stalled(consumer: &PullConsumer, cfg: &GatewayConfig, slots: &Semaphore) -> Option<u64> {
+    let info = tokio::time::timeout(Duration::from_secs(2), consumer.get_info())
+        .await
+        .ok()?
+        .ok()?;
+    let room =
+        (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available_permits() > 0;
+    (info.num_pending > 0 && room).then_some(info.num_pending)
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -34,6 +34,10 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
         "Timeout of the first connection to edge NATS (duration).",
     ),
     (
+        "nats.recreate_grace",
+        "When a bound edge stream disappears, how long to wait for someone else to recreate it before\ncreating it ourselves (duration; racing a recreate can leave nats-server 2.9 with a stuck consumer).",
+    ),
+    (
         "cloud",
         "The ingest endpoint and the client's mTLS identity.",
     ),

@@ -105,3 +105,54 @@ async fn recreated_edge_stream_gets_new_ids_not_dropped_as_duplicates() {
         tail(&p.log("gateway"))
     );
 }
+
+/// The gateway races an operator recreating its edge stream (no grace). nats-server 2.9 then
+/// sometimes keeps a consumer that reports pending messages but delivers none, which no client
+/// action cures. Either way the outcome must be visible: everything delivered, or the stall
+/// reported in the log, the metrics and /readyz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
+    let p = pipeline(
+        |_| {},
+        |g| {
+            crate::support::fast_recovery(g);
+            g.nats.recreate_grace = Duration::ZERO;
+        },
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let first = publish(&edge, 200).await;
+    let r = verify_delivery(&p, &first).await;
+    assert_exactly_once(&p, &r, 200);
+
+    edge.delete_stream(&p.gateway_cfg.nats.stream)
+        .await
+        .unwrap();
+    let _ = edge
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: p.gateway_cfg.nats.stream.clone(),
+            subjects: p.gateway_cfg.nats.subjects.clone(),
+            ..Default::default()
+        })
+        .await;
+    publish(&edge, 300).await;
+    let cloud = cloud_js(&p).await;
+    let admin = p.gateway.as_ref().unwrap().admin;
+    let outcome = uplink::testbed::wait_for(
+        || async {
+            if stream_len(&cloud, &p.ingest_cfg.nats.stream).await >= 500 {
+                return Ok(true);
+            }
+            let (status, body) = uplink::testbed::http_get(admin, "/readyz").await?;
+            Ok(status == 503 && body.contains("stalled"))
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    outcome.unwrap_or_else(|e| panic!("{e}\n{}", tail(&p.log("gateway"))));
+    if stream_len(&cloud, &p.ingest_cfg.nats.stream).await < 500 {
+        assert!(p.log("gateway").contains("edge consumer stalled"));
+        let m = p.gateway_metrics().await.unwrap();
+        assert!(uplink::telemetry::scrape_sum(&m, "uplink_gateway_consumer_stalls_total") >= 1.0);
+    }
+}
