@@ -23,6 +23,24 @@ fn doctor(url: &str, pki: Option<(&DevPki, bool)>, extra: &[&str]) -> Output {
     cmd.args(extra).output().expect("run uplink doctor")
 }
 
+/// `uplink doctor` against a pipeline's ingest (POSTs to its publish API, with the `edge-1`
+/// certificate), run off the async runtime.
+async fn doctor_ingest(p: &uplink::testbed::pipeline::Pipeline, extra: &[&str]) -> Output {
+    let pki = p.pki();
+    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
+    let args: Vec<String> = ["--method", "POST", "--body", "x"]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        doctor(&url, Some((&pki, true)), &args)
+    })
+    .await
+    .unwrap()
+}
+
 fn json_of(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -65,27 +83,7 @@ async fn finds_the_ingests_request_limit_and_idle_timeout() {
         |_| {},
     )
     .await;
-    let pki = p.pki();
-    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
-    let out = tokio::task::spawn_blocking(move || {
-        doctor(
-            &url,
-            Some((&pki, true)),
-            &[
-                "--method",
-                "POST",
-                "--body",
-                "x",
-                "--requests",
-                "200",
-                "--idle-wait",
-                "6s",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let out = doctor_ingest(&p, &["--requests", "200", "--idle-wait", "6s", "--json"]).await;
     let v = json_of(&out);
     assert_schema(&v);
     assert_eq!(v["max_requests_per_connection"], 50, "{v}");
@@ -156,26 +154,9 @@ async fn invents_nothing_for_a_server_without_limits() {
         |_| {},
     )
     .await;
-    let pki = p.pki();
-    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
-    let (text, json) = tokio::task::spawn_blocking(move || {
-        let args = [
-            "--method",
-            "POST",
-            "--body",
-            "x",
-            "--requests",
-            "150",
-            "--idle-wait",
-            "3s",
-        ];
-        let text = doctor(&url, Some((&pki, true)), &args);
-        let mut with_json = args.to_vec();
-        with_json.push("--json");
-        (text, doctor(&url, Some((&pki, true)), &with_json))
-    })
-    .await
-    .unwrap();
+    let args = ["--requests", "150", "--idle-wait", "3s"];
+    let text = doctor_ingest(&p, &args).await;
+    let json = doctor_ingest(&p, &[&args[..], &["--json"]].concat()).await;
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(text.status.success());
     assert!(stdout.contains("no limit within 150 requests"), "{stdout}");
@@ -242,27 +223,7 @@ async fn finds_a_max_connection_age_shorter_than_the_idle_wait() {
         |_| {},
     )
     .await;
-    let pki = p.pki();
-    let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
-    let out = tokio::task::spawn_blocking(move || {
-        doctor(
-            &url,
-            Some((&pki, true)),
-            &[
-                "--method",
-                "POST",
-                "--body",
-                "x",
-                "--requests",
-                "50",
-                "--idle-wait",
-                "6s",
-                "--json",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let out = doctor_ingest(&p, &["--requests", "50", "--idle-wait", "6s", "--json"]).await;
     let v = json_of(&out);
     let age = v["max_connection_age_seconds"].as_f64().expect("age found");
     assert!((2.5..4.0).contains(&age), "age {age}: {v}");
