@@ -450,6 +450,8 @@ pub struct IngestLimits {
     pub max_body_bytes: usize,
     pub max_decoded_bytes: usize,
     pub max_inflight_bytes: usize,
+    pub max_inflight_bytes_per_connection: usize,
+    pub max_inflight_bytes_per_platform: usize,
     pub max_messages_per_batch: usize,
     pub max_connections: usize,
 }
@@ -521,6 +523,8 @@ impl Default for IngestLimits {
             max_body_bytes: 8 << 20,
             max_decoded_bytes: 64 << 20,
             max_inflight_bytes: 512 << 20,
+            max_inflight_bytes_per_connection: 160 << 20,
+            max_inflight_bytes_per_platform: 256 << 20,
             max_messages_per_batch: 10_000,
             max_connections: 10_000,
         }
@@ -597,6 +601,28 @@ impl IngestConfig {
             return Err(invalid(
                 "limits.max_inflight_bytes",
                 "must hold at least one largest request (max_body_bytes + max_decoded_bytes)",
+            ));
+        }
+        if self.limits.max_inflight_bytes_per_platform > self.limits.max_inflight_bytes {
+            return Err(invalid(
+                "limits.max_inflight_bytes_per_platform",
+                "must not exceed limits.max_inflight_bytes",
+            ));
+        }
+        if self.limits.max_inflight_bytes_per_connection
+            > self.limits.max_inflight_bytes_per_platform
+        {
+            return Err(invalid(
+                "limits.max_inflight_bytes_per_connection",
+                "must not exceed limits.max_inflight_bytes_per_platform",
+            ));
+        }
+        if self.limits.max_inflight_bytes_per_connection
+            < self.limits.max_body_bytes + 2 * self.limits.max_decoded_bytes
+        {
+            return Err(invalid(
+                "limits.max_inflight_bytes_per_connection",
+                "must hold at least one largest request while it decodes (max_body_bytes + 2 × max_decoded_bytes)",
             ));
         }
         if self.limits.max_inflight_bytes > u32::MAX as usize {

@@ -271,8 +271,8 @@ impl IdMaker {
     }
 }
 
-/// Converts an edge message for the wire. Edge `Nats-*` headers (JetStream control headers of
-/// the edge) are not forwarded.
+/// Converts an edge message for the wire. Headers in the ingest's namespaces
+/// ([`wire::is_reserved_header`]) are not forwarded.
 fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, String> {
     let info = m.info().map_err(|e| e.to_string())?;
     // The ingest refuses what it cannot map under the platform's prefix; find out here, for
@@ -282,7 +282,9 @@ fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, Strin
     if let Some(h) = &m.headers {
         for (name, values) in h.iter() {
             let name: &str = name.as_ref();
-            if name.len() >= 4 && name[..4].eq_ignore_ascii_case("nats") {
+            if wire::is_reserved_header(name) {
+                // Edge `Nats-*` are the edge JetStream's own control headers; `Uplink-*` are
+                // stamped by the ingest (an edge copy of them would only be refused there).
                 continue;
             }
             if let Some(v) = values.last() {
@@ -477,12 +479,7 @@ async fn flush(
 /// with N + M = the batch size). Anything else — a catch-all proxy route, a stray server —
 /// must not get messages acked.
 fn confirms(body: &[u8], count: usize) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        accepted: usize,
-        duplicates: usize,
-    }
-    serde_json::from_slice::<Answer>(body).is_ok_and(|a| a.accepted + a.duplicates == count)
+    wire::Accepted::parse(body).is_some_and(|a| a.confirms(count))
 }
 
 /// Delivers one batch, keeping its messages alive in JetStream (`in_progress`) while retries

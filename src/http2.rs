@@ -5,5 +5,5 @@ pub mod classify;
 pub mod client;
 pub mod tap;
 
-pub use classify::{ForwardError, Retry, classify, classify_status};
+pub use classify::{ForwardError, Retry, classify};
 pub use client::{Client, ClientConfig};

@@ -1,9 +1,11 @@
 //! `uplink ingest` (cloud): HTTP/2 mTLS server → authorize by client certificate → publish to
 //! JetStream with dedupe → 2xx only once persisted.
 //!
-//! `accept` owns connections and their limits, `handler` the HTTP API, `publish` JetStream.
+//! `accept` owns connections and their limits, `handler` the HTTP API, `budget` the memory
+//! requests may hold, `publish` JetStream.
 
 pub mod accept;
+pub mod budget;
 pub mod handler;
 pub mod publish;
 

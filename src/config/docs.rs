@@ -189,7 +189,15 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     ),
     (
         "limits.max_inflight_bytes",
-        "Most request bytes (on the wire and decoded) held at once across all requests; beyond it\nbodies wait, and a decode that would exceed it gets 503 (memory bound of the ingest).",
+        "Most request bytes (bodies as they arrive, decompressed output, decoded messages) held at\nonce across all requests: the ingest's memory bound. A request waits for room at most\nuntil timeouts.request_body from its start, then gets 503 busy.",
+    ),
+    (
+        "limits.max_inflight_bytes_per_connection",
+        "Most of limits.max_inflight_bytes one connection may hold (bytes); beyond it its requests\nget 503 busy at once.",
+    ),
+    (
+        "limits.max_inflight_bytes_per_platform",
+        "Most of limits.max_inflight_bytes one platform may hold over all its connections (bytes);\nbeyond it its requests get 503 busy at once.",
     ),
     (
         "limits.max_messages_per_batch",

@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::Backoff;
 use crate::http2::client::FullResponse;
-use crate::http2::{ForwardError, Retry, classify, classify_status};
+use crate::http2::{ForwardError, Retry, classify};
+use crate::wire::ErrorAnswer;
 
 /// How the delivery of a batch ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,6 +24,20 @@ pub enum Delivery {
 /// Consecutive immediate retries allowed before falling back to backoff (a server that refuses
 /// every stream must not make us spin).
 const MAX_IMMEDIATE: u32 = 3;
+
+/// Classifies a non-2xx answer. Only the ingest's own verdict on the content (its JSON error
+/// with a code that judges the content: malformed, too large, bad subject/id/header, wrong
+/// type or encoding) is final: any other answer, even the same status from something that is
+/// not the ingest (a proxy refusing a certificate, a wrong path, 421 Misdirected Request), is a
+/// setup problem or a passing one that a retry after the fix gets through, so those messages
+/// are kept, not dead-lettered.
+pub fn classify_status(status: http::StatusCode, body: &[u8]) -> Retry {
+    debug_assert!(!status.is_success(), "success is not a failure");
+    match (status.as_u16(), ErrorAnswer::parse(body)) {
+        (400 | 413 | 415, Some(a)) if a.error.is_verdict_on_content() => Retry::Never,
+        _ => Retry::Backoff,
+    }
+}
 
 /// Calls `attempt` until it yields 2xx or a rejection. `soft_stop` ends waiting in backoff;
 /// `hard_stop` also abandons an attempt in progress.

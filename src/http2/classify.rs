@@ -81,27 +81,6 @@ pub fn classify(e: &ForwardError) -> Retry {
     }
 }
 
-/// Classifies a non-2xx answer. Only the ingest's own verdict on the content (400, 413, 415
-/// with its JSON error body) is final: the same 4xx from anything else (a proxy refusing a
-/// certificate, a wrong path, 421 Misdirected Request) is a setup problem that a retry after
-/// the fix will get through, so those messages are kept, not dead-lettered.
-pub fn classify_status(status: http::StatusCode, body: &[u8]) -> Retry {
-    if status.is_success() {
-        unreachable!("success is not a failure")
-    }
-    match status.as_u16() {
-        400 | 413 | 415 if is_ingest_error(body) => Retry::Never,
-        _ => Retry::Backoff,
-    }
-}
-
-/// Whether a body is the ingest's JSON error (`{"error": "...", "detail": "..."}`).
-fn is_ingest_error(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_string()) && v.get("detail").is_some())
-}
-
 /// The `h2::Error` in a hyper error's cause chain, if any.
 pub fn h2_error(err: &hyper::Error) -> Option<&::h2::Error> {
     let mut source = err.source();

@@ -285,8 +285,11 @@ impl Conn {
         });
         let max_requests = limits.http2.max_requests_per_connection;
         let svc_state = state.clone();
+        // This connection's share of the request memory budget.
+        let account = handler.connection_account();
         let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let (handler, who, state) = (handler.clone(), who.clone(), svc_state.clone());
+            let account = account.clone();
             async move {
                 let n = state.requests.fetch_add(1, Ordering::AcqRel) + 1;
                 if n == max_requests {
@@ -298,7 +301,7 @@ impl Conn {
                     Who::Cert(c) => c.as_deref().map(std::borrow::Cow::Borrowed),
                     Who::Proxy(trust) => trust.identity(req.headers()).map(std::borrow::Cow::Owned),
                 };
-                let resp = handler.handle(req, platform.as_deref()).await;
+                let resp = handler.handle(req, platform.as_deref(), &account).await;
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });

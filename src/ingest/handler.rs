@@ -1,23 +1,38 @@
-//! The ingest's HTTP API (DESIGN.md §3): decode, validate, map subjects under the caller's
-//! platform, persist through the [`Sink`], and answer 2xx only once everything is persisted.
+//! The ingest's HTTP API (docs: README "HTTP API"): admit → read → decode → publish.
+//!
+//! - **admit**: route, method, identity and headers are checked before a body byte is read.
+//! - **read**: the body is read as it arrives, each chunk paid for from the [`Budget`] first,
+//!   all within `timeouts.request_body` from the request's start (waits for memory included).
+//! - **decode**: decompression produces output in bounded steps, each paid for before it is
+//!   produced, while [`scan::Counter`] refuses a batch the moment it holds one message too many;
+//!   what decoding will copy is measured ([`scan::shape`]) and paid for before it is allocated.
+//! - **publish**: through the narrow [`Sink`]; 2xx only once every message is persisted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use prost::Message as _;
+use tokio::time::Instant;
 
+use super::budget::{Account, Budget, Hold, Refused};
 use super::publish::{OutMessage, Sink, SinkError};
 use crate::config::IngestLimits;
-use crate::wire::{self, Encoding, WireError};
+use crate::wire::{self, Encoding, ErrorAnswer, ErrorCode, MessageError, WireError, scan};
 
-/// Header carrying the edge timestamp of a message into the cloud stream.
-pub const TIME_HEADER: &str = "Uplink-Time-Unix-Nano";
-/// Header carrying the sending platform into the cloud stream.
-pub const PLATFORM_HEADER: &str = "Uplink-Platform";
-/// Longest accepted message id (bytes).
-pub const MAX_ID_LEN: usize = 512;
+pub use crate::wire::{MAX_ID_LEN, PLATFORM_HEADER, TIME_HEADER};
+
+/// What one decoded message costs beyond the bytes it copies: its structs, its header map with
+/// the two headers the ingest adds, the cloud subject (an estimate on the safe side).
+pub const MESSAGE_OVERHEAD: usize = 512;
+/// Decompressed output is produced, and paid for, in steps of at most this many bytes.
+const DECODE_STEP: usize = 64 << 10;
+/// A decompressing request lets other tasks run after producing this many bytes.
+const DECODE_YIELD_BYTES: usize = 1 << 20;
+/// Smallest buffer grown for a body (avoids many tiny reallocations).
+const MIN_BUFFER: usize = 4 << 10;
 
 /// The request handler, shared by every connection.
 pub struct Handler {
@@ -25,79 +40,139 @@ pub struct Handler {
     subject_prefix: String,
     limits: IngestLimits,
     body_timeout: Duration,
-    /// Bytes of request bodies and their decoded form held now (`limits.max_inflight_bytes`).
-    memory: Arc<tokio::sync::Semaphore>,
+    /// Bytes of requests held now (`limits.max_inflight_bytes` and its shares).
+    budget: Arc<Budget>,
 }
 
-/// Bodies at least this large are decompressed and decoded off the async worker threads.
-const BLOCKING_DECODE_BYTES: usize = 256 << 10;
-
-/// A failed request: status plus the JSON error body.
+/// A failed request: its code (which fixes the status) and what was wrong.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub error: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
-            status,
-            error,
+            code,
             detail: detail.into(),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// Prefixes the detail with the index of the offending message.
+    fn at(mut self, index: usize) -> Self {
+        self.detail = format!("message {index}: {}", self.detail);
+        self
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let body = serde_json::to_vec(&ErrorAnswer {
+            error: self.code,
+            detail: self.detail,
+        })
+        .expect("serializable");
+        json(self.code.status(), body)
     }
 }
 
 impl From<WireError> for ApiError {
     fn from(e: WireError) -> Self {
-        let status = match &e {
-            WireError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            WireError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            WireError::BadEncoding { .. }
-            | WireError::Malformed(_)
-            | WireError::BadSubject { .. } => StatusCode::BAD_REQUEST,
+        let code = match &e {
+            WireError::UnsupportedEncoding(_) => ErrorCode::UnsupportedEncoding,
+            WireError::TooLarge { .. } => ErrorCode::TooLarge,
+            WireError::TooManyMessages { .. } => ErrorCode::TooManyMessages,
+            WireError::BadEncoding { .. } | WireError::Malformed(_) => ErrorCode::Malformed,
+            WireError::BadSubject { .. } => ErrorCode::BadSubject,
         };
-        let error = match &e {
-            WireError::UnsupportedEncoding(_) => "unsupported_encoding",
-            WireError::TooLarge { .. } => "too_large",
-            WireError::BadEncoding { .. } | WireError::Malformed(_) => "malformed",
-            WireError::BadSubject { .. } => "bad_subject",
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<MessageError> for ApiError {
+    fn from(e: MessageError) -> Self {
+        let code = match &e {
+            MessageError::BadId | MessageError::ForeignId { .. } => ErrorCode::BadId,
+            MessageError::ReservedHeader(_) => ErrorCode::BadHeader,
         };
-        ApiError::new(status, error, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
 impl From<SinkError> for ApiError {
     fn from(e: SinkError) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
+        ApiError::new(ErrorCode::Unavailable, e.to_string())
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(e: Refused) -> Self {
+        metrics::counter!("uplink_ingest_admission_refused_total", "reason" => e.label())
+            .increment(1);
+        match e {
+            Refused::Impossible { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+            _ => ApiError::new(ErrorCode::Busy, format!("{e}; retry later")),
+        }
     }
 }
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-fn json(status: StatusCode, body: serde_json::Value) -> HttpResponse {
+fn json(status: StatusCode, body: Vec<u8>) -> HttpResponse {
     let mut resp = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json");
     if status == StatusCode::SERVICE_UNAVAILABLE {
         resp = resp.header(header::RETRY_AFTER, "1");
     }
-    resp.body(Full::new(Bytes::from(body.to_string())))
+    resp.body(Full::new(Bytes::from(body)))
         .expect("valid response")
 }
 
-impl ApiError {
-    pub fn into_response(self) -> HttpResponse {
-        json(
-            self.status,
-            serde_json::json!({"error": self.error, "detail": self.detail}),
-        )
+/// What a request asks for, known before its body is read.
+enum Route {
+    Batches,
+    Publish { subject: String },
+}
+
+/// A growing buffer whose capacity is paid for from the budget before it is allocated.
+struct Buffer {
+    vec: Vec<u8>,
+    /// Capacity paid for.
+    paid: usize,
+}
+
+impl Buffer {
+    fn new() -> Self {
+        Buffer {
+            vec: Vec::new(),
+            paid: 0,
+        }
+    }
+
+    /// Makes room for `needed` bytes in all, growing geometrically up to `cap` (the most this
+    /// buffer may ever hold), paying first.
+    async fn room(
+        &mut self,
+        needed: usize,
+        cap: usize,
+        hold: &mut Hold,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        if needed <= self.paid {
+            return Ok(());
+        }
+        let target = needed
+            .max(self.paid * 2)
+            .max(MIN_BUFFER)
+            .min(cap.max(needed));
+        hold.grow(target - self.paid, deadline).await?;
+        self.paid = target;
+        self.vec.reserve_exact(target - self.vec.len());
+        Ok(())
     }
 }
 
@@ -108,13 +183,17 @@ impl Handler {
         limits: IngestLimits,
         body_timeout: Duration,
     ) -> Self {
-        let memory = Arc::new(tokio::sync::Semaphore::new(limits.max_inflight_bytes));
+        let budget = Arc::new(Budget::new(
+            limits.max_inflight_bytes,
+            limits.max_inflight_bytes_per_connection,
+            limits.max_inflight_bytes_per_platform,
+        ));
         Handler {
             sink,
             subject_prefix,
             limits,
             body_timeout,
-            memory,
+            budget,
         }
     }
 
@@ -123,21 +202,37 @@ impl Handler {
         self.sink.ready()
     }
 
-    /// Answers one request from `platform` (the verified identity of the connection).
-    pub async fn handle<B>(&self, req: Request<B>, platform: Option<&str>) -> HttpResponse
+    /// The account of a new connection's share of the budget.
+    pub fn connection_account(&self) -> Arc<Account> {
+        Arc::new(Account::default())
+    }
+
+    /// Bytes of requests held now.
+    pub fn inflight_bytes(&self) -> usize {
+        self.budget.held()
+    }
+
+    /// Answers one request from `platform` (the verified identity of the connection) arriving
+    /// on the connection whose share is `conn`.
+    pub async fn handle<B>(
+        &self,
+        req: Request<B>,
+        platform: Option<&str>,
+        conn: &Arc<Account>,
+    ) -> HttpResponse
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let route = route_of(req.method(), req.uri().path());
         let started = std::time::Instant::now();
-        let resp = match self.dispatch(req, platform).await {
+        let resp = match self.dispatch(req, platform, conn).await {
             Ok(resp) => resp,
             Err(e) => {
-                if e.status.is_server_error() {
-                    tracing::warn!(status = %e.status, detail = %e.detail, "request not persisted");
+                if e.status().is_server_error() {
+                    tracing::warn!(status = %e.status(), detail = %e.detail, platform, "request not persisted");
                 } else {
-                    tracing::info!(status = %e.status, detail = %e.detail, platform, "request rejected");
+                    tracing::info!(status = %e.status(), detail = %e.detail, platform, "request rejected");
                 }
                 e.into_response()
             }
@@ -146,46 +241,104 @@ impl Handler {
             .increment(1);
         metrics::histogram!("uplink_ingest_request_seconds", "route" => route)
             .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("uplink_ingest_inflight_bytes").set(self.budget.held() as f64);
         resp
+    }
+
+    /// [`Handler::handle`] on a connection of its own (unit tests).
+    #[cfg(test)]
+    async fn handle_alone<B>(&self, req: Request<B>, platform: Option<&str>) -> HttpResponse
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.handle(req, platform, &self.connection_account()).await
     }
 
     async fn dispatch<B>(
         &self,
         req: Request<B>,
         platform: Option<&str>,
+        conn: &Arc<Account>,
     ) -> Result<HttpResponse, ApiError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = req.uri().path().to_string();
-        let is_batches = path == "/v1/batches";
-        let publish_subject = path.strip_prefix("/v1/publish/").map(str::to_string);
-        if !is_batches && publish_subject.is_none() {
+        // Everything below, waits for memory included, ends within the body timeout.
+        let deadline = Instant::now() + self.body_timeout;
+        let (route, platform, encoding) = self.admit(&req, platform)?;
+        let (parts, body) = req.into_parts();
+        let mut hold = self.budget.hold(conn.clone(), platform);
+        let (body, body_paid) = self
+            .read_body(&parts.headers, body, &mut hold, deadline)
+            .await?;
+        let messages = match route {
+            Route::Batches => {
+                self.decode_batch(platform, body, body_paid, encoding, &mut hold, deadline)
+                    .await?
+            }
+            Route::Publish { subject } => {
+                let decoded = match wire::decoder(&body, encoding)? {
+                    None => None,
+                    Some(reader) => {
+                        let limit = self.limits.max_decoded_bytes;
+                        Some(decompress(reader, limit, None, &mut hold, deadline).await?)
+                    }
+                };
+                let payload = match decoded {
+                    None => body,
+                    Some(payload) => {
+                        drop(body);
+                        hold.shrink(body_paid);
+                        payload
+                    }
+                };
+                hold.grow(MESSAGE_OVERHEAD, deadline).await?;
+                vec![self.single_message(platform, subject, payload, &parts.headers)?]
+            }
+        };
+        self.publish(messages).await
+    }
+
+    /// Checks everything known before the body: route, method, identity, encoding, type.
+    fn admit<'p, B>(
+        &self,
+        req: &Request<B>,
+        platform: Option<&'p str>,
+    ) -> Result<(Route, &'p str, Encoding), ApiError> {
+        let path = req.uri().path();
+        let route = if path == wire::BATCHES_PATH {
+            Route::Batches
+        } else if let Some(raw) = path.strip_prefix(wire::PUBLISH_PATH_PREFIX) {
+            Route::Publish {
+                subject: percent_decode(raw)?,
+            }
+        } else {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route {path}; use POST /v1/batches or POST /v1/publish/{{subject}}"),
+                ErrorCode::NotFound,
+                format!(
+                    "no route {path}; use POST {} or POST {}{{subject}}",
+                    wire::BATCHES_PATH,
+                    wire::PUBLISH_PATH_PREFIX
+                ),
             ));
-        }
+        };
         if req.method() != Method::POST {
             return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!("{} {path}: only POST", req.method()),
             ));
         }
         let platform = platform.ok_or_else(|| {
             ApiError::new(
-                StatusCode::FORBIDDEN,
-                "no_identity",
+                ErrorCode::NoIdentity,
                 "the client certificate has no CN or DNS SAN to use as platform identity",
             )
         })?;
         wire::validate_token(platform).map_err(|e| {
             ApiError::new(
-                StatusCode::FORBIDDEN,
-                "bad_identity",
+                ErrorCode::BadIdentity,
                 format!("client identity is not usable as a subject token: {e}"),
             )
         })?;
@@ -194,7 +347,7 @@ impl Handler {
                 .get(header::CONTENT_ENCODING)
                 .map(|v| v.to_str().unwrap_or("(not ascii)")),
         )?;
-        if is_batches {
+        if let Route::Batches = route {
             let ct = req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -202,138 +355,27 @@ impl Handler {
                 .unwrap_or("");
             if ct.split(';').next().unwrap_or("").trim() != wire::CONTENT_TYPE_PROTOBUF {
                 return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     format!(
-                        "Content-Type {ct:?}; /v1/batches takes {}",
+                        "Content-Type {ct:?}; {} takes {}",
+                        wire::BATCHES_PATH,
                         wire::CONTENT_TYPE_PROTOBUF
                     ),
                 ));
             }
         }
-        let (parts, body) = req.into_parts();
-        // Reserve memory for the body before reading it (the declared length, else the limit).
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .unwrap_or(self.limits.max_body_bytes)
-            .min(self.limits.max_body_bytes);
-        let _wire_bytes = self
-            .memory
-            .acquire_many(declared.max(1) as u32)
-            .await
-            .expect("semaphore never closed");
-        let body = self.read_body(&parts.headers, body).await?;
-        let raw = self.decompress(body.clone(), encoding).await?;
-        // The decoded form needs memory too; when the ingest is full, say so rather than wait
-        // holding what we have.
-        let extra = raw.len().saturating_sub(declared) as u32;
-        let _decoded_bytes = if extra > 0 {
-            Some(self.memory.try_acquire_many(extra).map_err(|_| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "the ingest holds limits.max_inflight_bytes of requests; retry later",
-                )
-            })?)
-        } else {
-            None
-        };
-        drop(body);
-        let messages = if is_batches {
-            let batch = wire::decode_raw_batch(raw)?;
-            if batch.messages.len() > self.limits.max_messages_per_batch {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_many_messages",
-                    format!(
-                        "batch has {} messages; the limit is {}",
-                        batch.messages.len(),
-                        self.limits.max_messages_per_batch
-                    ),
-                ));
-            }
-            batch
-                .messages
-                .into_iter()
-                .enumerate()
-                .map(|(i, m)| self.out_message(platform, m).map_err(|e| e.at(i)))
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            let subject = publish_subject.unwrap_or_default();
-            let payload = raw;
-            let id = match parts.headers.get("idempotency-key") {
-                Some(v) => v
-                    .to_str()
-                    .map(|key| format!("{platform}.{key}"))
-                    .map_err(|_| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "bad_id",
-                            "Idempotency-Key is not ASCII",
-                        )
-                    })?,
-                // No key: the request cannot be deduplicated; make a unique id.
-                None => format!(
-                    "{platform}.http.{}.{:016x}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos(),
-                    fastrand::u64(..)
-                ),
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as i64;
-            vec![self.out_message(
-                platform,
-                wire::Message {
-                    id,
-                    subject,
-                    payload,
-                    headers: Default::default(),
-                    time_unix_nano: now,
-                },
-            )?]
-        };
-        let count = messages.len();
-        let outcome = self.sink.publish(messages).await?;
-        metrics::counter!("uplink_ingest_messages_total", "result" => "accepted")
-            .increment(outcome.accepted as u64);
-        metrics::counter!("uplink_ingest_messages_total", "result" => "duplicate")
-            .increment(outcome.duplicates as u64);
-        debug_assert_eq!(outcome.accepted + outcome.duplicates, count);
-        Ok(json(
-            StatusCode::OK,
-            serde_json::json!({"accepted": outcome.accepted, "duplicates": outcome.duplicates}),
-        ))
+        Ok((route, platform, encoding))
     }
 
-    /// Decompresses within `limits.max_decoded_bytes`, off the async threads when large.
-    async fn decompress(&self, body: Bytes, encoding: Encoding) -> Result<Bytes, ApiError> {
-        let limit = self.limits.max_decoded_bytes;
-        if encoding == Encoding::Identity {
-            return Ok(wire::decompress_owned(body, limit)?);
-        }
-        if body.len() < BLOCKING_DECODE_BYTES {
-            return Ok(wire::decompress(&body, encoding, limit)?);
-        }
-        tokio::task::spawn_blocking(move || wire::decompress(&body, encoding, limit))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("decoding task failed: {e}"),
-                )
-            })?
-            .map_err(ApiError::from)
-    }
-
-    async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
+    /// Reads the body as it arrives, paying for each chunk before keeping it. Returns the body
+    /// and what its buffer costs.
+    async fn read_body<B>(
+        &self,
+        headers: &HeaderMap,
+        body: B,
+        hold: &mut Hold,
+        deadline: Instant,
+    ) -> Result<(Bytes, usize), ApiError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -341,8 +383,7 @@ impl Handler {
         let limit = self.limits.max_body_bytes;
         let too_large = || {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 format!("body exceeds limits.max_body_bytes = {limit} bytes"),
             )
         };
@@ -352,72 +393,160 @@ impl Handler {
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(too_large());
         }
-        let collected =
-            tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect())
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
+        let mut body = std::pin::pin!(body);
+        let mut buf = Buffer::new();
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::BodyTimeout,
                         format!(
                             "body not received within timeouts.request_body = {:?}",
                             self.body_timeout
                         ),
-                    )
-                })?;
-        match collected {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "body_error",
-                format!("reading the body failed: {e}"),
-            )),
+                    ));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::new(
+                        ErrorCode::BodyError,
+                        format!("reading the body failed: {}", e.into()),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers carry nothing the ingest uses
+            };
+            let needed = buf.vec.len() + data.len();
+            if needed > limit {
+                return Err(too_large());
+            }
+            buf.room(needed, limit, hold, deadline).await?;
+            buf.vec.extend_from_slice(&data);
         }
+        Ok((Bytes::from(buf.vec), buf.paid))
+    }
+
+    /// Decompresses (paid for, bounded) and decodes a batch, counting its messages as it goes.
+    async fn decode_batch(
+        &self,
+        platform: &str,
+        body: Bytes,
+        body_paid: usize,
+        encoding: Encoding,
+        hold: &mut Hold,
+        deadline: Instant,
+    ) -> Result<Vec<OutMessage>, ApiError> {
+        let mut counter = scan::Counter::new(self.limits.max_messages_per_batch);
+        let raw = match wire::decoder(&body, encoding)? {
+            None => {
+                if body.len() > self.limits.max_decoded_bytes {
+                    return Err(WireError::TooLarge {
+                        limit: self.limits.max_decoded_bytes,
+                    }
+                    .into());
+                }
+                counter.feed(&body)?;
+                body.clone()
+            }
+            Some(reader) => {
+                let limit = self.limits.max_decoded_bytes;
+                decompress(reader, limit, Some(&mut counter), hold, deadline).await?
+            }
+        };
+        if encoding != Encoding::Identity {
+            // The compressed form is no longer needed.
+            drop(body);
+            hold.shrink(body_paid);
+        }
+        counter.finish()?;
+        let shape = scan::shape(&raw)?;
+        // The decoded structs copy ids, subjects and headers out of the buffer; converting them
+        // for the cloud replaces each message's copies one message at a time.
+        hold.grow(
+            shape.copied_bytes + shape.messages * MESSAGE_OVERHEAD,
+            deadline,
+        )
+        .await?;
+        let batch = wire::Batch::decode(raw).map_err(|e| WireError::Malformed(e.to_string()))?;
+        batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| self.out_message(platform, m).map_err(|e| e.at(i)))
+            .collect()
+    }
+
+    /// The message of `POST /v1/publish/{subject}`.
+    fn single_message(
+        &self,
+        platform: &str,
+        subject: String,
+        payload: Bytes,
+        headers: &HeaderMap,
+    ) -> Result<OutMessage, ApiError> {
+        let id = match headers.get("idempotency-key") {
+            Some(v) => v
+                .to_str()
+                .map(|key| format!("{platform}.{key}"))
+                .map_err(|_| ApiError::new(ErrorCode::BadId, "Idempotency-Key is not ASCII"))?,
+            // No key: the request cannot be deduplicated; make a unique id.
+            None => format!(
+                "{platform}.http.{}.{:016x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+                fastrand::u64(..)
+            ),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64;
+        self.out_message(
+            platform,
+            wire::Message {
+                id,
+                subject,
+                payload,
+                headers: Default::default(),
+                time_unix_nano: now,
+            },
+        )
+    }
+
+    async fn publish(&self, messages: Vec<OutMessage>) -> Result<HttpResponse, ApiError> {
+        let count = messages.len();
+        let outcome = self.sink.publish(messages).await?;
+        metrics::counter!("uplink_ingest_messages_total", "result" => "accepted")
+            .increment(outcome.accepted as u64);
+        metrics::counter!("uplink_ingest_messages_total", "result" => "duplicate")
+            .increment(outcome.duplicates as u64);
+        debug_assert_eq!(outcome.accepted + outcome.duplicates, count);
+        let body = serde_json::to_vec(&wire::Accepted {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+        })
+        .expect("serializable");
+        Ok(json(StatusCode::OK, body))
     }
 
     fn out_message(&self, platform: &str, m: wire::Message) -> Result<OutMessage, ApiError> {
         wire::validate_subject(&m.subject)?;
-        if m.id.is_empty() || m.id.len() > MAX_ID_LEN || m.id.chars().any(|c| c.is_control()) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_id",
-                format!("message id must be 1..={MAX_ID_LEN} bytes without control characters"),
-            ));
-        }
-        // Ids are deduplicated per stream: a platform may only use ids under its own name, or
-        // it could make another platform's messages look like duplicates.
-        if !m
-            .id
-            .strip_prefix(platform)
-            .is_some_and(|rest| rest.starts_with('.'))
-        {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_id",
-                format!("message id {:?} must start with \"{platform}.\"", m.id),
-            ));
-        }
+        wire::validate_id(platform, &m.id)?;
         let mut headers = async_nats::HeaderMap::new();
         for (k, v) in &m.headers {
-            if k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("nats")) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_header",
-                    format!("header {k:?}: names starting with Nats are reserved"),
-                ));
+            if wire::is_reserved_header(k) {
+                return Err(MessageError::ReservedHeader(k.clone()).into());
             }
             let name: async_nats::HeaderName = k.parse().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_header",
-                    format!("invalid header name {k:?}"),
-                )
+                ApiError::new(ErrorCode::BadHeader, format!("invalid header name {k:?}"))
             })?;
             let value: async_nats::HeaderValue = v.parse().map_err(|_| {
                 ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_header",
+                    ErrorCode::BadHeader,
                     format!("invalid value of header {k:?}"),
                 )
             })?;
@@ -434,18 +563,90 @@ impl Handler {
     }
 }
 
-impl ApiError {
-    /// Prefixes the detail with the index of the offending message.
-    fn at(mut self, index: usize) -> Self {
-        self.detail = format!("message {index}: {}", self.detail);
-        self
+/// Decompresses from `reader` within `limit` output bytes, paying for each step before it is
+/// produced and feeding `counter` as it goes. Runs on the async thread in steps small enough
+/// not to hold it long (yielding every [`DECODE_YIELD_BYTES`]); the total work is bounded by
+/// the limits, whatever the compression ratio.
+async fn decompress(
+    mut reader: Box<dyn std::io::Read + Send + '_>,
+    limit: usize,
+    mut counter: Option<&mut scan::Counter>,
+    hold: &mut Hold,
+    deadline: Instant,
+) -> Result<Bytes, ApiError> {
+    let mut out = Buffer::new();
+    let mut since_yield = 0;
+    loop {
+        let start = out.vec.len();
+        // One byte past the limit tells "exactly at the limit" from "over it".
+        let step = DECODE_STEP.min(limit + 1 - start);
+        out.room(start + step, limit + 1, hold, deadline).await?;
+        out.vec.resize(start + step, 0);
+        let n = match reader.read(&mut out.vec[start..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::Malformed,
+                    format!("body is not valid compressed data: {e}"),
+                ));
+            }
+        };
+        out.vec.truncate(start + n);
+        if n == 0 {
+            break;
+        }
+        // Counted first: a batch over the message limit is told so, whatever its size.
+        if let Some(c) = counter.as_deref_mut() {
+            c.feed(&out.vec[start..])?;
+        }
+        if out.vec.len() > limit {
+            return Err(WireError::TooLarge { limit }.into());
+        }
+        since_yield += n;
+        if since_yield >= DECODE_YIELD_BYTES {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
+    Ok(Bytes::from(out.vec))
+}
+
+/// Decodes `%XX` escapes of a path segment (so a subject with characters a URI cannot carry
+/// raw, e.g. `>`, still reaches the subject rules and gets their JSON error).
+fn percent_decode(raw: &str) -> Result<String, ApiError> {
+    if !raw.contains('%') {
+        return Ok(raw.to_string());
+    }
+    let bad = || {
+        ApiError::new(
+            ErrorCode::BadSubject,
+            format!("subject {raw:?} has an invalid %-escape"),
+        )
+    };
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 fn route_of(method: &Method, path: &str) -> &'static str {
     match (method, path) {
-        (&Method::POST, "/v1/batches") => "batches",
-        (&Method::POST, p) if p.starts_with("/v1/publish/") => "publish",
+        (&Method::POST, wire::BATCHES_PATH) => "batches",
+        (&Method::POST, p) if p.starts_with(wire::PUBLISH_PATH_PREFIX) => "publish",
         _ => "other",
     }
 }

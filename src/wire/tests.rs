@@ -118,3 +118,137 @@ fn stream_patterns_under_a_prefix() {
     assert!(pattern_reaches_under("a.b.>", "a.b"));
     assert!(!pattern_reaches_under("a.c.>", "a.b"));
 }
+
+mod scanning {
+    use super::*;
+
+    fn encoded(n: usize) -> Vec<u8> {
+        let mut b = sample();
+        b.messages = (0..n).map(|i| sample().messages[i % 2].clone()).collect();
+        b.encode_to_vec()
+    }
+
+    #[test]
+    fn counter_agrees_with_prost_at_every_split_point() {
+        let raw = encoded(5);
+        for split in 0..=raw.len() {
+            let mut c = scan::Counter::new(10);
+            c.feed(&raw[..split]).unwrap();
+            c.feed(&raw[split..]).unwrap();
+            assert_eq!(c.finish().unwrap(), 5, "split at {split}");
+        }
+        // Byte by byte.
+        let mut c = scan::Counter::new(10);
+        for b in &raw {
+            c.feed(std::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(c.finish().unwrap(), 5);
+    }
+
+    #[test]
+    fn counter_refuses_one_message_too_many_at_once() {
+        // A body of a million empty messages: refused at the fourth key, whatever follows.
+        let raw: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 1_000_000)
+            .flatten()
+            .collect();
+        let mut c = scan::Counter::new(3);
+        let err = c.feed(&raw[..16]).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooManyMessages { limit: 3 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn counter_and_shape_refuse_what_prost_refuses() {
+        for bad in [
+            &b"\x0a\x05ab"[..],                                       // length past the end
+            &b"\x0b\x00"[..],                                         // field 1 as a group
+            &b"\x08\x01"[..],                                         // field 1 as a varint
+            &b"\x00\x00"[..],                                         // field 0
+            &b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"[..], // varint too long
+        ] {
+            let mut c = scan::Counter::new(10);
+            let counted = c.feed(bad).and_then(|_| c.finish());
+            assert!(counted.is_err(), "counter took {bad:?}");
+            assert!(scan::shape(bad).is_err(), "shape took {bad:?}");
+            assert!(Batch::decode(bad).is_err(), "prost took {bad:?}");
+        }
+        // Unknown fields are skipped (a newer client may add some).
+        let mut raw = vec![0x10, 0x01, 0x1d, 1, 2, 3, 4];
+        raw.extend(encoded(2));
+        let mut c = scan::Counter::new(10);
+        c.feed(&raw).unwrap();
+        assert_eq!(c.finish().unwrap(), 2);
+    }
+
+    #[test]
+    fn shape_counts_what_decoding_copies() {
+        let raw = encoded(2);
+        let s = scan::shape(&raw).unwrap();
+        assert_eq!(s.messages, 2);
+        // ids "p.S.1.1" / "p.S.1.2" (7 each), subjects (13 each), one header entry {k: v}
+        // encoded as 6 bytes.
+        assert_eq!(s.copied_bytes, 7 + 7 + 13 + 13 + 6);
+    }
+
+    #[test]
+    fn streaming_decoder_produces_what_decompress_does() {
+        for enc in [Encoding::Gzip, Encoding::Zstd] {
+            let body = encode_batch(&sample(), enc, 1).unwrap();
+            let mut out = Vec::new();
+            decoder(&body, enc)
+                .unwrap()
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, sample().encode_to_vec(), "{enc:?}");
+        }
+        assert!(decoder(b"x", Encoding::Identity).unwrap().is_none());
+    }
+}
+
+#[test]
+fn reserved_header_namespaces_in_any_case() {
+    for name in [
+        "Nats-Msg-Id",
+        "nats-expected-stream",
+        "NATS",
+        "Uplink-Platform",
+        "uplink-platform",
+        "UPLINK-TIME-UNIX-NANO",
+        "uPlInK-anything",
+    ] {
+        assert!(is_reserved_header(name), "{name}");
+    }
+    for name in [
+        "uplink",
+        "Uplinked",
+        "x-uplink-platform",
+        "nat",
+        "content-type",
+        "é",
+    ] {
+        assert!(!is_reserved_header(name), "{name}");
+    }
+}
+
+#[test]
+fn ids_belong_to_their_platform() {
+    assert_eq!(validate_id("p", "p.S.1.2"), Ok(()));
+    assert_eq!(validate_id("p", ""), Err(MessageError::BadId));
+    assert_eq!(validate_id("p", "p.\u{7}"), Err(MessageError::BadId));
+    assert_eq!(
+        validate_id("p", &format!("p.{}", "x".repeat(MAX_ID_LEN))),
+        Err(MessageError::BadId)
+    );
+    for foreign in ["q.1", "pp.1", "p", "p1.x"] {
+        assert!(
+            matches!(
+                validate_id("p", foreign),
+                Err(MessageError::ForeignId { .. })
+            ),
+            "{foreign}"
+        );
+    }
+}

@@ -135,6 +135,23 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
             ..Default::default()
         })
         .await;
+    // Whoever recreated it (this test or the gateway), publish only once the server serves it:
+    // right after a recreate, nats-server 2.9 can answer a publish with "no responders".
+    let stream = p.gateway_cfg.nats.stream.clone();
+    uplink::testbed::wait_for(
+        || {
+            let (edge, stream) = (edge.clone(), stream.clone());
+            async move {
+                Ok(match edge.get_stream(&stream).await {
+                    Ok(mut s) => s.info().await.is_ok(),
+                    Err(_) => false,
+                })
+            }
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the recreated edge stream is served");
     publish(&edge, 300).await;
     let cloud = cloud_js(&p).await;
     let admin = p.gateway.as_ref().unwrap().admin;

@@ -33,37 +33,6 @@ fn transport_failures() {
     );
 }
 
-#[test]
-fn statuses() {
-    use http::StatusCode as S;
-    let ingest = br#"{"error":"malformed","detail":"x"}"#;
-    assert_eq!(classify_status(S::BAD_REQUEST, ingest), Retry::Never);
-    assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE, ingest), Retry::Never);
-    assert_eq!(
-        classify_status(S::UNSUPPORTED_MEDIA_TYPE, ingest),
-        Retry::Never
-    );
-    // The same statuses from something that is not the ingest: keep and retry.
-    let nginx = b"<html>400 No required SSL certificate was sent</html>";
-    assert_eq!(classify_status(S::BAD_REQUEST, nginx), Retry::Backoff);
-    assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE, b""), Retry::Backoff);
-    // Identity, routing and misdirection problems are setup errors, not bad messages.
-    assert_eq!(classify_status(S::FORBIDDEN, ingest), Retry::Backoff);
-    assert_eq!(classify_status(S::NOT_FOUND, ingest), Retry::Backoff);
-    assert_eq!(classify_status(S::MISDIRECTED_REQUEST, b""), Retry::Backoff);
-    assert_eq!(classify_status(S::REQUEST_TIMEOUT, ingest), Retry::Backoff);
-    assert_eq!(classify_status(S::TOO_MANY_REQUESTS, b""), Retry::Backoff);
-    assert_eq!(
-        classify_status(S::SERVICE_UNAVAILABLE, ingest),
-        Retry::Backoff
-    );
-    assert_eq!(
-        classify_status(S::INTERNAL_SERVER_ERROR, b""),
-        Retry::Backoff
-    );
-    assert_eq!(classify_status(S::BAD_GATEWAY, b""), Retry::Backoff);
-}
-
 /// Real hyper errors, produced by a hand-driven HTTP/2 peer over `tokio::io::duplex`.
 mod over_duplex {
     use bytes::Bytes;

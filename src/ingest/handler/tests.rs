@@ -33,7 +33,7 @@ impl Sink for FakeSink {
 }
 
 fn handler(sink: Arc<FakeSink>) -> Handler {
-    handler_with_memory(sink, 4096 + 8192)
+    handler_with_memory(sink, 1 << 20)
 }
 
 fn handler_with_memory(sink: Arc<FakeSink>, max_inflight_bytes: usize) -> Handler {
@@ -41,6 +41,8 @@ fn handler_with_memory(sink: Arc<FakeSink>, max_inflight_bytes: usize) -> Handle
         max_body_bytes: 4096,
         max_decoded_bytes: 8192,
         max_inflight_bytes,
+        max_inflight_bytes_per_connection: max_inflight_bytes,
+        max_inflight_bytes_per_platform: max_inflight_bytes,
         max_messages_per_batch: 3,
         max_connections: 10,
     };
@@ -78,7 +80,7 @@ async fn batch_is_published_under_the_platform_prefix() {
         messages: vec![msg("edge-1.a.1", "telemetry.cpu"), msg("edge-1.a.2", "x")],
     };
     let resp = h
-        .handle(batch_req(&b, Encoding::Zstd), Some("edge-1"))
+        .handle_alone(batch_req(&b, Encoding::Zstd), Some("edge-1"))
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
@@ -158,7 +160,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
                 Encoding::Identity,
             ),
             StatusCode::PAYLOAD_TOO_LARGE,
-            "4 messages",
+            "more than 3 messages",
         ),
         (
             batch_req(
@@ -203,7 +205,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
         ),
     ];
     for (req, status, needle) in cases {
-        let resp = h.handle(req, Some("edge-1")).await;
+        let resp = h.handle_alone(req, Some("edge-1")).await;
         assert_eq!(resp.status(), status, "{needle}");
         let v = body_json(resp).await;
         let detail = v["detail"].as_str().unwrap();
@@ -214,7 +216,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
     let mut odd = msg("p.1", "a");
     odd.headers.insert("abcé".into(), "v".into());
     let resp = h
-        .handle(
+        .handle_alone(
             batch_req(
                 &Batch {
                     messages: vec![odd],
@@ -230,7 +232,7 @@ async fn bad_requests_get_json_errors_and_publish_nothing() {
         .headers
         .insert("Nats-Expected-Stream".into(), "X".into());
     let resp = h
-        .handle(
+        .handle_alone(
             batch_req(
                 &Batch {
                     messages: vec![nats_header],
@@ -250,7 +252,7 @@ async fn compression_bomb_is_413() {
     let mut m = msg("1", "a");
     m.payload = Bytes::from(vec![7u8; 100_000]);
     let resp = h
-        .handle(
+        .handle_alone(
             batch_req(&Batch { messages: vec![m] }, Encoding::Zstd),
             Some("p"),
         )
@@ -266,7 +268,10 @@ async fn publish_uses_idempotency_key() {
         .header("idempotency-key", "key-1")
         .body(Full::new(Bytes::from_static(b"21.5")))
         .unwrap();
-    assert_eq!(h.handle(req, Some("p")).await.status(), StatusCode::OK);
+    assert_eq!(
+        h.handle_alone(req, Some("p")).await.status(),
+        StatusCode::OK
+    );
     let got = sink.got.lock().unwrap();
     assert_eq!(
         (got[0].id.as_str(), got[0].subject.as_str()),
@@ -282,7 +287,7 @@ async fn unavailable_sink_is_503_with_retry_after() {
         ..Default::default()
     }));
     let resp = h
-        .handle(
+        .handle_alone(
             batch_req(
                 &Batch {
                     messages: vec![msg("p.1", "a")],
@@ -300,7 +305,7 @@ async fn unavailable_sink_is_503_with_retry_after() {
 async fn no_identity_is_403() {
     let h = handler(Arc::new(FakeSink::default()));
     let resp = h
-        .handle(
+        .handle_alone(
             batch_req(
                 &Batch {
                     messages: vec![msg("1", "a")],
@@ -313,38 +318,182 @@ async fn no_identity_is_403() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn decoding_beyond_the_memory_bound_is_503_not_a_wait() {
-    let sink = Arc::new(FakeSink::default());
-    // Room for a body but not for what it decodes to.
-    let h = handler_with_memory(sink.clone(), 5000);
-    let mut m = msg("p.1", "a");
+fn big_batch(id: &str) -> Request<Full<Bytes>> {
+    let mut m = msg(id, "a");
     m.payload = Bytes::from(vec![1u8; 6000]);
-    let resp = h
-        .handle(
-            batch_req(
-                &Batch {
-                    messages: vec![m.clone()],
-                },
-                Encoding::Zstd,
-            ),
-            Some("p"),
-        )
-        .await;
+    batch_req(&Batch { messages: vec![m] }, Encoding::Zstd)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_budget_makes_requests_wait_until_their_deadline_then_503() {
+    let sink = Arc::new(FakeSink::default());
+    let h = handler_with_memory(sink.clone(), 64 << 10);
+    // Another platform's requests hold nearly all of it.
+    let mut other = h.budget.hold(h.connection_account(), "other");
+    other.grow((64 << 10) - 1000, Instant::now()).await.unwrap();
+    let started = Instant::now();
+    let resp = h.handle_alone(big_batch("p.1"), Some("p")).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "waited exactly until timeouts.request_body"
+    );
     assert_eq!(body_json(resp).await["error"], "busy");
     assert!(sink.got.lock().unwrap().is_empty());
-    // Memory is given back: a small request goes through afterwards.
+    assert_eq!(
+        h.inflight_bytes(),
+        (64 << 10) - 1000,
+        "the refused request holds nothing"
+    );
+    // Room given back: the same request goes through.
+    drop(other);
+    let resp = h.handle_alone(big_batch("p.1"), Some("p")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        h.inflight_bytes(),
+        0,
+        "everything is given back after a request"
+    );
+}
+
+#[tokio::test]
+async fn a_request_larger_than_the_budget_is_413_not_503() {
+    let sink = Arc::new(FakeSink::default());
+    let h = handler_with_memory(sink.clone(), 5000);
+    let resp = h.handle_alone(big_batch("p.1"), Some("p")).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v = body_json(resp).await;
+    assert_eq!(v["error"], "too_large");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_inflight_bytes"),
+        "{v}"
+    );
+    assert!(sink.got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_over_its_share_gets_503_at_once_while_others_pass() {
+    let sink = Arc::new(FakeSink::default());
+    let mut limits = IngestLimits {
+        max_body_bytes: 4096,
+        max_decoded_bytes: 8192,
+        max_inflight_bytes: 1 << 20,
+        max_inflight_bytes_per_connection: 64 << 10,
+        max_inflight_bytes_per_platform: 1 << 20,
+        max_messages_per_batch: 3,
+        ..IngestLimits::default()
+    };
+    limits.max_connections = 10;
+    let h = Handler::new(
+        sink.clone(),
+        "uplink".into(),
+        limits,
+        Duration::from_secs(5),
+    );
+    let hog = h.connection_account();
+    let mut held = h.budget.hold(hog.clone(), "p");
+    held.grow(60 << 10, Instant::now()).await.unwrap();
+    let started = std::time::Instant::now();
+    let resp = h.handle(big_batch("p.1"), Some("p"), &hog).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, not after waiting"
+    );
+    let detail = body_json(resp).await["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("max_inflight_bytes_per_connection"),
+        "{detail}"
+    );
+    // The same platform on another connection is served.
+    let resp = h.handle_alone(big_batch("p.2"), Some("p")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_bomb_of_empty_messages_is_refused_by_count_before_it_is_expanded() {
+    let sink = Arc::new(FakeSink::default());
+    let h = handler(sink.clone());
+    // 4 M empty messages: 8 MiB decoded (the limit is 8 KiB), a KiB compressed.
+    let raw: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 4 << 20)
+        .flatten()
+        .collect();
+    let body = zstd::bulk::compress(&raw, 3).unwrap();
+    assert!(body.len() < 4096, "{}", body.len());
+    let req = Request::post("/v1/batches")
+        .header("content-type", wire::CONTENT_TYPE_PROTOBUF)
+        .header("content-encoding", "zstd")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = h.handle_alone(req, Some("p")).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The count limit (3) fired, not the decoded-size limit (8 KiB): decoding stopped after
+    // the first few messages.
+    assert_eq!(body_json(resp).await["error"], "too_many_messages");
+    assert!(sink.got.lock().unwrap().is_empty());
+    assert_eq!(h.inflight_bytes(), 0);
+}
+
+#[tokio::test]
+async fn the_ingest_namespaces_are_refused_in_any_case() {
+    let sink = Arc::new(FakeSink::default());
+    let h = handler(sink.clone());
+    for name in [
+        "uplink-platform",
+        "UPLINK-PLATFORM",
+        "Uplink-Time-Unix-Nano",
+        "nats-msg-id",
+    ] {
+        let mut m = msg("edge-1.1", "a");
+        m.headers.insert(name.into(), "edge-2".into());
+        let resp = h
+            .handle_alone(
+                batch_req(&Batch { messages: vec![m] }, Encoding::Identity),
+                Some("edge-1"),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{name}");
+        let v = body_json(resp).await;
+        assert_eq!(v["error"], "bad_header", "{name}");
+        assert!(v["detail"].as_str().unwrap().contains(name), "{v}");
+    }
+    assert!(sink.got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn publish_subjects_are_percent_decoded_then_checked() {
+    let sink = Arc::new(FakeSink::default());
+    let h = handler(sink.clone());
+    let post = |path: &str| {
+        Request::post(path)
+            .body(Full::new(Bytes::from_static(b"1")))
+            .unwrap()
+    };
+    let resp = h.handle_alone(post("/v1/publish/a.%3E"), Some("p")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v = body_json(resp).await;
+    assert_eq!(v["error"], "bad_subject");
+    assert!(v["detail"].as_str().unwrap().contains("wildcards"), "{v}");
+    for bad in [
+        "/v1/publish/a%2",
+        "/v1/publish/a%zz",
+        "/v1/publish/a%+1",
+        "/v1/publish/a%ff",
+    ] {
+        let resp = h.handle_alone(post(bad), Some("p")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
     let resp = h
-        .handle(
-            batch_req(
-                &Batch {
-                    messages: vec![msg("p.2", "a")],
-                },
-                Encoding::Zstd,
-            ),
-            Some("p"),
-        )
+        .handle_alone(post("/v1/publish/room%2D1.temp"), Some("p"))
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sink.got.lock().unwrap()[0].subject, "uplink.p.room-1.temp");
 }

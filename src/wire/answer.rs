@@ -1,0 +1,219 @@
+//! The ingest's answers, owned here so the handler that writes them and the gateway that reads
+//! them cannot drift apart: `200 {"accepted":N,"duplicates":M}` and
+//! `{"error":"<code>","detail":"<what was wrong>"}`.
+
+use serde::{Deserialize, Serialize};
+
+/// The body of a 200: every message of the request is persisted (new or already there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+impl Accepted {
+    /// Whether this answer confirms all `count` messages of a request.
+    pub fn confirms(&self, count: usize) -> bool {
+        self.accepted.checked_add(self.duplicates) == Some(count)
+    }
+
+    /// Parses a 2xx body; `None` when it is not the ingest's answer (e.g. a proxy's page).
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// The error codes of the ingest, each with its one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 404: no such route.
+    NotFound,
+    /// 405: only POST.
+    MethodNotAllowed,
+    /// 403: the client certificate names no platform.
+    NoIdentity,
+    /// 403: the platform name cannot be a subject token.
+    BadIdentity,
+    /// 415: unknown `Content-Encoding`.
+    UnsupportedEncoding,
+    /// 415: wrong `Content-Type`.
+    UnsupportedMediaType,
+    /// 413: body or decoded size over its limit.
+    TooLarge,
+    /// 413: more messages than `limits.max_messages_per_batch`.
+    TooManyMessages,
+    /// 400: not a valid batch / encoding.
+    Malformed,
+    /// 400: a subject the ingest cannot map.
+    BadSubject,
+    /// 400: a message id that is empty, too long or not under the platform.
+    BadId,
+    /// 400: an invalid or reserved header.
+    BadHeader,
+    /// 408: the body did not arrive within `timeouts.request_body`.
+    BodyTimeout,
+    /// 400: the body stream failed.
+    BodyError,
+    /// 503: JetStream is unavailable or slow.
+    Unavailable,
+    /// 503: the ingest (or this caller's share of it) is full; retry later.
+    Busy,
+    /// 500: a bug.
+    Internal,
+    /// A code this build does not know (a newer ingest); never a verdict on content.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status the ingest answers this code with.
+    pub fn status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ErrorCode::NotFound => S::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+            ErrorCode::NoIdentity | ErrorCode::BadIdentity => S::FORBIDDEN,
+            ErrorCode::UnsupportedEncoding | ErrorCode::UnsupportedMediaType => {
+                S::UNSUPPORTED_MEDIA_TYPE
+            }
+            ErrorCode::TooLarge | ErrorCode::TooManyMessages => S::PAYLOAD_TOO_LARGE,
+            ErrorCode::Malformed
+            | ErrorCode::BadSubject
+            | ErrorCode::BadId
+            | ErrorCode::BadHeader
+            | ErrorCode::BodyError => S::BAD_REQUEST,
+            ErrorCode::BodyTimeout => S::REQUEST_TIMEOUT,
+            ErrorCode::Unavailable | ErrorCode::Busy => S::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal | ErrorCode::Unknown => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the code judges the request's content: sending the same bytes again can never
+    /// succeed. Only these may make a client give up on messages.
+    pub fn is_verdict_on_content(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnsupportedEncoding
+                | ErrorCode::UnsupportedMediaType
+                | ErrorCode::TooLarge
+                | ErrorCode::TooManyMessages
+                | ErrorCode::Malformed
+                | ErrorCode::BadSubject
+                | ErrorCode::BadId
+                | ErrorCode::BadHeader
+        )
+    }
+
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NoIdentity => "no_identity",
+            ErrorCode::BadIdentity => "bad_identity",
+            ErrorCode::UnsupportedEncoding => "unsupported_encoding",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::TooManyMessages => "too_many_messages",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::BadSubject => "bad_subject",
+            ErrorCode::BadId => "bad_id",
+            ErrorCode::BadHeader => "bad_header",
+            ErrorCode::BodyTimeout => "body_timeout",
+            ErrorCode::BodyError => "body_error",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    pub error: ErrorCode,
+    pub detail: String,
+}
+
+impl ErrorAnswer {
+    /// Parses an error body; `None` when it is not the ingest's (a proxy's page, plain text).
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ErrorCode; 17] = [
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NoIdentity,
+        ErrorCode::BadIdentity,
+        ErrorCode::UnsupportedEncoding,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::TooLarge,
+        ErrorCode::TooManyMessages,
+        ErrorCode::Malformed,
+        ErrorCode::BadSubject,
+        ErrorCode::BadId,
+        ErrorCode::BadHeader,
+        ErrorCode::BodyTimeout,
+        ErrorCode::BodyError,
+        ErrorCode::Unavailable,
+        ErrorCode::Busy,
+        ErrorCode::Internal,
+    ];
+
+    #[test]
+    fn codes_round_trip_with_their_wire_names() {
+        for code in ALL {
+            let json = serde_json::to_string(&ErrorAnswer {
+                error: code,
+                detail: "d".into(),
+            })
+            .unwrap();
+            assert!(json.contains(&format!("\"{}\"", code.as_str())), "{json}");
+            assert_eq!(ErrorAnswer::parse(json.as_bytes()).unwrap().error, code);
+        }
+    }
+
+    #[test]
+    fn verdicts_on_content_are_exactly_the_4xx_a_retry_cannot_fix() {
+        for code in ALL {
+            let s = code.status().as_u16();
+            assert_eq!(
+                code.is_verdict_on_content(),
+                matches!(s, 400 | 413 | 415) && code != ErrorCode::BodyError,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_codes_and_foreign_bodies() {
+        let a = ErrorAnswer::parse(br#"{"error":"from_the_future","detail":"x"}"#).unwrap();
+        assert_eq!(a.error, ErrorCode::Unknown);
+        assert!(!a.error.is_verdict_on_content());
+        assert!(ErrorAnswer::parse(b"<html>400 Bad Request</html>").is_none());
+        assert!(ErrorAnswer::parse(br#"{"error":"malformed"}"#).is_none());
+    }
+
+    #[test]
+    fn accepted_confirms_only_the_whole_batch() {
+        let a = Accepted::parse(br#"{"accepted":3,"duplicates":2}"#).unwrap();
+        assert!(a.confirms(5));
+        assert!(!a.confirms(4));
+        assert!(Accepted::parse(br#"{"status":"ok"}"#).is_none());
+        assert!(
+            !Accepted {
+                accepted: usize::MAX,
+                duplicates: 1
+            }
+            .confirms(0)
+        );
+    }
+}
