@@ -132,22 +132,79 @@ pub fn decode_batch(body: &[u8], encoding: Encoding, limit: usize) -> Result<Bat
     Batch::decode(&raw[..]).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
-/// A streaming decompressor over a compressed body, for callers that account for every
-/// output chunk before they let it be produced (the ingest). `None` for identity.
+/// A streaming decompressor over a compressed body that will be decoded within `limit` bytes,
+/// for callers that account for every output chunk before they let it be produced (the
+/// ingest). `None` for identity.
 pub fn decoder(
     body: &[u8],
     encoding: Encoding,
+    limit: usize,
 ) -> Result<Option<Box<dyn Read + Send + '_>>, WireError> {
+    if let Some(size) = declared_size(body, encoding)
+        && size > limit
+    {
+        // The frame says it is too large: no need to decode it to find out.
+        return Err(WireError::TooLarge { limit });
+    }
     Ok(match encoding {
         Encoding::Identity => None,
         Encoding::Gzip => Some(Box::new(flate2::read::GzDecoder::new(body))),
-        Encoding::Zstd => Some(Box::new(zstd::stream::read::Decoder::new(body).map_err(
-            |e| WireError::BadEncoding {
+        Encoding::Zstd => {
+            let bad = |e: std::io::Error| WireError::BadEncoding {
                 encoding: "zstd",
                 detail: e.to_string(),
-            },
-        )?)),
+            };
+            let mut d = zstd::stream::read::Decoder::new(body).map_err(bad)?;
+            d.window_log_max(zstd_window_log(limit)).map_err(bad)?;
+            Some(Box::new(d))
+        }
     })
+}
+
+/// Largest zstd window the ingest decodes with (8 MiB, what zstd levels up to 19 use); a
+/// frame asking for more is refused rather than given the memory.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The decoded size a compressed body declares (zstd frames may carry it), if any. A hint:
+/// decoding still enforces every limit.
+pub fn declared_size(body: &[u8], encoding: Encoding) -> Option<usize> {
+    match encoding {
+        Encoding::Zstd => zstd::zstd_safe::get_frame_content_size(body)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok()),
+        _ => None,
+    }
+}
+
+/// The zstd window log the ingest allows for decoded bodies of at most `limit` bytes: never
+/// more than the limit needs, and never more than [`ZSTD_WINDOW_LOG_MAX`].
+fn zstd_window_log(limit: usize) -> u32 {
+    // zstd's smallest window is 1 KiB (log 10).
+    let needed = usize::BITS - limit.max(1).leading_zeros();
+    needed.clamp(10, ZSTD_WINDOW_LOG_MAX)
+}
+
+/// What the streaming decoder of [`decoder`] itself allocates for `body` decoded within
+/// `limit` (its context, window and buffers), so a caller can pay for it first. zstd sizes its
+/// window by the frame's declared content size when that is smaller than the window.
+pub fn decoder_memory(body: &[u8], encoding: Encoding, limit: usize) -> usize {
+    /// zstd's decoding context (tables and workspace), rounded up.
+    const ZSTD_CONTEXT: usize = 160 << 10;
+    /// zstd's largest block.
+    const ZSTD_BLOCK: usize = 128 << 10;
+    /// flate2's inflate state with its 32 KiB window, rounded up.
+    const GZIP_STATE: usize = 64 << 10;
+    match encoding {
+        Encoding::Identity => 0,
+        Encoding::Gzip => GZIP_STATE,
+        Encoding::Zstd => {
+            let window = 1usize << zstd_window_log(limit);
+            let window = declared_size(body, encoding).map_or(window, |n| n.min(window));
+            // Context, input buffer (a block), output buffer (window + a block).
+            ZSTD_CONTEXT + 2 * window.min(ZSTD_BLOCK) + window
+        }
+    }
 }
 
 /// Header names whose namespace belongs to the ingest, compared case-insensitively: anything

@@ -279,13 +279,18 @@ impl Handler {
                     .await?
             }
             Route::Publish { subject } => {
-                let decoded = match wire::decoder(&body, encoding)? {
+                let decoder_paid =
+                    wire::decoder_memory(&body, encoding, self.limits.max_decoded_bytes);
+                hold.grow(decoder_paid, deadline).await?;
+                let decoded = match wire::decoder(&body, encoding, self.limits.max_decoded_bytes)? {
                     None => None,
                     Some(reader) => {
                         let limit = self.limits.max_decoded_bytes;
-                        Some(decompress(reader, limit, None, &mut hold, deadline).await?)
+                        let declared = wire::declared_size(&body, encoding);
+                        Some(decompress(reader, declared, limit, None, &mut hold, deadline).await?)
                     }
                 };
+                hold.shrink(decoder_paid);
                 let payload = match decoded {
                     None => body,
                     Some(payload) => {
@@ -439,7 +444,10 @@ impl Handler {
         deadline: Instant,
     ) -> Result<Vec<OutMessage>, ApiError> {
         let mut counter = scan::Counter::new(self.limits.max_messages_per_batch);
-        let raw = match wire::decoder(&body, encoding)? {
+        // The decoder's own window and buffers are paid for before it allocates them.
+        let decoder_paid = wire::decoder_memory(&body, encoding, self.limits.max_decoded_bytes);
+        hold.grow(decoder_paid, deadline).await?;
+        let raw = match wire::decoder(&body, encoding, self.limits.max_decoded_bytes)? {
             None => {
                 if body.len() > self.limits.max_decoded_bytes {
                     return Err(WireError::TooLarge {
@@ -452,9 +460,11 @@ impl Handler {
             }
             Some(reader) => {
                 let limit = self.limits.max_decoded_bytes;
-                decompress(reader, limit, Some(&mut counter), hold, deadline).await?
+                let declared = wire::declared_size(&body, encoding);
+                decompress(reader, declared, limit, Some(&mut counter), hold, deadline).await?
             }
         };
+        hold.shrink(decoder_paid);
         if encoding != Encoding::Identity {
             // The compressed form is no longer needed.
             drop(body);
@@ -569,17 +579,27 @@ impl Handler {
 /// the limits, whatever the compression ratio.
 async fn decompress(
     mut reader: Box<dyn std::io::Read + Send + '_>,
+    declared: Option<usize>,
     limit: usize,
     mut counter: Option<&mut scan::Counter>,
     hold: &mut Hold,
     deadline: Instant,
 ) -> Result<Bytes, ApiError> {
     let mut out = Buffer::new();
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    if let Some(size) = declared {
+        // Sized once (one allocation, no copies while growing): a lie costs the liar's share
+        // for as long as its request lasts, nothing more.
+        out.room(size.min(limit) + 1, limit + 1, hold, deadline)
+            .await?;
+    }
     let mut since_yield = 0;
     loop {
         let start = out.vec.len();
-        // One byte past the limit tells "exactly at the limit" from "over it".
-        let step = DECODE_STEP.min(limit + 1 - start);
+        let room = out.paid - start;
+        let step = if room > 0 { room } else { DECODE_STEP }
+            .min(DECODE_STEP)
+            .min(limit + 1 - start);
         out.room(start + step, limit + 1, hold, deadline).await?;
         out.vec.resize(start + step, 0);
         let n = match reader.read(&mut out.vec[start..]) {

@@ -197,14 +197,20 @@ mod scanning {
         for enc in [Encoding::Gzip, Encoding::Zstd] {
             let body = encode_batch(&sample(), enc, 1).unwrap();
             let mut out = Vec::new();
-            decoder(&body, enc)
+            decoder(&body, enc, 1 << 20)
                 .unwrap()
                 .unwrap()
                 .read_to_end(&mut out)
                 .unwrap();
             assert_eq!(out, sample().encode_to_vec(), "{enc:?}");
         }
-        assert!(decoder(b"x", Encoding::Identity).unwrap().is_none());
+        assert!(decoder(b"x", Encoding::Identity, 1).unwrap().is_none());
+        // A frame that declares more than the limit is refused before decoding.
+        let body = encode_batch(&sample(), Encoding::Zstd, 1).unwrap();
+        assert!(matches!(
+            decoder(&body, Encoding::Zstd, 10),
+            Err(WireError::TooLarge { limit: 10 })
+        ));
     }
 }
 

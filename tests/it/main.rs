@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod doctor;
 mod failures;
+mod hostile;
 mod lifecycle;
 mod pipeline;
 mod security;

@@ -327,10 +327,10 @@ fn big_batch(id: &str) -> Request<Full<Bytes>> {
 #[tokio::test(start_paused = true)]
 async fn a_full_budget_makes_requests_wait_until_their_deadline_then_503() {
     let sink = Arc::new(FakeSink::default());
-    let h = handler_with_memory(sink.clone(), 64 << 10);
+    let h = handler_with_memory(sink.clone(), 1 << 20);
     // Another platform's requests hold nearly all of it.
     let mut other = h.budget.hold(h.connection_account(), "other");
-    other.grow((64 << 10) - 1000, Instant::now()).await.unwrap();
+    other.grow((1 << 20) - 1000, Instant::now()).await.unwrap();
     let started = Instant::now();
     let resp = h.handle_alone(big_batch("p.1"), Some("p")).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -344,7 +344,7 @@ async fn a_full_budget_makes_requests_wait_until_their_deadline_then_503() {
     assert!(sink.got.lock().unwrap().is_empty());
     assert_eq!(
         h.inflight_bytes(),
-        (64 << 10) - 1000,
+        (1 << 20) - 1000,
         "the refused request holds nothing"
     );
     // Room given back: the same request goes through.
@@ -382,9 +382,9 @@ async fn a_connection_over_its_share_gets_503_at_once_while_others_pass() {
     let mut limits = IngestLimits {
         max_body_bytes: 4096,
         max_decoded_bytes: 8192,
-        max_inflight_bytes: 1 << 20,
-        max_inflight_bytes_per_connection: 64 << 10,
-        max_inflight_bytes_per_platform: 1 << 20,
+        max_inflight_bytes: 4 << 20,
+        max_inflight_bytes_per_connection: 1 << 20,
+        max_inflight_bytes_per_platform: 4 << 20,
         max_messages_per_batch: 3,
         ..IngestLimits::default()
     };
@@ -397,7 +397,7 @@ async fn a_connection_over_its_share_gets_503_at_once_while_others_pass() {
     );
     let hog = h.connection_account();
     let mut held = h.budget.hold(hog.clone(), "p");
-    held.grow(60 << 10, Instant::now()).await.unwrap();
+    held.grow((1 << 20) - 1000, Instant::now()).await.unwrap();
     let started = std::time::Instant::now();
     let resp = h.handle(big_batch("p.1"), Some("p"), &hog).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -422,11 +422,16 @@ async fn a_connection_over_its_share_gets_503_at_once_while_others_pass() {
 async fn a_bomb_of_empty_messages_is_refused_by_count_before_it_is_expanded() {
     let sink = Arc::new(FakeSink::default());
     let h = handler(sink.clone());
-    // 4 M empty messages: 8 MiB decoded (the limit is 8 KiB), a KiB compressed.
-    let raw: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 4 << 20)
+    // 256 K empty messages: 512 KiB decoded (the limit is 8 KiB), a KiB compressed.
+    let raw: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 256 << 10)
         .flatten()
         .collect();
-    let body = zstd::bulk::compress(&raw, 3).unwrap();
+    // Streamed, as an attacker would: the frame declares no size (and uses a window the
+    // 8 KiB limit allows).
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.window_log(12).unwrap();
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    let body = enc.finish().unwrap();
     assert!(body.len() < 4096, "{}", body.len());
     let req = Request::post("/v1/batches")
         .header("content-type", wire::CONTENT_TYPE_PROTOBUF)
