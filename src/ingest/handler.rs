@@ -188,6 +188,8 @@ impl Handler {
             limits.max_inflight_bytes_per_connection,
             limits.max_inflight_bytes_per_platform,
         ));
+        // Exported from the start, not after the first request.
+        metrics::gauge!("uplink_ingest_inflight_bytes").set(0.0);
         Handler {
             sink,
             subject_prefix,

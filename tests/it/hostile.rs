@@ -92,6 +92,7 @@ async fn streams_that_declare_bodies_and_send_none_hold_nothing_and_stall_no_one
         }
     }
     let slowest = honest(&p, 50, "declared").await;
+    eprintln!("200 streams on declared 8 MiB bodies held open; honest slowest {slowest:?}");
     assert!(
         slowest < HONEST_BOUND,
         "an honest request took {slowest:?} while streams sat on declared bodies"
