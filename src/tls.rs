@@ -1,6 +1,8 @@
 //! TLS: the one crypto provider, PEM loading, mutual-TLS server and client configs, the platform
 //! identity of a client certificate, and the dev PKI of `uplink pki dev`.
 
+pub mod dn;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
