@@ -175,3 +175,87 @@ fn escape_value_round_trips_awkward_values() {
         assert_eq!(common_name(&dn), Ok(Some(v.to_string())), "{dn}");
     }
 }
+
+mod proptests {
+    //! Properties of the DN parser over generated input (bounded: 256 cases each).
+
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    /// Strings made mostly of the characters that matter to a DN.
+    fn near_dn() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec![
+                    ',', '+', '=', '\\', '#', '"', ';', '<', '>', '/', ' ', 'C', 'N', 'c', 'n',
+                    'O', '2', 'c', 'F', '.', '\0',
+                ]),
+                any::<char>(),
+            ],
+            0..64,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    fn cn_type() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["CN", "cn", "Cn", "commonName", "2.5.4.3"])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn never_panics(s in prop_oneof![any::<String>(), near_dn()]) {
+            let _ = parse(&s);
+            let _ = common_name(&s);
+        }
+
+        #[test]
+        fn an_escaped_cn_round_trips(value in any::<String>(), ty in cn_type(), plus in any::<bool>()) {
+            let cn = format!("{ty}={}", escape_value(&value));
+            let dn = if plus {
+                format!("O=Acme,{cn}+OU=ops,C=DE")
+            } else {
+                format!("O=Acme, {cn} ,C=DE")
+            };
+            let want = (!value.is_empty()).then(|| value.clone());
+            prop_assert_eq!(common_name(&dn), Ok(want), "{}", dn);
+        }
+
+        #[test]
+        fn an_escaped_value_never_becomes_a_cn(value in prop_oneof![any::<String>(), near_dn()]) {
+            let dn = format!("O={},C=DE", escape_value(&value));
+            prop_assert_eq!(common_name(&dn), Ok(None), "{}", dn);
+        }
+
+        #[test]
+        fn two_cns_are_always_refused(
+            a in any::<String>(),
+            b in any::<String>(),
+            ta in cn_type(),
+            tb in cn_type(),
+            same_rdn in any::<bool>(),
+        ) {
+            let sep = if same_rdn { "+" } else { "," };
+            let dn = format!(
+                "O=Acme,{ta}={}{sep}{tb}={},C=DE",
+                escape_value(&a),
+                escape_value(&b)
+            );
+            prop_assert_eq!(
+                common_name(&dn),
+                Err(DnError::SeveralCommonNames { count: 2 }),
+                "{}",
+                dn
+            );
+        }
+
+        #[test]
+        fn legacy_form_values_without_slash(value in "[^/]{0,32}") {
+            let dn = format!("/C=DE/O=Acme/CN={value}");
+            let want = (!value.is_empty()).then(|| value.clone());
+            prop_assert_eq!(common_name(&dn), Ok(want), "{}", dn);
+        }
+    }
+}
