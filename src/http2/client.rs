@@ -500,6 +500,8 @@ impl Inner {
                     since_last_close: at.since_last_close,
                 };
                 let busy = learn::is_limit_goaway(seen);
+                metrics::counter!("uplink_client_server_goaways_total", "looks_like" => if busy { "request_limit" } else { "idle_close" })
+                    .increment(1);
                 if !busy {
                     tracing::debug!(
                         conn,
