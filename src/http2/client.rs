@@ -41,7 +41,8 @@ pub struct ClientConfig {
     pub timeouts: ClientTimeouts,
     /// Connections kept in the pool.
     pub connections: usize,
-    /// Retire a connection after this many requests.
+    /// Retire a connection after this many requests; ordinary connections retire earlier once
+    /// the server's own limit is learned, probes still run up to this ([`super::learn`]).
     pub max_requests_per_connection: u64,
     /// Retire a connection older than this.
     pub max_connection_age: Duration,
