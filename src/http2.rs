@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod learn;
 pub mod tap;
 
 pub use classify::{ForwardError, Retry, classify};

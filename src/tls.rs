@@ -1,6 +1,8 @@
 //! TLS: the one crypto provider, PEM loading, mutual-TLS server and client configs, the platform
 //! identity of a client certificate, and the dev PKI of `uplink pki dev`.
 
+pub mod dn;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -264,6 +266,11 @@ pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
         std::fs::write(&path, text)
             .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
     };
+    let write_key = |name: String, text: String| {
+        let path = dir.join(&name);
+        write_private(&path, text.as_bytes())
+            .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
+    };
 
     let ca_key = KeyPair::generate().map_err(e)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
@@ -289,7 +296,7 @@ pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = server.signed_by(&server_key, &issuer).map_err(e)?;
     write("server.pem".into(), server_cert.pem())?;
-    write("server-key.pem".into(), server_key.serialize_pem())?;
+    write_key("server-key.pem".into(), server_key.serialize_pem())?;
 
     for p in platforms {
         let key = KeyPair::generate().map_err(e)?;
@@ -301,9 +308,39 @@ pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &issuer).map_err(e)?;
         write(format!("{p}.pem"), cert.pem())?;
-        write(format!("{p}-key.pem"), key.serialize_pem())?;
+        write_key(format!("{p}-key.pem"), key.serialize_pem())?;
     }
     Ok(DevPki { dir: dir.into() })
+}
+
+/// Writes a private key readable by its owner only (0600) from the moment it exists: it is
+/// written to a fresh temporary file created with that mode, then renamed over `path`, so
+/// neither a umask, a wider mode of an older file, nor a crash halfway leaves it exposed.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A leftover from an interrupted run may have any mode: never reuse it.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

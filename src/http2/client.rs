@@ -4,6 +4,9 @@
 //! - A small pool of connections; each is retired make-before-break: when it nears
 //!   `max_requests_per_connection` or `max_connection_age`, ONE replacement is dialed (single
 //!   flight) while the old one keeps taking work, then the old one only drains.
+//! - The server's own limit on requests per connection is learned from the GOAWAYs that look
+//!   like one (never an idle close) and recovers through occasional probe connections: the rule
+//!   is in [`super::learn`].
 //! - A connection the server closes (GOAWAY) or that fails a PING is dropped from the pool; the
 //!   requests it refused come back as [`ForwardError`]s classified `Retry::Now`.
 //! - Every step has a finite timeout (connect, TLS, request, idle, PING).
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::classify::ForwardError;
+use super::learn::{self, Change, Closed, GoAwaySeen, LimitLearner};
 use super::tap::{ConnInfo, Side, Tap, TapConfig};
 use crate::config::ClientTimeouts;
 
@@ -37,7 +41,8 @@ pub struct ClientConfig {
     pub timeouts: ClientTimeouts,
     /// Connections kept in the pool.
     pub connections: usize,
-    /// Retire a connection after this many requests.
+    /// Retire a connection after this many requests; ordinary connections retire earlier once
+    /// the server's own limit is learned, probes still run up to this ([`super::learn`]).
     pub max_requests_per_connection: u64,
     /// Retire a connection older than this.
     pub max_connection_age: Duration,
@@ -62,6 +67,9 @@ struct Conn {
     /// Its own `max_connection_age`, jittered ±10 % so connections opened together do not
     /// all rotate together.
     max_age: Duration,
+    /// A probe runs up to the configured cap rather than below the learned limit, so a raised
+    /// server limit can be seen ([`LimitLearner::dialed`]).
+    probe: bool,
 }
 
 impl Conn {
@@ -83,10 +91,8 @@ struct Inner {
     dial: tokio::sync::Mutex<()>,
     /// A background replenish task is scheduled or running.
     replenishing: AtomicBool,
-    /// Requests per connection after which the server itself sent GOAWAY (0 = not seen yet).
-    learned_limit: AtomicU64,
-    /// A first observation waiting for a second, consistent one (0 = none).
-    limit_candidate: AtomicU64,
+    /// The server's request limit per connection, as far as GOAWAYs on busy connections tell.
+    learner: std::sync::Mutex<LimitLearner>,
     next_id: AtomicU64,
 }
 
@@ -127,8 +133,7 @@ impl Client {
                 pool: Default::default(),
                 dial: Default::default(),
                 replenishing: AtomicBool::new(false),
-                learned_limit: AtomicU64::new(0),
-                limit_candidate: AtomicU64::new(0),
+                learner: Default::default(),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -204,9 +209,9 @@ impl Client {
         let max = self.inner.max_requests();
         // Start replacing at ~90% of the limit, so the new connection is up before the old
         // one stops taking work.
-        let soft = max.saturating_sub((max / 10).max(1)).max(1);
+        let soft = |max: u64| max.saturating_sub((max / 10).max(1)).max(1);
         let mut pool = self.inner.pool.lock().unwrap();
-        pool.retain(|c| c.usable(max));
+        pool.retain(|c| c.usable(self.inner.limit_of(c, max)));
         let live = pool
             .iter()
             .filter(|c| !c.replacing.load(Ordering::Acquire))
@@ -214,7 +219,7 @@ impl Client {
         let mut wanted = cfg.connections.saturating_sub(live);
         for c in pool.iter() {
             let aged = c.opened.elapsed() >= c.max_age;
-            let worn = c.requests.load(Ordering::Acquire) >= soft;
+            let worn = c.requests.load(Ordering::Acquire) >= soft(self.inner.limit_of(c, max));
             if (aged || worn) && !c.replacing.swap(true, Ordering::AcqRel) {
                 tracing::debug!(conn = c.id, aged, worn, "replacing connection");
                 metrics::counter!("uplink_client_rotations_total", "reason" => if aged { "age" } else { "requests" })
@@ -247,10 +252,12 @@ impl Client {
         let _dialing = self.inner.dial.lock().await;
         loop {
             let live = {
+                let max = self.inner.max_requests();
                 let pool = self.inner.pool.lock().unwrap();
                 pool.iter()
                     .filter(|c| {
-                        !c.replacing.load(Ordering::Acquire) && c.usable(self.inner.max_requests())
+                        !c.replacing.load(Ordering::Acquire)
+                            && c.usable(self.inner.limit_of(c, max))
                     })
                     .count()
             };
@@ -270,7 +277,10 @@ impl Client {
                         .map(|c| c.id)
                         .collect();
                     if !retired.is_empty() {
-                        pool.retain(|c| !c.replacing.load(Ordering::Acquire) && c.usable(max));
+                        pool.retain(|c| {
+                            !c.replacing.load(Ordering::Acquire)
+                                && c.usable(self.inner.limit_of(c, max))
+                        });
                         tracing::debug!(?retired, "retired connections after replacement");
                     }
                 }
@@ -304,6 +314,13 @@ impl Client {
             .await
             .map_err(ForwardError::Handshake)?;
         let closed = Arc::new(AtomicBool::new(false));
+        let probe = inner.learner.lock().unwrap().dialed();
+        if probe {
+            tracing::debug!(
+                conn = id,
+                "probe connection: may run up to the configured cap to see whether the server's limit rose"
+            );
+        }
         let c = Arc::new(Conn {
             id,
             sender,
@@ -318,6 +335,7 @@ impl Client {
                 .cfg
                 .max_connection_age
                 .mul_f64(0.9 + 0.2 * fastrand::f64()),
+            probe,
         });
         metrics::counter!("uplink_client_connections_opened_total").increment(1);
         metrics::gauge!("uplink_client_connections_open").increment(1.0);
@@ -341,26 +359,15 @@ impl Client {
                             break "retired";
                         };
                         // A GOAWAY received means the server ended it, even when we were
-                        // about to retire it ourselves: our rotation point is too high.
-                        let Some(goaway) = c.info.last_goaway_received() else {
-                            break if c.replacing.load(Ordering::Acquire) {
-                                "retired"
-                            } else {
-                                "closed"
-                            };
-                        };
-                        let active = c.last_used.lock().unwrap().elapsed() < Duration::from_secs(2);
-                        if let Some(inner) = me.upgrade()
-                            && active
-                        {
-                            // Client streams have odd ids: last_stream_id 2k-1 = k processed.
-                            // It can exceed the server's limit by the requests in flight when
-                            // the limit was hit; the minimum over several GOAWAYs converges.
-                            let processed = u64::from(goaway.last_stream_id).div_ceil(2);
-                            let started = c.requests.load(Ordering::Acquire);
-                            inner.learn_limit(processed.min(started), id);
+                        // about to retire it ourselves.
+                        if info.last_goaway_received().is_some() {
+                            break "goaway";
                         }
-                        break "goaway";
+                        break if c.replacing.load(Ordering::Acquire) {
+                            "retired"
+                        } else {
+                            "closed"
+                        };
                     }
                     Some(Err(e)) if e.is_timeout() => {
                         tracing::warn!(
@@ -390,6 +397,13 @@ impl Client {
                 }
             };
             closed.store(true, Ordering::Release);
+            // Only a clean end tells how many requests the server allows; an error or an
+            // unanswered PING says nothing about it.
+            if matches!(reason, "idle" | "retired" | "closed" | "goaway")
+                && let Some(inner) = me.upgrade()
+            {
+                inner.learn(id, &info);
+            }
             metrics::histogram!("uplink_client_requests_per_connection")
                 .record(f64::from(info.streams_opened()));
             metrics::gauge!("uplink_client_connections_open").decrement(1.0);
@@ -456,50 +470,83 @@ pub fn target_of(url: &Uri, server_name: &str) -> Result<(String, ServerName<'st
 }
 
 impl Inner {
-    /// Requests per connection before rotation: the configured cap, or ~90 % of what the
-    /// server was seen to allow, whichever is lower.
+    /// Requests per ordinary connection before rotation: the configured cap, or ~90 % of what
+    /// the server was seen to allow, whichever is lower.
     fn max_requests(&self) -> u64 {
-        let cfg = self.cfg.max_requests_per_connection;
-        match self.learned_limit.load(Ordering::Acquire) {
-            0 => cfg,
-            k => cfg.min((k * 9 / 10).max(1)),
+        self.learner
+            .lock()
+            .unwrap()
+            .max_requests(self.cfg.max_requests_per_connection)
+    }
+
+    /// The request limit of connection `c`, given [`Inner::max_requests`] = `max`: a probe
+    /// may run up to the configured cap.
+    fn limit_of(&self, c: &Conn, max: u64) -> u64 {
+        if c.probe {
+            self.cfg.max_requests_per_connection
+        } else {
+            max
         }
     }
 
-    /// Records that the server closed a busy connection after `k` requests. One observation
-    /// could be a restart or a deploy; a limit is learned when two observations agree within a
-    /// factor of 2 (then the lower one is kept, and later agreeing ones can lower it further).
-    fn learn_limit(&self, k: u64, conn: u64) {
-        if k < 2 {
-            return;
-        }
-        let agrees = |a: u64, b: u64| a.max(b) <= a.min(b) * 2;
-        let learned = self.learned_limit.load(Ordering::Acquire);
-        let candidate = self.limit_candidate.swap(k, Ordering::AcqRel);
-        let confirmed = if learned != 0 && agrees(learned, k) {
-            Some(learned.min(k))
-        } else if candidate != 0 && agrees(candidate, k) {
-            Some(candidate.min(k))
-        } else {
-            None
-        };
-        match confirmed {
-            Some(limit) if learned == 0 || limit < learned => {
-                self.learned_limit.store(limit, Ordering::Release);
-                tracing::info!(
-                    conn,
-                    server_limit = limit,
-                    rotate_at = self.max_requests(),
-                    "the server closes busy connections after about {limit} requests; rotating before that from now on"
-                );
-                metrics::gauge!("uplink_client_learned_max_requests").set(limit as f64);
+    /// Feeds how connection `conn` ended to the learner (rule in [`super::learn`]).
+    fn learn(&self, conn: u64, info: &ConnInfo) {
+        let requests = u64::from(info.streams_opened());
+        let limit_goaway = match (info.last_goaway_received(), info.streams_at_goaway()) {
+            (Some(g), Some(at)) => {
+                let seen = GoAwaySeen {
+                    last_stream_id: g.last_stream_id,
+                    highest_opened: at.highest_opened,
+                    highest_closed: at.highest_closed,
+                    since_last_close: at.since_last_close,
+                };
+                let busy = learn::is_limit_goaway(seen);
+                metrics::counter!("uplink_client_server_goaways_total", "looks_like" => if busy { "request_limit" } else { "idle_close" })
+                    .increment(1);
+                if !busy {
+                    tracing::debug!(
+                        conn,
+                        ?seen,
+                        "server GOAWAY on an idle connection: not a request limit"
+                    );
+                }
+                busy.then(|| learn::processed(g.last_stream_id, requests))
             }
-            Some(_) => {}
-            None => tracing::info!(
+            _ => None,
+        };
+        let mut learner = self.learner.lock().unwrap();
+        let change = learner.observe(Closed {
+            requests,
+            limit_goaway,
+        });
+        let rotate_at = learner.max_requests(self.cfg.max_requests_per_connection);
+        drop(learner);
+        match change {
+            Change::Nothing => {}
+            Change::Candidate(k) => tracing::info!(
                 conn,
                 requests = k,
                 "the server closed a busy connection; one more such GOAWAY at a similar count and the gateway rotates below it"
             ),
+            Change::Learned { limit, previous } => {
+                tracing::info!(
+                    conn,
+                    server_limit = limit,
+                    ?previous,
+                    rotate_at,
+                    "the server closes busy connections after about {limit} requests; rotating before that from now on"
+                );
+                metrics::gauge!("uplink_client_learned_max_requests").set(limit as f64);
+            }
+            Change::Forgotten { previous, requests } => {
+                tracing::info!(
+                    conn,
+                    previous,
+                    requests,
+                    "a connection completed {requests} requests without the server's GOAWAY: forgetting the learned limit of {previous}"
+                );
+                metrics::gauge!("uplink_client_learned_max_requests").set(0.0);
+            }
         }
     }
 }

@@ -168,8 +168,10 @@ pub struct GoAwayInfo {
 }
 
 /// What the tap learned about one connection; shared (`Arc`) with the connection's owner.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnInfo {
+    /// Origin of `last_closed_nanos`.
+    created: Instant,
     frames_recv: AtomicU64,
     frames_send: AtomicU64,
     /// Atomics, not the mutex: HEADERS are per request and must stay cheap.
@@ -177,6 +179,10 @@ pub struct ConnInfo {
     highest_stream_id_sent: AtomicU32,
     /// Highest stream id we opened (our parity), to tell new streams from trailers.
     highest_opened: AtomicU32,
+    /// Highest stream id of our parity that ended (END_STREAM received, or RST_STREAM).
+    highest_closed: AtomicU32,
+    /// When the last such stream ended, in ns since `created` + 1 (0 = none yet).
+    last_closed_nanos: AtomicU64,
     /// Control-frame state; only SETTINGS, GOAWAY and PING take the lock.
     state: Mutex<ConnState>,
 }
@@ -188,9 +194,39 @@ struct ConnState {
     goaway_received_last: Option<GoAwayInfo>,
     goaway_sent_first: Option<GoAwayInfo>,
     goaway_sent_last: Option<GoAwayInfo>,
+    /// Our streams when the first GOAWAY was received (for telling a request limit from an
+    /// idle close).
+    streams_at_goaway: Option<StreamsAtGoAway>,
     /// PINGs we sent, not yet acknowledged: (opaque data, when written).
     pings: VecDeque<([u8; 8], Instant)>,
     last_ping_rtt: Option<Duration>,
+}
+
+/// Our side's streams at the moment the peer's first GOAWAY was received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamsAtGoAway {
+    /// Highest stream id we had opened.
+    pub highest_opened: u32,
+    /// Highest of our stream ids that had ended (END_STREAM received, or reset either way).
+    pub highest_closed: u32,
+    /// Time since that last stream ended; `None` when none had.
+    pub since_last_close: Option<Duration>,
+}
+
+impl Default for ConnInfo {
+    fn default() -> Self {
+        ConnInfo {
+            created: Instant::now(),
+            frames_recv: AtomicU64::new(0),
+            frames_send: AtomicU64::new(0),
+            streams_opened: AtomicU32::new(0),
+            highest_stream_id_sent: AtomicU32::new(0),
+            highest_opened: AtomicU32::new(0),
+            highest_closed: AtomicU32::new(0),
+            last_closed_nanos: AtomicU64::new(0),
+            state: Mutex::default(),
+        }
+    }
 }
 
 impl ConnInfo {
@@ -221,6 +257,11 @@ impl ConnInfo {
     /// The last GOAWAY received (the lowest `last_stream_id`, since it may only decrease).
     pub fn last_goaway_received(&self) -> Option<GoAwayInfo> {
         self.lock().goaway_received_last
+    }
+
+    /// Our streams when the first GOAWAY was received: was the connection busy or idle then?
+    pub fn streams_at_goaway(&self) -> Option<StreamsAtGoAway> {
+        self.lock().streams_at_goaway
     }
 
     /// The first GOAWAY we sent.
@@ -270,13 +311,28 @@ impl ConnInfo {
             Direction::Recv => self.frames_recv.fetch_add(1, Ordering::Relaxed),
             Direction::Send => self.frames_send.fetch_add(1, Ordering::Relaxed),
         };
+        let ours = match side {
+            Side::Client => !h.stream_id.is_multiple_of(2),
+            Side::Server => h.stream_id != 0 && h.stream_id.is_multiple_of(2),
+        };
+        // One of our streams ended: its response is complete, or it was reset. Atomics only:
+        // this happens once per request.
+        let ended = ours
+            && match (frame.dir, h.kind) {
+                (Direction::Recv, HEADERS | DATA) => h.flags & FLAG_END_STREAM != 0,
+                (_, RST_STREAM) => true,
+                _ => false,
+            };
+        if ended {
+            self.highest_closed
+                .fetch_max(h.stream_id, Ordering::Relaxed);
+            let ns = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_closed_nanos
+                .store(ns.saturating_add(1), Ordering::Relaxed);
+        }
         if frame.dir == Direction::Send {
             self.highest_stream_id_sent
                 .fetch_max(h.stream_id, Ordering::Relaxed);
-            let ours = match side {
-                Side::Client => !h.stream_id.is_multiple_of(2),
-                Side::Server => h.stream_id != 0 && h.stream_id.is_multiple_of(2),
-            };
             if h.kind == HEADERS
                 && ours
                 && self
@@ -310,6 +366,18 @@ impl ConnInfo {
                     error_code: *error_code,
                 };
                 let st = &mut *self.lock();
+                if dir == Direction::Recv && st.goaway_received_first.is_none() {
+                    let closed_at = self.last_closed_nanos.load(Ordering::Relaxed);
+                    st.streams_at_goaway = Some(StreamsAtGoAway {
+                        highest_opened: self.highest_opened.load(Ordering::Relaxed),
+                        highest_closed: self.highest_closed.load(Ordering::Relaxed),
+                        since_last_close: (closed_at != 0).then(|| {
+                            self.created
+                                .elapsed()
+                                .saturating_sub(Duration::from_nanos(closed_at - 1))
+                        }),
+                    });
+                }
                 let (first, last) = match dir {
                     Direction::Recv => {
                         (&mut st.goaway_received_first, &mut st.goaway_received_last)

@@ -87,23 +87,18 @@ impl ProxyTrust {
             return None;
         }
         let dn = headers.get(&self.identity_header)?.to_str().ok()?;
-        common_name(dn).map(str::to_string)
+        common_name(dn)
     }
 }
 
-/// The CN of a subject DN, in RFC 2253 form (`CN=a,O=b`, nginx's `$ssl_client_s_dn`) or the
-/// legacy slash form (`/O=b/CN=a`).
-pub fn common_name(dn: &str) -> Option<&str> {
-    let parts: Vec<&str> = if dn.starts_with('/') {
-        dn.split('/').collect()
-    } else {
-        dn.split(',').collect()
-    };
-    parts
-        .iter()
-        .map(|p| p.trim())
-        .find_map(|p| p.strip_prefix("CN=").or_else(|| p.strip_prefix("cn=")))
-        .filter(|cn| !cn.is_empty())
+/// The CN of a subject DN, in RFC 4514 form (`CN=a,O=b`, nginx's `$ssl_client_s_dn`) or the
+/// legacy slash form (`/O=b/CN=a`); `None` when it has none, or is malformed or ambiguous
+/// (several CNs), which [`crate::tls::dn`] explains in the log.
+pub fn common_name(dn: &str) -> Option<String> {
+    crate::tls::dn::common_name(dn).unwrap_or_else(|error| {
+        tracing::warn!(%error, dn, "identity header refused");
+        None
+    })
 }
 
 /// The platform identity of a connection or of each of its requests.
@@ -413,10 +408,26 @@ mod tests {
 
     #[test]
     fn common_names_of_distinguished_names() {
-        assert_eq!(common_name("CN=edge-1"), Some("edge-1"));
-        assert_eq!(common_name("CN=edge-1,O=Acme,C=DE"), Some("edge-1"));
-        assert_eq!(common_name("O=Acme, CN=site-b"), Some("site-b"));
-        assert_eq!(common_name("/C=DE/O=Acme/CN=edge-2"), Some("edge-2"));
+        assert_eq!(common_name("CN=edge-1").as_deref(), Some("edge-1"));
+        assert_eq!(
+            common_name("CN=edge-1,O=Acme,C=DE").as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(common_name("O=Acme, CN=site-b").as_deref(), Some("site-b"));
+        assert_eq!(
+            common_name("/C=DE/O=Acme/CN=edge-2").as_deref(),
+            Some("edge-2")
+        );
+        assert_eq!(
+            common_name(r"O=x\,CN=admin,CN=edge-1").as_deref(),
+            Some("edge-1")
+        );
+        assert_eq!(
+            common_name(r"O=x\, CN=admin"),
+            None,
+            "escaped: no CN at all"
+        );
+        assert_eq!(common_name("CN=edge-1,CN=admin"), None, "ambiguous");
         assert_eq!(common_name("O=Acme"), None);
         assert_eq!(common_name("CN="), None);
     }

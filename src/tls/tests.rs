@@ -62,3 +62,27 @@ fn changed_certificate_files_are_reloaded_and_bad_ones_ignored() {
     std::fs::copy(b.client_key("edge-2"), a.client_key("edge-1")).unwrap();
     assert_eq!(identity(&live.current().cert[0]).as_deref(), Some("edge-2"));
 }
+
+#[test]
+fn dev_pki_keys_are_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tmp();
+    let dir = tmp.path();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // An older key file with a wide mode (e.g. from a previous version) is replaced, not reused.
+    std::fs::write(dir.join("edge-1-key.pem"), "old").unwrap();
+    std::fs::set_permissions(
+        dir.join("edge-1-key.pem"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let pki = dev_pki(dir, &["edge-1".to_string()]).unwrap();
+    assert_eq!(mode(&pki.server_key()), 0o600);
+    assert_eq!(mode(&pki.client_key("edge-1")), 0o600);
+    load_key(&pki.client_key("edge-1")).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}

@@ -258,3 +258,95 @@ fn ids_belong_to_their_platform() {
         );
     }
 }
+
+mod proptests {
+    //! Properties of subject and id validation, over generated input (bounded: 256 cases each).
+
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    fn token_char() -> impl Strategy<Value = char> {
+        any::<char>().prop_filter("a character allowed in a token", |c| {
+            !c.is_whitespace() && !c.is_control() && !matches!(c, '.' | '*' | '>')
+        })
+    }
+
+    fn token() -> impl Strategy<Value = String> {
+        prop::collection::vec(token_char(), 1..12).prop_map(|cs| cs.into_iter().collect())
+    }
+
+    /// Strings that look almost like subjects: the characters that matter, often.
+    fn near_subject() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just('.'),
+                Just('*'),
+                Just('>'),
+                Just(' '),
+                Just('\t'),
+                Just('\0'),
+                Just('\u{a0}'),
+                prop::char::range('a', 'e'),
+                any::<char>(),
+            ],
+            0..300,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn accepted_subjects_have_only_valid_tokens(s in prop_oneof![any::<String>(), near_subject()]) {
+            if validate_subject(&s).is_ok() {
+                prop_assert!(!s.is_empty() && s.len() <= MAX_SUBJECT_LEN);
+                for t in s.split('.') {
+                    prop_assert!(!t.is_empty(), "empty token in {s:?}");
+                    prop_assert!(!t.contains(['*', '>']), "wildcard in {s:?}");
+                    prop_assert!(
+                        !t.chars().any(|c| c.is_whitespace() || c.is_control()),
+                        "whitespace or control character in {s:?}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn accepted_tokens_are_single_token_subjects(s in prop_oneof![any::<String>(), near_subject()]) {
+            if validate_token(&s).is_ok() {
+                prop_assert!(validate_subject(&s).is_ok());
+                prop_assert!(!s.contains('.'));
+            }
+        }
+
+        #[test]
+        fn subjects_built_from_valid_tokens_are_accepted(tokens in prop::collection::vec(token(), 1..10)) {
+            for t in &tokens {
+                prop_assert!(validate_token(t).is_ok(), "{t:?}");
+            }
+            let subject = tokens.join(".");
+            prop_assert_eq!(validate_subject(&subject).is_ok(), subject.len() <= MAX_SUBJECT_LEN);
+        }
+
+        #[test]
+        fn message_ids_split_back_into_their_parts(
+            platform in token(),
+            stream in token(),
+            incarnation in any::<i128>(),
+            sequence in any::<u64>(),
+        ) {
+            let id = message_id(&platform, &stream, incarnation, sequence);
+            let parts: Vec<&str> = id.split('.').collect();
+            prop_assert_eq!(parts.len(), 4, "{}", id);
+            prop_assert_eq!(parts[0], platform.as_str());
+            prop_assert_eq!(parts[1], stream.as_str());
+            prop_assert_eq!(parts[2].parse::<i128>().ok(), Some(incarnation));
+            prop_assert_eq!(parts[3].parse::<u64>().ok(), Some(sequence));
+            // An id is itself a valid subject when short enough (it is used as one in logs and
+            // as the Nats-Msg-Id).
+            prop_assert_eq!(validate_subject(&id).is_ok(), id.len() <= MAX_SUBJECT_LEN);
+        }
+    }
+}

@@ -333,3 +333,60 @@ async fn through_real_nginx_as_in_the_case_study() {
         "{im}"
     );
 }
+
+/// Issue 8's drift: behind nginx with `keepalive_requests 7` and `keepalive_timeout 1s`, traffic
+/// in bursts with idle gaps. nginx's idle closes (a GOAWAY on a quiet connection, after fewer
+/// than 7 requests) used to be taken for request limits, and the learned limit sank to 2. Now
+/// they are told apart, and the learned limit stays at nginx's 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_idle_closes_between_bursts_do_not_lower_the_learned_limit() {
+    uplink::tls::install_crypto_provider();
+    let site = NginxSite {
+        keepalive_requests: 7,
+        keepalive_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        PipelineOptions { nginx: Some(site) },
+        |_| {},
+        |g| {
+            fast_recovery(g);
+            g.batch.max_messages = 10;
+        },
+    )
+    .await
+    .expect("pipeline with nginx");
+    let edge = edge_js(&p).await;
+    const BURSTS: usize = 5;
+    let idle_closes = "uplink_client_server_goaways_total{looks_like=\"idle_close\"}";
+    let mut sent = Vec::new();
+    for burst in 1..=BURSTS {
+        // Over 9 requests: each burst crosses nginx's limit and ends part-way into a connection.
+        sent.extend(publish(&edge, 95).await);
+        wait_delivered(&p, sent.len() as u64).await;
+        // The gap: the gateway waits (its idle timeout is 60 s); nginx closes the quiet
+        // connection after 1 s.
+        wait_metric(&p, true, idle_closes, burst as f64).await;
+    }
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, sent.len());
+    let gm = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&gm, "uplink_client_learned_max_requests"),
+        Some(7.0),
+        "{gm}"
+    );
+    assert!(
+        scrape_value(
+            &gm,
+            "uplink_client_server_goaways_total{looks_like=\"request_limit\"}"
+        ) >= Some(2.0),
+        "{gm}"
+    );
+    assert_eq!(
+        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        0.0
+    );
+}

@@ -751,6 +751,21 @@ async fn hyper_exchange_through_taps() {
     );
     assert_eq!(info.streams_opened(), REQUESTS);
     assert_eq!(info.highest_stream_id_sent(), 2 * REQUESTS - 1);
+    // When the first GOAWAY arrived, stream 7 (/slow) was open and stream 5 had completed: a
+    // busy connection, which the client may take as the server's request limit.
+    let at = info
+        .streams_at_goaway()
+        .expect("recorded at the first GOAWAY");
+    assert_eq!((at.highest_opened, at.highest_closed), (7, 5));
+    assert!(at.since_last_close.is_some());
+    assert!(crate::http2::learn::is_limit_goaway(
+        crate::http2::learn::GoAwaySeen {
+            last_stream_id: 7,
+            highest_opened: at.highest_opened,
+            highest_closed: at.highest_closed,
+            since_last_close: at.since_last_close,
+        }
+    ));
     assert!(info.frames(Direction::Recv) >= 2 + 2 * u64::from(REQUESTS));
 
     // The server side saw the same connection from the other end.
@@ -766,6 +781,52 @@ async fn hyper_exchange_through_taps() {
     );
     // The server's shutdown PING was answered by the client.
     assert!(server_info.last_ping_rtt().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn goaway_on_an_idle_connection_is_recorded_as_idle() {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve_h2(s, stopped, Arc::default()));
+    let tap = client_tap(c);
+    let info = tap.info().clone();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tap))
+        .await
+        .unwrap();
+    let client = tokio::spawn(conn);
+    for _ in 0..2 {
+        let resp = sender.send_request(request("/")).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    // Paused time: the connection sits idle for 2 s of the test clock, like a server's
+    // keepalive_timeout, then the server closes it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(()).unwrap();
+    let limit = Duration::from_secs(10);
+    let _ = tokio::time::timeout(limit, client)
+        .await
+        .expect("client ends");
+    let _ = tokio::time::timeout(limit, server)
+        .await
+        .expect("server ends");
+
+    let at = info
+        .streams_at_goaway()
+        .expect("recorded at the first GOAWAY");
+    assert_eq!((at.highest_opened, at.highest_closed), (3, 3));
+    let since = at.since_last_close.expect("streams had ended");
+    assert!(since >= Duration::from_secs(2), "{since:?}");
+    let last = info.last_goaway_received().unwrap().last_stream_id;
+    assert!(!crate::http2::learn::is_limit_goaway(
+        crate::http2::learn::GoAwaySeen {
+            last_stream_id: last,
+            highest_opened: at.highest_opened,
+            highest_closed: at.highest_closed,
+            since_last_close: at.since_last_close,
+        }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
