@@ -350,3 +350,113 @@ mod proptests {
         }
     }
 }
+
+mod decoding_proptests {
+    //! The scanners against prost on arbitrary and on near-valid bodies (bounded: 512 cases).
+
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            "[a-z.0-9]{0,20}",
+            "[a-z.]{0,20}",
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::collection::hash_map("[A-Za-z-]{1,8}", "[ -~]{0,8}", 0..3),
+            any::<i64>(),
+        )
+            .prop_map(|(id, subject, payload, headers, t)| Message {
+                id,
+                subject,
+                payload: Bytes::from(payload),
+                headers,
+                time_unix_nano: t,
+            })
+    }
+
+    /// Bytes of a valid batch with some bytes flipped or cut off.
+    fn mangled() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec(message(), 0..6),
+            prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(messages, flips, cut)| {
+                let mut raw = Batch { messages }.encode_to_vec();
+                for (at, b) in flips {
+                    if !raw.is_empty() {
+                        let i = at.index(raw.len());
+                        raw[i] = b;
+                    }
+                }
+                if !raw.is_empty() && cut.index(4) == 0 {
+                    raw.truncate(cut.index(raw.len()));
+                }
+                raw
+            })
+    }
+
+    fn count(raw: &[u8], chunk: usize) -> Result<usize, WireError> {
+        let mut c = scan::Counter::new(usize::MAX);
+        for part in raw.chunks(chunk.max(1)) {
+            c.feed(part)?;
+        }
+        c.finish()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn what_prost_decodes_the_scanners_count_alike(
+            raw in prop_oneof![prop::collection::vec(any::<u8>(), 0..256), mangled()],
+            chunk in 1usize..64,
+        ) {
+            let counted = count(&raw, chunk);
+            let shaped = scan::shape(&raw);
+            if let Ok(batch) = Batch::decode(&raw[..]) {
+                prop_assert_eq!(counted.ok(), Some(batch.messages.len()));
+                prop_assert_eq!(shaped.map(|s| s.messages).ok(), Some(batch.messages.len()));
+            }
+            // Whatever the input, chunking never changes the counter's verdict.
+            prop_assert_eq!(count(&raw, chunk).ok(), count(&raw, raw.len()).ok());
+        }
+
+        #[test]
+        fn shape_bounds_the_copied_bytes(messages in prop::collection::vec(message(), 0..8)) {
+            let raw = Batch { messages: messages.clone() }.encode_to_vec();
+            let s = scan::shape(&raw).unwrap();
+            let copied: usize = messages
+                .iter()
+                .map(|m| m.id.len() + m.subject.len() + m.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+                .sum();
+            prop_assert_eq!(s.messages, messages.len());
+            // The map entries carry their own tags and lengths on top of the strings.
+            prop_assert!(s.copied_bytes >= copied);
+            prop_assert!(s.copied_bytes <= raw.len());
+        }
+
+        #[test]
+        fn the_count_limit_fires_exactly_past_it(n in 0usize..40, max in 0usize..40) {
+            let raw = Batch { messages: vec![Message::default(); n] }.encode_to_vec();
+            let mut c = scan::Counter::new(max);
+            let r = c.feed(&raw).and_then(|_| c.finish());
+            if n > max {
+                let too_many = matches!(r, Err(WireError::TooManyMessages { .. }));
+                prop_assert!(too_many);
+            } else {
+                prop_assert_eq!(r.ok(), Some(n));
+            }
+        }
+
+        #[test]
+        fn reserved_headers_are_exactly_the_two_namespaces(name in "[A-Za-z-]{0,12}") {
+            let lower = name.to_ascii_lowercase();
+            prop_assert_eq!(
+                is_reserved_header(&name),
+                lower.starts_with("nats") || lower.starts_with("uplink-")
+            );
+        }
+    }
+}

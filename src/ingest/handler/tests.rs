@@ -502,3 +502,86 @@ async fn publish_subjects_are_percent_decoded_then_checked() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(sink.got.lock().unwrap()[0].subject, "uplink.p.room-1.temp");
 }
+
+mod fuzz {
+    //! The whole handler on arbitrary bodies (bounded: 256 cases): it never panics, answers 200
+    //! or the ingest's JSON error, and publishes exactly what it confirms.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn body() -> impl Strategy<Value = (Vec<u8>, Encoding)> {
+        let raw = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            prop::collection::vec(("[a-z.]{0,6}", "[a-z.*>]{0,8}", "[A-Za-z-]{0,8}"), 0..5)
+                .prop_map(|ms| {
+                    Batch {
+                        messages: ms
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, (id, subject, header))| Message {
+                                id: if id.is_empty() { format!("p.{i}") } else { id },
+                                subject,
+                                payload: Bytes::from_static(b"x"),
+                                headers: [(header, "v".to_string())].into(),
+                                time_unix_nano: 1,
+                            })
+                            .collect(),
+                    }
+                    .encode_to_vec()
+                }),
+        ];
+        (
+            raw,
+            prop_oneof![
+                Just(Encoding::Identity),
+                Just(Encoding::Gzip),
+                Just(Encoding::Zstd)
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(raw, enc, compress)| {
+                if compress {
+                    (
+                        wire::encode_batch(&Batch::decode(&raw[..]).unwrap_or_default(), enc, 1)
+                            .unwrap()
+                            .to_vec(),
+                        enc,
+                    )
+                } else {
+                    (raw, enc)
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_body_gets_an_answer_and_only_confirmed_messages_are_published((raw, enc) in body()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let sink = Arc::new(FakeSink::default());
+            let h = handler(sink.clone());
+            let req = Request::post("/v1/batches")
+                .header("content-type", wire::CONTENT_TYPE_PROTOBUF)
+                .header("content-encoding", enc.as_str())
+                .body(Full::new(Bytes::from(raw)))
+                .unwrap();
+            let resp = rt.block_on(h.handle_alone(req, Some("p")));
+            let status = resp.status().as_u16();
+            let body = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
+            let published = sink.got.lock().unwrap().len();
+            if status == 200 {
+                let a = wire::Accepted::parse(&body).unwrap();
+                prop_assert!(a.confirms(published));
+            } else {
+                prop_assert!(matches!(status, 400 | 413 | 415), "{status}");
+                let e = wire::ErrorAnswer::parse(&body).unwrap();
+                prop_assert!(e.error.is_verdict_on_content(), "{:?}", e.error);
+                prop_assert_eq!(published, 0);
+            }
+            prop_assert_eq!(h.inflight_bytes(), 0);
+        }
+    }
+}
