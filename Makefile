@@ -9,4 +9,6 @@ demo: deps
 	cargo run --release -- demo
 
 test: deps
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
 	cargo test --locked -- --test-threads=2

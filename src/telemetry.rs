@@ -61,14 +61,44 @@ pub fn scrape_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Sum of every sample of a metric family (all label sets).
+/// A series name split into the family and its labels: `name{k="v",...}`.
+fn parse_series(series: &str) -> Option<(&str, Vec<(&str, String)>)> {
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some((series, Vec::new()));
+    };
+    let mut labels = Vec::new();
+    let mut rest = rest.strip_suffix('}')?;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        // The value runs to the next unescaped quote.
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => value.push(chars.next()?.1),
+                (i, '"') => break i,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((key.trim_start_matches(',').trim(), value));
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Some((name, labels))
+}
+
+/// Sum of the samples of a metric family: every label set for a bare `name`, or the label sets
+/// that include every label of `name{k="v",...}`.
 pub fn scrape_sum(text: &str, name: &str) -> f64 {
+    let Some((family, wanted)) = parse_series(name) else {
+        return 0.0;
+    };
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
-            let base = series.split('{').next()?;
-            (base == name).then(|| value.parse::<f64>().ok())?
+            let (base, labels) = parse_series(series)?;
+            let matches = base == family && wanted.iter().all(|w| labels.contains(w));
+            matches.then(|| value.parse::<f64>().ok())?
         })
         .fold(0.0, |a, b| a + b)
 }
@@ -86,5 +116,15 @@ mod tests {
         );
         assert_eq!(super::scrape_sum(text, "uplink_b"), 7.0);
         assert_eq!(super::scrape_value(text, "uplink_c"), None);
+        // A label set selects the samples that carry it.
+        assert_eq!(super::scrape_sum(text, "uplink_b{class=\"now\"}"), 2.0);
+        assert_eq!(super::scrape_sum(text, "uplink_b{class=\"never\"}"), 0.0);
+        let text =
+            "x{a=\"1\",b=\"p,q\\\"r\"} 4\nx{a=\"1\",b=\"s\"} 1\nx{a=\"2\"} 8\nxy{a=\"1\"} 16\n";
+        assert_eq!(super::scrape_sum(text, "x{a=\"1\"}"), 5.0);
+        assert_eq!(super::scrape_sum(text, "x{b=\"p,q\\\"r\"}"), 4.0);
+        assert_eq!(super::scrape_sum(text, "x{a=\"1\",b=\"s\"}"), 1.0);
+        assert_eq!(super::scrape_sum(text, "x"), 13.0);
+        assert_eq!(super::scrape_sum(text, "x{c=\"1\"}"), 0.0);
     }
 }

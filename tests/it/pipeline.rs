@@ -152,7 +152,27 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     )
     .await
     .expect("the recreated edge stream is served");
-    publish(&edge, 300).await;
+    // nats-server 2.9 may still refuse a publish or two into the fresh stream ("error opening
+    // msg block file"): each message is retried until stored (the checks below need >= 500).
+    for i in 0..300 {
+        let mut attempts = 0;
+        loop {
+            let acked = match edge
+                .publish(format!("telemetry.recreated.{}", i % 8), "x".into())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            attempts += 1;
+            if acked {
+                break;
+            }
+            assert!(attempts < 50, "the recreated stream refuses publishes");
+            // Pacing between retries, not synchronization.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let cloud = cloud_js(&p).await;
     let admin = p.gateway.as_ref().unwrap().admin;
     let outcome = uplink::testbed::wait_for(
