@@ -101,10 +101,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let drain = async {
-        // Idempotent for TLS: a close_notify already sent is not sent again, only flushed.
-        if io.shutdown().await.is_err() {
-            return LingerEnd::Error;
-        }
+        // Idempotent for TLS: a close_notify already sent is not sent again, only flushed. A
+        // failure (the peer already reset) still leaves reading to tell how it ended.
+        let _ = io.shutdown().await;
         let mut sink = [0u8; 4096];
         loop {
             match io.read(&mut sink).await {
