@@ -334,6 +334,18 @@ pub async fn serve(
     }
 }
 
+/// An error with its causes (hyper's own message is only "http2 error").
+fn chain(e: &hyper::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Log lines about refused connections and protocol errors, rate-limited: a flood of either
 /// must not become a flood of log lines.
 static REFUSED_LOG: RateLimited = RateLimited::new(5);
@@ -629,17 +641,27 @@ impl Drive<'_> {
         let mut closing: Option<CloseReason> = None;
         let mut idle_deadline = *state.last_active.lock().unwrap() + idle;
         let mut hard_deadline = Instant::now();
+        // Whether this close's GOAWAY has been counted (once the tap saw it written).
+        let mut counted = false;
         loop {
+            let polled = std::future::poll_fn(|cx| {
+                let r = conn.as_mut().poll(cx);
+                // hyper writes the GOAWAY while being polled: count it as soon as it is out.
+                if let Some(reason) = closing {
+                    self.count_goaway(reason, &mut counted);
+                }
+                r
+            });
             let reason = tokio::select! {
-                res = conn.as_mut() => {
-                    self.ended(res.err(), closing);
+                res = polled => {
+                    self.ended(res.err(), closing, &mut counted);
                     return;
                 }
                 _ = tokio::time::sleep_until(hard_deadline), if closing.is_some() => {
                     // A peer that never finishes (half-open, never ACKs the PING) must not hold a slot.
                     tracing::debug!(conn = id, "connection did not close within the grace period; dropping it");
                     metrics::counter!("uplink_ingest_connections_dropped_total").increment(1);
-                    self.ended(None, closing);
+                    self.ended(None, closing, &mut counted);
                     return;
                 }
                 _ = tokio::time::sleep_until(preface_deadline), if preface_pending => {
@@ -679,21 +701,32 @@ impl Drive<'_> {
             closing = Some(reason);
             hard_deadline = Instant::now() + limits.timeouts.shutdown_grace;
             conn.as_mut().graceful_shutdown();
+            if self.info.is_none() {
+                // HTTP/1.1 has no GOAWAY: its graceful close is counted when asked for.
+                self.count_goaway(reason, &mut counted);
+            }
         }
     }
 
-    /// Accounts for how the connection ended: a GOAWAY counts as sent only if the tap saw it
-    /// written (hyper closes a connection that is still in its handshake, or already gone,
-    /// without one), and a connection we killed for a protocol error gets one log line.
-    fn ended(&self, error: Option<hyper::Error>, closing: Option<CloseReason>) {
-        let sent = self.info.and_then(|i| i.last_goaway_sent());
-        if let Some(reason) = closing {
-            // HTTP/1.1 has no GOAWAY: its graceful close is counted when asked for.
-            if self.info.is_none() || sent.is_some() {
-                metrics::counter!("uplink_ingest_goaway_sent_total", "reason" => reason.label())
-                    .increment(1);
-            }
+    /// Counts the graceful close once: for HTTP/2 only when the tap saw a GOAWAY written
+    /// (hyper closes a connection still in its handshake, or already gone, without one).
+    fn count_goaway(&self, reason: CloseReason, counted: &mut bool) {
+        if *counted || self.info.is_some_and(|i| i.goaway_sent().is_none()) {
+            return;
         }
+        *counted = true;
+        metrics::counter!("uplink_ingest_goaway_sent_total", "reason" => reason.label())
+            .increment(1);
+    }
+
+    /// Accounts for how the connection ended: a graceful close not yet counted (its GOAWAY
+    /// went out in the last poll), and one log line for a connection we killed for a protocol
+    /// error.
+    fn ended(&self, error: Option<hyper::Error>, closing: Option<CloseReason>, counted: &mut bool) {
+        if let Some(reason) = closing {
+            self.count_goaway(reason, counted);
+        }
+        let sent = self.info.and_then(|i| i.last_goaway_sent());
         match (sent, error) {
             (Some(g), error) if g.error_code != 0 => {
                 let code = error_code_name(g.error_code);
@@ -705,7 +738,7 @@ impl Drive<'_> {
                         peer = %self.peer,
                         platform = self.platform.as_deref().unwrap_or("-"),
                         code,
-                        error = error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                        error = error.as_ref().map(chain).unwrap_or_default(),
                         suppressed,
                         "connection closed for an HTTP/2 protocol error"
                     );
@@ -722,6 +755,79 @@ impl Drive<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_failures_are_classified_by_cause() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        // tokio-rustls reports rustls errors as InvalidData wrapping the rustls::Error.
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        for e in [
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            Error::InvalidCertificate(CertificateError::Expired),
+            Error::NoCertificatesPresented,
+            Error::AlertReceived(AlertDescription::UnknownCA),
+            Error::AlertReceived(AlertDescription::BadCertificate),
+        ] {
+            assert_eq!(TlsFailure::of(&io(e)), TlsFailure::BadCertificate);
+        }
+        for e in [
+            Error::AlertReceived(AlertDescription::ProtocolVersion),
+            Error::General("x".into()),
+        ] {
+            assert_eq!(TlsFailure::of(&io(e)), TlsFailure::Protocol);
+        }
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(TlsFailure::of(&eof), TlsFailure::Protocol);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limited_lines_report_what_they_suppressed() {
+        let limited = RateLimited::new(10);
+        let mut lines = Vec::new();
+        for _ in 0..25 {
+            limited.log(|suppressed| lines.push(suppressed));
+        }
+        assert_eq!(lines, vec![0; 10], "10 lines in the first second");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        limited.log(|suppressed| lines.push(suppressed));
+        assert_eq!(
+            lines.last(),
+            Some(&15),
+            "then one line with the count left out"
+        );
+        limited.log(|suppressed| lines.push(suppressed));
+        assert_eq!(lines.last(), Some(&0));
+    }
+
+    #[test]
+    fn handshake_budgets_are_per_address_and_global() {
+        let limits = ServerLimits {
+            http2: ServerHttp2::default(),
+            timeouts: ServerTimeouts::default(),
+            max_connections: 10,
+            max_handshakes: 3,
+            max_handshakes_per_ip: 2,
+        };
+        let b = Budgets::new(&limits);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = b.handshake(a).unwrap();
+        let s2 = b.handshake(mapped).unwrap();
+        assert_eq!(b.handshake(a).err(), Some(Refusal::MaxHandshakesPerIp));
+        let s3 = b.handshake(other).unwrap();
+        assert_eq!(b.handshake(other).err(), Some(Refusal::MaxHandshakes));
+        drop(s1);
+        let s4 = b.handshake(a).unwrap();
+        drop((s2, s3, s4));
+        assert!(
+            b.per_ip.lock().unwrap().is_empty(),
+            "no entry outlives its handshakes"
+        );
+        let held: Vec<_> = (0..10).map(|_| b.connection().unwrap()).collect();
+        assert_eq!(b.connection().err(), Some(Refusal::MaxConnections));
+        drop(held);
+    }
 
     #[test]
     fn common_names_of_distinguished_names() {

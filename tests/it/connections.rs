@@ -267,6 +267,45 @@ async fn tls_without_a_preface_is_closed_after_the_preface_timeout() {
     assert_eq!(spoke.dials.load(Ordering::Relaxed), 1);
 }
 
+/// Only GOAWAYs actually written count: a connection closed for idleness before it spoke HTTP/2
+/// gets no GOAWAY from hyper (just a close), and must not show up as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_close_without_a_goaway_is_not_counted_as_one() {
+    let p = pipeline(
+        |i| {
+            i.timeouts.idle = Duration::from_secs(1);
+            i.timeouts.preface = Duration::from_secs(30);
+            // hyper cannot GOAWAY a connection still in its HTTP/2 handshake: it goes at the
+            // hard deadline after the idle close began.
+            i.timeouts.shutdown_grace = Duration::from_secs(2);
+        },
+        |_| {},
+    )
+    .await;
+    let mut silent = tls_connect(&p).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got))
+        .await
+        .expect("closed for idleness")
+        .ok();
+    let mut parser =
+        uplink::http2::tap::Parser::new(Side::Client, uplink::http2::tap::Direction::Recv);
+    let goaways = parser
+        .feed(&got)
+        .into_iter()
+        .filter(|f| matches!(f.detail, uplink::http2::tap::FrameDetail::GoAway { .. }))
+        .count();
+    // And one that spoke gets its GOAWAY, counted.
+    let spoke = RawClient::new(&p);
+    assert!(matches!(spoke.post("x").await, Outcome::Ok));
+    let n = wait_ingest_metric(&p, "uplink_ingest_goaway_sent_total{reason=\"idle\"}", 1.0).await;
+    assert_eq!(
+        (goaways, n),
+        (0, 1.0),
+        "the silent connection saw no GOAWAY and none was counted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_dial_is_counted_as_aborted_not_as_a_bad_certificate() {
     let p = pipeline(|_| {}, |_| {}).await;
@@ -477,6 +516,68 @@ async fn streams_racing_the_shutdown_ping_ack_are_served_not_refused() {
     );
     assert_eq!(resets, vec![], "nothing refused");
     assert_eq!(responses.len(), 13, "{responses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_for_a_protocol_error_leaves_one_log_line() {
+    use tokio::io::AsyncWriteExt as _;
+    let p = pipeline(|_| {}, |_| {}).await;
+    let mut tls = tls_connect(&p).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    // A header block that is not HPACK (index 0 is invalid): a connection error.
+    out.extend(h2_frame(0x1, 0x5, 1, &[0x80, 0xff, 0xff]));
+    tls.write_all(&out).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got))
+        .await
+        .expect("the ingest closes the connection");
+    wait_ingest_metric(&p, "uplink_ingest_protocol_errors_total", 1.0).await;
+    let log = p.log("ingest");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection closed for an HTTP/2 protocol error"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    eprintln!("{}", lines[0]);
+    for want in ["_ERROR", "127.0.0.1", "edge-1"] {
+        assert!(lines[0].contains(want), "{want} in {}", lines[0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_is_a_bad_certificate_failure() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in uplink::tls::load_certs(&p.pki().ca()).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(p.ingest_cfg.listen).await.unwrap();
+    if let Ok(mut tls) = TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    {
+        // TLS 1.3: the refusal arrives after the client's side of the handshake.
+        let mut b = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut b)).await;
+    }
+    wait_ingest_metric(
+        &p,
+        "uplink_ingest_tls_failures_total{reason=\"bad_certificate\"}",
+        1.0,
+    )
+    .await;
+    let m = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&m, "uplink_ingest_tls_failures_total{reason=\"aborted\"}"),
+        None,
+        "{m}"
+    );
 }
 
 // ------------------------------------------------------------------ a client that never replays
