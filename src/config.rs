@@ -454,6 +454,9 @@ pub struct IngestLimits {
     pub max_inflight_bytes_per_platform: usize,
     pub max_messages_per_batch: usize,
     pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+    pub listen_backlog: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -462,6 +465,10 @@ pub struct ServerHttp2 {
     pub max_concurrent_streams: u32,
     pub max_requests_per_connection: u64,
     pub max_header_list_bytes: u32,
+    #[serde(with = "duration")]
+    pub goaway_quiet: Duration,
+    #[serde(with = "duration")]
+    pub goaway_max_wait: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -479,6 +486,10 @@ pub struct ServerTimeouts {
     pub publish: Duration,
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    #[serde(with = "duration")]
+    pub preface: Duration,
+    #[serde(with = "duration")]
+    pub linger: Duration,
 }
 
 impl Default for IngestConfig {
@@ -527,6 +538,9 @@ impl Default for IngestLimits {
             max_inflight_bytes_per_platform: 256 << 20,
             max_messages_per_batch: 10_000,
             max_connections: 10_000,
+            max_handshakes: 256,
+            max_handshakes_per_ip: 16,
+            listen_backlog: 1024,
         }
     }
 }
@@ -537,6 +551,8 @@ impl Default for ServerHttp2 {
             max_concurrent_streams: 128,
             max_requests_per_connection: 1000,
             max_header_list_bytes: 16 << 10,
+            goaway_quiet: Duration::from_millis(100),
+            goaway_max_wait: Duration::from_secs(1),
         }
     }
 }
@@ -544,12 +560,14 @@ impl Default for ServerHttp2 {
 impl Default for ServerTimeouts {
     fn default() -> Self {
         ServerTimeouts {
-            tls_handshake: Duration::from_secs(10),
+            tls_handshake: Duration::from_secs(5),
             idle: Duration::from_secs(75),
             max_connection_age: Duration::from_secs(3600),
             request_body: Duration::from_secs(30),
             publish: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            preface: Duration::from_secs(10),
+            linger: Duration::from_secs(3),
         }
     }
 }
@@ -637,6 +655,36 @@ impl IngestConfig {
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
+        if self.limits.max_handshakes == 0 {
+            return Err(invalid("limits.max_handshakes", "must be at least 1"));
+        }
+        if self.limits.max_handshakes > self.limits.max_connections {
+            return Err(invalid(
+                "limits.max_handshakes",
+                "must not exceed limits.max_connections (handshakes are connections too)",
+            ));
+        }
+        if !(1..=self.limits.max_handshakes).contains(&self.limits.max_handshakes_per_ip) {
+            return Err(invalid(
+                "limits.max_handshakes_per_ip",
+                "must be 1..=limits.max_handshakes",
+            ));
+        }
+        if !(1..=65_535).contains(&self.limits.listen_backlog) {
+            return Err(invalid("limits.listen_backlog", "must be 1..=65535"));
+        }
+        if self.http2.goaway_max_wait < self.http2.goaway_quiet {
+            return Err(invalid(
+                "http2.goaway_max_wait",
+                "must not be shorter than http2.goaway_quiet",
+            ));
+        }
+        if self.http2.goaway_max_wait >= self.timeouts.shutdown_grace {
+            return Err(invalid(
+                "http2.goaway_max_wait",
+                "must be shorter than timeouts.shutdown_grace, which bounds the whole graceful close",
+            ));
+        }
         if self.http2.max_concurrent_streams == 0 {
             return Err(invalid(
                 "http2.max_concurrent_streams",
@@ -667,6 +715,8 @@ impl IngestConfig {
             ),
             ("timeouts.request_body", self.timeouts.request_body),
             ("timeouts.publish", self.timeouts.publish),
+            ("timeouts.preface", self.timeouts.preface),
+            ("timeouts.linger", self.timeouts.linger),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));

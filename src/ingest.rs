@@ -6,6 +6,8 @@
 
 pub mod accept;
 pub mod budget;
+pub mod closing;
+pub mod final_goaway;
 pub mod handler;
 pub mod publish;
 
@@ -21,16 +23,15 @@ use crate::config::IngestConfig;
 /// checked before, in `main`); tests that need to inject listeners use [`accept::serve`].
 pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
+    let backlog = cfg.limits.listen_backlog;
+    let listener = bind(cfg.listen, backlog)
         .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
     let proxy = match cfg.proxy.listen_addr()? {
         Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
+            bind(addr, backlog)
                 .with_context(|| format!("cannot listen on {addr} (proxy.listen)"))?,
         ),
         None => None,
@@ -60,6 +61,8 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         http2: cfg.http2.clone(),
         timeouts: cfg.timeouts.clone(),
         max_connections: cfg.limits.max_connections,
+        max_handshakes: cfg.limits.max_handshakes,
+        max_handshakes_per_ip: cfg.limits.max_handshakes_per_ip,
     };
     let behind_proxy = match proxy {
         Some(l) => {
@@ -84,4 +87,19 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
     }
     tracing::info!("ingest stopped");
     Ok(())
+}
+
+/// Binds a client listener with `limits.listen_backlog` (std's `bind` uses a fixed 128, which
+/// a burst of reconnecting clients overflows: SYNs dropped, each costing the client a 1 s+
+/// retransmit).
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted ingest must not wait for the old one's TIME_WAIT sockets.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

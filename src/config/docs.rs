@@ -98,7 +98,7 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ("timeouts.connect", "TCP connect timeout (duration)."),
     (
         "timeouts.tls_handshake",
-        "TLS handshake timeout (duration).",
+        "TLS handshake deadline from accept (duration, 5s): unauthenticated connections hold\nlimits.max_handshakes only this long.",
     ),
     (
         "timeouts.request",
@@ -205,7 +205,19 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     ),
     (
         "limits.max_connections",
-        "Most client connections at once; more wait before the TLS handshake.",
+        "Most client connections at once (including those still in the TLS handshake or lingering\nafter close); a connection beyond it is accepted and closed at once, counted in\nuplink_ingest_connections_refused_total{reason=\"max_connections\"}.",
+    ),
+    (
+        "limits.max_handshakes",
+        "Most connections still in the TLS handshake at once (256): the budget of unauthenticated\nclients, so a flood of bare TCP connections cannot fill limits.max_connections; beyond it a new\nconnection is closed at once (reason=\"max_handshakes\").",
+    ),
+    (
+        "limits.max_handshakes_per_ip",
+        "Most connections in the TLS handshake from one source address (16); beyond it closed at once\n(reason=\"max_handshakes_per_ip\"). Raise it for many clients behind one NAT address.",
+    ),
+    (
+        "limits.listen_backlog",
+        "Listen backlog of the client (and proxy) listener (connections, 1024; capped by the kernel's\nnet.core.somaxconn). The accept loop never stops accepting, so it only absorbs bursts.",
     ),
     (
         "http2",
@@ -222,6 +234,14 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     (
         "http2.max_header_list_bytes",
         "SETTINGS_MAX_HEADER_LIST_SIZE (bytes).",
+    ),
+    (
+        "http2.goaway_quiet",
+        "Graceful close: the final GOAWAY (with the real last stream id) waits until the client opened\nno new stream for this long after acknowledging the first GOAWAY (duration, 100ms), so streams\nracing the GOAWAY are served, not refused (clients that cannot replay a body).",
+    ),
+    (
+        "http2.goaway_max_wait",
+        "Upper bound of that wait (duration, 1s), for a client that keeps opening streams.",
     ),
     ("timeouts", "Every server timeout is finite."),
     (
@@ -247,6 +267,14 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     (
         "timeouts.shutdown_grace",
         "On SIGTERM/SIGINT: GOAWAY every connection, then wait this long for in-flight requests (duration).",
+    ),
+    (
+        "timeouts.preface",
+        "A TLS connection that has not sent the HTTP/2 client preface (HTTP/1.1: its first request)\nwithin this long after the handshake is closed (duration, 10s). Only before the first bytes:\nan idle connection after requests is timeouts.idle's.",
+    ),
+    (
+        "timeouts.linger",
+        "Lingering close (nginx lingering_timeout): after ending a connection the ingest half-closes it\nand reads and discards what the client still sends for at most this long, so a TCP reset cannot\ndestroy responses already written (duration, 3s).",
     ),
     (
         "admin",

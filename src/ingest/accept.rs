@@ -1,27 +1,33 @@
-//! Accepting connections: a semaphore bounds connections before accept, TLS handshakes have a
-//! deadline, ALPN picks HTTP/2 or HTTP/1.1, and each connection is ended with a graceful GOAWAY
-//! when it reaches nginx-like limits (requests, idle time, age) or the server shuts down.
+//! Accepting connections: the accept loop never stops (a full budget must not leave connections
+//! in the kernel backlog, where honest clients wait behind a flood); a connection over a budget —
+//! all connections, those still in the TLS handshake, those in the handshake from one address —
+//! is closed at once and counted. TLS handshakes and the HTTP/2 preface have short deadlines,
+//! ALPN picks HTTP/2 or HTTP/1.1, and each connection is ended with a graceful GOAWAY when it
+//! reaches nginx-like limits (requests, idle time, age) or the server shuts down, then closed
+//! lingering ([`super::closing`]).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
-
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::closing::Lingering;
+use super::final_goaway::Gate;
 use super::handler::Handler;
 use crate::config::{ServerHttp2, ServerTimeouts};
-use crate::http2::tap::{ConnInfo, Side, Tap, TapConfig};
+use crate::http2::tap::{ConnInfo, Direction, Side, Tap, TapConfig, error_code_name};
 
 /// Connection-level limits of the server.
 #[derive(Clone, Debug)]
@@ -29,6 +35,100 @@ pub struct ServerLimits {
     pub http2: ServerHttp2,
     pub timeouts: ServerTimeouts,
     pub max_connections: usize,
+    /// Connections still in the TLS handshake, in all and from one source address.
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+}
+
+/// Why a connection was closed right after accept (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    MaxConnections,
+    MaxHandshakes,
+    MaxHandshakesPerIp,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxHandshakes => "max_handshakes",
+            Refusal::MaxHandshakesPerIp => "max_handshakes_per_ip",
+        }
+    }
+}
+
+/// The connection budgets, taken without waiting: a connection gets its slots or is refused.
+struct Budgets {
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_ip: usize,
+}
+
+/// A connection's share of the handshake budget; returned when the handshake ends either way.
+struct HandshakeSlot {
+    _global: OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Budgets {
+    fn new(limits: &ServerLimits) -> Self {
+        Budgets {
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+            per_ip: Arc::default(),
+            max_per_ip: limits.max_handshakes_per_ip,
+        }
+    }
+
+    fn connection(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::MaxConnections)
+    }
+
+    fn handshake(&self, ip: IpAddr) -> Result<HandshakeSlot, Refusal> {
+        let ip = unmapped(ip);
+        let global = self
+            .handshakes
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::MaxHandshakes)?;
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refusal::MaxHandshakesPerIp);
+        }
+        *n += 1;
+        Ok(HandshakeSlot {
+            _global: global,
+            ip,
+            per_ip: self.per_ip.clone(),
+        })
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they are.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 /// Why the server ended a connection with GOAWAY (a metric label).
@@ -70,11 +170,7 @@ pub struct ProxyTrust {
 
 impl ProxyTrust {
     fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-            v4 => v4,
-        };
-        self.trusted.contains(&peer)
+        self.trusted.contains(&unmapped(peer))
     }
 
     /// The platform named by the proxy for this request, if it verified a certificate.
@@ -137,8 +233,8 @@ struct ConnState {
     limit_reached: Notify,
 }
 
-/// Serves connections from `listener` until `shutdown`, then drains them for at most
-/// `timeouts.shutdown_grace`.
+/// Serves connections from `listener` until `shutdown`, then drains them (and their lingering
+/// closes) for at most `timeouts.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     mode: Mode,
@@ -148,49 +244,77 @@ pub async fn serve(
 ) {
     let limits = Arc::new(limits);
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let budgets = Budgets::new(&limits);
     let mut next_id: u64 = 0;
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let tls = matches!(mode, Mode::Tls(_));
+        let slots = budgets.connection().and_then(|c| {
+            // Only TLS connections are unauthenticated until their handshake ends; the proxy
+            // listener serves trusted peers (or closes the others at once).
+            let hs = if tls {
+                Some(budgets.handshake(peer.ip())?)
+            } else {
+                None
+            };
+            Ok((c, hs))
+        });
+        let (permit, handshake) = match slots {
+            Ok(s) => s,
+            Err(refusal) => {
+                metrics::counter!("uplink_ingest_connections_refused_total", "reason" => refusal.label())
+                    .increment(1);
+                REFUSED_LOG.log(|suppressed| {
+                    tracing::warn!(%peer, reason = refusal.label(), suppressed, "connection over budget; closed at once");
+                });
+                // A RST, not a FIN: nothing was said, and no TIME_WAIT is left behind. (The
+                // deprecation is about a non-zero linger blocking on drop; zero never blocks.)
+                #[allow(deprecated)]
+                let _ = tcp.set_linger(Some(Duration::ZERO));
+                drop(tcp);
+                continue;
+            }
+        };
         next_id += 1;
         let id = next_id;
-        let (mode, handler, limits, shutdown) = (
+        let (mode, handler, limits, shutdown, closer) = (
             mode.clone(),
             handler.clone(),
             limits.clone(),
             shutdown.clone(),
+            tracker.clone(),
         );
         tracker.spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let linger = limits.timeouts.linger;
+            let guard: Box<dyn Send> = Box::new(permit);
             match mode {
                 Mode::Tls(tls) => {
-                    tls_connection(tcp, peer, id, tls, handler, limits, shutdown).await
+                    let ctx = ConnCtx { id, peer, handler, limits, shutdown, closer };
+                    tls_connection(tcp, ctx, tls, handshake, guard).await
                 }
                 Mode::Proxy(trust) => {
                     if trust.trusts(peer.ip()) {
-                        let conn = Conn { id, handler, limits, shutdown };
-                        conn.serve(TokioIo::new(tcp), false, Who::Proxy(trust)).await;
+                        let io = Lingering::new(tcp, linger, closer.clone(), guard);
+                        let ctx = ConnCtx { id, peer, handler, limits, shutdown, closer };
+                        ctx.serve(TokioIo::new(io), false, Who::Proxy(trust), None, None).await;
                     } else {
                         metrics::counter!("uplink_ingest_untrusted_proxy_total").increment(1);
                         tracing::warn!(conn = id, %peer, "connection to the proxy listener from an untrusted address; closed");
                     }
                 }
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -205,29 +329,160 @@ pub async fn serve(
     }
 }
 
-async fn tls_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
+/// An error with its causes (hyper's own message is only "http2 error").
+fn chain(e: &hyper::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Log lines about refused connections and protocol errors, rate-limited: a flood of either
+/// must not become a flood of log lines.
+static REFUSED_LOG: RateLimited = RateLimited::new(5);
+static PROTOCOL_LOG: RateLimited = RateLimited::new(10);
+
+/// At most `per_second` lines per second; the first line after a suppressed stretch says how
+/// many were left out.
+pub struct RateLimited {
+    per_second: u32,
+    state: Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl RateLimited {
+    pub const fn new(per_second: u32) -> Self {
+        RateLimited {
+            per_second,
+            state: Mutex::new((None, 0, 0)),
+        }
+    }
+
+    /// Calls `line(suppressed_before)` unless over the rate in this second.
+    pub fn log(&self, line: impl FnOnce(u64)) {
+        let now = Instant::now();
+        let suppressed = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (window, count, suppressed) = &mut *st;
+            if window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
+                *window = Some(now);
+                *count = 0;
+            }
+            if *count >= self.per_second {
+                *suppressed += 1;
+                return;
+            }
+            *count += 1;
+            std::mem::take(suppressed)
+        };
+        line(suppressed);
+    }
+}
+
+/// Why a TLS handshake failed (a metric label), by cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Closed or reset before sending a single byte: a dial abandoned (port scan, health check,
+    /// a client that gave up) — not a certificate problem.
+    Aborted,
+    /// The certificate was refused, by us (rustls) or by the client (an alert).
+    BadCertificate,
+    /// Anything else the TLS layer refused: not TLS, no common version or cipher, bad records.
+    Protocol,
+    /// No completed handshake within `timeouts.tls_handshake`.
+    Timeout,
+}
+
+impl TlsFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::Aborted => "aborted",
+            TlsFailure::BadCertificate => "bad_certificate",
+            TlsFailure::Protocol => "protocol",
+            TlsFailure::Timeout => "timeout",
+        }
+    }
+
+    /// Classifies a failed `accept` by the rustls error in its cause chain.
+    pub fn of(e: &std::io::Error) -> Self {
+        use rustls::{AlertDescription as A, Error as E};
+        match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
+            Some(E::InvalidCertificate(_) | E::NoCertificatesPresented) => {
+                TlsFailure::BadCertificate
+            }
+            Some(E::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::CertificateRequired,
+            )) => TlsFailure::BadCertificate,
+            _ => TlsFailure::Protocol,
+        }
+    }
+}
+
+/// Waits for the first byte of the ClientHello: `Err(Aborted)` if the peer closes or resets
+/// before sending any.
+async fn first_byte(tcp: &TcpStream) -> Result<(), TlsFailure> {
+    let mut b = [0u8; 1];
+    match tcp.peek(&mut b).await {
+        Ok(0) | Err(_) => Err(TlsFailure::Aborted),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// What every connection task knows about its connection.
+struct ConnCtx {
     id: u64,
-    tls: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
     handler: Arc<Handler>,
     limits: Arc<ServerLimits>,
     shutdown: CancellationToken,
+    /// Where lingering closes run (the server's tracker).
+    closer: TaskTracker,
+}
+
+async fn tls_connection(
+    tcp: TcpStream,
+    ctx: ConnCtx,
+    tls: Arc<rustls::ServerConfig>,
+    handshake: Option<HandshakeSlot>,
+    guard: Box<dyn Send>,
 ) {
+    let (id, peer) = (ctx.id, ctx.peer);
     let acceptor = TlsAcceptor::from(tls);
-    let tls = match tokio::time::timeout(limits.timeouts.tls_handshake, acceptor.accept(tcp)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            metrics::counter!("uplink_ingest_tls_failures_total", "reason" => "handshake")
+    let deadline = ctx.limits.timeouts.tls_handshake;
+    let handshaken = tokio::time::timeout(deadline, async {
+        first_byte(&tcp).await?;
+        acceptor.accept(tcp).await.map_err(|e| (TlsFailure::of(&e), e))
+            .map_err(|(f, e)| {
+                tracing::info!(conn = id, %peer, reason = f.label(), error = %e, "TLS handshake failed");
+                f
+            })
+    })
+    .await
+    .unwrap_or(Err(TlsFailure::Timeout));
+    drop(handshake);
+    let tls = match handshaken {
+        Ok(s) => s,
+        Err(f) => {
+            metrics::counter!("uplink_ingest_tls_failures_total", "reason" => f.label())
                 .increment(1);
-            tracing::info!(conn = id, %peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            metrics::counter!("uplink_ingest_tls_failures_total", "reason" => "timeout")
-                .increment(1);
-            tracing::info!(conn = id, %peer, timeout = ?limits.timeouts.tls_handshake, "TLS handshake timed out");
+            match f {
+                TlsFailure::Aborted => {
+                    tracing::debug!(conn = id, %peer, "closed before the TLS handshake")
+                }
+                TlsFailure::Timeout => {
+                    tracing::info!(conn = id, %peer, timeout = ?deadline, "TLS handshake timed out")
+                }
+                _ => {}
+            }
             return;
         }
     };
@@ -239,35 +494,42 @@ async fn tls_connection(
         .map(Arc::from);
     let h2 = session.alpn_protocol() == Some(b"h2");
     tracing::debug!(conn = id, %peer, identity = identity.as_deref(), h2, "connection accepted");
-    let conn = Conn {
-        id,
-        handler,
-        limits,
-        shutdown,
-    };
     let info = Arc::new(ConnInfo::default());
-    let io = Tap::new(tls, TapConfig::new(id, Side::Server), info);
-    conn.serve(TokioIo::new(io), h2, Who::Cert(identity)).await;
+    let io = Lingering::new(tls, ctx.limits.timeouts.linger, ctx.closer.clone(), guard);
+    let http2 = &ctx.limits.http2;
+    let io = Gate::new(io, http2.goaway_quiet, http2.goaway_max_wait);
+    let io = Tap::new(io, TapConfig::new(id, Side::Server), info.clone());
+    let platform = identity.clone();
+    ctx.serve(
+        TokioIo::new(io),
+        h2,
+        Who::Cert(identity),
+        Some(info),
+        platform,
+    )
+    .await;
 }
 
-/// One accepted connection, whatever its transport.
-struct Conn {
-    id: u64,
-    handler: Arc<Handler>,
-    limits: Arc<ServerLimits>,
-    shutdown: CancellationToken,
-}
-
-impl Conn {
-    async fn serve<I>(self, io: TokioIo<I>, h2: bool, who: Who)
-    where
+impl ConnCtx {
+    /// Serves one connection, whatever its transport. `info` is the frame tap's view of an
+    /// HTTP/2 connection (`None` for HTTP/1.1 without a tap); `platform` names it in log lines.
+    async fn serve<I>(
+        self,
+        io: TokioIo<I>,
+        h2: bool,
+        who: Who,
+        info: Option<Arc<ConnInfo>>,
+        platform: Option<Arc<str>>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn {
+        let ConnCtx {
             id,
+            peer,
             handler,
             limits,
             shutdown,
+            closer: _,
         } = self;
         metrics::counter!("uplink_ingest_connections_total", "protocol" => if h2 { "h2" } else { "http/1.1" })
             .increment(1);
@@ -300,6 +562,15 @@ impl Conn {
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
+        let conn = Drive {
+            id,
+            peer,
+            platform,
+            state: &state,
+            limits: &limits,
+            shutdown: &shutdown,
+            info: info.as_deref(),
+        };
         if h2 {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
@@ -310,28 +581,14 @@ impl Conn {
                 .keep_alive_interval(SERVER_PING_INTERVAL)
                 .keep_alive_timeout(SERVER_PING_TIMEOUT)
                 .max_header_list_size(limits.http2.max_header_list_bytes);
-            drive(
-                id,
-                builder.serve_connection(io, svc),
-                &state,
-                &limits,
-                &shutdown,
-            )
-            .await;
+            conn.run(builder.serve_connection(io, svc)).await;
         } else {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .keep_alive(true)
                 .header_read_timeout(limits.timeouts.idle);
-            drive(
-                id,
-                builder.serve_connection(io, svc),
-                &state,
-                &limits,
-                &shutdown,
-            )
-            .await;
+            conn.run(builder.serve_connection(io, svc)).await;
         }
         metrics::gauge!("uplink_ingest_connections_open").decrement(1.0);
         metrics::histogram!("uplink_ingest_requests_per_connection")
@@ -339,72 +596,236 @@ impl Conn {
     }
 }
 
-/// Runs a connection to its end, starting a graceful shutdown (GOAWAY for HTTP/2) at the first
-/// limit reached. Requests already accepted complete.
-async fn drive<C>(
+/// One connection being driven to its end.
+struct Drive<'a> {
     id: u64,
-    conn: C,
-    state: &ConnState,
-    limits: &ServerLimits,
-    shutdown: &CancellationToken,
-) where
-    C: GracefulConnection<Error = hyper::Error>,
-{
-    let mut conn = std::pin::pin!(conn);
-    let age_deadline = Instant::now() + limits.timeouts.max_connection_age;
-    let idle = limits.timeouts.idle;
-    let mut closing: Option<CloseReason> = None;
-    let mut idle_deadline = *state.last_active.lock().unwrap() + idle;
-    let mut hard_deadline = Instant::now();
-    loop {
-        let reason = tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(conn = id, error = %e, "connection ended with error");
+    peer: SocketAddr,
+    platform: Option<Arc<str>>,
+    state: &'a ConnState,
+    limits: &'a ServerLimits,
+    shutdown: &'a CancellationToken,
+    info: Option<&'a ConnInfo>,
+}
+
+impl Drive<'_> {
+    /// Whether the client has spoken: for HTTP/2 the tap parsed a frame from it (its preface
+    /// SETTINGS), for HTTP/1.1 a request started.
+    fn client_spoke(&self) -> bool {
+        match self.info {
+            Some(info) => info.frames(Direction::Recv) > 0,
+            None => self.state.requests.load(Ordering::Acquire) > 0,
+        }
+    }
+
+    /// Runs a connection to its end, starting a graceful shutdown (GOAWAY for HTTP/2) at the
+    /// first limit reached. Requests already accepted complete.
+    async fn run<C>(self, conn: C)
+    where
+        C: GracefulConnection<Error = hyper::Error>,
+    {
+        let Drive {
+            id,
+            state,
+            limits,
+            shutdown,
+            ..
+        } = self;
+        let mut conn = std::pin::pin!(conn);
+        let started = Instant::now();
+        let age_deadline = started + limits.timeouts.max_connection_age;
+        let preface_deadline = started + limits.timeouts.preface;
+        let mut preface_pending = true;
+        let idle = limits.timeouts.idle;
+        let mut closing: Option<CloseReason> = None;
+        let mut idle_deadline = *state.last_active.lock().unwrap() + idle;
+        let mut hard_deadline = Instant::now();
+        // Whether this close's GOAWAY has been counted (once the tap saw it written).
+        let mut counted = false;
+        loop {
+            let polled = std::future::poll_fn(|cx| {
+                let r = conn.as_mut().poll(cx);
+                // hyper writes the GOAWAY while being polled: count it as soon as it is out.
+                if let Some(reason) = closing {
+                    self.count_goaway(reason, &mut counted);
                 }
-                return;
-            }
-            _ = tokio::time::sleep_until(hard_deadline), if closing.is_some() => {
-                // A peer that never finishes (no preface, half-open) must not hold a slot.
-                tracing::debug!(conn = id, "connection did not close within the grace period; dropping it");
-                metrics::counter!("uplink_ingest_connections_dropped_total").increment(1);
-                return;
-            }
-            _ = state.limit_reached.notified(), if closing.is_none() => CloseReason::MaxRequests,
-            _ = tokio::time::sleep_until(idle_deadline), if closing.is_none() => {
-                if state.in_flight.load(Ordering::Acquire) > 0 {
-                    // Busy: look again one idle period from now.
-                    idle_deadline = Instant::now() + idle;
-                    continue;
+                r
+            });
+            let reason = tokio::select! {
+                res = polled => {
+                    self.ended(res.err(), closing, &mut counted);
+                    return;
                 }
-                let due = *state.last_active.lock().unwrap() + idle;
-                if due > Instant::now() {
-                    // Active since the deadline was set: idle counts from the last request.
-                    idle_deadline = due;
-                    continue;
+                _ = tokio::time::sleep_until(hard_deadline), if closing.is_some() => {
+                    // A peer that never finishes (half-open, never ACKs the PING) must not hold a slot.
+                    tracing::debug!(conn = id, "connection did not close within the grace period; dropping it");
+                    metrics::counter!("uplink_ingest_connections_dropped_total").increment(1);
+                    self.ended(None, closing, &mut counted);
+                    return;
                 }
-                CloseReason::Idle
+                _ = tokio::time::sleep_until(preface_deadline), if preface_pending => {
+                    if self.client_spoke() {
+                        preface_pending = false;
+                        continue;
+                    }
+                    // Authenticated but silent: it holds a connection slot and nothing else.
+                    metrics::counter!("uplink_ingest_preface_timeouts_total").increment(1);
+                    tracing::info!(conn = id, peer = %self.peer, timeout = ?limits.timeouts.preface, "no HTTP/2 preface (or first request) in time; closed");
+                    return;
+                }
+                _ = state.limit_reached.notified(), if closing.is_none() => CloseReason::MaxRequests,
+                _ = tokio::time::sleep_until(idle_deadline), if closing.is_none() => {
+                    if state.in_flight.load(Ordering::Acquire) > 0 {
+                        // Busy: look again one idle period from now.
+                        idle_deadline = Instant::now() + idle;
+                        continue;
+                    }
+                    let due = *state.last_active.lock().unwrap() + idle;
+                    if due > Instant::now() {
+                        // Active since the deadline was set: idle counts from the last request.
+                        idle_deadline = due;
+                        continue;
+                    }
+                    CloseReason::Idle
+                }
+                _ = tokio::time::sleep_until(age_deadline), if closing.is_none() => CloseReason::MaxAge,
+                _ = shutdown.cancelled(), if closing.is_none() => CloseReason::Shutdown,
+            };
+            tracing::debug!(
+                conn = id,
+                reason = reason.label(),
+                requests = state.requests.load(Ordering::Acquire),
+                "closing connection gracefully"
+            );
+            closing = Some(reason);
+            hard_deadline = Instant::now() + limits.timeouts.shutdown_grace;
+            conn.as_mut().graceful_shutdown();
+            if self.info.is_none() {
+                // HTTP/1.1 has no GOAWAY: its graceful close is counted when asked for.
+                self.count_goaway(reason, &mut counted);
             }
-            _ = tokio::time::sleep_until(age_deadline), if closing.is_none() => CloseReason::MaxAge,
-            _ = shutdown.cancelled(), if closing.is_none() => CloseReason::Shutdown,
-        };
-        tracing::debug!(
-            conn = id,
-            reason = reason.label(),
-            requests = state.requests.load(Ordering::Acquire),
-            "closing connection gracefully"
-        );
+        }
+    }
+
+    /// Counts the graceful close once: for HTTP/2 only when the tap saw a GOAWAY written
+    /// (hyper closes a connection still in its handshake, or already gone, without one).
+    fn count_goaway(&self, reason: CloseReason, counted: &mut bool) {
+        if *counted || self.info.is_some_and(|i| i.goaway_sent().is_none()) {
+            return;
+        }
+        *counted = true;
         metrics::counter!("uplink_ingest_goaway_sent_total", "reason" => reason.label())
             .increment(1);
-        closing = Some(reason);
-        hard_deadline = Instant::now() + limits.timeouts.shutdown_grace;
-        conn.as_mut().graceful_shutdown();
+    }
+
+    /// Accounts for how the connection ended: a graceful close not yet counted (its GOAWAY
+    /// went out in the last poll), and one log line for a connection we killed for a protocol
+    /// error.
+    fn ended(&self, error: Option<hyper::Error>, closing: Option<CloseReason>, counted: &mut bool) {
+        if let Some(reason) = closing {
+            self.count_goaway(reason, counted);
+        }
+        let sent = self.info.and_then(|i| i.last_goaway_sent());
+        match (sent, error) {
+            (Some(g), error) if g.error_code != 0 => {
+                let code = error_code_name(g.error_code);
+                metrics::counter!("uplink_ingest_protocol_errors_total", "code" => code.clone())
+                    .increment(1);
+                PROTOCOL_LOG.log(|suppressed| {
+                    tracing::warn!(
+                        conn = self.id,
+                        peer = %self.peer,
+                        platform = self.platform.as_deref().unwrap_or("-"),
+                        code,
+                        error = error.as_ref().map(chain).unwrap_or_default(),
+                        suppressed,
+                        "connection closed for an HTTP/2 protocol error"
+                    );
+                });
+            }
+            (_, Some(e)) => {
+                tracing::debug!(conn = self.id, error = %e, "connection ended with error");
+            }
+            _ => {}
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_failures_are_classified_by_cause() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        // tokio-rustls reports rustls errors as InvalidData wrapping the rustls::Error.
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        for e in [
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            Error::InvalidCertificate(CertificateError::Expired),
+            Error::NoCertificatesPresented,
+            Error::AlertReceived(AlertDescription::UnknownCA),
+            Error::AlertReceived(AlertDescription::BadCertificate),
+        ] {
+            assert_eq!(TlsFailure::of(&io(e)), TlsFailure::BadCertificate);
+        }
+        for e in [
+            Error::AlertReceived(AlertDescription::ProtocolVersion),
+            Error::General("x".into()),
+        ] {
+            assert_eq!(TlsFailure::of(&io(e)), TlsFailure::Protocol);
+        }
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(TlsFailure::of(&eof), TlsFailure::Protocol);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limited_lines_report_what_they_suppressed() {
+        let limited = RateLimited::new(10);
+        let mut lines = Vec::new();
+        for _ in 0..25 {
+            limited.log(|suppressed| lines.push(suppressed));
+        }
+        assert_eq!(lines, vec![0; 10], "10 lines in the first second");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        limited.log(|suppressed| lines.push(suppressed));
+        assert_eq!(
+            lines.last(),
+            Some(&15),
+            "then one line with the count left out"
+        );
+        limited.log(|suppressed| lines.push(suppressed));
+        assert_eq!(lines.last(), Some(&0));
+    }
+
+    #[test]
+    fn handshake_budgets_are_per_address_and_global() {
+        let limits = ServerLimits {
+            http2: ServerHttp2::default(),
+            timeouts: ServerTimeouts::default(),
+            max_connections: 10,
+            max_handshakes: 3,
+            max_handshakes_per_ip: 2,
+        };
+        let b = Budgets::new(&limits);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = b.handshake(a).unwrap();
+        let s2 = b.handshake(mapped).unwrap();
+        assert_eq!(b.handshake(a).err(), Some(Refusal::MaxHandshakesPerIp));
+        let s3 = b.handshake(other).unwrap();
+        assert_eq!(b.handshake(other).err(), Some(Refusal::MaxHandshakes));
+        drop(s1);
+        let s4 = b.handshake(a).unwrap();
+        drop((s2, s3, s4));
+        assert!(
+            b.per_ip.lock().unwrap().is_empty(),
+            "no entry outlives its handshakes"
+        );
+        let held: Vec<_> = (0..10).map(|_| b.connection().unwrap()).collect();
+        assert_eq!(b.connection().err(), Some(Refusal::MaxConnections));
+        drop(held);
+    }
 
     #[test]
     fn common_names_of_distinguished_names() {

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod connections;
 mod doctor;
 mod failures;
 mod hostile;

@@ -45,6 +45,7 @@ fn handler_with_memory(sink: Arc<FakeSink>, max_inflight_bytes: usize) -> Handle
         max_inflight_bytes_per_platform: max_inflight_bytes,
         max_messages_per_batch: 3,
         max_connections: 10,
+        ..IngestLimits::default()
     };
     Handler::new(sink, "uplink".into(), limits, Duration::from_secs(5))
 }
