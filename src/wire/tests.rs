@@ -451,6 +451,16 @@ mod decoding_proptests {
         }
 
         #[test]
+        fn ids_are_accepted_exactly_under_their_platform(
+            id in prop_oneof![any::<String>(), "p\\.[ -~]{0,40}", "[pq]{1,2}[.]?[a-z]{0,3}"],
+        ) {
+            let ok = id.starts_with("p.")
+                && id.len() <= MAX_ID_LEN
+                && !id.chars().any(|c| c.is_control());
+            prop_assert_eq!(validate_id("p", &id).is_ok(), ok, "{:?}", id);
+        }
+
+        #[test]
         fn reserved_headers_are_exactly_the_two_namespaces(name in "[A-Za-z-]{0,12}") {
             let lower = name.to_ascii_lowercase();
             prop_assert_eq!(
