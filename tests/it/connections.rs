@@ -216,23 +216,6 @@ async fn a_flood_from_many_addresses_hits_the_global_handshake_budget() {
     drop(held);
 }
 
-/// A TLS connection with the pipeline's client certificate, ALPN h2.
-async fn tls_connect(p: &Pipeline) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let pki = p.pki();
-    let cfg = uplink::tls::client_config(
-        &pki.ca(),
-        &pki.client_cert("edge-1"),
-        &pki.client_key("edge-1"),
-    )
-    .unwrap();
-    let tcp = TcpStream::connect(p.ingest_cfg.listen).await.unwrap();
-    let _ = tcp.set_nodelay(true);
-    TlsConnector::from(cfg)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_without_a_preface_is_closed_after_the_preface_timeout() {
     let p = pipeline(|i| i.timeouts.preface = Duration::from_secs(1), |_| {}).await;

@@ -5,8 +5,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use uplink::testbed::pipeline::Pipeline;
 
 use crate::support::h2client::post;
@@ -14,21 +12,7 @@ use crate::support::*;
 
 /// A raw HTTP/2 connection with the pipeline's `edge-1` certificate.
 async fn raw_h2(p: &Pipeline) -> h2::client::SendRequest<Bytes> {
-    let pki = p.pki();
-    let tls = uplink::tls::client_config(
-        &pki.ca(),
-        &pki.client_cert("edge-1"),
-        &pki.client_key("edge-1"),
-    )
-    .unwrap();
-    let tcp = TcpStream::connect(p.ingest_cfg.listen).await.unwrap();
-    let tls = TlsConnector::from(tls)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(p).await;
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(8 << 20)
         .handshake(tls)

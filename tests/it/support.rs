@@ -166,3 +166,25 @@ pub async fn wait_stream_len(js: &jetstream::Context, stream: &str, n: u64) {
         .await
         .expect("stream grows");
 }
+
+/// A TLS connection with the pipeline's client certificate, ALPN h2.
+pub async fn tls_connect(p: &Pipeline) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let pki = p.pki();
+    let cfg = uplink::tls::client_config(
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(p.ingest_cfg.listen)
+        .await
+        .unwrap();
+    let _ = tcp.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake")
+}
