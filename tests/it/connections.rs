@@ -118,6 +118,7 @@ async fn a_flood_of_bare_tcp_connections_does_not_stall_an_honest_client() {
         .await
         .unwrap();
 
+    let rss_before = ingest_mem_kib(&p, "VmRSS");
     // 3,000 bare connections from one address, held open while the honest client works.
     let attacker = [Ipv4Addr::new(127, 0, 0, 2)];
     let (lat, held) = honest_requests_during(&honest, flood(target, &attacker, 3_000)).await;
@@ -142,10 +143,12 @@ async fn a_flood_of_bare_tcp_connections_does_not_stall_an_honest_client() {
     let m = p.ingest_metrics().await.unwrap();
     let refused = scrape_sum(&m, "uplink_ingest_connections_refused_total");
     eprintln!(
-        "flood from one address: {} connected, {refused} refused; honest client during flood: {}; after: {}; new honest connection {fresh_took:?}",
+        "flood from one address: {} connected, {refused} refused; honest client during flood: {}; after: {}; new honest connection {fresh_took:?}; ingest RSS {} → peak {} MiB",
         held.len(),
         summary(&lat),
-        summary(&more)
+        summary(&more),
+        rss_before / 1024,
+        ingest_mem_kib(&p, "VmHWM") / 1024
     );
     for d in lat.iter().chain(&more) {
         assert!(*d < Duration::from_secs(1), "honest request took {d:?}");

@@ -24,17 +24,6 @@ async fn raw_h2(p: &Pipeline) -> h2::client::SendRequest<Bytes> {
     send.ready().await.unwrap()
 }
 
-/// A field of the ingest's `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn ingest_mem_kib(p: &Pipeline, field: &str) -> u64 {
-    let pid = p.ingest.as_ref().unwrap().proc.pid().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or_else(|| panic!("{field} in {status}"))
-}
-
 /// The honest platform: `n` single-message POSTs one after another; returns the slowest.
 async fn honest(p: &Pipeline, n: usize, tag: &str) -> Duration {
     let c = edge_client(p);

@@ -188,3 +188,14 @@ pub async fn tls_connect(p: &Pipeline) -> tokio_rustls::client::TlsStream<tokio:
         .await
         .expect("TLS handshake")
 }
+
+/// A field of the ingest's `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn ingest_mem_kib(p: &Pipeline, field: &str) -> u64 {
+    let pid = p.ingest.as_ref().unwrap().proc.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("{field} in {status}"))
+}
