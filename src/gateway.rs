@@ -278,27 +278,27 @@ fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, Strin
     // The ingest refuses what it cannot map under the platform's prefix; find out here, for
     // this message alone.
     wire::validate_subject(&m.subject).map_err(|e| e.to_string())?;
-    let mut headers = std::collections::HashMap::new();
-    if let Some(h) = &m.headers {
-        for (name, values) in h.iter() {
-            let name: &str = name.as_ref();
-            if wire::is_reserved_header(name) {
-                // Edge `Nats-*` are the edge JetStream's own control headers; `Uplink-*` are
-                // stamped by the ingest (an edge copy of them would only be refused there).
-                continue;
-            }
-            if let Some(v) = values.last() {
-                headers.insert(name.to_string(), v.as_str().to_string());
-            }
-        }
-    }
-    Ok(wire::Message {
+    let mut out = wire::Message {
         id: ids.id(info.stream_sequence),
         subject: m.subject.to_string(),
         payload: m.payload.clone(),
-        headers,
+        headers: Default::default(),
         time_unix_nano: info.published.unix_timestamp_nanos() as i64,
-    })
+        multi_headers: Vec::new(),
+    };
+    if let Some(h) = &m.headers {
+        out.set_headers(
+            h.iter()
+                .map(|(name, values)| {
+                    let name: &str = name.as_ref();
+                    (name, values.iter().map(|v| v.as_str()).collect())
+                })
+                // Edge `Nats-*` are the edge JetStream's own control headers; `Uplink-*` are
+                // stamped by the ingest (an edge copy of them would only be refused there).
+                .filter(|(name, _)| !wire::is_reserved_header(name)),
+        );
+    }
+    Ok(out)
 }
 
 /// Pulls messages into batches and dispatches each to a delivery task, at most

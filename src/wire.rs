@@ -49,6 +49,51 @@ pub struct Message {
     pub headers: HashMap<String, String>,
     #[prost(int64, tag = "5")]
     pub time_unix_nano: i64,
+    /// Headers with several values, every value in order; a name here overrides its
+    /// `headers` entry (which holds the last value, for ingests that predate this field).
+    #[prost(message, repeated, tag = "6")]
+    pub multi_headers: Vec<Header>,
+}
+
+/// `uplink.v1.Header`: one value of a header that has several.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Header {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+impl Message {
+    /// Sets the headers of a message from `(name, values)` pairs, keeping every value.
+    pub fn set_headers<'a>(&mut self, headers: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) {
+        for (name, values) in headers {
+            let Some(last) = values.last() else { continue };
+            self.headers.insert(name.to_string(), last.to_string());
+            if values.len() > 1 {
+                self.multi_headers.extend(values.iter().map(|v| Header {
+                    name: name.to_string(),
+                    value: v.to_string(),
+                }));
+            }
+        }
+    }
+
+    /// Every header value in order: the single-valued ones from `headers`, the names in
+    /// `multi_headers` from there.
+    pub fn header_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        let multi: std::collections::HashSet<&str> =
+            self.multi_headers.iter().map(|h| h.name.as_str()).collect();
+        self.headers
+            .iter()
+            .filter(move |(k, _)| !multi.contains(k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                self.multi_headers
+                    .iter()
+                    .map(|h| (h.name.as_str(), h.value.as_str())),
+            )
+    }
 }
 
 /// `Content-Type` of `POST /v1/batches`.

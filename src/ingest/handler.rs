@@ -525,6 +525,7 @@ impl Handler {
                 payload,
                 headers: Default::default(),
                 time_unix_nano: now,
+                multi_headers: Vec::new(),
             },
         )
     }
@@ -549,9 +550,9 @@ impl Handler {
         wire::validate_subject(&m.subject)?;
         wire::validate_id(platform, &m.id)?;
         let mut headers = async_nats::HeaderMap::new();
-        for (k, v) in &m.headers {
+        for (k, v) in m.header_values() {
             if wire::is_reserved_header(k) {
-                return Err(MessageError::ReservedHeader(k.clone()).into());
+                return Err(MessageError::ReservedHeader(k.to_string()).into());
             }
             let name: async_nats::HeaderName = k.parse().map_err(|_| {
                 ApiError::new(ErrorCode::BadHeader, format!("invalid header name {k:?}"))
@@ -562,7 +563,7 @@ impl Handler {
                     format!("invalid value of header {k:?}"),
                 )
             })?;
-            headers.insert(name, value);
+            headers.append(name, value);
         }
         headers.insert(TIME_HEADER, m.time_unix_nano.to_string().as_str());
         headers.insert(PLATFORM_HEADER, platform);

@@ -85,6 +85,9 @@ pub fn message(w: &Workload, i: usize) -> (String, Bytes, Vec<(String, String)>)
     if w.mixed && i % 10 == 3 {
         headers.push(("X-Index".to_string(), i.to_string()));
         headers.push(("Unit".to_string(), "celsius".to_string()));
+        // A header with several values: every one must arrive, in order.
+        headers.push(("Tag".to_string(), "a".to_string()));
+        headers.push(("Tag".to_string(), format!("b{i}")));
     }
     (subject, Bytes::from(payload), headers)
 }
@@ -102,7 +105,7 @@ pub async fn publish(js: &jetstream::Context, w: &Workload) -> anyhow::Result<Ve
         let (subject, payload, headers) = message(w, i);
         let mut map = async_nats::HeaderMap::new();
         for (k, v) in &headers {
-            map.insert(k.as_str(), v.as_str());
+            map.append(k.as_str(), v.as_str());
         }
         let entry = Sent {
             sequence: 0,
@@ -147,7 +150,8 @@ pub struct Received {
     pub subject: String,
     pub hash: u64,
     pub len: usize,
-    pub headers: HashMap<String, String>,
+    /// Every header with all its values, in order.
+    pub headers: HashMap<String, Vec<String>>,
     /// Cloud persist time minus edge time.
     pub latency: Option<Duration>,
 }
@@ -227,18 +231,22 @@ pub async fn read_all(js: &jetstream::Context, stream: &str) -> anyhow::Result<V
         let mut headers = HashMap::new();
         if let Some(h) = &m.headers {
             for (k, v) in h.iter() {
-                if let Some(v) = v.last() {
-                    headers.insert(k.to_string(), v.as_str().to_string());
-                }
+                let values: Vec<String> = v.iter().map(|v| v.as_str().to_string()).collect();
+                headers.insert(k.to_string(), values);
             }
         }
-        let latency = headers
-            .get(TIME_HEADER)
+        let one = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v: &Vec<String>| v.last())
+                .cloned()
+        };
+        let latency = one(TIME_HEADER)
             .and_then(|t| t.parse::<i128>().ok())
             .and_then(|t| u64::try_from(published - t).ok())
             .map(Duration::from_nanos);
         out.push(Received {
-            id: headers.get("Nats-Msg-Id").cloned().unwrap_or_default(),
+            id: one("Nats-Msg-Id").unwrap_or_default(),
             subject: m.subject.to_string(),
             hash: hash(&m.payload),
             len: m.payload.len(),
@@ -313,7 +321,13 @@ pub fn check(
             continue;
         };
         let subject = format!("{cloud_prefix}.{platform}.{}", s.subject);
-        let headers_ok = s.headers.iter().all(|(k, v)| g.headers.get(k) == Some(v));
+        let mut sent_headers: HashMap<&str, Vec<String>> = HashMap::new();
+        for (k, v) in &s.headers {
+            sent_headers.entry(k.as_str()).or_default().push(v.clone());
+        }
+        let headers_ok = sent_headers
+            .iter()
+            .all(|(k, v)| g.headers.get(*k) == Some(v));
         if g.subject != subject || g.hash != s.hash || g.len != s.len || !headers_ok {
             r.corrupted += 1;
             note(

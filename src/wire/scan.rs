@@ -23,6 +23,7 @@ const BATCH_MESSAGES: u64 = 1;
 const MESSAGE_ID: u64 = 1;
 const MESSAGE_SUBJECT: u64 = 2;
 const MESSAGE_HEADERS: u64 = 4;
+const MESSAGE_MULTI_HEADERS: u64 = 6;
 
 /// A varint is at most 10 bytes.
 const MAX_VARINT_BYTES: u32 = 10;
@@ -154,6 +155,7 @@ impl Counter {
 pub struct Shape {
     pub messages: usize,
     /// Bytes of ids, subjects and header entries (copied into strings when decoded).
+    /// Each multi-valued header entry also costs a struct: counted per message overhead.
     pub copied_bytes: usize,
 }
 
@@ -223,7 +225,10 @@ pub fn shape(buf: &[u8]) -> Result<Shape, WireError> {
         }
         s.messages += 1;
         fields(msg, 0, |f, value| {
-            if matches!(f, MESSAGE_ID | MESSAGE_SUBJECT | MESSAGE_HEADERS) {
+            if matches!(
+                f,
+                MESSAGE_ID | MESSAGE_SUBJECT | MESSAGE_HEADERS | MESSAGE_MULTI_HEADERS
+            ) {
                 s.copied_bytes += value.len();
             }
             Ok(())

@@ -9,6 +9,7 @@ fn sample() -> Batch {
                 payload: Bytes::from_static(b"\x00\x01binary\xff"),
                 headers: HashMap::from([("k".to_string(), "v".to_string())]),
                 time_unix_nano: 42,
+                multi_headers: Vec::new(),
             },
             Message {
                 id: "p.S.1.2".into(),
@@ -16,6 +17,7 @@ fn sample() -> Batch {
                 payload: Bytes::new(),
                 headers: HashMap::new(),
                 time_unix_nano: -1,
+                multi_headers: Vec::new(),
             },
         ],
     }
@@ -372,6 +374,7 @@ mod decoding_proptests {
                 payload: Bytes::from(payload),
                 headers,
                 time_unix_nano: t,
+                multi_headers: Vec::new(),
             })
     }
 
@@ -468,5 +471,57 @@ mod decoding_proptests {
                 lower.starts_with("nats") || lower.starts_with("uplink-")
             );
         }
+    }
+}
+
+mod multi_valued_headers {
+    use super::super::*;
+
+    fn with(headers: &[(&str, Vec<&str>)]) -> Message {
+        let mut m = Message::default();
+        m.set_headers(headers.iter().map(|(k, v)| (*k, v.clone())));
+        m
+    }
+
+    #[test]
+    fn every_value_survives_in_order() {
+        let m = with(&[("Tag", vec!["a", "b", "a"]), ("Unit", vec!["C"])]);
+        let decoded = Message::decode(&m.encode_to_vec()[..]).unwrap();
+        let mut got: Vec<(&str, &str)> = decoded.header_values().collect();
+        got.sort_by_key(|(k, _)| *k);
+        assert_eq!(
+            got,
+            [("Tag", "a"), ("Tag", "b"), ("Tag", "a"), ("Unit", "C")]
+        );
+    }
+
+    #[test]
+    fn a_receiver_that_predates_the_field_gets_the_last_value() {
+        /// `uplink.v1.Message` as it was before field 6.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldMessage {
+            #[prost(map = "string, string", tag = "4")]
+            headers: HashMap<String, String>,
+        }
+        let m = with(&[("Tag", vec!["a", "b"])]);
+        let old = OldMessage::decode(&m.encode_to_vec()[..]).unwrap();
+        assert_eq!(old.headers["Tag"], "b");
+        // And a message from an old sender (no field 6) reads as before.
+        let from_old = Message::decode(&old.encode_to_vec()[..]).unwrap();
+        assert_eq!(from_old.header_values().collect::<Vec<_>>(), [("Tag", "b")]);
+    }
+
+    #[test]
+    fn field_six_is_the_repeated_header() {
+        // Message{multi_headers: [Header{name: "a"(1), value: "b"(2)}]}
+        let raw = [0x32, 6, 0x0a, 1, b'a', 0x12, 1, b'b'];
+        let m = Message::decode(&raw[..]).unwrap();
+        assert_eq!(
+            m.multi_headers,
+            [Header {
+                name: "a".into(),
+                value: "b".into()
+            }]
+        );
     }
 }

@@ -105,6 +105,7 @@ fn refused_after_decoding(payload: usize) -> Vec<u8> {
             payload: Bytes::from(vec![0u8; payload]),
             headers: Default::default(),
             time_unix_nano: 0,
+            multi_headers: Vec::new(),
         }],
     };
     uplink::wire::encode_batch(&batch, uplink::wire::Encoding::Zstd, 19)
@@ -230,6 +231,7 @@ async fn a_platform_cannot_stamp_the_ingests_headers_in_any_case() {
                 payload: Bytes::from_static(b"1"),
                 headers: [(name.to_string(), "edge-2".to_string())].into(),
                 time_unix_nano: 0,
+                multi_headers: Vec::new(),
             }],
         };
         let body = uplink::wire::encode_batch(&batch, uplink::wire::Encoding::Identity, 1).unwrap();

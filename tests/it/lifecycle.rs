@@ -322,7 +322,7 @@ async fn through_real_nginx_as_in_the_case_study() {
         .unwrap();
     assert!(
         got.iter()
-            .all(|m| m.headers.get("Uplink-Platform").map(String::as_str) == Some("edge-1"))
+            .all(|m| m.headers.get("Uplink-Platform") == Some(&vec!["edge-1".to_string()]))
     );
     let im = p.ingest_metrics().await.unwrap();
     assert!(

@@ -65,6 +65,7 @@ fn msg(id: &str, subject: &str) -> Message {
         payload: Bytes::from_static(b"x"),
         headers: [("h".to_string(), "v".to_string())].into(),
         time_unix_nano: 9,
+        multi_headers: Vec::new(),
     }
 }
 
@@ -527,6 +528,7 @@ mod fuzz {
                                 payload: Bytes::from_static(b"x"),
                                 headers: [(header, "v".to_string())].into(),
                                 time_unix_nano: 1,
+                                multi_headers: Vec::new(),
                             })
                             .collect(),
                     }
@@ -585,4 +587,33 @@ mod fuzz {
             prop_assert_eq!(h.inflight_bytes(), 0);
         }
     }
+}
+
+#[tokio::test]
+async fn multi_valued_headers_reach_the_cloud_with_every_value_and_the_rules_apply() {
+    let sink = Arc::new(FakeSink::default());
+    let h = handler(sink.clone());
+    let mut m = msg("p.1", "a");
+    m.set_headers([("Tag", vec!["x", "y"])]);
+    let resp = h
+        .handle_alone(
+            batch_req(&Batch { messages: vec![m] }, Encoding::Identity),
+            Some("p"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = sink.got.lock().unwrap()[0].headers.clone();
+    let tags: Vec<&str> = got.get_all("Tag").map(|v| v.as_str()).collect();
+    assert_eq!(tags, ["x", "y"]);
+    // The namespaces are the ingest's in the repeated form too.
+    let mut m = msg("p.2", "a");
+    m.set_headers([("uplink-platform", vec!["q", "r"])]);
+    let resp = h
+        .handle_alone(
+            batch_req(&Batch { messages: vec![m] }, Encoding::Identity),
+            Some("p"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(sink.got.lock().unwrap().len(), 1);
 }
