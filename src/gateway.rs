@@ -57,12 +57,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     wire::validate_token(&platform).map_err(|e| anyhow::anyhow!("platform: {e}"))?;
     let base: http::Uri = cfg.cloud.url.parse().context("cloud.url")?;
-    let batches_url: http::Uri = format!(
-        "{}://{}/v1/batches",
-        base.scheme_str().unwrap_or("https"),
-        base.authority().context("cloud.url has no authority")?
-    )
-    .parse()?;
+    let batches_url = batches_url(&base).context("cloud.url")?;
     let client = Client::new(ClientConfig {
         url: base,
         server_name: cfg.cloud.server_name.clone(),
@@ -385,9 +380,26 @@ async fn pump(
             flush(&mut batcher, ctx, slots, tracker, shutdown).await;
         }
     }
-    // Shutdown: what was pulled but not sent goes back at once.
-    let (left, _) = batcher.take();
-    settle(&left, AckKind::Nak(None)).await;
+    // Shutdown: what was pulled but not sent goes back at once — the batch being built and
+    // what the pull already delivered into the client's buffer (left there it would wait out
+    // ack_wait before JetStream redelivers it).
+    let (mut left, _) = batcher.take();
+    let drain = async {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(PREFETCH_QUIET, messages.next()).await {
+            left.push(m);
+        }
+    };
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, drain).await;
+    // Stop taking deliveries before giving messages back, or JetStream hands them straight
+    // back to this subscription, which is about to go away.
+    drop(messages);
+    if !left.is_empty() {
+        tracing::info!(
+            messages = left.len(),
+            "shutdown: returning undispatched messages to JetStream"
+        );
+    }
+    settle(&left, SHUTDOWN_NAK).await;
     Ok(())
 }
 
@@ -409,6 +421,14 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// At shutdown, the client's buffer of pulled messages counts as drained once nothing more
+/// arrived for this long.
+const PREFETCH_QUIET: Duration = Duration::from_millis(50);
+
+/// How messages are given back at shutdown: redelivered after a moment, so not into this
+/// gateway's own pull that is still open while it exits, but long before `ack_wait`.
+const SHUTDOWN_NAK: AckKind = AckKind::Nak(Some(Duration::from_secs(2)));
 
 /// How long acks, naks and progress notes for one batch may take (they block while edge NATS
 /// is disconnected; shutdown must not).
@@ -458,7 +478,7 @@ async fn flush(
             _ = progress.tick() => settle(batcher.handles(), AckKind::Progress).await,
             _ = shutdown.cancelled() => {
                 let (left, _) = batcher.take();
-                settle(&left, AckKind::Nak(None)).await;
+                settle(&left, SHUTDOWN_NAK).await;
                 return;
             }
         }
@@ -473,6 +493,24 @@ async fn flush(
         metrics::gauge!("uplink_gateway_in_flight_batches").decrement(1.0);
         drop(permit);
     });
+}
+
+/// Where batches go: `cloud.url`'s path (an ingest behind a proxy route such as
+/// `https://gw.example/ingest`) followed by [`wire::BATCHES_PATH`].
+fn batches_url(base: &http::Uri) -> anyhow::Result<http::Uri> {
+    let authority = base
+        .authority()
+        .context("has no host (expected https://host:port[/path])")?;
+    if base.query().is_some() {
+        anyhow::bail!("{base} has a query string; give scheme, host, port and an optional path");
+    }
+    let prefix = base.path().trim_end_matches('/');
+    Ok(format!(
+        "{}://{authority}{prefix}{}",
+        base.scheme_str().unwrap_or("https"),
+        wire::BATCHES_PATH
+    )
+    .parse()?)
 }
 
 /// Whether a 2xx answer confirms every message of the batch (`{"accepted":N,"duplicates":M}`
@@ -562,7 +600,25 @@ fn deliver(
                 let right = wire::Batch {
                     messages: batch.messages.split_off(count / 2),
                 };
-                deliver(ctx.clone(), msgs, batch).await;
+                {
+                    // The right half waits its turn: keep it alive meanwhile, or JetStream
+                    // redelivers it past ack_wait (sent twice, deduplicated, but wasted).
+                    let every = cfg.nats.ack_wait / 3;
+                    let keep_alive = async {
+                        let mut tick =
+                            tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                        loop {
+                            tick.tick().await;
+                            metrics::counter!("uplink_gateway_in_progress_total")
+                                .increment(right_msgs.len() as u64);
+                            settle(&right_msgs, AckKind::Progress).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = deliver(ctx.clone(), msgs, batch) => {}
+                        _ = keep_alive => {}
+                    }
+                }
                 deliver(ctx.clone(), right_msgs, right).await;
             }
             Delivery::Rejected { status, detail } => {
@@ -589,7 +645,7 @@ fn deliver(
             Delivery::Abandoned => {
                 metrics::counter!("uplink_gateway_messages_total", "result" => "abandoned")
                     .increment(n);
-                settle(&msgs, AckKind::Nak(None)).await;
+                settle(&msgs, SHUTDOWN_NAK).await;
             }
         }
     })
@@ -597,7 +653,25 @@ fn deliver(
 
 #[cfg(test)]
 mod tests {
-    use super::confirms;
+    use super::{batches_url, confirms};
+
+    #[test]
+    fn the_path_of_cloud_url_is_honoured() {
+        let url = |s: &str| batches_url(&s.parse().unwrap()).map(|u| u.to_string());
+        assert_eq!(url("https://h:8443").unwrap(), "https://h:8443/v1/batches");
+        assert_eq!(url("https://h:8443/").unwrap(), "https://h:8443/v1/batches");
+        assert_eq!(
+            url("https://h/ingest/").unwrap(),
+            "https://h/ingest/v1/batches"
+        );
+        assert!(
+            url("https://h/x?y=1")
+                .unwrap_err()
+                .to_string()
+                .contains("query")
+        );
+        assert!(url("/only/a/path").is_err());
+    }
 
     #[test]
     fn only_a_full_confirmation_acks() {

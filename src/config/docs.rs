@@ -43,7 +43,7 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "cloud.url",
-        "Ingest base URL, https only (mTLS is always on); batches go to <url>/v1/batches.",
+        "Ingest base URL, https only (mTLS is always on); batches go to <url path>/v1/batches\n(a path such as https://gw.example/ingest is kept, for an ingest behind a proxy route).",
     ),
     (
         "cloud.server_name",

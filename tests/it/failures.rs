@@ -131,3 +131,63 @@ async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
         tail(&p.log("gateway"))
     );
 }
+
+/// The edge consumer's pending and unacked counts.
+async fn consumer_counts(p: &uplink::testbed::pipeline::Pipeline) -> (u64, usize) {
+    let edge = edge_js(p).await;
+    let c: async_nats::jetstream::consumer::PullConsumer = edge
+        .get_consumer_from_stream(&p.gateway_cfg.nats.consumer, &p.gateway_cfg.nats.stream)
+        .await
+        .unwrap();
+    let info = c.get_info().await.unwrap();
+    (info.num_pending, info.num_ack_pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sigterm_returns_every_undispatched_message_at_once() {
+    // ack_wait of 2 minutes: a message not nak'ed at shutdown would come back only after it,
+    // far beyond the delivery budget below (60 s).
+    let mut p = pipeline(
+        |_| {},
+        |g| {
+            g.nats.ack_wait = Duration::from_secs(120);
+            g.timeouts.shutdown_grace = Duration::from_secs(1);
+            g.forward.max_in_flight = 2;
+            g.batch.max_messages = 100;
+        },
+    )
+    .await;
+    // The ingest is gone: batches in flight retry, the rest is pulled and waits.
+    p.ingest.as_mut().unwrap().proc.kill();
+    let edge = edge_js(&p).await;
+    publish(&edge, 3_000).await;
+    // Wait until the gateway holds more than its in-flight batches (prefetched ones too).
+    uplink::testbed::wait_for(
+        || async { Ok(consumer_counts(&p).await.1 > 200) },
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the gateway pulls messages");
+    let code = p
+        .gateway
+        .as_mut()
+        .unwrap()
+        .proc
+        .terminate(Duration::from_secs(15))
+        .await;
+    assert_eq!(code, Some(0), "{}", tail(&p.log("gateway")));
+    let log = p.log("gateway");
+    assert!(
+        log.contains("returning undispatched messages"),
+        "{}",
+        tail(&log)
+    );
+    // Nothing was delivered, so nothing may be acked: every message is still the consumer's.
+    let (pending, unacked) = consumer_counts(&p).await;
+    assert_eq!(pending + unacked as u64, 3_000);
+    // Restarted, the pipeline delivers every one of them long before ack_wait would have
+    // returned any: they were nak'ed, not abandoned.
+    p.start_ingest().await.unwrap();
+    p.start_gateway().await.unwrap();
+    wait_delivered(&p, 3_000).await;
+}
