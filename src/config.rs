@@ -81,6 +81,18 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The ingest's TLS files: its pair, the CA bundle for client certificates, and the deny list
+/// of revoked platforms. All re-read when they change.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub deny_list: PathBuf,
+}
+
 // ---------------------------------------------------------------- gateway
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -373,7 +385,7 @@ impl GatewayConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub listen: SocketAddr,
-    pub tls: TlsFiles,
+    pub tls: ServerTls,
     pub nats: CloudNats,
     pub limits: IngestLimits,
     pub http2: ServerHttp2,
@@ -496,10 +508,11 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: "127.0.0.1:8443".parse().unwrap(),
-            tls: TlsFiles {
+            tls: ServerTls {
                 ca: "ca.pem".into(),
                 cert: "server.pem".into(),
                 key: "server-key.pem".into(),
+                deny_list: PathBuf::new(),
             },
             nats: CloudNats::default(),
             limits: IngestLimits::default(),

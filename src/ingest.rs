@@ -22,7 +22,22 @@ use crate::config::IngestConfig;
 /// Runs the ingest until `shutdown` fires, then drains. Binds its listeners itself (config is
 /// checked before, in `main`); tests that need to inject listeners use [`accept::serve`].
 pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tls = crate::tls::server_config(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    let deny = if cfg.tls.deny_list.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Arc::new(crate::tls::reload::Watched::load(
+            &cfg.tls.deny_list,
+            "deny_list",
+            crate::tls::reload::DenyList::parse,
+            crate::tls::reload::CHECK_EVERY,
+        )?))
+    };
+    let tls = crate::tls::server_config_with_deny_list(
+        &cfg.tls.ca,
+        &cfg.tls.cert,
+        &cfg.tls.key,
+        deny.clone(),
+    )?;
     let backlog = cfg.limits.listen_backlog;
     let listener = bind(cfg.listen, backlog)
         .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
@@ -37,12 +52,15 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         None => None,
     };
     let sink = publish::JetStreamSink::connect(&cfg.nats, cfg.timeouts.publish).await?;
-    let handler = Arc::new(handler::Handler::new(
-        sink,
-        cfg.nats.subject_prefix.clone(),
-        cfg.limits.clone(),
-        cfg.timeouts.request_body,
-    ));
+    let handler = Arc::new(
+        handler::Handler::new(
+            sink,
+            cfg.nats.subject_prefix.clone(),
+            cfg.limits.clone(),
+            cfg.timeouts.request_body,
+        )
+        .with_deny_list(deny),
+    );
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,

@@ -2,13 +2,13 @@
 //! identity of a client certificate, and the dev PKI of `uplink pki dev`.
 
 pub mod dn;
+pub mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -71,26 +71,36 @@ fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// Server config that REQUIRES a client certificate chaining to `ca`; ALPN `h2`, `http/1.1`.
+/// The CA bundle and the certificate/key pair are re-read when they change.
 pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_deny_list(ca, cert, key, None)
+}
+
+/// [`server_config`] that also refuses the platforms of a deny list (re-read when it changes).
+pub fn server_config_with_deny_list(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    deny: Option<Arc<reload::Watched<reload::DenyList>>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(ca)?))
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = Arc::new(reload::ReloadingClientVerifier::new(ca, deny)?);
     let mut cfg = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))?;
+        .with_cert_resolver(Arc::new(ReloadingCert::load(cert, key)?));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
-/// Client config presenting `cert`/`key` and trusting only `ca`; ALPN `h2`.
+/// Client config presenting `cert`/`key` and trusting only `ca`; ALPN `h2`. The CA bundle and
+/// the pair are re-read when they change.
 pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     install_crypto_provider();
+    let verifier = Arc::new(reload::ReloadingServerVerifier::new(ca)?);
     let mut cfg = ClientConfig::builder()
-        .with_root_certificates(roots(ca)?)
-        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))?;
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(ReloadingCert::load(cert, key)?));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }

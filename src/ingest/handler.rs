@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::budget::{Account, Budget, Hold, Refused};
 use super::publish::{OutMessage, Sink, SinkError};
 use crate::config::IngestLimits;
+use crate::tls::reload::{DenyList, Watched};
 use crate::wire::{self, Encoding, ErrorAnswer, ErrorCode, MessageError, WireError, scan};
 
 pub use crate::wire::{MAX_ID_LEN, PLATFORM_HEADER, TIME_HEADER};
@@ -42,6 +43,8 @@ pub struct Handler {
     body_timeout: Duration,
     /// Bytes of requests held now (`limits.max_inflight_bytes` and its shares).
     budget: Arc<Budget>,
+    /// Revoked platforms (`tls.deny_list`): also refused on connections opened before.
+    deny: Option<Arc<Watched<DenyList>>>,
 }
 
 /// A failed request: its code (which fixes the status) and what was wrong.
@@ -196,7 +199,14 @@ impl Handler {
             limits,
             body_timeout,
             budget,
+            deny: None,
         }
+    }
+
+    /// Refuses the platforms of `deny` (re-read when it changes) with 403 `revoked`.
+    pub fn with_deny_list(mut self, deny: Option<Arc<Watched<DenyList>>>) -> Self {
+        self.deny = deny;
+        self
     }
 
     /// Readiness of the persistence side.
@@ -349,6 +359,17 @@ impl Handler {
                 format!("client identity is not usable as a subject token: {e}"),
             )
         })?;
+        if self
+            .deny
+            .as_ref()
+            .is_some_and(|d| d.current().contains(platform))
+        {
+            metrics::counter!("uplink_ingest_revoked_total", "stage" => "request").increment(1);
+            return Err(ApiError::new(
+                ErrorCode::Revoked,
+                format!("platform {platform:?} is on the ingest's deny list (tls.deny_list)"),
+            ));
+        }
         let encoding = Encoding::from_header(
             req.headers()
                 .get(header::CONTENT_ENCODING)

@@ -77,10 +77,11 @@ impl Pipeline {
             admin: crate::config::AdminConfig {
                 listen: free_addr(),
             },
-            tls: crate::config::TlsFiles {
+            tls: crate::config::ServerTls {
                 ca: pki.ca(),
                 cert: pki.server_cert(),
                 key: pki.server_key(),
+                deny_list: Default::default(),
             },
             nats: crate::config::CloudNats {
                 url: cloud.url(),

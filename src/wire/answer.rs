@@ -35,6 +35,8 @@ pub enum ErrorCode {
     NoIdentity,
     /// 403: the platform name cannot be a subject token.
     BadIdentity,
+    /// 403: the platform is on the ingest's deny list.
+    Revoked,
     /// 415: unknown `Content-Encoding`.
     UnsupportedEncoding,
     /// 415: wrong `Content-Type`.
@@ -73,7 +75,7 @@ impl ErrorCode {
         match self {
             ErrorCode::NotFound => S::NOT_FOUND,
             ErrorCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
-            ErrorCode::NoIdentity | ErrorCode::BadIdentity => S::FORBIDDEN,
+            ErrorCode::NoIdentity | ErrorCode::BadIdentity | ErrorCode::Revoked => S::FORBIDDEN,
             ErrorCode::UnsupportedEncoding | ErrorCode::UnsupportedMediaType => {
                 S::UNSUPPORTED_MEDIA_TYPE
             }
@@ -112,6 +114,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::NoIdentity => "no_identity",
             ErrorCode::BadIdentity => "bad_identity",
+            ErrorCode::Revoked => "revoked",
             ErrorCode::UnsupportedEncoding => "unsupported_encoding",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::TooLarge => "too_large",
@@ -148,11 +151,12 @@ impl ErrorAnswer {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 17] = [
+    const ALL: [ErrorCode; 18] = [
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::NoIdentity,
         ErrorCode::BadIdentity,
+        ErrorCode::Revoked,
         ErrorCode::UnsupportedEncoding,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::TooLarge,
