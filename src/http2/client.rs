@@ -27,6 +27,8 @@ use super::learn::{self, Change, Closed, GoAwaySeen, LimitLearner};
 use super::tap::{ConnInfo, Side, TapConfig};
 use crate::config::ClientTimeouts;
 
+#[cfg(test)]
+mod tests;
 
 /// Client settings.
 #[derive(Clone)]
