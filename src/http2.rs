@@ -4,7 +4,9 @@
 
 pub mod classify;
 pub mod client;
+pub mod conn_info;
 pub mod dial;
+pub mod frame;
 pub mod learn;
 pub mod tap;
 

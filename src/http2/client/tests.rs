@@ -13,7 +13,11 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::http2::dial::BoxIo;
-use crate::http2::tap::{Direction, FrameDetail, Parser};
+use crate::http2::frame::testing::frame;
+use crate::http2::frame::{
+    Direction, FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM, FrameDetail, GOAWAY, HEADERS, PING,
+    Parser, SETTINGS,
+};
 use crate::http2::{Retry, classify};
 
 /// Virtual time one dial takes: long enough for a herd of concurrent dials to form if the
@@ -149,24 +153,11 @@ async fn serve_h2(io: DuplexStream, s: &Server, conn: usize, script: Script) {
     }
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// A hand-driven server: SETTINGS, waits until `hold` requests arrived, then
 /// GOAWAY(`last_stream_id`, NO_ERROR) and a 200 (HPACK static index 8) for each stream at or
 /// below it; then reads until the client closes.
 async fn serve_raw_goaway(mut io: DuplexStream, hold: usize, last_stream_id: u32) {
-    const HEADERS: u8 = 0x1;
-    const SETTINGS: u8 = 0x4;
-    const PING: u8 = 0x6;
-    const GOAWAY: u8 = 0x7;
-    const ACK: u8 = 0x1;
-    const END_STREAM_HEADERS: u8 = 0x1 | 0x4;
+    const END_STREAM_HEADERS: u8 = FLAG_END_STREAM | FLAG_END_HEADERS;
     let mut parser = Parser::new(Side::Server, Direction::Recv);
     let mut buf = vec![0u8; 16 * 1024];
     let mut opened = Vec::new();
@@ -195,9 +186,11 @@ async fn serve_raw_goaway(mut io: DuplexStream, hold: usize, last_stream_id: u32
                     opened.push(f.header.stream_id)
                 }
                 FrameDetail::Settings { ack: false, .. } => {
-                    out.extend(frame(SETTINGS, ACK, 0, &[]))
+                    out.extend(frame(SETTINGS, FLAG_ACK, 0, &[]))
                 }
-                FrameDetail::Ping { ack: false, data } => out.extend(frame(PING, ACK, 0, &data)),
+                FrameDetail::Ping { ack: false, data } => {
+                    out.extend(frame(PING, FLAG_ACK, 0, &data))
+                }
                 _ => {}
             }
         }
