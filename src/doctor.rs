@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::ClientTimeouts;
 use crate::http2::ForwardError;
-use crate::http2::client::target_of;
+use crate::http2::dial::target_of;
 
 pub use report::Findings;
 

@@ -1,8 +1,12 @@
 //! HTTP/2 connection lifecycle shared by the gateway and the doctor: the client connection
-//! manager, the failure classification of DESIGN.md §4, and the frame tap.
+//! manager, the one dial and handshake path both use, the failure classification of
+//! DESIGN.md §4, and the frame tap.
 
 pub mod classify;
 pub mod client;
+pub mod conn_info;
+pub mod dial;
+pub mod frame;
 pub mod learn;
 pub mod tap;
 

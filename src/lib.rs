@@ -9,7 +9,8 @@
 //! ```
 //! - [`wire`]: the protobuf contract, encodings, subject rules, message ids (shared vocabulary).
 //! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs.
-//! - [`http2`]: HTTP/2 connection lifecycle (client pool, failure classification).
+//! - [`http2`]: HTTP/2 connection lifecycle (client pool, dial + handshake, failure
+//!   classification, frame parser and tap).
 //! - [`gateway`], [`ingest`]: the two programs; they never import each other.
 //! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
 //! - [`doctor`]: probes any HTTP/2 endpoint's lifecycle (uses [`http2`]'s tap and dialer).

@@ -9,16 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Diagnosis;
 use crate::config::ClientTimeouts;
-use crate::http2::client::connect_tls;
-use crate::http2::tap::{ConnInfo, GoAwayInfo, Side, Tap, TapConfig};
+use crate::http2::dial::{self, ClientConn, KeepAlive, connect_tls};
+use crate::http2::tap::{ConnInfo, GoAwayInfo, Side, TapConfig};
 use crate::http2::{ForwardError, Retry, classify};
 
 /// Where and how to probe.
@@ -50,11 +47,9 @@ pub struct TlsFacts {
 
 /// One probe connection.
 pub struct ProbeConn {
-    sender: SendRequest<Full<Bytes>>,
+    conn: ClientConn,
     pub info: Arc<ConnInfo>,
     pub opened: Instant,
-    /// Becomes `Some(when)` when the connection ended (for any reason).
-    ended: watch::Receiver<Option<Instant>>,
 }
 
 /// How one request went.
@@ -67,19 +62,21 @@ pub enum Outcome {
 }
 
 impl ProbeConn {
+    /// When the connection ended (for any reason), if it did.
     pub fn ended_at(&self) -> Option<Instant> {
-        *self.ended.borrow()
+        self.conn.ended().map(|(at, _)| at)
     }
 
     /// Waits until the connection ends, at most until `deadline`.
     pub async fn wait_end(&mut self, deadline: Instant) -> Option<Instant> {
-        let _ = tokio::time::timeout_at(deadline, self.ended.wait_for(|e| e.is_some())).await;
+        let mut ended = self.conn.end_watch();
+        let _ = tokio::time::timeout_at(deadline, ended.wait_for(|e| e.is_some())).await;
         self.ended_at()
     }
 
     /// Sends one request of the target's shape.
     pub async fn request(&self, t: &Target) -> Outcome {
-        let mut sender = self.sender.clone();
+        let mut sender = self.conn.sender.clone();
         let req = Request::builder()
             .method(t.method.clone())
             .uri(t.url.clone())
@@ -128,39 +125,23 @@ pub async fn open(
             alpn: facts.alpn.clone().unwrap_or_else(|| "none".into()),
         });
     }
-    let info = Arc::new(ConnInfo::default());
-    let io = Tap::new(
-        tls,
-        TapConfig {
-            conn_id: id,
-            side: Side::Client,
-            trace: t.trace,
-        },
-        info.clone(),
-    );
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    if let Some(every) = ping {
-        builder
-            .keep_alive_interval(every)
-            .keep_alive_timeout(t.timeouts.ping_timeout)
-            .keep_alive_while_idle(true);
-    }
-    let (sender, conn) = builder
-        .handshake(TokioIo::new(io))
+    let tap = TapConfig {
+        conn_id: id,
+        side: Side::Client,
+        trace: t.trace,
+    };
+    let keep_alive = ping.map(|every| KeepAlive {
+        interval: every,
+        timeout: t.timeouts.ping_timeout,
+    });
+    let conn = dial::handshake(tls, tap, keep_alive)
         .await
         .map_err(|e| Diagnosis::Http2(e.to_string()))?;
-    let (tx, ended) = watch::channel(None);
-    tokio::spawn(async move {
-        let _ = conn.await;
-        let _ = tx.send(Some(Instant::now()));
-    });
     Ok((
         ProbeConn {
-            sender,
-            info,
-            opened: Instant::now(),
-            ended,
+            info: conn.info.clone(),
+            opened: conn.opened,
+            conn,
         },
         facts,
     ))

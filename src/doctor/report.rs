@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::DoctorOptions;
 use super::probe::{IdleProbe, RequestsProbe, Target};
 use crate::config::GatewayConfig;
-use crate::http2::tap::error_code_name;
+use crate::http2::frame::{error_code_name, setting_name};
 
 #[derive(Debug, Serialize)]
 pub struct GoAway {
@@ -79,18 +79,6 @@ pub struct Findings {
 pub struct Recommendations {
     pub forward: BTreeMap<String, toml::Value>,
     pub timeouts: BTreeMap<String, toml::Value>,
-}
-
-fn setting_name(id: u16) -> String {
-    match id {
-        1 => "HEADER_TABLE_SIZE".into(),
-        2 => "ENABLE_PUSH".into(),
-        3 => "MAX_CONCURRENT_STREAMS".into(),
-        4 => "INITIAL_WINDOW_SIZE".into(),
-        5 => "MAX_FRAME_SIZE".into(),
-        6 => "MAX_HEADER_LIST_SIZE".into(),
-        other => format!("0x{other:x}"),
-    }
 }
 
 fn dur(d: Duration) -> toml::Value {

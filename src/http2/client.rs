@@ -19,16 +19,16 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 use super::classify::ForwardError;
+use super::dial::{self, Dial, End, KeepAlive, TlsDialer};
 use super::learn::{self, Change, Closed, GoAwaySeen, LimitLearner};
-use super::tap::{ConnInfo, Side, Tap, TapConfig};
+use super::tap::{ConnInfo, Side, TapConfig};
 use crate::config::ClientTimeouts;
+
+#[cfg(test)]
+mod tests;
 
 /// Client settings.
 #[derive(Clone)]
@@ -84,8 +84,8 @@ impl Conn {
 
 struct Inner {
     cfg: ClientConfig,
-    addr: String,
-    server_name: ServerName<'static>,
+    /// How connections reach the server: TCP + TLS ([`TlsDialer`]) but in unit tests.
+    dialer: Arc<dyn Dial>,
     pool: std::sync::Mutex<Vec<Arc<Conn>>>,
     /// Single-flight dialing: one dial at a time, whatever the number of waiting requests.
     dial: tokio::sync::Mutex<()>,
@@ -106,37 +106,26 @@ pub struct Client {
 pub type FullResponse = Response<Bytes>;
 
 impl Client {
+    /// A client dialing `cfg.url` over TCP + TLS.
     pub fn new(cfg: ClientConfig) -> Result<Self, String> {
-        let host = cfg.url.host().ok_or("URL has no host")?.to_string();
-        let port = cfg.url.port_u16().unwrap_or(443);
-        let host_for_addr = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let addr = if host_for_addr.contains(':') {
-            format!("[{host_for_addr}]:{port}")
-        } else {
-            format!("{host_for_addr}:{port}")
-        };
-        let name = if cfg.server_name.is_empty() {
-            host_for_addr
-        } else {
-            cfg.server_name.clone()
-        };
-        let server_name =
-            ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))?;
-        Ok(Client {
+        let dialer = TlsDialer::new(&cfg.url, &cfg.server_name, cfg.tls.clone(), &cfg.timeouts)?;
+        Ok(Self::with_dialer(cfg, Arc::new(dialer)))
+    }
+
+    /// A client whose connections are opened by `dialer` (`cfg.tls` and `cfg.server_name`
+    /// are then unused; `cfg.url` still names the requests' target).
+    pub fn with_dialer(cfg: ClientConfig, dialer: Arc<dyn Dial>) -> Self {
+        Client {
             inner: Arc::new(Inner {
                 cfg,
-                addr,
-                server_name,
+                dialer,
                 pool: Default::default(),
                 dial: Default::default(),
                 replenishing: AtomicBool::new(false),
                 learner: Default::default(),
                 next_id: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
     /// Sends one request (one attempt) and reads the whole response within `timeouts.request`.
@@ -295,24 +284,17 @@ impl Client {
     async fn dial(&self) -> Result<Arc<Conn>, ForwardError> {
         let inner = &self.inner;
         let t = &inner.cfg.timeouts;
-        let tls = connect_tls(
-            &inner.addr,
-            inner.server_name.clone(),
-            inner.cfg.tls.clone(),
-            t,
-        )
-        .await?;
+        let io = inner.dialer.dial().await?;
         let id = inner.next_id.fetch_add(1, Ordering::AcqRel) + 1;
-        let info = Arc::new(ConnInfo::default());
-        let tls = Tap::new(tls, TapConfig::new(id, Side::Client), info.clone());
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(t.ping_interval)
-            .keep_alive_timeout(t.ping_timeout)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+        let keep_alive = KeepAlive {
+            interval: t.ping_interval,
+            timeout: t.ping_timeout,
+        };
+        let opened = dial::handshake(io, TapConfig::new(id, Side::Client), Some(keep_alive))
             .await
             .map_err(ForwardError::Handshake)?;
+        let mut ended = opened.end_watch();
+        let info = opened.info.clone();
         let closed = Arc::new(AtomicBool::new(false));
         let probe = inner.learner.lock().unwrap().dialed();
         if probe {
@@ -323,7 +305,7 @@ impl Client {
         }
         let c = Arc::new(Conn {
             id,
-            sender,
+            sender: opened.sender,
             opened: Instant::now(),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -339,22 +321,22 @@ impl Client {
         });
         metrics::counter!("uplink_client_connections_opened_total").increment(1);
         metrics::gauge!("uplink_client_connections_open").increment(1.0);
-        tracing::debug!(conn = id, addr = %inner.addr, "connection open");
+        tracing::debug!(conn = id, addr = %inner.dialer.peer(), "connection open");
         let weak = Arc::downgrade(&c);
         let idle = t.idle;
         let me = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
             let mut idled = false;
             let reason = loop {
                 // Idle: no request in flight for `idle` → drop it from the pool.
                 let res = tokio::select! {
-                    r = conn.as_mut() => Some(r),
+                    // `None` only if the connection task panicked.
+                    r = ended.wait_for(Option::is_some) => Some(r.ok().and_then(|e| e.clone())),
                     _ = tokio::time::sleep(idle.min(Duration::from_secs(1))) => None,
                 };
                 match res {
-                    Some(Ok(())) if idled => break "idle",
-                    Some(Ok(())) => {
+                    Some(Some((_, End::Clean))) if idled => break "idle",
+                    Some(Some((_, End::Clean))) => {
                         let Some(c) = weak.upgrade() else {
                             break "retired";
                         };
@@ -369,17 +351,18 @@ impl Client {
                             "closed"
                         };
                     }
-                    Some(Err(e)) if e.is_timeout() => {
+                    Some(Some((_, End::PingTimeout))) => {
                         tracing::warn!(
                             conn = id,
                             "PING unanswered: connection is half-open; closing it"
                         );
                         break "ping_timeout";
                     }
-                    Some(Err(e)) => {
+                    Some(Some((_, End::Error(e)))) => {
                         tracing::debug!(conn = id, error = %e, "connection ended with error");
                         break "error";
                     }
+                    Some(None) => break "error",
                     None => {
                         let Some(c) = weak.upgrade() else { continue };
                         if !idled
@@ -413,60 +396,6 @@ impl Client {
         });
         Ok(c)
     }
-}
-
-/// TCP connect + TLS handshake, each within its timeout (`timeouts.connect`,
-/// `timeouts.tls_handshake`). Shared by the pool and the doctor.
-pub async fn connect_tls(
-    addr: &str,
-    server_name: ServerName<'static>,
-    tls: Arc<rustls::ClientConfig>,
-    t: &ClientTimeouts,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ForwardError> {
-    let addr = addr.to_string();
-    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(ForwardError::Connect { addr, source }),
-        Err(_) => {
-            return Err(ForwardError::ConnectTimeout {
-                addr,
-                after: t.connect,
-            });
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let connector = TlsConnector::from(tls);
-    match tokio::time::timeout(t.tls_handshake, connector.connect(server_name, tcp)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) => Err(ForwardError::Tls { addr, source }),
-        Err(_) => Err(ForwardError::TlsTimeout {
-            addr,
-            after: t.tls_handshake,
-        }),
-    }
-}
-
-/// `host:port` to dial and the TLS server name for a URL (`server_name` overrides the host).
-pub fn target_of(url: &Uri, server_name: &str) -> Result<(String, ServerName<'static>), String> {
-    let host = url.host().ok_or("URL has no host")?;
-    let port = url.port_u16().unwrap_or(443);
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let addr = if bare.contains(':') {
-        format!("[{bare}]:{port}")
-    } else {
-        format!("{bare}:{port}")
-    };
-    let name = if server_name.is_empty() {
-        bare
-    } else {
-        server_name.to_string()
-    };
-    let server_name =
-        ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))?;
-    Ok((addr, server_name))
 }
 
 impl Inner {

@@ -41,15 +41,8 @@ mod over_duplex {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::super::*;
-    use crate::http2::tap::{Direction, FrameDetail, Parser, Side};
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
+    use crate::http2::frame::testing::frame;
+    use crate::http2::frame::{Direction, FrameDetail, Parser, Side};
 
     /// Sends one POST through hyper's client; the peer answers its first HEADERS with `reply`.
     async fn failure_after(reply: Vec<u8>) -> ForwardError {
