@@ -191,6 +191,14 @@ fn main() -> ExitCode {
                 eprintln!("uplink: configuration error: {c}");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            // Certificate, key and CA files are loaded before any socket opens: a file that
+            // cannot be read or a pair that does not match is a configuration error.
+            if let Some(t) = e.downcast_ref::<uplink::tls::TlsError>()
+                && !matches!(t, uplink::tls::TlsError::Pki(_))
+            {
+                eprintln!("uplink: configuration error: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             eprintln!("uplink: {e:#}");
             ExitCode::FAILURE
         }

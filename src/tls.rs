@@ -88,6 +88,11 @@ pub fn server_config_with_deny_list(
     let mut cfg = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(ReloadingCert::load(cert, key)?));
+    // No session resumption: a resumed session skips client certificate verification, so a
+    // revoked platform, a removed CA or an expired certificate would still get in. Clients keep
+    // connections for long; a full handshake per connection costs nothing that matters.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

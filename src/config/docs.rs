@@ -149,8 +149,14 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
         "tls.ca",
         "PEM CA bundle for client certificates (required, verified; re-read when it changes).",
     ),
-    ("tls.cert", "PEM server certificate chain (re-read when it changes)."),
-    ("tls.key", "PEM server private key (re-read when it changes)."),
+    (
+        "tls.cert",
+        "PEM server certificate chain (re-read when it changes).",
+    ),
+    (
+        "tls.key",
+        "PEM server private key (re-read when it changes).",
+    ),
     (
         "tls.deny_list",
         "File of revoked platforms, one per line (# comments); empty path = none. Re-read when it\nchanges: new handshakes of a listed platform fail, its requests on open connections get 403.",
