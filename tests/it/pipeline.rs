@@ -154,37 +154,39 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     .expect("the recreated edge stream is served");
     // nats-server 2.9 may still refuse a publish or two into the fresh stream ("error opening
     // msg block file"): each message is retried until stored (the checks below need >= 500).
-    for i in 0..300 {
-        let mut attempts = 0;
-        loop {
-            let acked = match edge
-                .publish(format!("telemetry.recreated.{}", i % 8), "x".into())
-                .await
-            {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            attempts += 1;
-            if acked {
-                break;
-            }
-            if attempts % 40 == 0 {
-                // nats-server 2.9 can leave a stream that raced its own recreate unable to
-                // store anything ("error opening msg block file"): an operator would delete
-                // and create it once more, and so does the test.
-                let _ = edge.delete_stream(&p.gateway_cfg.nats.stream).await;
-                let _ = edge
-                    .create_stream(async_nats::jetstream::stream::Config {
-                        name: p.gateway_cfg.nats.stream.clone(),
-                        subjects: p.gateway_cfg.nats.subjects.clone(),
-                        ..Default::default()
-                    })
-                    .await;
-            }
-            assert!(attempts < 200, "the recreated stream refuses publishes");
-            // Pacing between retries, not synchronization.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    // 300 stored in a row into the same stream (a recreate below starts the count again; what
+    // the cloud got before only adds to the >= 500 it must reach).
+    let (mut stored, mut failures) = (0, 0);
+    while stored < 300 {
+        let acked = match edge
+            .publish(format!("telemetry.recreated.{}", stored % 8), "x".into())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if acked {
+            stored += 1;
+            continue;
         }
+        failures += 1;
+        assert!(failures < 200, "the recreated stream refuses publishes");
+        if failures % 40 == 0 {
+            // nats-server 2.9 can leave a stream that raced its own recreate unable to store
+            // anything ("error opening msg block file"): an operator would delete and create
+            // it once more, and so does the test.
+            let _ = edge.delete_stream(&p.gateway_cfg.nats.stream).await;
+            let _ = edge
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: p.gateway_cfg.nats.stream.clone(),
+                    subjects: p.gateway_cfg.nats.subjects.clone(),
+                    ..Default::default()
+                })
+                .await;
+            stored = 0;
+        }
+        // Pacing between retries, not synchronization.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cloud = cloud_js(&p).await;
     let admin = p.gateway.as_ref().unwrap().admin;
