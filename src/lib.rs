@@ -8,7 +8,8 @@
 //!                   retry               classify                           publish
 //! ```
 //! - [`wire`]: the protobuf contract, encodings, subject rules, message ids (shared vocabulary).
-//! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs.
+//! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs;
+//!   [`nats`]: connecting to NATS as deployed (servers, credentials, TLS, connection events).
 //! - [`http2`]: HTTP/2 connection lifecycle (client pool, failure classification).
 //! - [`gateway`], [`ingest`]: the two programs; they never import each other.
 //! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
@@ -23,6 +24,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod http2;
 pub mod ingest;
+pub mod nats;
 pub mod publish;
 pub mod shutdown;
 pub mod telemetry;
