@@ -212,9 +212,11 @@ impl Default for EdgeNats {
         EdgeNats {
             connect: NatsConnect::default(),
             limits: StreamLimits {
-                // A week-long outage of the uplink fits; a stuck consumer cannot fill the disk.
+                // Bounded both ways, so a long outage or a stuck consumer cannot fill the disk.
+                // JetStream reserves max_bytes at creation and refuses a stream larger than
+                // its storage: 1 GiB fits small edge devices (size it to yours).
                 max_age: Duration::from_secs(7 * 24 * 3600),
-                max_bytes: 10 << 30,
+                max_bytes: 1 << 30,
                 max_msgs: -1,
                 // Full: collectors get an error at publish, instead of the oldest not yet
                 // forwarded messages disappearing silently.

@@ -127,10 +127,21 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let mut lost_at: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
         let may_create = lost_at.is_none_or(|t| t.elapsed() >= cfg.nats.recreate_grace);
-        let (consumer, incarnation) = match bind(&js, &cfg, may_create).await {
+        // Binding waits on JetStream requests, which wait while edge NATS is unreachable or
+        // refuses us: shutdown must not wait for them.
+        let bound_now = tokio::select! {
+            b = bind(&js, &cfg, may_create) => b,
+            _ = shutdown.cancelled() => break,
+        };
+        let (consumer, incarnation) = match bound_now {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot bind the edge consumer yet; retrying");
+                // The whole chain: the cause (e.g. JetStream's "insufficient storage resources"
+                // for a nats.max_bytes larger than the server's store) is in the last link.
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot bind the edge consumer yet; retrying"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => break,

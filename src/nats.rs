@@ -112,6 +112,7 @@ pub async fn connect(
     let servers = cfg.servers()?;
     let state = Arc::new(EventState {
         role,
+        urls: cfg.display_urls(),
         keys: cfg.auth().keys(),
         client: OnceLock::new(),
         last_error: Mutex::new(None),
@@ -137,6 +138,8 @@ pub async fn connect(
 
 struct EventState {
     role: Role,
+    /// `nats.url` without credentials, named until a server has introduced itself.
+    urls: String,
     /// The settings to check when the server refuses us.
     keys: &'static str,
     /// Set right after connect returns; events before that have no server to name.
@@ -189,14 +192,15 @@ impl EventState {
         let (name, level) = classify(event);
         metrics::counter!("uplink_nats_events_total", "nats" => self.role.as_str(), "event" => name)
             .increment(1);
+        // The server of the last connection (the one just lost, for a disconnect); before the
+        // first connection, the configured list.
         let server = self
             .client
             .get()
-            .map(|c| {
-                let i = c.server_info();
-                format!("{}:{} ({})", i.host, i.port, i.server_name)
-            })
-            .unwrap_or_else(|| "(not yet known)".into());
+            .map(|c| c.server_info())
+            .filter(|i| !i.host.is_empty())
+            .map(|i| format!("{}:{} ({})", i.host, i.port, i.server_name))
+            .unwrap_or_else(|| self.urls.clone());
         let nats = self.role.as_str();
         let repeated = {
             let mut last = self.last_error.lock().unwrap();

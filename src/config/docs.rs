@@ -54,11 +54,11 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "nats.max_age",
-        "Edge stream retention when the gateway creates it: drop messages older than this (duration;\n\"0s\" = no limit). Default 7 days: a week-long cloud outage fits. An existing stream keeps its own.",
+        "Edge stream retention when the gateway creates it: drop messages older than this (duration;\n\"0s\" = no limit). Default 7 days. An existing stream keeps its own limits.",
     ),
     (
         "nats.max_bytes",
-        "Edge stream size limit when created (bytes; -1 = no limit). Default 10 GiB, so a long\noutage cannot fill the disk.",
+        "Edge stream size limit when created (bytes; -1 = no limit). Default 1 GiB, so a long outage\ncannot fill the disk; JetStream reserves it at creation and refuses more than its storage\n(max_store). Size it to the device: hours of outage × message rate × message size.",
     ),
     (
         "nats.max_msgs",

@@ -336,7 +336,7 @@ fn secrets_never_show_in_debug_output() {
 fn stream_limits_are_checked_and_have_documented_defaults() {
     let g = GatewayConfig::default();
     assert_eq!(g.nats.limits.max_age, Duration::from_secs(7 * 24 * 3600));
-    assert_eq!(g.nats.limits.max_bytes, 10 << 30);
+    assert_eq!(g.nats.limits.max_bytes, 1 << 30);
     assert_eq!(g.nats.limits.discard, Discard::New);
     let i = IngestConfig::default();
     assert_eq!(i.nats.limits, StreamLimits::default());

@@ -44,6 +44,7 @@ fn refused_credentials_and_tls_failures_are_errors_with_their_own_names() {
 fn a_repeated_error_is_remembered_once_and_forgotten_on_connect() {
     let s = EventState {
         role: Role::Edge,
+        urls: "nats://a:4222".into(),
         keys: "nats.token",
         client: OnceLock::new(),
         last_error: Mutex::new(None),
