@@ -174,6 +174,9 @@ pub struct NatsSecurity {
     pub token: Option<String>,
     /// TLS with client certificates required and verified (`verify: true`).
     pub tls: Option<NatsServerTls>,
+    /// Operator mode (JWTs, memory resolver): users connect with creds files of its account.
+    /// Exclusive with `users`, `nkeys` and `token`.
+    pub operator: Option<std::sync::Arc<nats_jwt::Operator>>,
 }
 
 /// PEM files of a TLS nats-server.
@@ -198,7 +201,11 @@ impl NatsServerTls {
 
 impl NatsSecurity {
     pub fn is_open(&self) -> bool {
-        self.users.is_empty() && self.nkeys.is_empty() && self.token.is_none() && self.tls.is_none()
+        self.users.is_empty()
+            && self.nkeys.is_empty()
+            && self.token.is_none()
+            && self.tls.is_none()
+            && self.operator.is_none()
     }
 
     /// The nats-server configuration file for this server.
@@ -228,6 +235,22 @@ impl NatsSecurity {
             c.push_str(&format!(
                 "accounts {{ UPLINK {{ jetstream: enabled, users: [ {} ] }} }}\n",
                 users.join(", ")
+            ));
+        }
+        if let Some(op) = &self.operator {
+            if self.token.is_some() || !self.users.is_empty() || !self.nkeys.is_empty() {
+                bail!("a nats-server in operator mode has no token, users or nkeys of its own");
+            }
+            let jwt = store.with_extension("operator.jwt");
+            std::fs::write(&jwt, &op.operator_jwt)?;
+            c.push_str(&format!(
+                "operator: {}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{ {}: {}, {}: {} }}\n",
+                p(&jwt),
+                op.system,
+                op.account,
+                q(&op.account_jwt),
+                op.system,
+                q(&op.system_jwt)
             ));
         }
         if let Some(tls) = &self.tls {
@@ -440,6 +463,7 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+pub mod nats_jwt;
 pub mod nginx;
 pub mod pipeline;
 pub mod verify;

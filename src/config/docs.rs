@@ -41,7 +41,7 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "nats.tls.ca",
-        "PEM CA bundle that signs the NATS servers' certificates; empty = the built-in web roots.",
+        "PEM CA bundle that signs the NATS servers' certificates; empty = the system's trusted roots.",
     ),
     (
         "nats.tls.cert",
@@ -245,7 +245,7 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     ),
     (
         "nats.tls.ca",
-        "PEM CA bundle that signs the NATS servers' certificates; empty = the built-in web roots.",
+        "PEM CA bundle that signs the NATS servers' certificates; empty = the system's trusted roots.",
     ),
     (
         "nats.tls.cert",

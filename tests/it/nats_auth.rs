@@ -319,3 +319,25 @@ async fn wrong_password_is_logged_with_the_keys_to_check_and_retried() {
         gw.proc.log_text()
     );
 }
+
+/// Decentralized auth as `nsc` sets it up: a nats-server in operator mode, an account JWT with
+/// JetStream, and the gateway with a creds file (user JWT + seed) for that account.
+#[tokio::test]
+async fn creds_file_on_an_operator_mode_edge_delivers_exactly_once() {
+    let op = std::sync::Arc::new(uplink::testbed::nats_jwt::Operator::new().unwrap());
+    let keys = TempDir::new("uplink-creds").unwrap();
+    let creds = keys.path().join("gateway.creds");
+    std::fs::write(&creds, &op.user_creds).unwrap();
+    let opts = PipelineOptions {
+        edge_security: NatsSecurity {
+            operator: Some(op.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = start(opts, |_| {}, |g| g.nats.connect.creds = creds.clone()).await;
+    assert!(async_nats::connect(p.edge.url()).await.is_err());
+    let sent = publish(&edge_js(&p).await, 200).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 200);
+}
