@@ -206,6 +206,18 @@ async fn losing_and_regaining_cloud_nats_is_logged_once_each() {
         .unwrap();
     let log = p.log("ingest");
     assert_eq!(disconnected(&log), 1, "{}", tail(&log));
+    // The line names the server that was lost (its address and server name).
+    let line = log
+        .lines()
+        .find(|l| l.contains("NATS connection event") && l.contains("disconnected"))
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "127.0.0.1:{} (cloud)",
+            p.cloud_url().rsplit(':').next().unwrap()
+        )),
+        "{line}"
+    );
     let warned_errors = log
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("event=\"connect_error\""))
@@ -340,4 +352,36 @@ async fn creds_file_on_an_operator_mode_edge_delivers_exactly_once() {
     let sent = publish(&edge_js(&p).await, 200).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 200);
+}
+
+/// A server going into lame duck mode (SIGUSR2: it will close its clients soon) is announced
+/// to the gateway, which logs it once with the server's name, and counts it.
+#[tokio::test]
+async fn lame_duck_mode_of_edge_nats_is_logged_with_the_server() {
+    let p = crate::support::pipeline(|_| {}, |_| {}).await;
+    p.edge.proc.signal(libc::SIGUSR2);
+    let gateway = p.gateway.as_ref().unwrap();
+    wait_for(
+        || async {
+            let m = gateway.metrics().await?;
+            Ok(scrape_value(
+                &m,
+                "uplink_nats_events_total{nats=\"edge\",event=\"lame_duck\"}",
+            ) == Some(1.0))
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&p.log("gateway"))));
+    let log = p.log("gateway");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("event=\"lame_duck\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", tail(&log));
+    assert!(
+        lines[0].contains(&format!("127.0.0.1:{} (edge)", p.edge.port)),
+        "{}",
+        lines[0]
+    );
 }
