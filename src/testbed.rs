@@ -322,17 +322,27 @@ impl Nats {
             store,
             security: security.clone(),
         };
-        wait_for(
-            || async {
-                let ok = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok();
-                Ok(ok)
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .with_context(|| format!("nats-server {name} did not start: {}", nats.proc.log_text()))?;
+        // Accepting clients is the event; a server that exits (a config it refuses) fails at
+        // once rather than after the whole wait.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if !nats.proc.running() {
+                bail!("nats-server {name} exited: {}", nats.proc.log_text());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "nats-server {name} did not start within 10s: {}",
+                    nats.proc.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if !nats.proc.running() {
             bail!("nats-server {name} exited: {}", nats.proc.log_text());
         }

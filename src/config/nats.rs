@@ -255,14 +255,23 @@ impl NatsConnect {
                 "nats.tls.cert and nats.tls.key go together (the client certificate and its key)",
             ));
         }
+        // async-nats loads these at each connection attempt and would only report "TLS error"
+        // on every retry: refuse what cannot work now, naming the key.
         for (key, path) in [
             ("nats.tls.ca", &tls.ca),
             ("nats.tls.cert", &tls.cert),
             ("nats.tls.key", &tls.key),
         ] {
-            if !path.as_os_str().is_empty() {
-                read(key, path)?;
+            if path.as_os_str().is_empty() {
+                continue;
             }
+            read(key, path)?;
+            let loaded = if key == "nats.tls.key" {
+                crate::tls::load_key(path).map(drop)
+            } else {
+                crate::tls::load_certs(path).map(drop)
+            };
+            loaded.map_err(|e| invalid(key, e.to_string()))?;
         }
         Ok(())
     }

@@ -298,6 +298,15 @@ fn nats_files_are_read_at_config_time_naming_key_and_file() {
     let (s, _d) = sources(None, &[], &[&format!("nats.creds={creds}")]);
     gateway(&s).unwrap();
 
+    // PEM files that hold no certificate are refused now, not at each connection attempt.
+    let not_pem = file_with(&dir, "not-pem.pem", "hello\n");
+    let (s, _d) = sources(None, &[], &[&format!("nats.tls.ca={not_pem}")]);
+    let e = ingest(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("nats.tls.ca") && e.contains("not-pem.pem"),
+        "{e}"
+    );
+
     // A client certificate needs its key.
     let ca = file_with(&dir, "ca.pem", "x");
     let (s, _d) = sources(None, &[], &[&format!("nats.tls.cert={ca}")]);
