@@ -78,6 +78,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     };
     let options = PipelineOptions {
         nginx: opts.via_nginx.then(NginxSite::default),
+        ..Default::default()
     };
     let p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
     if !opts.json {

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::wire::Encoding;
 
 mod docs;
+mod nats;
 pub use docs::{GATEWAY_DOCS, INGEST_DOCS};
+pub use nats::{Auth, Discard, NatsConnect, NatsTls, Secret, StreamLimits};
 
 /// A configuration problem: exit code 64 at the binary edge.
 #[derive(Debug, thiserror::Error)]
@@ -108,10 +110,17 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
 }
 
+// `flatten` rules out serde's `deny_unknown_fields` on these two structs; unknown keys are
+// still refused by `load`, which checks every key against the serialized defaults.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EdgeNats {
-    pub url: String,
+    /// Servers, credentials and TLS (`nats.url`, `nats.creds`, …, `nats.tls.*`).
+    #[serde(flatten)]
+    pub connect: NatsConnect,
+    /// Retention of the edge stream when the gateway creates it.
+    #[serde(flatten)]
+    pub limits: StreamLimits,
     pub stream: String,
     pub subjects: Vec<String>,
     pub create_stream: bool,
@@ -119,8 +128,6 @@ pub struct EdgeNats {
     #[serde(with = "duration")]
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
     #[serde(with = "duration")]
     pub recreate_grace: Duration,
 }
@@ -215,14 +222,24 @@ impl Default for GatewayConfig {
 impl Default for EdgeNats {
     fn default() -> Self {
         EdgeNats {
-            url: "nats://127.0.0.1:4222".into(),
+            connect: NatsConnect::default(),
+            limits: StreamLimits {
+                // Bounded both ways, so a long outage or a stuck consumer cannot fill the disk.
+                // JetStream reserves max_bytes at creation and refuses a stream larger than
+                // its storage: 1 GiB fits small edge devices (size it to yours).
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                max_bytes: 1 << 30,
+                max_msgs: -1,
+                // Full: collectors get an error at publish, instead of the oldest not yet
+                // forwarded messages disappearing silently.
+                discard: Discard::New,
+            },
             stream: "TELEMETRY".into(),
             subjects: vec!["telemetry.>".into()],
             create_stream: true,
             consumer: "uplink-gateway".into(),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
-            connect_timeout: Duration::from_secs(5),
             recreate_grace: Duration::from_secs(10),
         }
     }
@@ -289,6 +306,8 @@ impl Default for RetryConfig {
 
 impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.connect.validate()?;
+        self.nats.limits.validate()?;
         if !self.platform.is_empty() {
             crate::wire::validate_token(&self.platform)
                 .map_err(|e| invalid("platform", e.to_string()))?;
@@ -354,7 +373,6 @@ impl GatewayConfig {
                 self.forward.max_connection_age,
             ),
             ("retry.initial_backoff", self.retry.initial_backoff),
-            ("nats.connect_timeout", self.nats.connect_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
@@ -442,10 +460,16 @@ impl ProxyConfig {
     }
 }
 
+// See `EdgeNats` on `flatten` and unknown keys.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CloudNats {
-    pub url: String,
+    /// Servers, credentials and TLS (`nats.url`, `nats.creds`, …, `nats.tls.*`).
+    #[serde(flatten)]
+    pub connect: NatsConnect,
+    /// Retention of the cloud stream when the ingest creates it.
+    #[serde(flatten)]
+    pub limits: StreamLimits,
     pub stream: String,
     pub subjects: Vec<String>,
     pub subject_prefix: String,
@@ -529,7 +553,15 @@ impl Default for IngestConfig {
 impl Default for CloudNats {
     fn default() -> Self {
         CloudNats {
-            url: "nats://127.0.0.1:4222".into(),
+            connect: NatsConnect::default(),
+            // What the ingest always created: keep everything (downstream consumers own the
+            // cloud stream's retention; size the cluster or set limits here).
+            limits: StreamLimits {
+                max_age: Duration::ZERO,
+                max_bytes: -1,
+                max_msgs: -1,
+                discard: Discard::Old,
+            },
             stream: "UPLINK".into(),
             subjects: vec!["uplink.>".into()],
             subject_prefix: "uplink".into(),
@@ -587,6 +619,16 @@ impl Default for ServerTimeouts {
 
 impl IngestConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.connect.validate()?;
+        self.nats.limits.validate()?;
+        if !self.nats.limits.max_age.is_zero()
+            && self.nats.duplicate_window > self.nats.limits.max_age
+        {
+            return Err(invalid(
+                "nats.duplicate_window",
+                "must not exceed nats.max_age (JetStream refuses such a stream)",
+            ));
+        }
         crate::wire::validate_token(&self.nats.stream)
             .map_err(|e| invalid("nats.stream", e.to_string()))?;
         crate::wire::validate_subject(&self.nats.subject_prefix)

@@ -72,24 +72,20 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("uplink-gateway")
-        .connection_timeout(cfg.nats.connect_timeout)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connect(cfg.nats.url.as_str())
+    let conn = crate::nats::connect(&cfg.nats.connect, crate::nats::Role::Edge, "uplink-gateway")
         .await
-        .with_context(|| format!("nats.url {}", cfg.nats.url))?;
+        .map_err(crate::nats::NatsError::into_anyhow)?;
+    let nats = conn.client.clone();
     let js = jetstream::new(nats.clone());
     let bound = Arc::new(AtomicBool::new(false));
     let stalled_flag = Arc::new(AtomicBool::new(false));
     let ready_stalled = stalled_flag.clone();
-    let ready_nats = nats.clone();
+    let ready_nats = conn.clone();
     let ready_bound = bound.clone();
     tracing::info!(
         platform,
         admin = %admin.local_addr()?,
-        nats = %cfg.nats.url,
+        nats = %cfg.nats.connect.display_urls(),
         stream = %cfg.nats.stream,
         cloud = %cfg.cloud.url,
         "gateway started"
@@ -97,9 +93,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     tokio::spawn(crate::admin::serve(
         admin,
         Arc::new(move || {
-            if ready_nats.connection_state() != async_nats::connection::State::Connected {
-                return Err("edge NATS not connected".into());
-            }
+            ready_nats.ready()?;
             if ready_stalled.load(Ordering::Acquire) {
                 return Err("edge consumer stalled: messages pending but none delivered".into());
             }
@@ -128,10 +122,21 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let mut lost_at: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
         let may_create = lost_at.is_none_or(|t| t.elapsed() >= cfg.nats.recreate_grace);
-        let (consumer, incarnation) = match bind(&js, &cfg, may_create).await {
+        // Binding waits on JetStream requests, which wait while edge NATS is unreachable or
+        // refuses us: shutdown must not wait for them.
+        let bound_now = tokio::select! {
+            b = bind(&js, &cfg, may_create) => b,
+            _ = shutdown.cancelled() => break,
+        };
+        let (consumer, incarnation) = match bound_now {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot bind the edge consumer yet; retrying");
+                // The whole chain: the cause (e.g. JetStream's "insufficient storage resources"
+                // for a nats.max_bytes larger than the server's store) is in the last link.
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot bind the edge consumer yet; retrying"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => break,
@@ -229,14 +234,16 @@ async fn bind(
         Ok(s) => s,
         Err(e) if n.create_stream && may_create => {
             tracing::debug!(error = %e, "edge stream lookup failed; creating it");
-            js.get_or_create_stream(jetstream::stream::Config {
+            let mut config = jetstream::stream::Config {
                 name: n.stream.clone(),
                 subjects: n.subjects.clone(),
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .with_context(|| format!("creating edge stream {}", n.stream))?
+            };
+            n.limits.apply(&mut config);
+            js.get_or_create_stream(config)
+                .await
+                .with_context(|| format!("creating edge stream {}", n.stream))?
         }
         Err(e) => return Err(e).with_context(|| format!("edge stream {}", n.stream)),
     };

@@ -65,7 +65,7 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
         proxy = ?proxy.as_ref().map(|l| l.local_addr().ok()),
-        nats = %cfg.nats.url,
+        nats = %cfg.nats.connect.display_urls(),
         stream = %cfg.nats.stream,
         "ingest started"
     );

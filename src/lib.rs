@@ -8,7 +8,8 @@
 //!                   retry               classify                           publish
 //! ```
 //! - [`wire`]: the protobuf contract, encodings, subject rules, message ids (shared vocabulary).
-//! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs.
+//! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs;
+//!   [`nats`]: connecting to NATS as deployed (servers, credentials, TLS, connection events).
 //! - [`http2`]: HTTP/2 connection lifecycle (client pool, dial + handshake, failure
 //!   classification, frame parser and tap).
 //! - [`gateway`], [`ingest`]: the two programs; they never import each other.
@@ -24,6 +25,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod http2;
 pub mod ingest;
+pub mod nats;
 pub mod publish;
 pub mod shutdown;
 pub mod telemetry;

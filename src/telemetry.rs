@@ -9,7 +9,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub fn init_logging() {
     let filter = std::env::var("UPLINK_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,async_nats=warn".into());
+        // `uplink::nats` logs every NATS connection event once, with the settings to check;
+        // async-nats itself would repeat a refused login at error on every retry, forever.
+        // `UPLINK_LOG=info,async_nats=debug` shows the library's own lines.
+        .unwrap_or_else(|_| "info,async_nats=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

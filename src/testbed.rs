@@ -162,11 +162,115 @@ pub fn find_nats_server(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// How a private nats-server authenticates clients, and whether it speaks TLS. The default is
+/// an open server (no config file, as before).
+#[derive(Clone, Debug, Default)]
+pub struct NatsSecurity {
+    /// user/password pairs of one account with JetStream enabled.
+    pub users: Vec<(String, String)>,
+    /// Public nkeys (`U…`) of users in that same account.
+    pub nkeys: Vec<String>,
+    /// A server-wide token (JetStream in the global account); exclusive with `users`/`nkeys`.
+    pub token: Option<String>,
+    /// TLS with client certificates required and verified (`verify: true`).
+    pub tls: Option<NatsServerTls>,
+    /// Operator mode (JWTs, memory resolver): users connect with creds files of its account.
+    /// Exclusive with `users`, `nkeys` and `token`.
+    pub operator: Option<std::sync::Arc<nats_jwt::Operator>>,
+}
+
+/// PEM files of a TLS nats-server.
+#[derive(Clone, Debug)]
+pub struct NatsServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates must chain to this CA.
+    pub ca: PathBuf,
+}
+
+impl NatsServerTls {
+    /// The dev PKI's server pair and CA.
+    pub fn dev(pki: &crate::tls::DevPki) -> Self {
+        NatsServerTls {
+            cert: pki.server_cert(),
+            key: pki.server_key(),
+            ca: pki.ca(),
+        }
+    }
+}
+
+impl NatsSecurity {
+    pub fn is_open(&self) -> bool {
+        self.users.is_empty()
+            && self.nkeys.is_empty()
+            && self.token.is_none()
+            && self.tls.is_none()
+            && self.operator.is_none()
+    }
+
+    /// The nats-server configuration file for this server.
+    fn config_file(&self, name: &str, port: u16, store: &Path) -> anyhow::Result<String> {
+        // JSON strings are valid quoted strings in the NATS config syntax.
+        let q = |s: &str| serde_json::to_string(s).expect("string serializes");
+        let p = |p: &Path| q(&p.to_string_lossy());
+        let mut c = format!(
+            "listen: {}\nserver_name: {}\njetstream {{ store_dir: {} }}\n",
+            q(&format!("127.0.0.1:{port}")),
+            q(name),
+            p(store)
+        );
+        if let Some(token) = &self.token {
+            if !self.users.is_empty() || !self.nkeys.is_empty() {
+                bail!("a nats-server token excludes users and nkeys");
+            }
+            c.push_str(&format!("authorization {{ token: {} }}\n", q(token)));
+        }
+        if !self.users.is_empty() || !self.nkeys.is_empty() {
+            let users: Vec<String> = self
+                .users
+                .iter()
+                .map(|(u, pw)| format!("{{ user: {}, password: {} }}", q(u), q(pw)))
+                .chain(self.nkeys.iter().map(|k| format!("{{ nkey: {} }}", q(k))))
+                .collect();
+            c.push_str(&format!(
+                "accounts {{ UPLINK {{ jetstream: enabled, users: [ {} ] }} }}\n",
+                users.join(", ")
+            ));
+        }
+        if let Some(op) = &self.operator {
+            if self.token.is_some() || !self.users.is_empty() || !self.nkeys.is_empty() {
+                bail!("a nats-server in operator mode has no token, users or nkeys of its own");
+            }
+            let jwt = store.with_extension("operator.jwt");
+            std::fs::write(&jwt, &op.operator_jwt)?;
+            c.push_str(&format!(
+                "operator: {}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{ {}: {}, {}: {} }}\n",
+                p(&jwt),
+                op.system,
+                op.account,
+                q(&op.account_jwt),
+                op.system,
+                q(&op.system_jwt)
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            c.push_str(&format!(
+                "tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: true, timeout: 2 }}\n",
+                p(&tls.cert),
+                p(&tls.key),
+                p(&tls.ca)
+            ));
+        }
+        Ok(c)
+    }
+}
+
 /// A private nats-server with JetStream on a free loopback port.
 pub struct Nats {
     pub port: u16,
     pub proc: Proc,
     pub store: PathBuf,
+    pub security: NatsSecurity,
 }
 
 impl Nats {
@@ -184,27 +288,61 @@ impl Nats {
         port: u16,
         store: PathBuf,
     ) -> anyhow::Result<Self> {
+        Self::start_secured(bin, dir, name, port, store, &NatsSecurity::default()).await
+    }
+
+    /// Starts it with accounts, users, a token or TLS (from a generated config file), on a
+    /// given port and store.
+    pub async fn start_secured(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        port: u16,
+        store: PathBuf,
+        security: &NatsSecurity,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store)
-            .args(["-n", name]);
+        if security.is_open() {
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&store)
+                .args(["-n", name]);
+        } else {
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(&conf, security.config_file(name, port, &store)?)?;
+            cmd.arg("-c").arg(&conf);
+        }
         let proc = Proc::spawn(
             &format!("nats-server {name}"),
             cmd,
             dir.join(format!("{name}.log")),
         )?;
-        let mut nats = Nats { port, proc, store };
-        wait_for(
-            || async {
-                let ok = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok();
-                Ok(ok)
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .with_context(|| format!("nats-server {name} did not start: {}", nats.proc.log_text()))?;
+        let mut nats = Nats {
+            port,
+            proc,
+            store,
+            security: security.clone(),
+        };
+        // Accepting clients is the event; a server that exits (a config it refuses) fails at
+        // once rather than after the whole wait.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if !nats.proc.running() {
+                bail!("nats-server {name} exited: {}", nats.proc.log_text());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "nats-server {name} did not start within 10s: {}",
+                    nats.proc.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if !nats.proc.running() {
             bail!("nats-server {name} exited: {}", nats.proc.log_text());
         }
@@ -335,6 +473,7 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+pub mod nats_jwt;
 pub mod nginx;
 pub mod pipeline;
 pub mod verify;

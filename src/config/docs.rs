@@ -7,7 +7,67 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
         "Platform name used in message ids and cloud subjects. Empty = the CN of the client certificate.",
     ),
     ("nats", "Edge NATS JetStream: where the gateway reads from."),
-    ("nats.url", "Edge NATS server URL."),
+    (
+        "nats.url",
+        "Edge NATS server URL, or several comma-separated (nats://a:4222,nats://b:4222); nats:// or\ntls:// (tls:// = TLS required). Servers the cluster announces are added. Keep credentials out\nof the URL: use the keys below.",
+    ),
+    (
+        "nats.creds",
+        "Credentials file (user JWT + nkey seed, as `nsc generate creds` writes); empty = none.\nExclusive with nats.nkey, nats.user/password, nats.token.",
+    ),
+    (
+        "nats.nkey",
+        "File holding a user nkey seed (SU…); empty = none. Exclusive with the other credentials.",
+    ),
+    (
+        "nats.user",
+        "User name for user/password authentication (with nats.password); empty = none.",
+    ),
+    (
+        "nats.password",
+        "Password of nats.user; never printed (logs and Debug show \"(set)\"). Prefer the environment:\nUPLINK_GATEWAY_NATS__PASSWORD.",
+    ),
+    (
+        "nats.token",
+        "Authentication token; empty = none; never printed. Prefer UPLINK_GATEWAY_NATS__TOKEN.",
+    ),
+    (
+        "nats.connect_timeout",
+        "Timeout of one connection attempt to a NATS server, TLS and authentication included\n(duration). The gateway retries forever, also when the server refuses the credentials\n(logged at error with the keys to check; /readyz says why).",
+    ),
+    (
+        "nats.tls",
+        "TLS to NATS. Used when the server asks for it (its INFO), a tls:// URL is given, or\nnats.tls.required.",
+    ),
+    (
+        "nats.tls.ca",
+        "PEM CA bundle that signs the NATS servers' certificates; empty = the system's trusted roots.",
+    ),
+    (
+        "nats.tls.cert",
+        "PEM client certificate chain, for servers with `verify: true`; empty = none (with nats.tls.key).",
+    ),
+    ("nats.tls.key", "PEM private key of nats.tls.cert."),
+    (
+        "nats.tls.required",
+        "Refuse to talk to a NATS server without TLS.",
+    ),
+    (
+        "nats.max_age",
+        "Edge stream retention when the gateway creates it: drop messages older than this (duration;\n\"0s\" = no limit). Default 7 days. An existing stream keeps its own limits.",
+    ),
+    (
+        "nats.max_bytes",
+        "Edge stream size limit when created (bytes; -1 = no limit). Default 1 GiB, so a long outage\ncannot fill the disk; JetStream reserves it at creation and refuses more than its storage\n(max_store). Size it to the device: hours of outage × message rate × message size.",
+    ),
+    (
+        "nats.max_msgs",
+        "Edge stream message-count limit when created (messages; -1 = no limit).",
+    ),
+    (
+        "nats.discard",
+        "When the edge stream is full: \"new\" = refuse publishes (collectors see the error; nothing\nbuffered is dropped), \"old\" = drop the oldest messages, forwarded or not. Used when created.",
+    ),
     ("nats.stream", "Edge stream name."),
     (
         "nats.subjects",
@@ -28,10 +88,6 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     (
         "nats.max_ack_pending",
         "JetStream max_ack_pending (messages): bounds what the gateway holds unacked.",
-    ),
-    (
-        "nats.connect_timeout",
-        "Timeout of the first connection to edge NATS (duration).",
     ),
     (
         "nats.recreate_grace",
@@ -165,7 +221,67 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
         "nats",
         "Cloud NATS JetStream: where accepted messages are persisted.",
     ),
-    ("nats.url", "Cloud NATS server URL."),
+    (
+        "nats.url",
+        "Cloud NATS server URL, or several comma-separated (nats://a:4222,nats://b:4222); nats:// or\ntls:// (tls:// = TLS required). Servers the cluster announces are added. Keep credentials out\nof the URL: use the keys below.",
+    ),
+    (
+        "nats.creds",
+        "Credentials file (user JWT + nkey seed, as `nsc generate creds` writes); empty = none.\nExclusive with nats.nkey, nats.user/password, nats.token.",
+    ),
+    (
+        "nats.nkey",
+        "File holding a user nkey seed (SU…); empty = none. Exclusive with the other credentials.",
+    ),
+    (
+        "nats.user",
+        "User name for user/password authentication (with nats.password); empty = none.",
+    ),
+    (
+        "nats.password",
+        "Password of nats.user; never printed (logs and Debug show \"(set)\"). Prefer the environment:\nUPLINK_INGEST_NATS__PASSWORD.",
+    ),
+    (
+        "nats.token",
+        "Authentication token; empty = none; never printed. Prefer UPLINK_INGEST_NATS__TOKEN.",
+    ),
+    (
+        "nats.connect_timeout",
+        "Timeout of one connection attempt to a NATS server, TLS and authentication included\n(duration). The ingest retries forever, also when the server refuses the credentials\n(logged at error with the keys to check; /readyz says why).",
+    ),
+    (
+        "nats.tls",
+        "TLS to NATS. Used when the server asks for it (its INFO), a tls:// URL is given, or\nnats.tls.required.",
+    ),
+    (
+        "nats.tls.ca",
+        "PEM CA bundle that signs the NATS servers' certificates; empty = the system's trusted roots.",
+    ),
+    (
+        "nats.tls.cert",
+        "PEM client certificate chain, for servers with `verify: true`; empty = none (with nats.tls.key).",
+    ),
+    ("nats.tls.key", "PEM private key of nats.tls.cert."),
+    (
+        "nats.tls.required",
+        "Refuse to talk to a NATS server without TLS.",
+    ),
+    (
+        "nats.max_age",
+        "Cloud stream retention when the ingest creates it (duration; \"0s\" = no limit, the default:\ndownstream consumers own the cloud stream). Must be at least nats.duplicate_window when set.",
+    ),
+    (
+        "nats.max_bytes",
+        "Cloud stream size limit when created (bytes; -1 = no limit, the default).",
+    ),
+    (
+        "nats.max_msgs",
+        "Cloud stream message-count limit when created (messages; -1 = no limit, the default).",
+    ),
+    (
+        "nats.discard",
+        "When the cloud stream is full: \"old\" = drop the oldest (default), \"new\" = refuse publishes\n(the ingest answers 503 and the backlog waits at the edge). Used when created.",
+    ),
     ("nats.stream", "Cloud stream name."),
     (
         "nats.subjects",

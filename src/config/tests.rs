@@ -158,3 +158,235 @@ fn missing_file_is_an_error_naming_it() {
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/uplink.toml"), "{e}");
 }
+
+/// A file in a fresh temp dir.
+fn file_with(dir: &crate::testbed::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn nats_url_takes_a_list_and_names_the_bad_entry() {
+    let (s, _dir) = sources(
+        None,
+        &[],
+        &["nats.url=nats://a.example:4222, tls://b.example:4223,c.example"],
+    );
+    let c = gateway(&s).unwrap();
+    let servers = c.nats.connect.servers().unwrap();
+    assert_eq!(servers.len(), 3);
+    assert_eq!(servers[1].host(), "b.example");
+    assert!(servers[1].tls_required());
+    assert_eq!(servers[2].port(), 4222);
+
+    for bad in [
+        "nats://a:4222,http://b:4222",
+        "nats://a:4222,,nats://b:4222",
+        "nats://a:4222,nats://b:99999",
+    ] {
+        let (s, _dir) = sources(None, &[], &[&format!("nats.url={bad}")]);
+        let e = ingest(&s).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "nats.url",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("entry 2"), "{e}");
+    }
+}
+
+#[test]
+fn nats_credentials_are_exclusive_and_named_in_pairs() {
+    let dir = crate::testbed::TempDir::new("uplink-cfg").unwrap();
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let nkey = file_with(&dir, "user.nk", &format!("{seed}\n"));
+    for (sets, a, b) in [
+        (
+            vec![
+                "nats.token=t".to_string(),
+                "nats.user=u".into(),
+                "nats.password=p".into(),
+            ],
+            "nats.user",
+            "nats.token",
+        ),
+        (
+            vec![format!("nats.nkey={nkey}"), "nats.token=t".into()],
+            "nats.nkey",
+            "nats.token",
+        ),
+        (
+            vec![format!("nats.creds={nkey}"), format!("nats.nkey={nkey}")],
+            "nats.creds",
+            "nats.nkey",
+        ),
+    ] {
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let (s, _d) = sources(None, &[], &sets);
+        let e = gateway(&s).unwrap_err().to_string();
+        assert!(e.contains(a) && e.contains(b), "{sets:?}: {e}");
+    }
+    let (s, _d) = sources(None, &[], &["nats.user=u"]);
+    let e = gateway(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.password"), "{e}");
+    let (s, _d) = sources(
+        None,
+        &[],
+        &["nats.url=nats://u:p@host:4222", "nats.token=t"],
+    );
+    let e = gateway(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.url") && e.contains("nats.token"), "{e}");
+    assert!(!e.contains("u:p@"), "URL credentials leaked: {e}");
+
+    let (s, _d) = sources(None, &[], &[&format!("nats.nkey={nkey}")]);
+    let c = gateway(&s).unwrap();
+    assert!(matches!(c.nats.connect.auth(), Auth::Nkey(_)));
+}
+
+#[test]
+fn nats_files_are_read_at_config_time_naming_key_and_file() {
+    let dir = crate::testbed::TempDir::new("uplink-cfg").unwrap();
+    for key in ["nats.creds", "nats.nkey", "nats.tls.ca"] {
+        let (s, _d) = sources(None, &[], &[&format!("{key}=/nonexistent/f.pem")]);
+        let e = ingest(&s).unwrap_err().to_string();
+        assert!(
+            e.contains(key) && e.contains("/nonexistent/f.pem"),
+            "{key}: {e}"
+        );
+    }
+    // Not a seed, and a seed of the wrong kind: named, and the file's text is not echoed.
+    let garbage = file_with(&dir, "bad.nk", "SUAnotaseedatall\n");
+    let (s, _d) = sources(None, &[], &[&format!("nats.nkey={garbage}")]);
+    let e = ingest(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.nkey") && e.contains("bad.nk"), "{e}");
+    assert!(!e.contains("SUAnotaseed"), "seed text in the error: {e}");
+    let account_seed = nkeys::KeyPair::new_account().seed().unwrap();
+    let account = file_with(&dir, "account.nk", &account_seed);
+    let (s, _d) = sources(None, &[], &[&format!("nats.nkey={account}")]);
+    let e = ingest(&s).unwrap_err().to_string();
+    assert!(e.contains("not a user"), "{e}");
+    assert!(!e.contains(&account_seed), "seed in the error: {e}");
+
+    // A creds file needs both sections; a well-formed one passes.
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let no_jwt = file_with(
+        &dir,
+        "no-jwt.creds",
+        &format!("-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"),
+    );
+    let (s, _d) = sources(None, &[], &[&format!("nats.creds={no_jwt}")]);
+    let e = gateway(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("nats.creds") && e.contains("no-jwt.creds"),
+        "{e}"
+    );
+    assert!(!e.contains(&seed), "seed in the error: {e}");
+    let creds = file_with(
+        &dir,
+        "user.creds",
+        &format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.c2ln\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    );
+    let (s, _d) = sources(None, &[], &[&format!("nats.creds={creds}")]);
+    gateway(&s).unwrap();
+
+    // PEM files that hold no certificate are refused now, not at each connection attempt.
+    let not_pem = file_with(&dir, "not-pem.pem", "hello\n");
+    let (s, _d) = sources(None, &[], &[&format!("nats.tls.ca={not_pem}")]);
+    let e = ingest(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("nats.tls.ca") && e.contains("not-pem.pem"),
+        "{e}"
+    );
+
+    // A client certificate needs its key.
+    let ca = file_with(&dir, "ca.pem", "x");
+    let (s, _d) = sources(None, &[], &[&format!("nats.tls.cert={ca}")]);
+    let e = gateway(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.tls.key"), "{e}");
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let (s, _d) = sources(
+        None,
+        &[
+            ("UPLINK_GATEWAY_NATS__USER", "edge"),
+            ("UPLINK_GATEWAY_NATS__PASSWORD", "hunter2-edge"),
+            ("UPLINK_INGEST_NATS__TOKEN", "tok-cloud-42"),
+        ],
+        &[],
+    );
+    let g = gateway(&s).unwrap();
+    assert_eq!(g.nats.connect.password.expose(), "hunter2-edge");
+    let shown = format!("{g:?} {g:#?}");
+    assert!(!shown.contains("hunter2-edge"), "{shown}");
+    assert!(shown.contains("password: (set)"), "{shown}");
+    let i = ingest(&s).unwrap();
+    let shown = format!("{i:?}");
+    assert!(
+        !shown.contains("tok-cloud-42") && shown.contains("token: (set)"),
+        "{shown}"
+    );
+    // The defaults rendering has no secret to print, whatever the environment holds.
+    let text = render_defaults::<GatewayConfig>(GATEWAY_DOCS);
+    assert!(text.contains("password = \"\""), "{text}");
+}
+
+#[test]
+fn stream_limits_are_checked_and_have_documented_defaults() {
+    let g = GatewayConfig::default();
+    assert_eq!(g.nats.limits.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(g.nats.limits.max_bytes, 1 << 30);
+    assert_eq!(g.nats.limits.discard, Discard::New);
+    let i = IngestConfig::default();
+    assert_eq!(i.nats.limits, StreamLimits::default());
+
+    let (s, _d) = sources(None, &[], &["nats.max_bytes=0"]);
+    let e = gateway(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.max_bytes") && e.contains("-1"), "{e}");
+    let (s, _d) = sources(None, &[], &["nats.max_msgs=-2"]);
+    assert!(
+        gateway(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("nats.max_msgs")
+    );
+    let (s, _d) = sources(None, &[], &["nats.discard=sometimes"]);
+    assert!(gateway(&s).is_err());
+    let (s, _d) = sources(None, &[], &["nats.max_age=1m"]);
+    let e = ingest(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.duplicate_window"), "{e}");
+    let (s, _d) = sources(
+        Some(
+            "[nats]\nmax_age = \"1d\"\nmax_msgs = 1000\ndiscard = \"new\"\n[nats.tls]\nrequired = true\n",
+        ),
+        &[],
+        &[],
+    );
+    let c = ingest(&s).unwrap();
+    assert_eq!(c.nats.limits.max_msgs, 1000);
+    assert!(c.nats.connect.tls.required);
+    let mut js = async_nats::jetstream::stream::Config::default();
+    c.nats.limits.apply(&mut js);
+    assert_eq!(js.max_age, Duration::from_secs(86400));
+    assert_eq!(js.max_messages, 1000);
+    assert_eq!(js.max_bytes, -1);
+    assert_eq!(
+        js.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
+
+    // Unknown keys inside the flattened section are still refused.
+    let (s, _d) = sources(Some("[nats]\npasword = \"x\"\n"), &[], &[]);
+    let e = gateway(&s).unwrap_err().to_string();
+    assert!(e.contains("nats.pasword"), "{e}");
+}

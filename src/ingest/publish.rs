@@ -48,7 +48,7 @@ pub trait Sink: Send + Sync + 'static {
 
 /// JetStream sink.
 pub struct JetStreamSink {
-    client: async_nats::Client,
+    conn: crate::nats::Connection,
     js: jetstream::Context,
     timeout: Duration,
     stream_ready: Arc<std::sync::atomic::AtomicBool>,
@@ -66,12 +66,10 @@ impl JetStreamSink {
     /// Connects (retrying in the background if NATS is not up yet) and starts a task that
     /// creates/checks the stream until it succeeds.
     pub async fn connect(cfg: &CloudNats, publish_timeout: Duration) -> anyhow::Result<Arc<Self>> {
-        let client = async_nats::ConnectOptions::new()
-            .name("uplink-ingest")
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connect(cfg.url.as_str())
-            .await?;
+        let conn = crate::nats::connect(&cfg.connect, crate::nats::Role::Cloud, "uplink-ingest")
+            .await
+            .map_err(crate::nats::NatsError::into_anyhow)?;
+        let client = conn.client.clone();
         // Our semaphore keeps async-nats below its own in-flight limit, so it never refuses.
         let js = jetstream::ContextBuilder::new()
             .timeout(publish_timeout)
@@ -79,7 +77,7 @@ impl JetStreamSink {
             .build(client.clone());
         let stream_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sink = Arc::new(JetStreamSink {
-            client,
+            conn,
             js: js.clone(),
             timeout: publish_timeout,
             stream_ready: stream_ready.clone(),
@@ -119,15 +117,16 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> anyhow::Resu
             cfg.stream
         );
     }
-    js.create_stream(jetstream::stream::Config {
+    let mut config = jetstream::stream::Config {
         name: cfg.stream.clone(),
         subjects: cfg.subjects.clone(),
         num_replicas: cfg.replicas,
         duplicate_window: cfg.duplicate_window,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
-    })
-    .await?;
+    };
+    cfg.limits.apply(&mut config);
+    js.create_stream(config).await?;
     Ok(())
 }
 
@@ -174,9 +173,7 @@ impl Sink for JetStreamSink {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err("cloud NATS not connected".into());
-        }
+        self.conn.ready()?;
         if !self.stream_ready.load(std::sync::atomic::Ordering::Acquire) {
             return Err("cloud stream not created/checked yet".into());
         }

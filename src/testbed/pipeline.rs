@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::nginx::{Nginx, NginxSite};
-use super::{Nats, TempDir, Uplink, free_addr};
+use super::{Nats, NatsSecurity, NatsServerTls, TempDir, Uplink, free_addr, free_port};
 use crate::config::{GatewayConfig, IngestConfig};
 
 /// Optional parts of a pipeline.
@@ -16,7 +16,18 @@ use crate::config::{GatewayConfig, IngestConfig};
 pub struct PipelineOptions {
     /// Put a real nginx (TLS terminator, `ssl_verify_client on`) between gateway and ingest.
     pub nginx: Option<NginxSite>,
+    /// How the edge nats-server authenticates clients (default: open). The test sets the
+    /// matching credentials on the gateway in its tweak.
+    pub edge_security: NatsSecurity,
+    /// How the cloud nats-server authenticates clients (default: open).
+    pub cloud_security: NatsSecurity,
+    /// Both nats-servers speak TLS only and verify client certificates (dev PKI); the gateway
+    /// and the ingest get `nats.tls.*` set to the dev CA and a client pair each.
+    pub nats_tls: bool,
 }
+
+/// CN of the ingest's client certificate to cloud NATS when [`PipelineOptions::nats_tls`].
+pub const INGEST_NATS_CLIENT: &str = "uplink-ingest";
 
 /// The running pipeline. Dropping it kills every process and removes the temp dir.
 pub struct Pipeline {
@@ -33,6 +44,7 @@ pub struct Pipeline {
     nats_bin: PathBuf,
     cloud_port: u16,
     cloud_store: PathBuf,
+    cloud_security: NatsSecurity,
     env: Vec<(String, String)>,
     pub dir: TempDir,
 }
@@ -66,9 +78,35 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         let dir = TempDir::new("uplink-pipeline")?;
         let platform = "edge-1".to_string();
-        let pki = crate::tls::dev_pki(&dir.path().join("pki"), std::slice::from_ref(&platform))?;
-        let edge = Nats::start(nats_bin, dir.path(), "edge").await?;
-        let cloud = Nats::start(nats_bin, dir.path(), "cloud").await?;
+        let mut names = vec![platform.clone()];
+        let (mut edge_security, mut cloud_security) =
+            (opts.edge_security.clone(), opts.cloud_security.clone());
+        if opts.nats_tls {
+            names.push(INGEST_NATS_CLIENT.to_string());
+        }
+        let pki = crate::tls::dev_pki(&dir.path().join("pki"), &names)?;
+        if opts.nats_tls {
+            edge_security.tls = Some(NatsServerTls::dev(&pki));
+            cloud_security.tls = Some(NatsServerTls::dev(&pki));
+        }
+        let edge = Nats::start_secured(
+            nats_bin,
+            dir.path(),
+            "edge",
+            free_port(),
+            dir.path().join("edge-js"),
+            &edge_security,
+        )
+        .await?;
+        let cloud = Nats::start_secured(
+            nats_bin,
+            dir.path(),
+            "cloud",
+            free_port(),
+            dir.path().join("cloud-js"),
+            &cloud_security,
+        )
+        .await?;
         let ingest_addr = free_addr();
 
         let defaults = IngestConfig::default();
@@ -84,7 +122,10 @@ impl Pipeline {
                 deny_list: Default::default(),
             },
             nats: crate::config::CloudNats {
-                url: cloud.url(),
+                connect: crate::config::NatsConnect {
+                    url: cloud.url(),
+                    ..defaults.nats.connect.clone()
+                },
                 ..defaults.nats.clone()
             },
             ..defaults
@@ -92,12 +133,33 @@ impl Pipeline {
         if opts.nginx.is_some() {
             ingest_cfg.proxy.listen = free_addr().to_string();
         }
+        if opts.nats_tls {
+            ingest_cfg.nats.connect.tls = crate::config::NatsTls {
+                ca: pki.ca(),
+                cert: pki.client_cert(INGEST_NATS_CLIENT),
+                key: pki.client_key(INGEST_NATS_CLIENT),
+                required: true,
+            };
+        }
         tweak_ingest(&mut ingest_cfg);
 
         let defaults = GatewayConfig::default();
         let mut gateway_cfg = GatewayConfig {
             nats: crate::config::EdgeNats {
-                url: edge.url(),
+                connect: crate::config::NatsConnect {
+                    url: edge.url(),
+                    tls: if opts.nats_tls {
+                        crate::config::NatsTls {
+                            ca: pki.ca(),
+                            cert: pki.client_cert(&platform),
+                            key: pki.client_key(&platform),
+                            required: true,
+                        }
+                    } else {
+                        Default::default()
+                    },
+                    ..defaults.nats.connect.clone()
+                },
                 ..defaults.nats.clone()
             },
             cloud: crate::config::Cloud {
@@ -138,6 +200,7 @@ impl Pipeline {
             nats_bin: nats_bin.to_path_buf(),
             cloud_port,
             cloud_store,
+            cloud_security,
             env: Vec::new(),
             dir,
         };
@@ -221,12 +284,13 @@ impl Pipeline {
     /// Restarts the cloud nats-server on the same port and store.
     pub async fn start_cloud(&mut self) -> anyhow::Result<()> {
         self.cloud = Some(
-            Nats::start_with_store(
+            Nats::start_secured(
                 &self.nats_bin,
                 self.dir.path(),
                 "cloud",
                 self.cloud_port,
                 self.cloud_store.clone(),
+                &self.cloud_security,
             )
             .await?,
         );

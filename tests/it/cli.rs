@@ -143,3 +143,71 @@ fn bench_proves_delivery_and_reports_json_with_the_anchor() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn nats_settings_are_checked_before_anything_starts() {
+    // Two ways to authenticate: exit 64 naming both.
+    let out = Command::new(exe())
+        .args(["gateway", "--set", "nats.token=t", "--set", "nats.user=u"])
+        .env("UPLINK_GATEWAY_NATS__PASSWORD", "p")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nats.user") && err.contains("nats.token"),
+        "{err}"
+    );
+
+    // One bad URL in a list: exit 64 naming nats.url and the entry, not a library parse error.
+    let out = Command::new(exe())
+        .args([
+            "ingest",
+            "--set",
+            "nats.url=nats://127.0.0.1:4222,http://127.0.0.1:4223",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nats.url") && err.contains("entry 2"), "{err}");
+
+    // A file that cannot be read: exit 64 naming the key and the file.
+    let out = Command::new(exe())
+        .args(["gateway", "--set", "nats.creds=/nonexistent/edge.creds"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nats.creds") && err.contains("/nonexistent/edge.creds"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_set_in_the_environment_are_never_printed() {
+    let out = Command::new(exe())
+        .args(["config", "defaults"])
+        .env("UPLINK_GATEWAY_NATS__PASSWORD", "pw-from-env-1234")
+        .env("UPLINK_INGEST_NATS__TOKEN", "token-from-env-5678")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("password = \"\""), "{text}");
+    assert!(
+        !text.contains("pw-from-env-1234") && !text.contains("token-from-env-5678"),
+        "{text}"
+    );
+
+    // Nor in a configuration error about the same section.
+    let out = Command::new(exe())
+        .args(["gateway", "--set", "nats.token=t"])
+        .env("UPLINK_GATEWAY_NATS__PASSWORD", "pw-from-env-1234")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("pw-from-env-1234"), "{err}");
+}

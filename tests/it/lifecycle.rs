@@ -297,7 +297,10 @@ async fn through_real_nginx_as_in_the_case_study() {
     let p = Pipeline::start_with(
         &exe(),
         &nats_bin(),
-        PipelineOptions { nginx: Some(site) },
+        PipelineOptions {
+            nginx: Some(site),
+            ..Default::default()
+        },
         |_| {},
         |g| {
             fast_recovery(g);
@@ -349,7 +352,10 @@ async fn nginx_idle_closes_between_bursts_do_not_lower_the_learned_limit() {
     let p = Pipeline::start_with(
         &exe(),
         &nats_bin(),
-        PipelineOptions { nginx: Some(site) },
+        PipelineOptions {
+            nginx: Some(site),
+            ..Default::default()
+        },
         |_| {},
         |g| {
             fast_recovery(g);

@@ -41,16 +41,16 @@ pub async fn pipeline(
         .expect("pipeline starts")
 }
 
+/// A test client to the edge, with the gateway's credentials and TLS settings.
 pub async fn edge_js(p: &Pipeline) -> jetstream::Context {
-    jetstream::new(async_nats::connect(p.edge.url()).await.expect("edge NATS"))
+    let opts = uplink::nats::options(&p.gateway_cfg.nats.connect).expect("edge NATS options");
+    jetstream::new(opts.connect(p.edge.url()).await.expect("edge NATS"))
 }
 
+/// A test client to the cloud, with the ingest's credentials and TLS settings.
 pub async fn cloud_js(p: &Pipeline) -> jetstream::Context {
-    jetstream::new(
-        async_nats::connect(p.cloud_url())
-            .await
-            .expect("cloud NATS"),
-    )
+    let opts = uplink::nats::options(&p.ingest_cfg.nats.connect).expect("cloud NATS options");
+    jetstream::new(opts.connect(p.cloud_url()).await.expect("cloud NATS"))
 }
 
 /// Waits until the cloud holds every sent message and the edge consumer is drained, then

@@ -1,0 +1,251 @@
+//! Connecting to NATS as deployed, for both programs: the server list, the one configured way
+//! to authenticate, TLS, and one log line plus a counter per connection event
+//! (`uplink_nats_events_total{nats, event}`), so losing and regaining NATS is visible.
+//!
+//! The connection retries forever, also when the server refuses our credentials: a server's
+//! authorization is changed on the server (accounts pushed, users reloaded), and a program
+//! that exits would then need a restart by hand. The refusal is logged at `error` with the
+//! settings to check, and `/readyz` reports it until the connection is up.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_nats::{ClientError, ConnectErrorKind, ConnectOptions, Event, ServerError};
+
+use crate::config::{Auth, ConfigError, NatsConnect};
+
+/// Why a connection could not be set up (all are configuration problems: exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the NATS connection to {urls}: {source}")]
+    Connect {
+        urls: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+impl NatsError {
+    /// For the binary edge: a configuration problem stays a [`ConfigError`] (exit 64).
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            NatsError::Config(c) => c.into(),
+            other => other.into(),
+        }
+    }
+}
+
+/// Which NATS this is, for logs and metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Cloud,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Cloud => "cloud",
+        }
+    }
+}
+
+/// A NATS client with what its events taught us.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: async_nats::Client,
+    state: Arc<EventState>,
+}
+
+impl Connection {
+    /// `Ok` when connected; else why not, with the last error the connection met.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            return Ok(());
+        }
+        let role = self.state.role.as_str();
+        Err(match self.state.last_error.lock().unwrap().as_deref() {
+            Some(e) => format!("{role} NATS not connected: {e}"),
+            None => format!("{role} NATS not connected"),
+        })
+    }
+}
+
+/// Options for `cfg` without the event handling (also used by test clients).
+pub fn options(cfg: &NatsConnect) -> Result<ConnectOptions, NatsError> {
+    let mut o = ConnectOptions::new().connection_timeout(cfg.connect_timeout);
+    o = match cfg.auth() {
+        Auth::None => o,
+        Auth::Creds(_) => o
+            .credentials(&cfg.read_creds()?)
+            .map_err(|e| ConfigError::Invalid {
+                key: "nats.creds",
+                reason: e.to_string(),
+            })?,
+        Auth::Nkey(_) => o.nkey(cfg.read_nkey_seed()?),
+        Auth::UserPassword(user, password) => {
+            o.user_and_password(user.to_string(), password.expose().to_string())
+        }
+        Auth::Token(token) => o.token(token.expose().to_string()),
+    };
+    let tls = &cfg.tls;
+    if !tls.ca.as_os_str().is_empty() {
+        o = o.add_root_certificates(tls.ca.clone());
+    }
+    if !tls.cert.as_os_str().is_empty() {
+        o = o.add_client_certificate(tls.cert.clone(), tls.key.clone());
+    }
+    if tls.required {
+        o = o.require_tls(true);
+    }
+    Ok(o)
+}
+
+/// Connects (retrying in the background, forever, if the servers are not reachable or refuse
+/// us) and logs every connection event.
+pub async fn connect(
+    cfg: &NatsConnect,
+    role: Role,
+    client_name: &str,
+) -> Result<Connection, NatsError> {
+    let servers = cfg.servers()?;
+    let state = Arc::new(EventState {
+        role,
+        urls: cfg.display_urls(),
+        keys: cfg.auth().keys(),
+        client: OnceLock::new(),
+        last_error: Mutex::new(None),
+    });
+    let events = state.clone();
+    let client = options(cfg)?
+        .name(client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            events.on_event(&event);
+            std::future::ready(())
+        })
+        .connect(servers)
+        .await
+        .map_err(|source| NatsError::Connect {
+            urls: cfg.display_urls(),
+            source,
+        })?;
+    let _ = state.client.set(client.clone());
+    Ok(Connection { client, state })
+}
+
+struct EventState {
+    role: Role,
+    /// `nats.url` without credentials, named until a server has introduced itself.
+    urls: String,
+    /// The settings to check when the server refuses us.
+    keys: &'static str,
+    /// Set right after connect returns; events before that have no server to name.
+    client: OnceLock<async_nats::Client>,
+    /// The last error logged, so a retry loop hitting it again logs it once (at debug after).
+    last_error: Mutex<Option<String>>,
+}
+
+/// What an event is, for the metric label and the log level.
+fn classify(event: &Event) -> (&'static str, tracing::Level) {
+    use tracing::Level;
+    match event {
+        Event::Connected => ("connected", Level::INFO),
+        Event::Disconnected => ("disconnected", Level::WARN),
+        Event::LameDuckMode => ("lame_duck", Level::WARN),
+        Event::Draining => ("draining", Level::INFO),
+        Event::Closed => ("closed", Level::WARN),
+        Event::SlowConsumer(_) | Event::ServerError(ServerError::SlowConsumer(_)) => {
+            ("slow_consumer", Level::WARN)
+        }
+        Event::ServerError(ServerError::AuthorizationViolation) => {
+            ("authorization_violation", Level::ERROR)
+        }
+        Event::ServerError(_) => ("server_error", Level::WARN),
+        Event::ClientError(ClientError::Other(kind)) if is_kind(kind, auth_kinds()) => {
+            ("authorization_violation", Level::ERROR)
+        }
+        Event::ClientError(ClientError::Other(kind)) if is_kind(kind, &[ConnectErrorKind::Tls]) => {
+            ("tls_error", Level::ERROR)
+        }
+        Event::ClientError(_) => ("connect_error", Level::WARN),
+    }
+}
+
+fn auth_kinds() -> &'static [ConnectErrorKind] {
+    &[
+        ConnectErrorKind::AuthorizationViolation,
+        ConnectErrorKind::Authentication,
+    ]
+}
+
+/// async-nats reports a failed (re)connect as `ClientError::Other(kind.to_string())`: compare
+/// with the library's own rendering of the typed kinds rather than with words of ours.
+fn is_kind(text: &str, kinds: &[ConnectErrorKind]) -> bool {
+    kinds.iter().any(|k| k.to_string() == text)
+}
+
+impl EventState {
+    fn on_event(&self, event: &Event) {
+        let (name, level) = classify(event);
+        metrics::counter!("uplink_nats_events_total", "nats" => self.role.as_str(), "event" => name)
+            .increment(1);
+        // The server of the last connection (the one just lost, for a disconnect); before the
+        // first connection, the configured list.
+        let server = self
+            .client
+            .get()
+            .map(|c| c.server_info())
+            .filter(|i| !i.host.is_empty())
+            .map(|i| format!("{}:{} ({})", i.host, i.port, i.server_name))
+            .unwrap_or_else(|| self.urls.clone());
+        let nats = self.role.as_str();
+        let repeated = {
+            let mut last = self.last_error.lock().unwrap();
+            if matches!(event, Event::Connected) {
+                *last = None;
+                false
+            } else if level == tracing::Level::INFO {
+                false
+            } else {
+                let text = event.to_string();
+                let same = last.as_deref() == Some(text.as_str());
+                *last = Some(text);
+                same
+            }
+        };
+        if repeated {
+            tracing::debug!(nats, %server, event = name, cause = %event, "NATS connection event (repeated)");
+            return;
+        }
+        match name {
+            "authorization_violation" => tracing::error!(
+                nats,
+                %server,
+                event = name,
+                cause = %event,
+                check = self.keys,
+                "NATS refused our credentials; retrying"
+            ),
+            "tls_error" => tracing::error!(
+                nats,
+                %server,
+                event = name,
+                cause = %event,
+                check = "nats.tls.ca, nats.tls.cert, nats.tls.key, nats.tls.required",
+                "TLS to NATS failed; retrying"
+            ),
+            _ if level == tracing::Level::INFO => {
+                tracing::info!(nats, %server, event = name, "NATS connection event")
+            }
+            _ => {
+                tracing::warn!(nats, %server, event = name, cause = %event, "NATS connection event")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+use super::*;
+
+fn client_error(kind: ConnectErrorKind) -> Event {
+    // What async-nats sends when a (re)connect attempt fails.
+    Event::ClientError(ClientError::Other(kind.to_string()))
+}
+
+#[test]
+fn refused_credentials_and_tls_failures_are_errors_with_their_own_names() {
+    use tracing::Level;
+    assert_eq!(
+        classify(&client_error(ConnectErrorKind::AuthorizationViolation)),
+        ("authorization_violation", Level::ERROR)
+    );
+    assert_eq!(
+        classify(&client_error(ConnectErrorKind::Authentication)),
+        ("authorization_violation", Level::ERROR)
+    );
+    assert_eq!(
+        classify(&Event::ServerError(ServerError::AuthorizationViolation)),
+        ("authorization_violation", Level::ERROR)
+    );
+    assert_eq!(
+        classify(&client_error(ConnectErrorKind::Tls)),
+        ("tls_error", Level::ERROR)
+    );
+    assert_eq!(
+        classify(&client_error(ConnectErrorKind::Io)),
+        ("connect_error", Level::WARN)
+    );
+    assert_eq!(
+        classify(&Event::Disconnected),
+        ("disconnected", Level::WARN)
+    );
+    assert_eq!(classify(&Event::LameDuckMode), ("lame_duck", Level::WARN));
+    assert_eq!(
+        classify(&Event::SlowConsumer(3)),
+        ("slow_consumer", Level::WARN)
+    );
+    assert_eq!(classify(&Event::Connected), ("connected", Level::INFO));
+}
+
+#[test]
+fn a_repeated_error_is_remembered_once_and_forgotten_on_connect() {
+    let s = EventState {
+        role: Role::Edge,
+        urls: "nats://a:4222".into(),
+        keys: "nats.token",
+        client: OnceLock::new(),
+        last_error: Mutex::new(None),
+    };
+    s.on_event(&client_error(ConnectErrorKind::AuthorizationViolation));
+    let first = s.last_error.lock().unwrap().clone().unwrap();
+    assert!(first.contains("authorization violation"), "{first}");
+    s.on_event(&Event::Connected);
+    assert!(s.last_error.lock().unwrap().is_none());
+}
