@@ -35,8 +35,20 @@ impl Drop for TempDir {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough on a private machine).
+/// A free TCP port on 127.0.0.1, outside the ephemeral range (bound, released, then used).
 pub fn free_port() -> u16 {
+    // Chosen below the kernel's ephemeral range (32768–60999 here): a port the kernel hands
+    // out for binds to port 0 or as the local end of an outgoing connection could be taken by
+    // one of those between our check and the server's bind. Random, so concurrent test
+    // processes rarely try the same one; checked free before it is returned.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    for _ in 0..1000 {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (fastrand::u16(..) ^ offset.wrapping_mul(7919)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

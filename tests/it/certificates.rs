@@ -71,15 +71,18 @@ fn append(file: &Path, more: &Path) {
     std::fs::write(file, text).unwrap();
 }
 
-/// Polls `request` until it gives the wanted outcome (400 = admitted), at most 15 s: the files
-/// are re-read at most once a second.
+/// Polls `request` until it is admitted (`ok`: the 400 of the subject check) or refused at the
+/// handshake (`!ok`), at most 15 s: the files are re-read at most once a second, so a request
+/// in between may see the old state at the handshake and the new one at its request.
 async fn until(p: &Pipeline, cfg: &Arc<rustls::ClientConfig>, ok: bool) -> Result<String, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let r = request(p, cfg.clone()).await;
-        if r.as_ref().is_ok_and(|s| s.contains(" 400 ")) == ok
-            || tokio::time::Instant::now() >= deadline
-        {
+        let done = match &r {
+            Ok(status) => ok && status.contains(" 400 "),
+            Err(_) => !ok,
+        };
+        if done || tokio::time::Instant::now() >= deadline {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

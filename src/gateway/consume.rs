@@ -1,0 +1,298 @@
+//! Consuming the edge stream: bind the durable pull consumer (creating stream and consumer
+//! when allowed), pull messages into batches, hand each full batch to a delivery task once a
+//! send slot is free (backpressure), and watch for a consumer that stalls.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Ctx;
+use super::batch::Batcher;
+use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, deliver, settle};
+use crate::config::GatewayConfig;
+use crate::wire;
+
+/// How often the pump checks that a consumer with pending messages is delivering them.
+pub(super) const STALL_CHECK: Duration = Duration::from_secs(10);
+
+/// Why consuming stopped.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PumpError {
+    /// The server says messages are pending but delivers none. Seen with nats-server 2.9 after an
+    /// edge stream was recreated while a gateway recreated it too (recreating the consumer does
+    /// not cure it; the stream needs an operator). Reported loudly, and /readyz says so.
+    #[error(
+        "the edge consumer has {pending} messages pending but delivered none for {idle:?} (nats-server stuck after a stream recreate?); check the edge stream"
+    )]
+    Stalled { pending: u64, idle: Duration },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// The durable consumer's configuration.
+fn consumer_config(cfg: &GatewayConfig) -> jetstream::consumer::pull::Config {
+    let n = &cfg.nats;
+    jetstream::consumer::pull::Config {
+        durable_name: Some(n.consumer.clone()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: n.ack_wait,
+        max_ack_pending: n.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+/// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
+/// stream incarnation (creation time, ns since the epoch).
+pub(super) async fn bind(
+    js: &jetstream::Context,
+    cfg: &GatewayConfig,
+    may_create: bool,
+) -> anyhow::Result<(PullConsumer, i128)> {
+    let n = &cfg.nats;
+    let mut stream = match js.get_stream(&n.stream).await {
+        Ok(s) => s,
+        Err(e) if n.create_stream && may_create => {
+            tracing::debug!(error = %e, "edge stream lookup failed; creating it");
+            let mut config = jetstream::stream::Config {
+                name: n.stream.clone(),
+                subjects: n.subjects.clone(),
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            };
+            n.limits.apply(&mut config);
+            js.get_or_create_stream(config)
+                .await
+                .with_context(|| format!("creating edge stream {}", n.stream))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("edge stream {}", n.stream)),
+    };
+    let incarnation = stream.info().await?.created.unix_timestamp_nanos();
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(&n.consumer, consumer_config(cfg))
+        .await
+        .with_context(|| format!("consumer {} on {}", n.consumer, n.stream))?;
+    // The stream may have been recreated between reading its incarnation and binding.
+    let now = stream.get_info().await?.created.unix_timestamp_nanos();
+    if now != incarnation {
+        anyhow::bail!("edge stream {} was recreated while binding", n.stream);
+    }
+    Ok((consumer, incarnation))
+}
+
+/// Builds message ids (DESIGN.md §1).
+pub struct IdMaker {
+    pub platform: String,
+    pub stream: String,
+    pub incarnation: i128,
+}
+
+impl IdMaker {
+    pub fn id(&self, sequence: u64) -> String {
+        wire::message_id(&self.platform, &self.stream, self.incarnation, sequence)
+    }
+}
+
+/// Converts an edge message for the wire. Headers in the ingest's namespaces
+/// ([`wire::is_reserved_header`]) are not forwarded.
+fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, String> {
+    let info = m.info().map_err(|e| e.to_string())?;
+    // The ingest refuses what it cannot map under the platform's prefix; find out here, for
+    // this message alone.
+    wire::validate_subject(&m.subject).map_err(|e| e.to_string())?;
+    let mut out = wire::Message {
+        id: ids.id(info.stream_sequence),
+        subject: m.subject.to_string(),
+        payload: m.payload.clone(),
+        headers: Default::default(),
+        time_unix_nano: info.published.unix_timestamp_nanos() as i64,
+        multi_headers: Vec::new(),
+    };
+    if let Some(h) = &m.headers {
+        out.set_headers(
+            h.iter()
+                .map(|(name, values)| {
+                    let name: &str = name.as_ref();
+                    (name, values.iter().map(|v| v.as_str()).collect())
+                })
+                // Edge `Nats-*` are the edge JetStream's own control headers; `Uplink-*` are
+                // stamped by the ingest (an edge copy of them would only be refused there).
+                .filter(|(name, _)| !wire::is_reserved_header(name)),
+        );
+    }
+    Ok(out)
+}
+
+/// Pulls messages into batches and dispatches each to a delivery task, at most
+/// `forward.max_in_flight` at once (waiting for a slot stops the pulling: backpressure).
+pub(super) async fn pump(
+    consumer: &PullConsumer,
+    ids: &IdMaker,
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), PumpError> {
+    let cfg = &ctx.cfg;
+    let mut watchdog =
+        tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+    let mut received_since_check = false;
+    let mut strikes = 0;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(cfg.batch.max_messages.min(1000))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut batcher: Batcher<jetstream::Message> =
+        Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
+    loop {
+        let deadline = batcher.deadline(cfg.batch.linger);
+        let full = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = sleep_until_opt(deadline), if deadline.is_some() => true,
+            _ = watchdog.tick() => {
+                if std::mem::take(&mut received_since_check) {
+                    strikes = 0;
+                } else if let Some(pending) = stalled(consumer, cfg, slots).await {
+                    strikes += 1;
+                    if strikes >= 2 {
+                        flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                        return Err(PumpError::Stalled { pending, idle: STALL_CHECK * 2 });
+                    }
+                } else {
+                    strikes = 0;
+                }
+                false
+            }
+            next = messages.next() => match next {
+                Some(Ok(m)) => match to_wire(ids, &m) {
+                    Ok(w) => {
+                        if !received_since_check {
+                            received_since_check = true;
+                            ctx.stalled.store(false, Ordering::Release);
+                        }
+                        batcher.push(m, w)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, subject = %m.subject, "message cannot be forwarded; terminating it (it stays in the edge stream)");
+                        metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(1);
+                        let _ = tokio::time::timeout(SETTLE_TIMEOUT, m.ack_with(AckKind::Term)).await;
+                        false
+                    }
+                },
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    match e.kind() {
+                        K::Pull => {
+                            tracing::warn!(error = %e, "pull consumer hiccup; continuing");
+                            false
+                        }
+                        _ => {
+                            flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                            return Err(anyhow::Error::from(e).into());
+                        }
+                    }
+                }
+                None => {
+                    flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                    return Err(anyhow::anyhow!("message stream ended").into());
+                }
+            },
+        };
+        if full {
+            flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+        }
+    }
+    // Shutdown: what was pulled but not sent goes back at once — the batch being built and
+    // what the pull already delivered into the client's buffer (left there it would wait out
+    // ack_wait before JetStream redelivers it).
+    let (mut left, _) = batcher.take();
+    let drain = async {
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(PREFETCH_QUIET, messages.next()).await {
+            left.push(m);
+        }
+    };
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, drain).await;
+    // Stop taking deliveries before giving messages back, or JetStream hands them straight
+    // back to this subscription, which is about to go away.
+    drop(messages);
+    if !left.is_empty() {
+        tracing::info!(
+            messages = left.len(),
+            "shutdown: returning undispatched messages to JetStream"
+        );
+    }
+    settle(&left, SHUTDOWN_NAK).await;
+    Ok(())
+}
+
+/// `Some(pending)` when the consumer has messages to deliver and room to deliver them (below
+/// max_ack_pending, a send slot free) — called when it delivered nothing for a while.
+async fn stalled(consumer: &PullConsumer, cfg: &GatewayConfig, slots: &Semaphore) -> Option<u64> {
+    let info = tokio::time::timeout(Duration::from_secs(2), consumer.get_info())
+        .await
+        .ok()?
+        .ok()?;
+    let room =
+        (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available_permits() > 0;
+    (info.num_pending > 0 && room).then_some(info.num_pending)
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// At shutdown, the client's buffer of pulled messages counts as drained once nothing more
+/// arrived for this long.
+const PREFETCH_QUIET: Duration = Duration::from_millis(50);
+
+/// Sends the current batch (if any) to a delivery task once a slot is free. While it waits,
+/// its messages get `in_progress` so JetStream does not redeliver them meanwhile.
+async fn flush(
+    batcher: &mut Batcher<jetstream::Message>,
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    if batcher.is_empty() {
+        return;
+    }
+    let every = ctx.cfg.nats.ack_wait / 3;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let permit = loop {
+        tokio::select! {
+            p = slots.clone().acquire_owned() => break p.expect("semaphore never closed"),
+            _ = progress.tick() => settle(batcher.handles(), AckKind::Progress).await,
+            _ = shutdown.cancelled() => {
+                let (left, _) = batcher.take();
+                settle(&left, SHUTDOWN_NAK).await;
+                return;
+            }
+        }
+    };
+    let (msgs, batch) = batcher.take();
+    metrics::counter!("uplink_gateway_batches_total").increment(1);
+    metrics::histogram!("uplink_gateway_batch_messages").record(msgs.len() as f64);
+    let ctx = ctx.clone();
+    tracker.spawn(async move {
+        metrics::gauge!("uplink_gateway_in_flight_batches").increment(1.0);
+        deliver(ctx.deliverer.clone(), msgs, batch).await;
+        metrics::gauge!("uplink_gateway_in_flight_batches").decrement(1.0);
+        drop(permit);
+    });
+}

@@ -1,0 +1,254 @@
+//! Delivering one batch and settling its messages (docs/design.md §2): while the batch waits or
+//! retries, its messages get `in_progress` every third of `ack_wait`; it ends acked (the ingest
+//! confirmed every message), termed or kept (the ingest refused them, found by bisecting),
+//! or nak'ed (shutdown) — each message settled once.
+//!
+//! Generic over how messages are settled ([`Settle`]: JetStream in production) and how a body
+//! is sent ([`Post`]: the HTTP/2 client), so the ack policy is unit-tested with paused time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::Request;
+use http_body_util::Full;
+use tokio_util::sync::CancellationToken;
+
+use super::forward::{Delivery, send_with_retries};
+use super::retry::Backoff;
+use crate::config::RejectAction;
+use crate::http2::client::FullResponse;
+use crate::http2::{Client, ForwardError};
+use crate::wire::{self, Encoding};
+
+/// How long acks, naks and progress notes for one batch may take (they block while edge NATS
+/// is disconnected; shutdown must not).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How messages are given back at shutdown: redelivered after a moment, so not into this
+/// gateway's own pull that is still open while it exits, but long before `ack_wait`.
+pub const SHUTDOWN_NAK: AckKind = AckKind::Nak(Some(Duration::from_secs(2)));
+
+/// The messages of a batch, as the edge JetStream knows them.
+pub trait Settle: Send + Sync + Sized + 'static {
+    /// How many messages.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Sends `kind` for every message, within [`SETTLE_TIMEOUT`].
+    fn send(&self, kind: AckKind) -> BoxFuture<'_, ()>;
+    /// Splits off the messages from `at` on (bisecting a rejected batch).
+    fn split_off(&mut self, at: usize) -> Self;
+    /// The edge stream sequence of the first message (for logs).
+    fn first_sequence(&self) -> u64;
+}
+
+impl Settle for Vec<jetstream::Message> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn send(&self, kind: AckKind) -> BoxFuture<'_, ()> {
+        Box::pin(settle(self, kind))
+    }
+
+    fn split_off(&mut self, at: usize) -> Self {
+        Vec::split_off(self, at)
+    }
+
+    fn first_sequence(&self) -> u64 {
+        self.first()
+            .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
+            .unwrap_or(0)
+    }
+}
+
+/// Acks/naks/terms/progresses every message, giving up after [`SETTLE_TIMEOUT`] (what is not
+/// acked is redelivered by JetStream and deduplicated by the cloud).
+pub async fn settle(msgs: &[jetstream::Message], kind: AckKind) {
+    let work = async {
+        for m in msgs {
+            let r = match kind {
+                AckKind::Ack => m.ack().await,
+                k => m.ack_with(k).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, ?kind, "acknowledgement not sent; JetStream will redeliver");
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(SETTLE_TIMEOUT, work).await.is_err() {
+        tracing::warn!(
+            ?kind,
+            messages = msgs.len(),
+            "edge NATS did not take the acknowledgements in time; JetStream will redeliver"
+        );
+    }
+}
+
+/// Sends an encoded batch body; a 2xx that does not confirm every one of `count` messages is
+/// an error (`Unconfirmed`), never a success.
+pub trait Post: Send + Sync + 'static {
+    fn post(&self, body: Bytes, count: usize) -> BoxFuture<'_, Result<FullResponse, ForwardError>>;
+}
+
+/// [`Post`] over the HTTP/2 client to `POST /v1/batches`.
+pub struct HttpPost {
+    pub client: Client,
+    pub url: http::Uri,
+    pub encoding: Encoding,
+}
+
+impl Post for HttpPost {
+    fn post(&self, body: Bytes, count: usize) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
+        let req = Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
+            .header(http::header::CONTENT_ENCODING, self.encoding.as_str())
+            .body(Full::new(body))
+            .expect("valid request");
+        let send = self.client.send(req);
+        Box::pin(async move {
+            let resp = send.await?;
+            if resp.status().is_success() && !confirms(resp.body(), count) {
+                return Err(ForwardError::Unconfirmed {
+                    status: resp.status().as_u16(),
+                    detail: String::from_utf8_lossy(resp.body())
+                        .chars()
+                        .take(200)
+                        .collect(),
+                });
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// Whether a 2xx answer confirms every message of the batch (`{"accepted":N,"duplicates":M}`
+/// with N + M = the batch size). Anything else — a catch-all proxy route, a stray server —
+/// must not get messages acked.
+pub fn confirms(body: &[u8], count: usize) -> bool {
+    wire::Accepted::parse(body).is_some_and(|a| a.confirms(count))
+}
+
+/// What delivery does with a batch.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The consumer's `ack_wait`: progress notes go out every third of it.
+    pub ack_wait: Duration,
+    pub backoff: Backoff,
+    pub on_rejected: RejectAction,
+    pub compression: Encoding,
+    pub zstd_level: i32,
+}
+
+/// Everything a delivery needs, shared by all batches.
+pub struct Deliverer {
+    pub policy: Policy,
+    pub post: Arc<dyn Post>,
+    /// Ends waiting in backoff (shutdown).
+    pub soft_stop: CancellationToken,
+    /// Also abandons attempts in progress (the shutdown grace ran out).
+    pub hard_stop: CancellationToken,
+}
+
+/// Runs `work` while `msgs` get `in_progress` every `every`.
+pub async fn keeping_alive<S: Settle, T>(
+    msgs: &S,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = progress.tick() => {
+                metrics::counter!("uplink_gateway_in_progress_total").increment(msgs.len() as u64);
+                msgs.send(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+/// Delivers one batch, keeping its messages alive while retries run, then acks, terms or naks
+/// them by outcome. A rejected batch of several messages is split in halves and each half
+/// delivered again (the waiting half kept alive meanwhile), so only the messages the ingest
+/// refuses are dead-lettered, not their batch-mates.
+pub fn deliver<S: Settle>(
+    d: Arc<Deliverer>,
+    msgs: S,
+    batch: wire::Batch,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let p = &d.policy;
+        let started = std::time::Instant::now();
+        let body = match wire::encode_batch(&batch, p.compression, p.zstd_level) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a batch failed; naking it");
+                msgs.send(AckKind::Nak(None)).await;
+                return;
+            }
+        };
+        let count = msgs.len();
+        let attempt = || d.post.post(body.clone(), count);
+        let work = send_with_retries(attempt, p.backoff, &d.soft_stop, &d.hard_stop);
+        let every = p.ack_wait / 3;
+        let outcome = keeping_alive(&msgs, every, work).await;
+        let n = count as u64;
+        match outcome {
+            Delivery::Delivered { attempts } => {
+                msgs.send(AckKind::Ack).await;
+                metrics::counter!("uplink_gateway_messages_total", "result" => "acked")
+                    .increment(n);
+                metrics::histogram!("uplink_gateway_delivery_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                tracing::trace!(messages = n, attempts, "batch delivered");
+            }
+            Delivery::Rejected { status, detail } if count > 1 => {
+                tracing::warn!(status, %detail, messages = n, "ingest rejected a batch; splitting it to find the offending messages");
+                let mut left = msgs;
+                let mut batch = batch;
+                let right = left.split_off(count / 2);
+                let right_batch = wire::Batch {
+                    messages: batch.messages.split_off(count / 2),
+                };
+                // The right half waits its turn: keep it alive meanwhile, or JetStream
+                // redelivers it past ack_wait (sent twice, deduplicated, but wasted).
+                keeping_alive(&right, every, deliver(d.clone(), left, batch)).await;
+                deliver(d.clone(), right, right_batch).await;
+            }
+            Delivery::Rejected { status, detail } => {
+                tracing::error!(
+                    status,
+                    %detail,
+                    edge_sequence = msgs.first_sequence(),
+                    id = %batch.messages.first().map(|m| m.id.as_str()).unwrap_or(""),
+                    action = ?p.on_rejected,
+                    "ingest rejected a message; not retrying it blindly"
+                );
+                metrics::counter!("uplink_gateway_messages_total", "result" => "rejected")
+                    .increment(n);
+                let kind = match p.on_rejected {
+                    RejectAction::Term => AckKind::Term,
+                    RejectAction::Keep => AckKind::Nak(Some(p.backoff.max)),
+                };
+                msgs.send(kind).await;
+            }
+            Delivery::Abandoned => {
+                metrics::counter!("uplink_gateway_messages_total", "result" => "abandoned")
+                    .increment(n);
+                msgs.send(SHUTDOWN_NAK).await;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;
