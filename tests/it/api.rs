@@ -97,3 +97,31 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
     }
     assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_the_header_list_limit_are_refused_and_the_connection_lives_on() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let c = edge_client(&p);
+    let big = "a".repeat(20 * 1024); // over http2.max_header_list_bytes (16 KiB)
+    let refused = h2client::post(
+        &c,
+        "/v1/publish/big",
+        &[("idempotency-key", "big-1"), ("x-big", &big)],
+        "1",
+    )
+    .await;
+    // The HTTP/2 layer answers 431 Request Header Fields Too Large before the handler runs.
+    assert_eq!(refused.unwrap().status(), 431);
+    // Not processed, and the ingest still serves (on this client, reconnecting if need be).
+    let ok = h2client::post(
+        &c,
+        "/v1/publish/small",
+        &[("idempotency-key", "small-1")],
+        "1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+    let cloud = cloud_js(&p).await;
+    assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 1);
+}

@@ -39,6 +39,8 @@ enum Script {
     /// Raw frames: waits for `hold` requests, sends GOAWAY(`last_stream_id`), then answers
     /// only the streams at or below it.
     RawGoAway { hold: usize, last_stream_id: u32 },
+    /// Takes every request and never answers it (the connection itself stays healthy).
+    NeverAnswer,
 }
 
 /// The scripted server and what it saw.
@@ -141,6 +143,11 @@ async fn serve_h2(io: DuplexStream, s: &Server, conn: usize, script: Script) {
         };
         n += 1;
         s.stream_opened(conn);
+        if let Script::NeverAnswer = script {
+            // Keep the stream open, unanswered, for as long as the connection lives.
+            std::mem::forget(respond);
+            continue;
+        }
         match script {
             Script::RefuseFirst if n == 1 => {
                 respond.send_reset(Reason::REFUSED_STREAM);
@@ -458,5 +465,26 @@ async fn connections_rotate_within_ten_percent_of_max_age() {
     assert_eq!(
         counters.get("uplink_client_rotations_total{reason=age}"),
         10
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_an_answer_ends_at_timeouts_request_and_is_retried_with_backoff() {
+    let server = Server::new(|_| Script::NeverAnswer);
+    let mut cfg = config(1000);
+    cfg.timeouts.request = Duration::from_secs(20);
+    let c = client(cfg, &server);
+    let started = Instant::now();
+    let err = post(&c).await.unwrap_err();
+    assert!(
+        matches!(err, ForwardError::RequestTimeout { after } if after == Duration::from_secs(20)),
+        "{err}"
+    );
+    // Paused time: the whole request, dial included, ended exactly at the configured timeout.
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+    assert_eq!(
+        classify(&err),
+        Retry::Backoff,
+        "maybe processed: resend after a backoff"
     );
 }

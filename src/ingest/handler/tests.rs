@@ -617,3 +617,29 @@ async fn multi_valued_headers_reach_the_cloud_with_every_value_and_the_rules_app
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(sink.got.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_stops_arriving_is_408_at_timeouts_request_body() {
+    use futures_util::StreamExt as _;
+    let sink = Arc::new(FakeSink::default());
+    let h = handler(sink.clone());
+    // One chunk, then nothing for ever (a slow-loris client).
+    let chunks = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        http_body::Frame::data(Bytes::from_static(b"21")),
+    )])
+    .chain(futures_util::stream::pending());
+    let req = Request::post("/v1/publish/slow")
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let started = Instant::now();
+    let resp = h.handle_alone(req, Some("p")).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "timeouts.request_body"
+    );
+    assert_eq!(body_json(resp).await["error"], "body_timeout");
+    assert!(sink.got.lock().unwrap().is_empty());
+    assert_eq!(h.inflight_bytes(), 0, "what arrived is given back");
+}
