@@ -84,7 +84,10 @@ impl Diagnosis {
             },
             ForwardError::Tls { addr, source } => {
                 let detail = source.to_string();
-                if detail.contains("invalid peer certificate") {
+                if matches!(
+                    probe::rustls_cause(&source),
+                    Some(rustls::Error::InvalidCertificate(_))
+                ) {
                     Diagnosis::UntrustedServer { detail }
                 } else if t.cert_requested.load(Ordering::Acquire) && !t.has_client_cert {
                     Diagnosis::ClientCertRequired
@@ -102,9 +105,9 @@ impl Diagnosis {
 
     /// A first request that fails at the TLS layer after a TLS 1.3 handshake is how servers
     /// refuse client certificates.
-    fn first_request(detail: String, t: &probe::Target) -> Self {
+    fn first_request(detail: String, cause: Option<probe::TlsCause>, t: &probe::Target) -> Self {
         let requested = t.cert_requested.load(Ordering::Acquire);
-        let tls_alert = detail.contains("alert") || detail.contains("certificate");
+        let tls_alert = cause.is_some();
         match (requested, t.has_client_cert) {
             (true, false) => Diagnosis::ClientCertRequired,
             (true, true) if tls_alert => Diagnosis::ClientCertRejected { detail },

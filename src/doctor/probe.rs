@@ -58,7 +58,46 @@ pub enum Outcome {
     Status(StatusCode),
     /// Provably not processed by the server (refused by GOAWAY, REFUSED_STREAM, not sent).
     NotProcessed,
-    Failed(String),
+    /// Failed: what happened, and the TLS alert or certificate error behind it, if any.
+    Failed(String, Option<TlsCause>),
+}
+
+/// The TLS reason behind a failed request, found in its cause chain (never in its text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsCause {
+    /// The peer sent a TLS alert (how servers refuse a client certificate after a TLS 1.3
+    /// handshake).
+    Alert(String),
+    /// Our side refused the peer's certificate.
+    Certificate(String),
+}
+
+/// The rustls error in an error's cause chain (tokio-rustls wraps it in an `io::Error`).
+pub fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(r);
+        }
+        next = err.source();
+    }
+    None
+}
+
+impl TlsCause {
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        match rustls_cause(e)? {
+            rustls::Error::AlertReceived(a) => Some(TlsCause::Alert(format!("{a:?}"))),
+            rustls::Error::InvalidCertificate(c) => Some(TlsCause::Certificate(format!("{c:?}"))),
+            _ => None,
+        }
+    }
 }
 
 impl ProbeConn {
@@ -101,10 +140,13 @@ impl ProbeConn {
             Ok(status)
         };
         match tokio::time::timeout(t.timeouts.request, work).await {
-            Err(_) => Outcome::Failed(format!("no response within {:?}", t.timeouts.request)),
+            Err(_) => Outcome::Failed(format!("no response within {:?}", t.timeouts.request), None),
             Ok(Ok(status)) => Outcome::Status(status),
             Ok(Err(e)) if classify(&e) == Retry::Now => Outcome::NotProcessed,
-            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            Ok(Err(e)) => {
+                let cause = TlsCause::of(&e);
+                Outcome::Failed(e.to_string(), cause)
+            }
         }
     }
 }
@@ -264,9 +306,9 @@ pub async fn requests_per_connection(
                 r.limited = true;
                 break;
             }
-            Outcome::Failed(e) => {
+            Outcome::Failed(e, cause) => {
                 if r.completed == 0 {
-                    return Err(Diagnosis::first_request(e, t));
+                    return Err(Diagnosis::first_request(e, cause, t));
                 }
                 r.limited = conn.info.goaway_received().is_some() || conn.ended_at().is_some();
                 if !r.limited {
@@ -308,7 +350,7 @@ pub async fn requests_per_connection(
                         r.refused += 1;
                         done = true;
                     }
-                    Outcome::Failed(_) => done = true,
+                    Outcome::Failed(..) => done = true,
                 }
             }
             done |= b.info.goaway_received().is_some();
@@ -361,8 +403,8 @@ pub async fn idle_and_age(
     let mut r = IdleProbe::default();
     let (mut idle, _) = open(t, 4, None).await?;
     let (busy, _) = open(t, 5, None).await?;
-    if let Outcome::Failed(e) = idle.request(t).await {
-        return Err(Diagnosis::first_request(e, t));
+    if let Outcome::Failed(e, cause) = idle.request(t).await {
+        return Err(Diagnosis::first_request(e, cause, t));
     }
     let idle_since = Instant::now();
     let deadline = idle_since + wait;
