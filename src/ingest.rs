@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod budget;
 pub mod closing;
+pub mod decode;
 pub mod final_goaway;
 pub mod handler;
 pub mod publish;

@@ -7,6 +7,8 @@
 //!   produced, while [`scan::Counter`] refuses a batch the moment it holds one message too many;
 //!   what decoding will copy is measured ([`scan::shape`]) and paid for before it is allocated.
 //! - **publish**: through the narrow [`Sink`]; 2xx only once every message is persisted.
+//!
+//! The paid-for buffers and the stepwise decompression live in [`super::decode`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use prost::Message as _;
 use tokio::time::Instant;
 
 use super::budget::{Account, Budget, Hold, Refused};
+use super::decode::{Buffer, decompress};
 use super::publish::{OutMessage, Sink, SinkError};
 use crate::config::IngestLimits;
 use crate::tls::reload::{DenyList, Watched};
@@ -28,13 +31,6 @@ pub use crate::wire::{MAX_ID_LEN, PLATFORM_HEADER, TIME_HEADER};
 /// What one decoded message costs beyond the bytes it copies: its structs, its header map with
 /// the two headers the ingest adds, the cloud subject (an estimate on the safe side).
 pub const MESSAGE_OVERHEAD: usize = 512;
-/// Decompressed output is produced, and paid for, in steps of at most this many bytes.
-const DECODE_STEP: usize = 64 << 10;
-/// A decompressing request lets other tasks run after producing this many bytes.
-const DECODE_YIELD_BYTES: usize = 1 << 20;
-/// Smallest buffer grown for a body (avoids many tiny reallocations).
-const MIN_BUFFER: usize = 4 << 10;
-
 /// The request handler, shared by every connection.
 pub struct Handler {
     sink: Arc<dyn Sink>,
@@ -55,7 +51,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+    pub(super) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
             code,
             detail: detail.into(),
@@ -139,44 +135,6 @@ fn json(status: StatusCode, body: Vec<u8>) -> HttpResponse {
 enum Route {
     Batches,
     Publish { subject: String },
-}
-
-/// A growing buffer whose capacity is paid for from the budget before it is allocated.
-struct Buffer {
-    vec: Vec<u8>,
-    /// Capacity paid for.
-    paid: usize,
-}
-
-impl Buffer {
-    fn new() -> Self {
-        Buffer {
-            vec: Vec::new(),
-            paid: 0,
-        }
-    }
-
-    /// Makes room for `needed` bytes in all, growing geometrically up to `cap` (the most this
-    /// buffer may ever hold), paying first.
-    async fn room(
-        &mut self,
-        needed: usize,
-        cap: usize,
-        hold: &mut Hold,
-        deadline: Instant,
-    ) -> Result<(), ApiError> {
-        if needed <= self.paid {
-            return Ok(());
-        }
-        let target = needed
-            .max(self.paid * 2)
-            .max(MIN_BUFFER)
-            .min(cap.max(needed));
-        hold.grow(target - self.paid, deadline).await?;
-        self.paid = target;
-        self.vec.reserve_exact(target - self.vec.len());
-        Ok(())
-    }
 }
 
 impl Handler {
@@ -595,65 +553,6 @@ impl Handler {
             payload: m.payload,
         })
     }
-}
-
-/// Decompresses from `reader` within `limit` output bytes, paying for each step before it is
-/// produced and feeding `counter` as it goes. Runs on the async thread in steps small enough
-/// not to hold it long (yielding every [`DECODE_YIELD_BYTES`]); the total work is bounded by
-/// the limits, whatever the compression ratio.
-async fn decompress(
-    mut reader: Box<dyn std::io::Read + Send + '_>,
-    declared: Option<usize>,
-    limit: usize,
-    mut counter: Option<&mut scan::Counter>,
-    hold: &mut Hold,
-    deadline: Instant,
-) -> Result<Bytes, ApiError> {
-    let mut out = Buffer::new();
-    // One byte past the limit tells "exactly at the limit" from "over it".
-    if let Some(size) = declared {
-        // Sized once (one allocation, no copies while growing): a lie costs the liar's share
-        // for as long as its request lasts, nothing more.
-        out.room(size.min(limit) + 1, limit + 1, hold, deadline)
-            .await?;
-    }
-    let mut since_yield = 0;
-    loop {
-        let start = out.vec.len();
-        let room = out.paid - start;
-        let step = if room > 0 { room } else { DECODE_STEP }
-            .min(DECODE_STEP)
-            .min(limit + 1 - start);
-        out.room(start + step, limit + 1, hold, deadline).await?;
-        out.vec.resize(start + step, 0);
-        let n = match reader.read(&mut out.vec[start..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-            Err(e) => {
-                return Err(ApiError::new(
-                    ErrorCode::Malformed,
-                    format!("body is not valid compressed data: {e}"),
-                ));
-            }
-        };
-        out.vec.truncate(start + n);
-        if n == 0 {
-            break;
-        }
-        // Counted first: a batch over the message limit is told so, whatever its size.
-        if let Some(c) = counter.as_deref_mut() {
-            c.feed(&out.vec[start..])?;
-        }
-        if out.vec.len() > limit {
-            return Err(WireError::TooLarge { limit }.into());
-        }
-        since_yield += n;
-        if since_yield >= DECODE_YIELD_BYTES {
-            since_yield = 0;
-            tokio::task::yield_now().await;
-        }
-    }
-    Ok(Bytes::from(out.vec))
 }
 
 /// Decodes `%XX` escapes of a path segment (so a subject with characters a URI cannot carry
