@@ -10,6 +10,8 @@ pub mod closing;
 pub mod decode;
 pub mod final_goaway;
 pub mod handler;
+pub mod preauth;
+pub mod proxy;
 pub mod publish;
 
 use std::sync::Arc;

@@ -6,8 +6,6 @@
 //! reaches nginx-like limits (requests, idle time, age) or the server shuts down, then closed
 //! lingering ([`super::closing`]).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +24,8 @@ use tokio_util::task::TaskTracker;
 use super::closing::Lingering;
 use super::final_goaway::Gate;
 use super::handler::Handler;
+use super::preauth::{Budgets, HandshakeSlot, TlsFailure, first_byte};
+pub use super::proxy::{ProxyTrust, common_name};
 use crate::config::{ServerHttp2, ServerTimeouts};
 use crate::http2::tap::{ConnInfo, Direction, Side, Tap, TapConfig, error_code_name};
 
@@ -38,97 +38,6 @@ pub struct ServerLimits {
     /// Connections still in the TLS handshake, in all and from one source address.
     pub max_handshakes: usize,
     pub max_handshakes_per_ip: usize,
-}
-
-/// Why a connection was closed right after accept (a metric label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    MaxConnections,
-    MaxHandshakes,
-    MaxHandshakesPerIp,
-}
-
-impl Refusal {
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::MaxConnections => "max_connections",
-            Refusal::MaxHandshakes => "max_handshakes",
-            Refusal::MaxHandshakesPerIp => "max_handshakes_per_ip",
-        }
-    }
-}
-
-/// The connection budgets, taken without waiting: a connection gets its slots or is refused.
-struct Budgets {
-    connections: Arc<Semaphore>,
-    handshakes: Arc<Semaphore>,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    max_per_ip: usize,
-}
-
-/// A connection's share of the handshake budget; returned when the handshake ends either way.
-struct HandshakeSlot {
-    _global: OwnedSemaphorePermit,
-    ip: IpAddr,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl Budgets {
-    fn new(limits: &ServerLimits) -> Self {
-        Budgets {
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
-            per_ip: Arc::default(),
-            max_per_ip: limits.max_handshakes_per_ip,
-        }
-    }
-
-    fn connection(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        self.connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxConnections)
-    }
-
-    fn handshake(&self, ip: IpAddr) -> Result<HandshakeSlot, Refusal> {
-        let ip = unmapped(ip);
-        let global = self
-            .handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxHandshakes)?;
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(Refusal::MaxHandshakesPerIp);
-        }
-        *n += 1;
-        Ok(HandshakeSlot {
-            _global: global,
-            ip,
-            per_ip: self.per_ip.clone(),
-        })
-    }
-}
-
-/// IPv4-mapped IPv6 addresses count as the IPv4 address they are.
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 /// Why the server ended a connection with GOAWAY (a metric label).
@@ -159,42 +68,6 @@ pub enum Mode {
     /// Plain HTTP/1.1 from a trusted TLS-terminating proxy that verified the client
     /// certificate and passes its subject DN in a header.
     Proxy(Arc<ProxyTrust>),
-}
-
-/// Who may speak for clients on a proxy listener, and how.
-pub struct ProxyTrust {
-    pub trusted: Vec<IpAddr>,
-    pub identity_header: http::HeaderName,
-    pub verify_header: http::HeaderName,
-}
-
-impl ProxyTrust {
-    fn trusts(&self, peer: IpAddr) -> bool {
-        self.trusted.contains(&unmapped(peer))
-    }
-
-    /// The platform named by the proxy for this request, if it verified a certificate.
-    fn identity(&self, headers: &http::HeaderMap) -> Option<String> {
-        let verified = headers
-            .get(&self.verify_header)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("SUCCESS"));
-        if !verified {
-            return None;
-        }
-        let dn = headers.get(&self.identity_header)?.to_str().ok()?;
-        common_name(dn)
-    }
-}
-
-/// The CN of a subject DN, in RFC 4514 form (`CN=a,O=b`, nginx's `$ssl_client_s_dn`) or the
-/// legacy slash form (`/O=b/CN=a`); `None` when it has none, or is malformed or ambiguous
-/// (several CNs), which [`crate::tls::dn`] explains in the log.
-pub fn common_name(dn: &str) -> Option<String> {
-    crate::tls::dn::common_name(dn).unwrap_or_else(|error| {
-        tracing::warn!(%error, dn, "identity header refused");
-        None
-    })
 }
 
 /// The platform identity of a connection or of each of its requests.
@@ -379,61 +252,6 @@ impl RateLimited {
             std::mem::take(suppressed)
         };
         line(suppressed);
-    }
-}
-
-/// Why a TLS handshake failed (a metric label), by cause.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsFailure {
-    /// Closed or reset before sending a single byte: a dial abandoned (port scan, health check,
-    /// a client that gave up) — not a certificate problem.
-    Aborted,
-    /// The certificate was refused, by us (rustls) or by the client (an alert).
-    BadCertificate,
-    /// Anything else the TLS layer refused: not TLS, no common version or cipher, bad records.
-    Protocol,
-    /// No completed handshake within `timeouts.tls_handshake`.
-    Timeout,
-}
-
-impl TlsFailure {
-    pub fn label(self) -> &'static str {
-        match self {
-            TlsFailure::Aborted => "aborted",
-            TlsFailure::BadCertificate => "bad_certificate",
-            TlsFailure::Protocol => "protocol",
-            TlsFailure::Timeout => "timeout",
-        }
-    }
-
-    /// Classifies a failed `accept` by the rustls error in its cause chain.
-    pub fn of(e: &std::io::Error) -> Self {
-        use rustls::{AlertDescription as A, Error as E};
-        match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
-            Some(E::InvalidCertificate(_) | E::NoCertificatesPresented) => {
-                TlsFailure::BadCertificate
-            }
-            Some(E::AlertReceived(
-                A::BadCertificate
-                | A::UnsupportedCertificate
-                | A::CertificateRevoked
-                | A::CertificateExpired
-                | A::CertificateUnknown
-                | A::UnknownCA
-                | A::CertificateRequired,
-            )) => TlsFailure::BadCertificate,
-            _ => TlsFailure::Protocol,
-        }
-    }
-}
-
-/// Waits for the first byte of the ClientHello: `Err(Aborted)` if the peer closes or resets
-/// before sending any.
-async fn first_byte(tcp: &TcpStream) -> Result<(), TlsFailure> {
-    let mut b = [0u8; 1];
-    match tcp.peek(&mut b).await {
-        Ok(0) | Err(_) => Err(TlsFailure::Aborted),
-        Ok(_) => Ok(()),
     }
 }
 
@@ -754,30 +572,6 @@ impl Drive<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tls_failures_are_classified_by_cause() {
-        use rustls::{AlertDescription, CertificateError, Error};
-        // tokio-rustls reports rustls errors as InvalidData wrapping the rustls::Error.
-        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        for e in [
-            Error::InvalidCertificate(CertificateError::UnknownIssuer),
-            Error::InvalidCertificate(CertificateError::Expired),
-            Error::NoCertificatesPresented,
-            Error::AlertReceived(AlertDescription::UnknownCA),
-            Error::AlertReceived(AlertDescription::BadCertificate),
-        ] {
-            assert_eq!(TlsFailure::of(&io(e)), TlsFailure::BadCertificate);
-        }
-        for e in [
-            Error::AlertReceived(AlertDescription::ProtocolVersion),
-            Error::General("x".into()),
-        ] {
-            assert_eq!(TlsFailure::of(&io(e)), TlsFailure::Protocol);
-        }
-        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        assert_eq!(TlsFailure::of(&eof), TlsFailure::Protocol);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn rate_limited_lines_report_what_they_suppressed() {
         let limited = RateLimited::new(10);
@@ -795,80 +589,5 @@ mod tests {
         );
         limited.log(|suppressed| lines.push(suppressed));
         assert_eq!(lines.last(), Some(&0));
-    }
-
-    #[test]
-    fn handshake_budgets_are_per_address_and_global() {
-        let limits = ServerLimits {
-            http2: ServerHttp2::default(),
-            timeouts: ServerTimeouts::default(),
-            max_connections: 10,
-            max_handshakes: 3,
-            max_handshakes_per_ip: 2,
-        };
-        let b = Budgets::new(&limits);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = b.handshake(a).unwrap();
-        let s2 = b.handshake(mapped).unwrap();
-        assert_eq!(b.handshake(a).err(), Some(Refusal::MaxHandshakesPerIp));
-        let s3 = b.handshake(other).unwrap();
-        assert_eq!(b.handshake(other).err(), Some(Refusal::MaxHandshakes));
-        drop(s1);
-        let s4 = b.handshake(a).unwrap();
-        drop((s2, s3, s4));
-        assert!(
-            b.per_ip.lock().unwrap().is_empty(),
-            "no entry outlives its handshakes"
-        );
-        let held: Vec<_> = (0..10).map(|_| b.connection().unwrap()).collect();
-        assert_eq!(b.connection().err(), Some(Refusal::MaxConnections));
-        drop(held);
-    }
-
-    #[test]
-    fn common_names_of_distinguished_names() {
-        assert_eq!(common_name("CN=edge-1").as_deref(), Some("edge-1"));
-        assert_eq!(
-            common_name("CN=edge-1,O=Acme,C=DE").as_deref(),
-            Some("edge-1")
-        );
-        assert_eq!(common_name("O=Acme, CN=site-b").as_deref(), Some("site-b"));
-        assert_eq!(
-            common_name("/C=DE/O=Acme/CN=edge-2").as_deref(),
-            Some("edge-2")
-        );
-        assert_eq!(
-            common_name(r"O=x\,CN=admin,CN=edge-1").as_deref(),
-            Some("edge-1")
-        );
-        assert_eq!(
-            common_name(r"O=x\, CN=admin"),
-            None,
-            "escaped: no CN at all"
-        );
-        assert_eq!(common_name("CN=edge-1,CN=admin"), None, "ambiguous");
-        assert_eq!(common_name("O=Acme"), None);
-        assert_eq!(common_name("CN="), None);
-    }
-
-    #[test]
-    fn proxy_identity_needs_verification_and_a_trusted_peer() {
-        let t = ProxyTrust {
-            trusted: vec!["127.0.0.1".parse().unwrap()],
-            identity_header: http::HeaderName::from_static("x-dn"),
-            verify_header: http::HeaderName::from_static("x-verify"),
-        };
-        assert!(t.trusts("127.0.0.1".parse().unwrap()));
-        assert!(t.trusts("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(!t.trusts("127.0.0.2".parse().unwrap()));
-        let mut h = http::HeaderMap::new();
-        h.insert("x-dn", "CN=edge-1".parse().unwrap());
-        assert_eq!(t.identity(&h), None, "unverified");
-        h.insert("x-verify", "FAILED:unable to verify".parse().unwrap());
-        assert_eq!(t.identity(&h), None);
-        h.insert("x-verify", "SUCCESS".parse().unwrap());
-        assert_eq!(t.identity(&h).as_deref(), Some("edge-1"));
     }
 }
