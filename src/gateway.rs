@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod forward;
+pub mod lag;
 pub mod retry;
 
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         .map_err(crate::nats::NatsError::into_anyhow)?;
     let nats = conn.client.clone();
     let js = jetstream::new(nats.clone());
+    lag::spawn(&js, &cfg, &shutdown);
     let bound = Arc::new(AtomicBool::new(false));
     let stalled_flag = Arc::new(AtomicBool::new(false));
     let ready_stalled = stalled_flag.clone();
@@ -593,6 +595,7 @@ fn deliver(
         match outcome {
             Delivery::Delivered { attempts } => {
                 settle(&msgs, AckKind::Ack).await;
+                lag::delivered();
                 metrics::counter!("uplink_gateway_messages_total", "result" => "acked")
                     .increment(n);
                 metrics::histogram!("uplink_gateway_delivery_seconds")

@@ -8,6 +8,7 @@ mod doctor;
 mod failures;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod nats_auth;
 mod pipeline;
 mod security;
