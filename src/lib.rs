@@ -16,6 +16,7 @@
 //! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
 //! - [`doctor`]: probes any HTTP/2 endpoint's lifecycle (uses [`http2`]'s tap and dialer).
 //! - [`bench`], [`demo`], [`publish`]: the user-facing tools built on the testbed.
+//! - [`status`]: operator tool: the programs' admin listeners at a glance.
 
 pub mod admin;
 pub mod bench;
@@ -28,6 +29,7 @@ pub mod ingest;
 pub mod nats;
 pub mod publish;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod testbed;
 pub mod tls;

@@ -140,6 +140,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A refreshing view of running gateways and ingests, from their admin listeners.
+    Status {
+        /// Admin addresses (default: 127.0.0.1:9101, the gateway's, and 127.0.0.1:9102, the
+        /// ingest's).
+        #[arg(value_name = "ADDR")]
+        targets: Vec<String>,
+        /// Print one view and exit (rates over one interval).
+        #[arg(long)]
+        once: bool,
+        /// One JSON array per view.
+        #[arg(long)]
+        json: bool,
+        /// Time between scrapes (and redraws).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
     Demo {
         /// Messages per second.
@@ -405,6 +421,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             }
+        }
+        Cmd::Status {
+            targets,
+            once,
+            json,
+            interval,
+        } => {
+            let opts = uplink::status::StatusOptions {
+                targets,
+                once,
+                json,
+                interval,
+            };
+            uplink::status::run(&opts, &mut std::io::stdout().lock())?;
         }
         Cmd::Demo {
             rate,

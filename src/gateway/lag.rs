@@ -21,6 +21,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How long one sample's JetStream requests may take; a slow server skips a sample.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How soon a failed sample is tried again.
+const RETRY_SOON: Duration = Duration::from_millis(500);
+
 /// The warning re-arms once the estimate is this much above the horizon again, so an estimate
 /// hovering around the horizon does not log on every sample.
 const REARM_FACTOR: f64 = 1.25;
@@ -107,14 +110,7 @@ pub fn zero() {
 
 /// Records a batch the cloud confirmed (called by the delivery task).
 pub fn delivered() {
-    metrics::gauge!(names::LAST_DELIVERY).set(unix_now());
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+    metrics::gauge!(names::LAST_DELIVERY).set(crate::telemetry::unix_now());
 }
 
 /// Starts [`run`] for this gateway's stream and consumer.
@@ -129,13 +125,15 @@ pub async fn run(js: jetstream::Context, settings: Settings, shutdown: Cancellat
     zero();
     let mut history = History::default();
     let mut warning = Warning::default();
-    let mut tick = tokio::time::interval(settings.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        // After a failure (at start: the stream not created yet) try again soon, so the
+        // gauges describe the stream shortly after it exists.
+        wait = settings.interval.min(RETRY_SOON);
         let facts = match tokio::time::timeout(SAMPLE_TIMEOUT, read(&js, &settings)).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
@@ -147,6 +145,7 @@ pub async fn run(js: jetstream::Context, settings: Settings, shutdown: Cancellat
                 continue;
             }
         };
+        wait = settings.interval;
         let view = history.add(tokio::time::Instant::now(), &facts);
         publish(&facts, &view);
         if let Some(msg) = warning.update(view.seconds_to_full, settings.full_warning) {

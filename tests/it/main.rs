@@ -12,4 +12,5 @@ mod metrics;
 mod nats_auth;
 mod pipeline;
 mod security;
+mod status;
 mod support;
