@@ -14,3 +14,4 @@ mod pipeline;
 mod security;
 mod status;
 mod support;
+mod tail;
