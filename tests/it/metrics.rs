@@ -117,3 +117,141 @@ async fn backlog_lag_and_time_to_full_are_reported_and_warned_once() {
     // Once per crossing, not once per sample (many samples were below the horizon).
     assert_eq!(p.log("gateway").matches(warning).count(), 1);
 }
+
+/// A row of docs/metrics.md.
+#[derive(Debug)]
+struct Documented {
+    name: String,
+    kind: String,
+    /// `Both programs`, `Gateway` or `Ingest`.
+    section: String,
+    /// `start`, `traffic` or `event`.
+    appears: String,
+}
+
+fn documented() -> Vec<Documented> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            section = h.trim().to_string();
+        }
+        let Some(row) = line.strip_prefix("| `uplink_") else {
+            continue;
+        };
+        // `\|` inside a cell is an escaped bar, not a column.
+        let cells: Vec<String> = row
+            .replace("\\|", "\u{0}")
+            .split('|')
+            .map(|c| c.trim().replace('\u{0}', "|"))
+            .collect();
+        out.push(Documented {
+            name: format!("uplink_{}", cells[0].trim_end_matches('`')),
+            kind: cells[1].clone(),
+            section: section.clone(),
+            appears: cells[3].clone(),
+        });
+    }
+    assert!(out.len() > 40, "{out:?}");
+    out
+}
+
+/// Checks one program's scrape against the reference: every family exported is documented
+/// for this program with its type, and every one documented to appear by `stage` does.
+fn check(program: &str, metrics: &str, docs: &[Documented], stages: &[&str]) {
+    let mine: Vec<&Documented> = docs
+        .iter()
+        .filter(|d| d.section == "Both programs" || d.section == program)
+        .collect();
+    let families = uplink::telemetry::scrape_families(metrics);
+    for (name, kind) in &families {
+        let doc = mine.iter().find(|d| &d.name == name);
+        let doc = doc.unwrap_or_else(|| {
+            panic!("{program} exports {name} ({kind}), not in docs/metrics.md under {program}")
+        });
+        assert_eq!(&doc.kind, kind, "{name}: documented as {}", doc.kind);
+    }
+    for d in mine.iter().filter(|d| stages.contains(&d.appears.as_str())) {
+        assert!(
+            families.iter().any(|(n, _)| n == &d.name),
+            "{program}: {} is documented to appear at {} but is not exported:\n{metrics}",
+            d.name,
+            d.appears
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_reference_lists_exactly_what_the_programs_export() {
+    let docs = documented();
+    for d in &docs {
+        assert!(
+            ["start", "traffic", "event"].contains(&d.appears.as_str()),
+            "{d:?}"
+        );
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&d.kind.as_str()),
+            "{d:?}"
+        );
+    }
+    // Connections rotate every 5 requests: GOAWAYs, closes, rotations, requests per connection.
+    let p = pipeline(
+        |i| i.http2.max_requests_per_connection = 5,
+        |g| {
+            g.forward.max_requests_per_connection = 5;
+            g.batch.max_messages = 20;
+        },
+    )
+    .await;
+    let wait_families = |program: &'static str, stages: &'static [&'static str]| {
+        let p = &p;
+        let docs = &docs;
+        async move {
+            // The gateway's sampler registers its gauges when it starts: wait for one of them.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let m = match program {
+                    "Gateway" => p.gateway_metrics().await.unwrap(),
+                    _ => p.ingest_metrics().await.unwrap(),
+                };
+                let families = uplink::telemetry::scrape_families(&m);
+                let missing = docs.iter().any(|d| {
+                    (d.section == program || d.section == "Both programs")
+                        && stages.contains(&d.appears.as_str())
+                        && !families.iter().any(|(n, _)| n == &d.name)
+                });
+                if !missing || tokio::time::Instant::now() >= deadline {
+                    check(program, &m, docs, stages);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Before any traffic.
+    wait_families("Gateway", &["start"]).await;
+    wait_families("Ingest", &["start"]).await;
+
+    let edge = edge_js(&p).await;
+    publish(&edge, 400).await;
+    wait_delivered(&p, 400).await;
+    // One request refused for its content.
+    let c = support::edge_client(&p);
+    let resp = support::h2client::post(&c, "/v1/publish/a.*", &[], bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    wait_families("Gateway", &["start", "traffic"]).await;
+    wait_families("Ingest", &["start", "traffic"]).await;
+    // The events provoked above are documented too (checked by `check` when they appear).
+    let m = p.ingest_metrics().await.unwrap();
+    for family in [
+        "uplink_ingest_goaway_sent_total",
+        "uplink_ingest_platform_rejected_requests_total",
+        "uplink_h2_goaway_total",
+    ] {
+        assert!(m.contains(&format!("# TYPE {family} ")), "{family}\n{m}");
+    }
+}
