@@ -172,6 +172,12 @@ pub struct ForwardConfig {
     #[serde(with = "duration")]
     pub max_connection_age: Duration,
     pub on_rejected: RejectAction,
+    /// Warn when the edge stream would be full within this horizon at the current rates.
+    #[serde(with = "duration")]
+    pub full_warning: Duration,
+    /// How often backlog, lag and the edge stream's limits are sampled.
+    #[serde(with = "duration")]
+    pub sample_interval: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -277,6 +283,8 @@ impl Default for ForwardConfig {
             max_requests_per_connection: 900,
             max_connection_age: Duration::from_secs(3600),
             on_rejected: RejectAction::Term,
+            full_warning: Duration::from_secs(3600),
+            sample_interval: Duration::from_secs(5),
         }
     }
 }
@@ -322,6 +330,9 @@ impl GatewayConfig {
                 "nats.consumer",
                 "must be a non-empty name without '.', '*', '>' or spaces",
             ));
+        }
+        if self.forward.sample_interval < Duration::from_millis(100) {
+            return Err(invalid("forward.sample_interval", "must be at least 100ms"));
         }
         if self.nats.ack_wait < Duration::from_secs(1) {
             return Err(invalid("nats.ack_wait", "must be at least 1s"));

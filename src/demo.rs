@@ -24,11 +24,15 @@ pub async fn run(
     eprintln!("starting: dev PKI, edge and cloud nats-server, uplink ingest, uplink gateway …");
     let p = Pipeline::start(&exe, &nats_bin, |_| {}, |_| {}).await?;
     eprintln!(
-        "edge NATS   {}   (publish to telemetry.> here)\ningest      {}   (mTLS, HTTP/2)\ncloud NATS  {}   (stream {})\nlogs        {}\nCtrl-C to stop.\n",
+        "edge NATS   {}   (publish to telemetry.> here)\ningest      {}   (mTLS, HTTP/2)\ncloud NATS  {}   (stream {})\nadmin       gateway {}, ingest {}   (uplink status {} {})\nlogs        {}\nCtrl-C to stop.\n",
         p.edge.url(),
         p.ingest_url(),
         p.cloud_url(),
         p.ingest_cfg.nats.stream,
+        p.gateway_cfg.admin.listen,
+        p.ingest_cfg.admin.listen,
+        p.gateway_cfg.admin.listen,
+        p.ingest_cfg.admin.listen,
         p.dir.path().display()
     );
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod consume;
 pub mod deliver;
 pub mod forward;
+pub mod lag;
 pub mod retry;
 
 use std::sync::Arc;
@@ -74,6 +75,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         .map_err(crate::nats::NatsError::into_anyhow)?;
     let nats = conn.client.clone();
     let js = jetstream::new(nats.clone());
+    lag::spawn(&js, &cfg, &shutdown);
     let bound = Arc::new(AtomicBool::new(false));
     let stalled_flag = Arc::new(AtomicBool::new(false));
     let ready_stalled = stalled_flag.clone();

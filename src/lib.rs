@@ -16,6 +16,8 @@
 //! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
 //! - [`doctor`]: probes any HTTP/2 endpoint's lifecycle (uses [`http2`]'s tap and dialer).
 //! - [`bench`], [`demo`], [`publish`]: the user-facing tools built on the testbed.
+//! - [`status`], [`tail`]: operator tools: the programs' admin listeners at a glance; the cloud
+//!   stream as a downstream consumer sees it.
 
 pub mod admin;
 pub mod bench;
@@ -28,6 +30,8 @@ pub mod ingest;
 pub mod nats;
 pub mod publish;
 pub mod shutdown;
+pub mod status;
+pub mod tail;
 pub mod telemetry;
 pub mod testbed;
 pub mod tls;

@@ -140,6 +140,57 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A refreshing view of running gateways and ingests, from their admin listeners.
+    Status {
+        /// Admin addresses (default: 127.0.0.1:9101, the gateway's, and 127.0.0.1:9102, the
+        /// ingest's).
+        #[arg(value_name = "ADDR")]
+        targets: Vec<String>,
+        /// Print one view and exit (rates over one interval).
+        #[arg(long)]
+        once: bool,
+        /// One JSON array per view.
+        #[arg(long)]
+        json: bool,
+        /// Time between scrapes (and redraws).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Read the cloud stream as a downstream consumer would (an ordered consumer that acks
+    /// nothing): time, platform, subject, id, headers, payload.
+    Tail {
+        /// The ingest's config file: tail connects with its `nats.*` (url, credentials, TLS),
+        /// stream and subject prefix.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one ingest setting (repeatable), e.g. `--set nats.creds=cloud.creds`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// NATS URL(s) (same as `--set nats.url=URL`).
+        #[arg(long)]
+        nats: Option<String>,
+        /// Only this platform's messages.
+        #[arg(long)]
+        platform: Option<String>,
+        /// A cloud subject pattern (`uplink.edge-1.telemetry.>`) or an edge one (`telemetry.cpu`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Start this long ago (`10m`) or at this RFC 3339 time (default: the stream's start).
+        #[arg(long, value_parser = uplink::tail::Since::parse)]
+        since: Option<uplink::tail::Since>,
+        /// Only messages stored from now on.
+        #[arg(long, conflicts_with = "since")]
+        new: bool,
+        /// Stop after this many messages (default: follow until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Most payload bytes shown per message.
+        #[arg(long, default_value_t = 256)]
+        max_bytes: usize,
+    },
     /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
     Demo {
         /// Messages per second.
@@ -405,6 +456,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             }
+        }
+        Cmd::Status {
+            targets,
+            once,
+            json,
+            interval,
+        } => {
+            let opts = uplink::status::StatusOptions {
+                targets,
+                once,
+                json,
+                interval,
+            };
+            uplink::status::run(&opts, &mut std::io::stdout().lock())?;
+        }
+        Cmd::Tail {
+            config: file,
+            mut sets,
+            nats,
+            platform,
+            subject,
+            since,
+            new,
+            count,
+            json,
+            max_bytes,
+        } => {
+            if let Some(url) = nats {
+                sets.push(format!("nats.url={url}"));
+            }
+            let cfg = config::ingest(&Sources::from_process(file, sets))?;
+            let opts = uplink::tail::TailOptions {
+                nats: cfg.nats.connect,
+                stream: cfg.nats.stream,
+                subject_prefix: cfg.nats.subject_prefix,
+                platform,
+                subject,
+                since,
+                new_only: new,
+                count,
+                json,
+                max_bytes,
+            };
+            runtime()?
+                .block_on(async {
+                    let mut out = std::io::stdout().lock();
+                    uplink::tail::run(&opts, &mut out, uplink::shutdown::on_signals()).await
+                })
+                // A credentials file that cannot be read is a configuration error (exit 64).
+                .map_err(|e| match e {
+                    uplink::tail::TailError::Nats(n) => n.into_anyhow(),
+                    e => e.into(),
+                })?;
         }
         Cmd::Demo {
             rate,

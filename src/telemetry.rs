@@ -106,6 +106,46 @@ pub fn scrape_sum(text: &str, name: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// The values a label takes in the samples of a family, in order of first appearance.
+pub fn scrape_label_values(text: &str, family: &str, label: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, _)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((base, labels)) = parse_series(series) else {
+            continue;
+        };
+        if base != family {
+            continue;
+        }
+        if let Some((_, v)) = labels.into_iter().find(|(k, _)| *k == label)
+            && !out.contains(&v)
+        {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The metric families (`# TYPE` lines) of Prometheus text, with their types.
+pub fn scrape_families(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("# TYPE ")?.split_whitespace();
+            Some((words.next()?.to_string(), words.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -129,5 +169,15 @@ mod tests {
         assert_eq!(super::scrape_sum(text, "x{a=\"1\",b=\"s\"}"), 1.0);
         assert_eq!(super::scrape_sum(text, "x"), 13.0);
         assert_eq!(super::scrape_sum(text, "x{c=\"1\"}"), 0.0);
+        assert_eq!(super::scrape_label_values(text, "x", "a"), ["1", "2"]);
+        assert_eq!(super::scrape_label_values(text, "x", "b"), ["p,q\"r", "s"]);
+        let typed = "# HELP a_total x\n# TYPE a_total counter\na_total 1\n# TYPE b gauge\nb 2\n";
+        assert_eq!(
+            super::scrape_families(typed),
+            [
+                ("a_total".into(), "counter".into()),
+                ("b".into(), "gauge".into())
+            ]
+        );
     }
 }

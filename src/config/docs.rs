@@ -150,6 +150,14 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
         "forward.on_rejected",
         "Messages the ingest refuses for their content (its JSON 400/413/415; the batch is split until\nthey are alone): \"term\" = log, count and term them in JetStream (kept in the edge stream, not\nredelivered); \"keep\" = nak them for redelivery after retry.max_backoff.",
     ),
+    (
+        "forward.full_warning",
+        "Log a warning (once per crossing) when the edge stream would reach its max_bytes or\nmax_msgs within this horizon at its current net growth (duration, 1h; \"0s\" = never warn).",
+    ),
+    (
+        "forward.sample_interval",
+        "How often the edge consumer's backlog, lag and the edge stream's limit usage are sampled\nfor /metrics (duration, 5s; rates are averaged over the last minute).",
+    ),
     ("timeouts", "Every client timeout is finite."),
     ("timeouts.connect", "TCP connect timeout (duration)."),
     (

@@ -205,6 +205,7 @@ pub fn deliver<S: Settle>(
         match outcome {
             Delivery::Delivered { attempts } => {
                 msgs.send(AckKind::Ack).await;
+                super::lag::delivered();
                 metrics::counter!("uplink_gateway_messages_total", "result" => "acked")
                     .increment(n);
                 metrics::histogram!("uplink_gateway_delivery_seconds")

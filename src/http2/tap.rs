@@ -168,6 +168,9 @@ fn on_frame(cfg: &TapConfig, info: &ConnInfo, counters: &mut FrameCounters, fram
         FrameDetail::GoAway { error_code, .. } => {
             metrics::counter!("uplink_h2_goaway_total", "side" => side, "dir" => dir, "code" => error_code_name(*error_code))
                 .increment(1);
+            // When it happened, for `uplink status` ("last GOAWAY 3m ago").
+            metrics::gauge!("uplink_h2_last_goaway_timestamp_seconds", "side" => side, "dir" => dir)
+                .set(crate::telemetry::unix_now());
         }
         FrameDetail::RstStream { error_code } => {
             metrics::counter!("uplink_h2_rst_stream_total", "side" => side, "dir" => dir, "code" => error_code_name(*error_code))

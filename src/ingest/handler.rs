@@ -199,6 +199,9 @@ impl Handler {
         let resp = match self.dispatch(req, platform, conn).await {
             Ok(resp) => resp,
             Err(e) => {
+                if e.status().is_client_error() {
+                    super::publish::count_rejected(platform, e.code.as_str());
+                }
                 if e.status().is_server_error() {
                     tracing::warn!(status = %e.status(), detail = %e.detail, platform, "request not persisted");
                 } else {
@@ -273,7 +276,7 @@ impl Handler {
                 vec![self.single_message(platform, subject, payload, &parts.headers)?]
             }
         };
-        self.publish(messages).await
+        self.publish(platform, messages).await
     }
 
     /// Checks everything known before the body: route, method, identity, encoding, type.
@@ -509,13 +512,18 @@ impl Handler {
         )
     }
 
-    async fn publish(&self, messages: Vec<OutMessage>) -> Result<HttpResponse, ApiError> {
+    async fn publish(
+        &self,
+        platform: &str,
+        messages: Vec<OutMessage>,
+    ) -> Result<HttpResponse, ApiError> {
         let count = messages.len();
         let outcome = self.sink.publish(messages).await?;
         metrics::counter!("uplink_ingest_messages_total", "result" => "accepted")
             .increment(outcome.accepted as u64);
         metrics::counter!("uplink_ingest_messages_total", "result" => "duplicate")
             .increment(outcome.duplicates as u64);
+        super::publish::count_platform(platform, outcome);
         debug_assert_eq!(outcome.accepted + outcome.duplicates, count);
         let body = serde_json::to_vec(&wire::Accepted {
             accepted: outcome.accepted,

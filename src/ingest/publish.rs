@@ -46,6 +46,31 @@ pub trait Sink: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
 }
 
+/// Counts what a platform's request achieved (`uplink_ingest_platform_messages_total`). The
+/// platform is a verified certificate identity, so the label set is as large as the PKI.
+pub fn count_platform(platform: &str, outcome: Outcome) {
+    let count = |result: &'static str, n: usize| {
+        metrics::counter!("uplink_ingest_platform_messages_total", "platform" => platform.to_string(), "result" => result)
+            .increment(n as u64);
+    };
+    count("accepted", outcome.accepted);
+    count("duplicate", outcome.duplicates);
+}
+
+/// Counts a request refused with a 4xx, by platform (`unknown` before an identity is known)
+/// and error code.
+pub fn count_rejected(platform: Option<&str>, code: &'static str) {
+    metrics::counter!(
+        "uplink_ingest_platform_rejected_requests_total",
+        "platform" => platform.unwrap_or("unknown").to_string(),
+        "code" => code
+    )
+    .increment(1);
+}
+
+/// Seconds from a request's first publish to its last PubAck (`uplink_ingest_publish_seconds`).
+const PUBLISH_SECONDS: &str = "uplink_ingest_publish_seconds";
+
 /// JetStream sink.
 pub struct JetStreamSink {
     conn: crate::nats::Connection,
@@ -70,6 +95,11 @@ impl JetStreamSink {
             .await
             .map_err(crate::nats::NatsError::into_anyhow)?;
         let client = conn.client.clone();
+        // Exported from the start, before the first request.
+        let _ = metrics::histogram!(PUBLISH_SECONDS);
+        for result in ["accepted", "duplicate"] {
+            metrics::counter!("uplink_ingest_messages_total", "result" => result).increment(0);
+        }
         // Our semaphore keeps async-nats below its own in-flight limit, so it never refuses.
         let js = jetstream::ContextBuilder::new()
             .timeout(publish_timeout)
@@ -134,6 +164,7 @@ impl Sink for JetStreamSink {
     fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>> {
         Box::pin(async move {
             self.ready().map_err(|_| SinkError::NotConnected)?;
+            let started = std::time::Instant::now();
             let mut outcome = Outcome::default();
             let mut messages = messages.into_iter().peekable();
             while messages.peek().is_some() {
@@ -168,6 +199,7 @@ impl Sink for JetStreamSink {
                     }
                 }
             }
+            metrics::histogram!(PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
             Ok(outcome)
         })
     }
