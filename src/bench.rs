@@ -200,9 +200,10 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         size: opts.size,
         sample_every: Duration::from_secs(2),
         json: opts.json,
-        nats_server: opts.nats_server.clone(),
     };
-    let mut p = chaos::start_pipeline(lo.nats_server.as_deref()).await?;
+    let exe = std::env::current_exe()?;
+    let nats_bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
+    let mut p = chaos::start_pipeline(&exe, &nats_bin).await?;
     // Seeds are drawn here so the text output can say which one before anything happens.
     let seed = lo.seed.unwrap_or_else(|| fastrand::u64(..));
     let lo = chaos::LoadOptions {

@@ -6,7 +6,6 @@
 //! The scenario list is [`SCENARIOS`]; `--help` and the README are written from it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -97,7 +96,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         fault: Fault::Loss,
         name: "loss",
-        about: "gateway↔ingest connections closed mid-stream after N more bytes (4–256 KiB) for a while; \
+        about: "gateway↔ingest connections closed mid-stream after N more bytes (1–64 KiB) for a while; \
                 userspace: flows cut, not packets dropped (no netem here)",
     },
     Scenario {
@@ -180,8 +179,8 @@ pub struct LoadOptions {
     pub size: usize,
     /// How often gateway and ingest are sampled.
     pub sample_every: Duration,
+    /// Quiet: no progress lines on stderr.
     pub json: bool,
-    pub nats_server: Option<PathBuf>,
 }
 
 /// What was injected of one scenario.
@@ -262,15 +261,17 @@ fn tune_gateway(g: &mut GatewayConfig) {
     g.retry.max_backoff = Duration::from_secs(1);
 }
 
-/// Starts the pipeline (with a fault proxy between gateway and ingest) for a steady-load run.
-pub async fn start_pipeline(nats_server: Option<&std::path::Path>) -> anyhow::Result<Pipeline> {
-    let exe = std::env::current_exe()?;
-    let nats_bin = crate::testbed::find_nats_server(nats_server)?;
+/// Starts the pipeline of `exe` (the `uplink` binary) with a fault proxy between gateway and
+/// ingest, for a steady-load run.
+pub async fn start_pipeline(
+    exe: &std::path::Path,
+    nats_bin: &std::path::Path,
+) -> anyhow::Result<Pipeline> {
     let options = PipelineOptions {
         fault_proxy: true,
         ..Default::default()
     };
-    Pipeline::start_with(&exe, &nats_bin, options, |_| {}, tune_gateway).await
+    Pipeline::start_with(exe, nats_bin, options, |_| {}, tune_gateway).await
 }
 
 /// Runs the load, the faults and the samples on `p`; returns what was sent and the figures.
@@ -524,8 +525,20 @@ async fn inject(
                 .stats
                 .closes_after_budget
                 .load(std::sync::atomic::Ordering::Relaxed);
-            proxy.set_close_after(Some(rng.u64(4 * 1024..256 * 1024)));
+            proxy.set_close_after(Some(rng.u64(1024..64 * 1024)));
             tokio::time::sleep(hold(rng, 1_000, 4_000)).await;
+            // On until at least one connection was cut (a slow load may take a while to use
+            // up the budget), at most 10 s more.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proxy
+                .stats
+                .closes_after_budget
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == before
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             proxy.set_close_after(None);
             evidence = (proxy
                 .stats
@@ -577,38 +590,92 @@ async fn inject(
 
 /// Publishes `w` at its rate until `stop`, riding out edge restarts: every message carries a
 /// `Nats-Msg-Id` (the edge stream's duplicate window makes a retried publish land once) and is
-/// retried until the edge acknowledges it, so `Sent` holds each message's one edge sequence.
+/// published again until the edge acknowledges it, so `Sent` holds each message's one edge
+/// sequence. Acks are awaited concurrently and failures retried together, so an edge restart
+/// costs one ack timeout for the whole window, not one per message.
 async fn steady_load(
     js: jetstream::Context,
     w: Workload,
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<Sent>> {
+    use futures_util::StreamExt as _;
+    use futures_util::stream::FuturesUnordered;
+    /// Messages published and not yet acknowledged, at most.
+    const WINDOW: usize = 4096;
+    /// How long a message may go unacknowledged, retries included, before the run fails.
+    const GIVE_UP: Duration = Duration::from_secs(120);
     let rate = w.rate.unwrap_or(1_000.0);
     let started = tokio::time::Instant::now();
     let mut sent = Vec::new();
-    let mut pending = std::collections::VecDeque::new();
+    type Publish = futures_util::future::BoxFuture<
+        'static,
+        (usize, Instant, Option<jetstream::publish::PublishAck>),
+    >;
+    let mut acks: FuturesUnordered<Publish> = FuturesUnordered::new();
+    // Messages whose publish or ack failed, with when they were first published.
+    let mut retry: std::collections::VecDeque<(usize, Instant)> = Default::default();
+    let mut retry_tick = tokio::time::interval(Duration::from_millis(100));
     let mut i = 0usize;
-    while !stop.is_cancelled() {
+    let mut stopped = false;
+    let publish = |i: usize, first: Instant| -> Publish {
+        Box::pin(publish_one(js.clone(), w.clone(), i, first))
+    };
+    loop {
+        if stopped && acks.is_empty() && retry.is_empty() {
+            break;
+        }
         let due = started + Duration::from_secs_f64(i as f64 / rate);
         tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
-            _ = stop.cancelled() => break,
+            biased;
+            Some((n, first, r)) = acks.next(), if !acks.is_empty() => match r {
+                Some(a) => {
+                    let (subject, payload, headers) = verify::message(&w, n);
+                    sent.push(Sent {
+                        sequence: a.sequence,
+                        subject,
+                        hash: verify::payload_hash(&payload),
+                        len: payload.len(),
+                        headers,
+                    });
+                }
+                None => {
+                    if first.elapsed() > GIVE_UP {
+                        anyhow::bail!("the edge did not acknowledge message {n} within {GIVE_UP:?}");
+                    }
+                    retry.push_back((n, first));
+                }
+            },
+            _ = stop.cancelled(), if !stopped => stopped = true,
+            // The edge is back (or still restarting): publish the failed ones again together.
+            _ = retry_tick.tick(), if !retry.is_empty() => {
+                while acks.len() < WINDOW && let Some((n, first)) = retry.pop_front() {
+                    acks.push(publish(n, first));
+                }
+            }
+            _ = tokio::time::sleep_until(due), if !stopped && acks.len() + retry.len() < WINDOW => {
+                acks.push(publish(i, Instant::now()));
+                i += 1;
+            }
         }
-        let ack = send(&js, &w, i).await;
-        pending.push_back((i, ack));
-        i += 1;
-        if pending.len() >= 256 {
-            let (n, ack) = pending.pop_front().expect("not empty");
-            sent.push(settle(&js, &w, n, ack).await?);
-        }
-    }
-    for (n, ack) in pending {
-        sent.push(settle(&js, &w, n, ack).await?);
     }
     Ok(sent)
 }
 
 type AckFuture = jetstream::context::PublishAckFuture;
+
+/// Publishes message `i` and waits for its ack: `None` if either failed.
+async fn publish_one(
+    js: jetstream::Context,
+    w: Workload,
+    i: usize,
+    first: Instant,
+) -> (usize, Instant, Option<jetstream::publish::PublishAck>) {
+    let ack = match send(&js, &w, i).await {
+        Some(ack) => ack.await.ok(),
+        None => None,
+    };
+    (i, first, ack)
+}
 
 async fn send(js: &jetstream::Context, w: &Workload, i: usize) -> Option<AckFuture> {
     let (subject, payload, headers) = verify::message(w, i);
@@ -625,36 +692,6 @@ async fn send(js: &jetstream::Context, w: &Workload, i: usize) -> Option<AckFutu
     )
     .await
     .ok()
-}
-
-/// Waits for message `i`'s PubAck, publishing it again (same id) until one comes.
-async fn settle(
-    js: &jetstream::Context,
-    w: &Workload,
-    i: usize,
-    mut ack: Option<AckFuture>,
-) -> anyhow::Result<Sent> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(a) = ack.take()
-            && let Ok(a) = a.await
-        {
-            let (subject, payload, headers) = verify::message(w, i);
-            return Ok(Sent {
-                sequence: a.sequence,
-                subject,
-                hash: verify::payload_hash(&payload),
-                len: payload.len(),
-                headers,
-            });
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("the edge did not acknowledge message {i} within 120 s");
-        }
-        // The edge is restarting: try again shortly, as a collector would.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        ack = send(js, w, i).await;
-    }
 }
 
 #[cfg(test)]
