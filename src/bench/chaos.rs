@@ -722,6 +722,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_scenario_as_the_table_says() {
+        let readme = include_str!("../../README.md");
+        for s in SCENARIOS {
+            let row = format!("| `{}` | {} |", s.name, s.about);
+            assert!(readme.contains(&row), "README.md lacks the row\n{row}");
+        }
+    }
+
+    #[test]
     fn this_process_can_be_sampled() {
         let s = sample(std::process::id()).expect("/proc/self");
         assert!(s.rss_kib > 0 && s.fds > 0 && s.threads > 0, "{s:?}");
