@@ -241,37 +241,26 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             );
         }
     }
-    let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
-    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
-    let started = Instant::now();
-    let (sent, figures) = chaos::drive(&mut p, &lo, &edge, &cloud).await?;
-    let budget = delivery_budget(sent.len());
-    verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    verify::wait_drained(
-        &edge,
-        &p.gateway_cfg.nats.stream,
-        &p.gateway_cfg.nats.consumer,
-        budget,
-    )
-    .await?;
-    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream).await?;
-    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream).await?;
-    let report = verify::check(
-        &sent,
-        &got,
-        &p.platform,
-        &p.gateway_cfg.nats.stream,
-        incarnation,
-        &p.ingest_cfg.nats.subject_prefix,
-    );
+    if opts.json {
+        // The seed is printed by every run: with --json on stderr, so stdout stays one line.
+        eprintln!("seed {seed}");
+    }
+    let verdict = drive_and_verify(&mut p, &lo).await;
+    let (seconds, report, figures) = match verdict {
+        Ok(v) => v,
+        Err(e) => {
+            // Keep the evidence: the logs of a run that did not drain outlive it.
+            p.dir.keep();
+            eprintln!("logs kept in {}", p.dir.path().display());
+            return Err(e);
+        }
+    };
     for problem in report.problems.iter().chain(&figures.problems) {
         eprintln!("problem: {problem}");
     }
     if !report.ok() {
-        eprintln!("logs kept in {}", p.dir.path().display());
-        // Keep the evidence: the temp dir outlives this run.
         p.dir.keep();
+        eprintln!("logs kept in {}", p.dir.path().display());
     }
     let gm = p.gateway_metrics().await.unwrap_or_default();
     let im = p.ingest_metrics().await.unwrap_or_default();
@@ -351,4 +340,43 @@ pub fn print(r: &BenchResult, json: bool) {
             "anchor (in-process JetStream→JetStream relay, same servers, same run): {a:.0} msgs/s; uplink = {ratio:.2}× of it"
         );
     }
+}
+
+/// The load with its faults, the drain and the verdict of a steady-load run.
+async fn drive_and_verify(
+    p: &mut Pipeline,
+    lo: &chaos::LoadOptions,
+) -> anyhow::Result<(f64, verify::Report, chaos::LoadFigures)> {
+    let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    let started = Instant::now();
+    let (sent, mut figures) = chaos::drive(p, lo, &edge, &cloud).await?;
+    let budget = delivery_budget(sent.len());
+    // A run that does not drain still gets its verdict: which ids are missing is the point.
+    let stream = &p.ingest_cfg.nats.stream;
+    if let Err(e) = verify::wait_count(&cloud, stream, sent.len() as u64, budget).await {
+        figures.problems.push(format!("drain: {e}"));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Err(e) = verify::wait_drained(
+        &edge,
+        &p.gateway_cfg.nats.stream,
+        &p.gateway_cfg.nats.consumer,
+        budget,
+    )
+    .await
+    {
+        figures.problems.push(format!("drain: {e}"));
+    }
+    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream).await?;
+    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream).await?;
+    let report = verify::check(
+        &sent,
+        &got,
+        &p.platform,
+        &p.gateway_cfg.nats.stream,
+        incarnation,
+        &p.ingest_cfg.nats.subject_prefix,
+    );
+    Ok((seconds, report, figures))
 }

@@ -553,10 +553,20 @@ async fn inject(
             let mut stream = cloud.get_stream(&name).await?;
             let info = stream.info().await?.clone();
             let mut full = info.config.clone();
-            // Room for a few more messages at most: the next publishes are refused by the store.
-            full.max_bytes = info.state.bytes as i64 + 4096;
+            // Room for a moment of load more (256 KiB), then publishes are refused by the store.
+            // Never a limit below what the stream holds by the time the update lands: nats-server
+            // enforces a lowered limit by deleting the oldest messages, discard=new or not (the
+            // first version of this fault, at +4 KiB, "lost" the run's first messages that way).
+            full.max_bytes = info.state.bytes as i64 + 256 * 1024;
             full.discard = jetstream::stream::DiscardPolicy::New;
             cloud.update_stream(full).await?;
+            let after = stream.info().await?.state.first_sequence;
+            if after != info.state.first_sequence {
+                problems.push(format!(
+                    "disk-full-cloud: the limit update deleted messages (first sequence {} → {after})",
+                    info.state.first_sequence
+                ));
+            }
             // Full until the ingest said so (503), and a little longer.
             let deadline = Instant::now() + Duration::from_secs(10);
             while metric(&p.ingest, refused).await <= before && Instant::now() < deadline {
