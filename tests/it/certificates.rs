@@ -77,9 +77,15 @@ async fn until(p: &Pipeline, cfg: &Arc<rustls::ClientConfig>, ok: bool) -> Resul
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let r = request(p, cfg.clone()).await;
-        if r.as_ref().is_ok_and(|s| s.contains(" 400 ")) == ok
-            || tokio::time::Instant::now() >= deadline
-        {
+        // Waiting for a refusal means a refused handshake: a 403 from a request on a handshake
+        // that passed is the request path having re-read the shared deny list first (both check
+        // it at most once per interval); the next handshake sees it.
+        let done = if ok {
+            r.as_ref().is_ok_and(|s| s.contains(" 400 "))
+        } else {
+            r.is_err()
+        };
+        if done || tokio::time::Instant::now() >= deadline {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
