@@ -4,6 +4,7 @@
 //! id arrived exactly once with its payload intact.
 
 mod anchor;
+pub mod chaos;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,6 +35,14 @@ pub struct BenchOptions {
     pub via_nginx: bool,
     /// Also measure the in-process JetStream-to-JetStream relay on the same servers.
     pub anchor: bool,
+    /// Faults to inject under a steady load (`--chaos`); with none but a `duration`, a soak.
+    pub chaos: Vec<chaos::Fault>,
+    /// Run a steady load for this long (`--duration`) instead of publishing `messages`.
+    pub duration: Option<Duration>,
+    /// Messages per second of the steady load.
+    pub rate: f64,
+    /// Seed of the fault schedule.
+    pub seed: Option<u64>,
 }
 
 /// The figures of a run.
@@ -55,10 +64,30 @@ pub struct BenchResult {
     pub anchor_msgs_per_sec: Option<f64>,
     /// `msgs_per_sec / anchor_msgs_per_sec`.
     pub ratio_to_anchor: Option<f64>,
+    /// Steady-load runs: the seed of the fault schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Steady-load runs: the load's rate (messages per second) and duration (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    /// `--chaos` runs: per scenario, how often it was injected and the longest recovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<std::collections::BTreeMap<String, chaos::FaultFigures>>,
+    /// Steady-load runs: RSS, open fds and threads of gateway and ingest (start, peak, end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<std::collections::BTreeMap<String, chaos::Resources>>,
+    /// Steady-load runs: what went wrong along the way besides the verdict (exit codes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Runs the bench; Ok(result) whatever the verdict (the caller decides the exit code).
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
+    if opts.duration.is_some() || !opts.chaos.is_empty() {
+        return run_load(opts).await;
+    }
     let exe = std::env::current_exe()?;
     let nats_bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
     let o = opts.clone();
@@ -151,6 +180,111 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
         anchor_msgs_per_sec: anchor,
         ratio_to_anchor: anchor.map(|a| msgs_per_sec / a),
+        seed: None,
+        rate: None,
+        duration_s: None,
+        faults: None,
+        resources: None,
+        problems: Vec::new(),
+    })
+}
+
+/// `--chaos` / `--duration`: a steady load for a duration with faults (or none: a soak), then
+/// the drain and the same verdict as [`run`].
+async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
+    let lo = chaos::LoadOptions {
+        faults: opts.chaos.clone(),
+        duration: opts.duration.unwrap_or(Duration::from_secs(60)),
+        rate: opts.rate,
+        seed: opts.seed,
+        size: opts.size,
+        sample_every: Duration::from_secs(2),
+        json: opts.json,
+    };
+    let exe = std::env::current_exe()?;
+    let nats_bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
+    let mut p = chaos::start_pipeline(&exe, &nats_bin).await?;
+    // Seeds are drawn here so the text output can say which one before anything happens.
+    let seed = lo.seed.unwrap_or_else(|| fastrand::u64(..));
+    let lo = chaos::LoadOptions {
+        seed: Some(seed),
+        ..lo
+    };
+    if !opts.json {
+        eprintln!(
+            "pipeline up: edge {} → gateway → fault proxy → ingest {} → cloud {} (logs in {})",
+            p.edge.url(),
+            p.ingest_url(),
+            p.cloud_url(),
+            p.dir.path().display()
+        );
+        eprintln!(
+            "{} for {:?} at {} msg/s, seed {seed} (rerun with --seed {seed}); gateway tuned for fast recovery (ack_wait 6s, request 3s, ping 2s/2s, max_backoff 1s)",
+            if lo.faults.is_empty() {
+                "soak".to_string()
+            } else {
+                format!(
+                    "chaos [{}]",
+                    lo.faults
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            },
+            lo.duration,
+            lo.rate
+        );
+        if lo.faults.contains(&chaos::Fault::KillCloudNode) {
+            eprintln!(
+                "kill-cloud-node: the cloud is a single nats-server here, so this is restart-cloud-nats with SIGKILL"
+            );
+        }
+    }
+    if opts.json {
+        // The seed is printed by every run: with --json on stderr, so stdout stays one line.
+        eprintln!("seed {seed}");
+    }
+    let verdict = drive_and_verify(&mut p, &lo).await;
+    let (seconds, report, figures) = match verdict {
+        Ok(v) => v,
+        Err(e) => {
+            // Keep the evidence: the logs of a run that did not drain outlive it.
+            p.dir.keep();
+            eprintln!("logs kept in {}", p.dir.path().display());
+            return Err(e);
+        }
+    };
+    for problem in report.problems.iter().chain(&figures.problems) {
+        eprintln!("problem: {problem}");
+    }
+    if !report.ok() {
+        p.dir.keep();
+        eprintln!("logs kept in {}", p.dir.path().display());
+    }
+    let gm = p.gateway_metrics().await.unwrap_or_default();
+    let im = p.ingest_metrics().await.unwrap_or_default();
+    Ok(BenchResult {
+        messages: report.messages,
+        delivered: report.delivered,
+        lost: report.lost,
+        duplicates: report.duplicates,
+        corrupted: report.corrupted,
+        seconds,
+        msgs_per_sec: report.messages as f64 / seconds.max(1e-9),
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        connections_opened: scrape_sum(&gm, "uplink_client_connections_opened_total"),
+        retries: scrape_sum(&gm, "uplink_gateway_retries_total"),
+        server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
+        anchor_msgs_per_sec: None,
+        ratio_to_anchor: None,
+        seed: Some(figures.seed),
+        rate: Some(lo.rate),
+        duration_s: Some(lo.duration.as_secs_f64()),
+        faults: (!lo.faults.is_empty()).then_some(figures.faults),
+        resources: Some(figures.resources),
+        problems: figures.problems,
     })
 }
 
@@ -172,9 +306,77 @@ pub fn print(r: &BenchResult, json: bool) {
         "connections opened {}, retries {}, server GOAWAYs {}",
         r.connections_opened, r.retries, r.server_goaways
     );
+    if let Some(faults) = &r.faults {
+        println!("fault                injected  max recovery  evidence");
+        for (name, f) in faults {
+            println!(
+                "{name:<20} {:>8}  {:>9.0} ms  {}",
+                f.injected, f.max_recovery_ms, f.evidence
+            );
+        }
+    }
+    if let Some(res) = &r.resources {
+        for (name, x) in res {
+            println!(
+                "{name}: RSS {} → peak {} → {} KiB; fds {} → {} → {}; threads {} → {} → {} ({} samples)",
+                x.start.rss_kib,
+                x.peak.rss_kib,
+                x.end.rss_kib,
+                x.start.fds,
+                x.peak.fds,
+                x.end.fds,
+                x.start.threads,
+                x.peak.threads,
+                x.end.threads,
+                x.samples
+            );
+        }
+    }
+    if let Some(seed) = r.seed {
+        println!("seed {seed}");
+    }
     if let (Some(a), Some(ratio)) = (r.anchor_msgs_per_sec, r.ratio_to_anchor) {
         println!(
             "anchor (in-process JetStream→JetStream relay, same servers, same run): {a:.0} msgs/s; uplink = {ratio:.2}× of it"
         );
     }
+}
+
+/// The load with its faults, the drain and the verdict of a steady-load run.
+async fn drive_and_verify(
+    p: &mut Pipeline,
+    lo: &chaos::LoadOptions,
+) -> anyhow::Result<(f64, verify::Report, chaos::LoadFigures)> {
+    let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    let started = Instant::now();
+    let (sent, mut figures) = chaos::drive(p, lo, &edge, &cloud).await?;
+    let budget = delivery_budget(sent.len());
+    // A run that does not drain still gets its verdict: which ids are missing is the point.
+    let stream = &p.ingest_cfg.nats.stream;
+    if let Err(e) = verify::wait_count(&cloud, stream, sent.len() as u64, budget).await {
+        figures.problems.push(format!("drain: {e}"));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Err(e) = verify::wait_drained(
+        &edge,
+        &p.gateway_cfg.nats.stream,
+        &p.gateway_cfg.nats.consumer,
+        budget,
+    )
+    .await
+    {
+        figures.problems.push(format!("drain: {e}"));
+    }
+    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream).await?;
+    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream).await?;
+    let report = verify::check(
+        &sent,
+        &got,
+        &p.platform,
+        &p.gateway_cfg.nats.stream,
+        incarnation,
+        &p.ingest_cfg.nats.subject_prefix,
+    );
+    Ok((seconds, report, figures))
 }

@@ -102,6 +102,19 @@ enum Cmd {
         /// Also measure a direct JetStream-to-JetStream relay on the same servers (ratio).
         #[arg(long)]
         anchor: bool,
+        /// Inject faults under a steady load (SCENARIO[,SCENARIO…] or `all`; see --help).
+        #[arg(long, value_name = "SCENARIOS", long_help = uplink::bench::chaos::help())]
+        chaos: Option<String>,
+        /// Run a steady load (--rate) for this long instead of --messages; without --chaos a
+        /// soak that samples gateway and ingest (RSS, fds, threads). Default with --chaos: 60s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Messages per second of the steady load.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Seed of the fault schedule (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -368,8 +381,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             in_flight,
             via_nginx,
             anchor,
+            chaos,
+            duration,
+            rate,
+            seed,
         } => {
+            let chaos = match chaos {
+                Some(list) => {
+                    uplink::bench::chaos::parse(&list).map_err(|e| ConfigError::Invalid {
+                        key: "--chaos",
+                        reason: e.to_string(),
+                    })?
+                }
+                None => Vec::new(),
+            };
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(ConfigError::Invalid {
+                    key: "--rate",
+                    reason: "must be a positive number of messages per second".into(),
+                }
+                .into());
+            }
             let opts = uplink::bench::BenchOptions {
+                chaos,
+                duration,
+                rate,
+                seed,
                 via_nginx,
                 anchor,
                 messages,

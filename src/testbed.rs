@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A directory removed (recursively) on drop.
-pub struct TempDir(PathBuf);
+/// A directory removed (recursively) on drop, unless kept.
+pub struct TempDir(PathBuf, bool);
 
 impl TempDir {
     pub fn new(prefix: &str) -> std::io::Result<Self> {
@@ -22,16 +22,22 @@ impl TempDir {
             fastrand::u64(..)
         ));
         std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p))
+        Ok(TempDir(p, false))
     }
     pub fn path(&self) -> &Path {
         &self.0
+    }
+    /// Leaves the directory in place on drop (the logs of a failed run are the evidence).
+    pub fn keep(&mut self) {
+        self.1 = true;
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -485,6 +491,7 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+pub mod fault;
 pub mod nats_jwt;
 pub mod nginx;
 pub mod pipeline;

@@ -261,43 +261,89 @@ impl DevPki {
     pub fn client_key(&self, platform: &str) -> PathBuf {
         self.dir.join(format!("{platform}-key.pem"))
     }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
 }
 
-/// Writes a throwaway CA, a server certificate for `localhost`/`127.0.0.1`/`::1`, and one client
-/// certificate per platform (CN = platform, clientAuth EKU) into `dir`. For demos and tests.
+/// Writes a throwaway CA (certificate, and its key 0600 so pairs can be issued again later), a
+/// server certificate for `localhost`/`127.0.0.1`/`::1`, and one client certificate per
+/// platform (CN = platform, clientAuth EKU) into `dir`. For demos and tests.
 pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
+    use rcgen::{Issuer, KeyPair};
     let e = |e: rcgen::Error| TlsError::Pki(e.to_string());
+    check_platforms(platforms)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|err| TlsError::Pki(format!("create {}: {err}", dir.display())))?;
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let ca_cert = dev_ca_params().self_signed(&ca_key).map_err(e)?;
+    dev_write(dir, "ca.pem", ca_cert.pem())?;
+    dev_write_key(dir, "ca-key.pem", ca_key.serialize_pem())?;
+    let issuer = Issuer::new(dev_ca_params(), ca_key);
+    dev_issue(dir, &issuer, platforms)?;
+    Ok(DevPki { dir: dir.into() })
+}
+
+/// Replaces the server pair and the pairs of `platforms` in a [`dev_pki`] directory with freshly
+/// issued ones (new keys) from the CA already there — a certificate rotation every peer trusting
+/// that CA accepts. Each file is replaced by a rename, the key before its certificate.
+pub fn dev_reissue(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
+    use rcgen::{Issuer, KeyPair};
+    check_platforms(platforms)?;
+    let pki = DevPki { dir: dir.into() };
+    let key_pem = std::fs::read_to_string(pki.ca_key())
+        .map_err(|err| TlsError::Pki(format!("read {}: {err}", pki.ca_key().display())))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pki(e.to_string()))?;
+    // The same subject and usages as the CA certificate on disk, so what is signed now chains
+    // to it (the issuer name and the authority key id come from these and the key).
+    let issuer = Issuer::new(dev_ca_params(), ca_key);
+    dev_issue(dir, &issuer, platforms)?;
+    Ok(pki)
+}
+
+fn check_platforms(platforms: &[String]) -> Result<(), TlsError> {
     for p in platforms {
         crate::wire::validate_token(p).map_err(|err| TlsError::Pki(format!("platform: {err}")))?;
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|err| TlsError::Pki(format!("create {}: {err}", dir.display())))?;
-    let write = |name: String, text: String| {
-        let path = dir.join(&name);
-        std::fs::write(&path, text)
-            .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
-    };
-    let write_key = |name: String, text: String| {
-        let path = dir.join(&name);
-        write_private(&path, text.as_bytes())
-            .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
-    };
+    Ok(())
+}
 
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+fn dev_ca_params() -> rcgen::CertificateParams {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::default();
     ca.distinguished_name = DistinguishedName::new();
     ca.distinguished_name
         .push(DnType::CommonName, "uplink dev CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
-    write("ca.pem".into(), ca_cert.pem())?;
-    let issuer = Issuer::new(ca, ca_key);
+    ca
+}
 
+/// Writes a public file by rename, so a reader never sees half of it.
+fn dev_write(dir: &Path, name: &str, text: String) -> Result<(), TlsError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
+}
+
+fn dev_write_key(dir: &Path, name: &str, text: String) -> Result<(), TlsError> {
+    let path = dir.join(name);
+    write_private(&path, text.as_bytes())
+        .map_err(|err| TlsError::Pki(format!("write {}: {err}", path.display())))
+}
+
+/// Issues the server pair and one client pair per platform from `issuer` into `dir`.
+fn dev_issue(
+    dir: &Path,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    platforms: &[String],
+) -> Result<(), TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let e = |e: rcgen::Error| TlsError::Pki(e.to_string());
     let server_key = KeyPair::generate().map_err(e)?;
     let mut server = CertificateParams::new(vec![
         "localhost".to_string(),
@@ -309,9 +355,9 @@ pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
         .distinguished_name
         .push(DnType::CommonName, "uplink ingest (dev)");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server.signed_by(&server_key, &issuer).map_err(e)?;
-    write("server.pem".into(), server_cert.pem())?;
-    write_key("server-key.pem".into(), server_key.serialize_pem())?;
+    let server_cert = server.signed_by(&server_key, issuer).map_err(e)?;
+    dev_write_key(dir, "server-key.pem", server_key.serialize_pem())?;
+    dev_write(dir, "server.pem", server_cert.pem())?;
 
     for p in platforms {
         let key = KeyPair::generate().map_err(e)?;
@@ -321,11 +367,11 @@ pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
             .distinguished_name
             .push(DnType::CommonName, p.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &issuer).map_err(e)?;
-        write(format!("{p}.pem"), cert.pem())?;
-        write_key(format!("{p}-key.pem"), key.serialize_pem())?;
+        let cert = params.signed_by(&key, issuer).map_err(e)?;
+        dev_write_key(dir, &format!("{p}-key.pem"), key.serialize_pem())?;
+        dev_write(dir, &format!("{p}.pem"), cert.pem())?;
     }
-    Ok(DevPki { dir: dir.into() })
+    Ok(())
 }
 
 /// Writes a private key readable by its owner only (0600) from the moment it exists: it is

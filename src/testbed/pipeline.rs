@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::fault::FaultProxy;
 use super::nginx::{Nginx, NginxSite};
 use super::{Nats, NatsSecurity, NatsServerTls, TempDir, Uplink, free_addr, free_port};
 use crate::config::{GatewayConfig, IngestConfig};
@@ -24,6 +25,10 @@ pub struct PipelineOptions {
     /// Both nats-servers speak TLS only and verify client certificates (dev PKI); the gateway
     /// and the ingest get `nats.tls.*` set to the dev CA and a client pair each.
     pub nats_tls: bool,
+    /// Put a [`FaultProxy`] between gateway and ingest (the gateway dials the proxy).
+    pub fault_proxy: bool,
+    /// Put a [`FaultProxy`] between ingest and cloud NATS (the ingest dials the proxy).
+    pub cloud_fault_proxy: bool,
 }
 
 /// CN of the ingest's client certificate to cloud NATS when [`PipelineOptions::nats_tls`].
@@ -34,7 +39,11 @@ pub struct Pipeline {
     // Field order is drop order: processes first, then the directory.
     pub gateway: Option<Uplink>,
     pub nginx: Option<Nginx>,
+    /// Between gateway and ingest, when [`PipelineOptions::fault_proxy`].
+    pub fault: Option<FaultProxy>,
     pub ingest: Option<Uplink>,
+    /// Between ingest and cloud NATS, when [`PipelineOptions::cloud_fault_proxy`].
+    pub cloud_fault: Option<FaultProxy>,
     pub edge: Nats,
     pub cloud: Option<Nats>,
     pub gateway_cfg: GatewayConfig,
@@ -133,6 +142,13 @@ impl Pipeline {
         if opts.nginx.is_some() {
             ingest_cfg.proxy.listen = free_addr().to_string();
         }
+        let cloud_fault = if opts.cloud_fault_proxy {
+            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], cloud.port))).await?;
+            ingest_cfg.nats.connect.url = format!("nats://127.0.0.1:{}", f.addr.port());
+            Some(f)
+        } else {
+            None
+        };
         if opts.nats_tls {
             ingest_cfg.nats.connect.tls = crate::config::NatsTls {
                 ca: pki.ca(),
@@ -185,12 +201,29 @@ impl Pipeline {
             }
             None => None,
         };
+        let fault = if opts.fault_proxy {
+            // In front of whatever the gateway would dial (the ingest, or nginx).
+            let port: u16 = gateway_cfg
+                .cloud
+                .url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .context("gateway cloud.url has no port")?;
+            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+            gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port());
+            Some(f)
+        } else {
+            None
+        };
         let cloud_port = cloud.port;
         let cloud_store = cloud.store.clone();
         let mut p = Pipeline {
             gateway: None,
             nginx,
+            fault,
             ingest: None,
+            cloud_fault,
             edge,
             cloud: Some(cloud),
             gateway_cfg,
@@ -279,6 +312,41 @@ impl Pipeline {
         if let Some(mut c) = self.cloud.take() {
             c.proc.kill();
         }
+    }
+
+    /// Stops the cloud nats-server gracefully (SIGTERM, SIGKILL after `within`); its exit code.
+    pub async fn terminate_cloud(&mut self, within: Duration) -> Option<i32> {
+        match self.cloud.take() {
+            Some(mut c) => c.proc.terminate(within).await,
+            None => None,
+        }
+    }
+
+    /// Stops the edge nats-server: SIGTERM (SIGKILL after `within`), or SIGKILL when `within`
+    /// is zero. The handle stays (with its port and store) for [`Pipeline::start_edge`].
+    pub async fn stop_edge(&mut self, within: Duration) -> Option<i32> {
+        if within.is_zero() {
+            self.edge.proc.kill();
+            None
+        } else {
+            self.edge.proc.terminate(within).await
+        }
+    }
+
+    /// Restarts the edge nats-server on the same port and store.
+    pub async fn start_edge(&mut self) -> anyhow::Result<()> {
+        self.edge.proc.kill();
+        let store = self.edge.store.clone();
+        self.edge = Nats::start_secured(
+            &self.nats_bin,
+            self.dir.path(),
+            "edge",
+            self.edge.port,
+            store,
+            &self.edge.security.clone(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Restarts the cloud nats-server on the same port and store.

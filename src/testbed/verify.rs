@@ -50,6 +50,11 @@ pub struct Sent {
     pub headers: Vec<(String, String)>,
 }
 
+/// The payload hash [`Sent`] and [`Received`] carry.
+pub fn payload_hash(b: &[u8]) -> u64 {
+    hash(b)
+}
+
 fn hash(b: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     b.hash(&mut h);

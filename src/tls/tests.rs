@@ -86,3 +86,57 @@ fn dev_pki_keys_are_created_owner_only() {
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
 }
+
+#[test]
+fn dev_reissue_makes_new_pairs_that_chain_to_the_same_ca() {
+    use rustls::client::danger::ServerCertVerifier as _;
+    use std::os::unix::fs::PermissionsExt;
+    install_crypto_provider();
+    let tmp = tmp();
+    let dir = tmp.path();
+    let platforms = ["edge-1".to_string()];
+    let pki = dev_pki(dir, &platforms).unwrap();
+    let mode = std::fs::metadata(pki.ca_key())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let (ca, before) = (
+        std::fs::read(pki.ca()).unwrap(),
+        std::fs::read(pki.client_cert("edge-1")).unwrap(),
+    );
+    let server_before = std::fs::read(pki.server_key()).unwrap();
+    dev_reissue(dir, &platforms).unwrap();
+    assert_eq!(std::fs::read(pki.ca()).unwrap(), ca, "the CA stays");
+    assert_ne!(std::fs::read(pki.client_cert("edge-1")).unwrap(), before);
+    assert_ne!(std::fs::read(pki.server_key()).unwrap(), server_before);
+    // The new pairs load and verify against the unchanged CA, in both roles.
+    server_config(&pki.ca(), &pki.server_cert(), &pki.server_key()).unwrap();
+    client_config(
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
+    )
+    .unwrap();
+    let roots = Arc::new(roots(&pki.ca()).unwrap());
+    let now = rustls::pki_types::UnixTime::now();
+    let client = &load_certs(&pki.client_cert("edge-1")).unwrap()[0];
+    rustls::server::WebPkiClientVerifier::builder(roots.clone())
+        .build()
+        .unwrap()
+        .verify_client_cert(client, &[], now)
+        .expect("the reissued client certificate chains to the CA");
+    let server = &load_certs(&pki.server_cert()).unwrap()[0];
+    rustls::client::WebPkiServerVerifier::builder(roots)
+        .build()
+        .unwrap()
+        .verify_server_cert(
+            server,
+            &[],
+            &rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            &[],
+            now,
+        )
+        .expect("the reissued server certificate chains to the CA");
+}

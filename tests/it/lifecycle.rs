@@ -10,8 +10,8 @@ use uplink::testbed::nginx::NginxSite;
 use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
 use uplink::testbed::verify::{self, Workload};
 
-use crate::support::proxy::Proxy;
 use crate::support::*;
+use uplink::testbed::fault::FaultProxy;
 
 fn small_batches(g: &mut uplink::config::GatewayConfig) {
     fast_recovery(g);
@@ -232,7 +232,7 @@ async fn half_open_connection_is_detected_by_ping_and_nothing_is_lost() {
     let mut p = pipeline(|_| {}, |_| {}).await;
     // Re-route the gateway through a proxy that can freeze connections.
     p.gateway.as_mut().unwrap().proc.kill();
-    let proxy = Proxy::start(p.ingest_cfg.listen).await;
+    let proxy = FaultProxy::start(p.ingest_cfg.listen).await.unwrap();
     p.gateway_cfg.cloud.url = format!("https://localhost:{}", proxy.addr.port());
     p.gateway_cfg.timeouts.ping_interval = Duration::from_secs(1);
     p.gateway_cfg.timeouts.ping_timeout = Duration::from_secs(1);

@@ -2,6 +2,7 @@
 
 mod api;
 mod certificates;
+mod chaos;
 mod cli;
 mod connections;
 mod doctor;

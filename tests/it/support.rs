@@ -10,7 +10,6 @@ use uplink::testbed::pipeline::Pipeline;
 use uplink::testbed::verify::{self, Report, Sent, Workload};
 
 pub mod h2client;
-pub mod proxy;
 
 /// The binary under test.
 pub fn exe() -> PathBuf {

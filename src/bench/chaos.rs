@@ -1,0 +1,769 @@
+//! `uplink bench --chaos SCENARIO[,…]` and the soak (`uplink bench --duration D` without
+//! `--chaos`): the whole pipeline under a steady load for a duration, faults injected again and
+//! again at random (seeded) moments, then the same verdict as the plain bench — every id exactly
+//! once, intact. Gateway and ingest are sampled along the way (RSS, open fds, threads).
+//!
+//! The scenario list is [`SCENARIOS`]; `--help` and the README are written from it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::testbed::pipeline::{Pipeline, PipelineOptions};
+use crate::testbed::verify::{self, Sent, Workload};
+
+/// One kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillGateway,
+    TermGateway,
+    KillIngest,
+    TermIngest,
+    RestartEdgeNats,
+    RestartCloudNats,
+    KillCloudNode,
+    Stall,
+    Reset,
+    Latency,
+    Loss,
+    DiskFullCloud,
+    CertRotate,
+}
+
+/// A scenario of `--chaos`: its name on the command line and what it injects.
+pub struct Scenario {
+    pub fault: Fault,
+    pub name: &'static str,
+    pub about: &'static str,
+}
+
+/// Every scenario, in the order `all` cycles through them.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        fault: Fault::KillGateway,
+        name: "kill-gateway",
+        about: "SIGKILL the gateway (nothing acked or nak'ed), restart it",
+    },
+    Scenario {
+        fault: Fault::TermGateway,
+        name: "term-gateway",
+        about: "SIGTERM the gateway (graceful: in-flight finish, the rest nak'ed), restart it",
+    },
+    Scenario {
+        fault: Fault::KillIngest,
+        name: "kill-ingest",
+        about: "SIGKILL the ingest mid-request, restart it on the same port",
+    },
+    Scenario {
+        fault: Fault::TermIngest,
+        name: "term-ingest",
+        about: "SIGTERM the ingest (GOAWAY, drain, exit 0), restart it",
+    },
+    Scenario {
+        fault: Fault::RestartEdgeNats,
+        name: "restart-edge-nats",
+        about: "SIGTERM the edge nats-server, restart it on the same port and store",
+    },
+    Scenario {
+        fault: Fault::RestartCloudNats,
+        name: "restart-cloud-nats",
+        about: "SIGTERM the cloud nats-server, restart it on the same port and store",
+    },
+    Scenario {
+        fault: Fault::KillCloudNode,
+        name: "kill-cloud-node",
+        about: "SIGKILL the cloud nats-server (a single node for now: restart-cloud-nats with SIGKILL)",
+    },
+    Scenario {
+        fault: Fault::Stall,
+        name: "stall",
+        about: "gateway↔ingest proxy stops forwarding, sockets kept open (a frozen peer), then resumes",
+    },
+    Scenario {
+        fault: Fault::Reset,
+        name: "reset",
+        about: "gateway↔ingest connections reset (RST to both sides)",
+    },
+    Scenario {
+        fault: Fault::Latency,
+        name: "latency",
+        about: "gateway↔ingest proxy adds 50–300 ms per chunk each way for a while",
+    },
+    Scenario {
+        fault: Fault::Loss,
+        name: "loss",
+        about: "gateway↔ingest connections closed mid-stream after N more bytes (1–64 KiB) for a while; \
+                userspace: flows cut, not packets dropped (no netem here)",
+    },
+    Scenario {
+        fault: Fault::DiskFullCloud,
+        name: "disk-full-cloud",
+        about: "cloud stream limited to 256 KiB above its content (max_bytes, discard=new): once full the ingest answers 503; then room again",
+    },
+    Scenario {
+        fault: Fault::CertRotate,
+        name: "cert-rotate",
+        about: "server and client pairs replaced on disk with new ones of the same CA, connections reset to use them",
+    },
+];
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        scenario(self).name
+    }
+}
+
+fn scenario(f: Fault) -> &'static Scenario {
+    SCENARIOS
+        .iter()
+        .find(|s| s.fault == f)
+        .expect("every fault has a scenario")
+}
+
+/// A `--chaos` list that names something unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown chaos scenario {0:?} (one of: all, {names})", names = SCENARIOS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "))]
+pub struct UnknownScenario(pub String);
+
+/// Parses `SCENARIO[,SCENARIO…]` (`all` = every one); duplicates are dropped, order kept.
+pub fn parse(list: &str) -> Result<Vec<Fault>, UnknownScenario> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let add: Vec<Fault> = if name == "all" {
+            SCENARIOS.iter().map(|s| s.fault).collect()
+        } else {
+            vec![
+                SCENARIOS
+                    .iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| UnknownScenario(name.into()))?
+                    .fault,
+            ]
+        };
+        for f in add {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(UnknownScenario(list.into()));
+    }
+    Ok(out)
+}
+
+/// The `--chaos` help: one line per scenario.
+pub fn help() -> String {
+    let mut s =
+        String::from("Inject faults under a steady load (comma-separated; `all` = every one):\n");
+    for sc in SCENARIOS {
+        s.push_str(&format!("  {:<19} {}\n", sc.name, sc.about));
+    }
+    s
+}
+
+/// What a steady-load run does.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Faults to inject (empty: a soak, load and samples only).
+    pub faults: Vec<Fault>,
+    pub duration: Duration,
+    /// Messages per second published into the edge.
+    pub rate: f64,
+    /// Seed of the fault schedule (random when `None`; printed either way).
+    pub seed: Option<u64>,
+    pub size: usize,
+    /// How often gateway and ingest are sampled.
+    pub sample_every: Duration,
+    /// Quiet: no progress lines on stderr.
+    pub json: bool,
+}
+
+/// What was injected of one scenario.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FaultFigures {
+    pub injected: usize,
+    /// Longest time from the fault's end until the cloud stream grew again (or held everything
+    /// published so far), in milliseconds.
+    pub max_recovery_ms: f64,
+    /// Evidence the fault bit (503s answered, reloads, connections reset …), scenario-specific.
+    pub evidence: f64,
+}
+
+/// One sample of a process.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    pub rss_kib: u64,
+    pub fds: u64,
+    pub threads: u64,
+}
+
+/// Start, peak (each figure on its own) and end samples of one program across the run (across
+/// restarts too, when a fault restarted it).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Resources {
+    pub start: Sample,
+    pub peak: Sample,
+    pub end: Sample,
+    pub samples: usize,
+}
+
+impl Resources {
+    fn add(&mut self, s: Sample) {
+        if self.samples == 0 {
+            self.start = s;
+        }
+        self.samples += 1;
+        self.end = s;
+        self.peak.rss_kib = self.peak.rss_kib.max(s.rss_kib);
+        self.peak.fds = self.peak.fds.max(s.fds);
+        self.peak.threads = self.peak.threads.max(s.threads);
+    }
+}
+
+/// `/proc/<pid>` figures: VmRSS, entries of `fd/`, Threads.
+pub fn sample(pid: u32) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Sample {
+        rss_kib: field("VmRSS:")?,
+        fds,
+        threads: field("Threads:")?,
+    })
+}
+
+/// The figures of a run beyond the plain bench's.
+#[derive(Debug, Default)]
+pub struct LoadFigures {
+    pub seed: u64,
+    pub faults: BTreeMap<String, FaultFigures>,
+    pub resources: BTreeMap<String, Resources>,
+    pub problems: Vec<String>,
+}
+
+/// Gateway settings of a chaos run: recovery within seconds rather than the production
+/// defaults' tens of seconds (redelivery after a kill, PING-detected stalls, backoff ceiling).
+fn tune_gateway(g: &mut GatewayConfig) {
+    g.nats.ack_wait = Duration::from_secs(6);
+    g.timeouts.request = Duration::from_secs(3);
+    g.timeouts.ping_interval = Duration::from_secs(2);
+    g.timeouts.ping_timeout = Duration::from_secs(2);
+    g.retry.max_backoff = Duration::from_secs(1);
+}
+
+/// Starts the pipeline of `exe` (the `uplink` binary) with a fault proxy between gateway and
+/// ingest, for a steady-load run.
+pub async fn start_pipeline(
+    exe: &std::path::Path,
+    nats_bin: &std::path::Path,
+) -> anyhow::Result<Pipeline> {
+    let options = PipelineOptions {
+        fault_proxy: true,
+        ..Default::default()
+    };
+    Pipeline::start_with(exe, nats_bin, options, |_| {}, tune_gateway).await
+}
+
+/// Runs the load, the faults and the samples on `p`; returns what was sent and the figures.
+/// The caller waits for the drain and verifies.
+pub async fn drive(
+    p: &mut Pipeline,
+    opts: &LoadOptions,
+    edge: &jetstream::Context,
+    cloud: &jetstream::Context,
+) -> anyhow::Result<(Vec<Sent>, LoadFigures)> {
+    let seed = opts.seed.unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut figures = LoadFigures {
+        seed,
+        ..Default::default()
+    };
+    for f in &opts.faults {
+        figures
+            .faults
+            .insert(f.name().into(), FaultFigures::default());
+    }
+    let w = Workload {
+        count: usize::MAX,
+        size: opts.size,
+        rate: Some(opts.rate),
+        ..Default::default()
+    };
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(steady_load(edge.clone(), w, stop.clone()));
+    let started = Instant::now();
+    let end = started + opts.duration;
+    // The first fault only once traffic flows; then a random gap after each recovery.
+    let gap = |rng: &mut fastrand::Rng| Duration::from_millis(rng.u64(500..2_000));
+    let mut next_fault = started + Duration::from_secs(1) + gap(&mut rng);
+    let mut next_sample = started;
+    let mut order = opts.faults.clone();
+    rng.shuffle(&mut order);
+    let mut k = 0;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= next_sample {
+            take_samples(p, &mut figures);
+            next_sample += opts.sample_every;
+        }
+        if !order.is_empty() && now >= next_fault {
+            let f = order[k % order.len()];
+            k += 1;
+            if !opts.json {
+                eprintln!(
+                    "{:>6.1} s  inject {}",
+                    started.elapsed().as_secs_f64(),
+                    f.name()
+                );
+            }
+            let evidence = inject(f, p, &mut rng, cloud, &mut figures.problems)
+                .await
+                .with_context(|| format!("injecting {}", f.name()))?;
+            let recovery = recovery(p, edge, cloud).await;
+            let fig = figures.faults.entry(f.name().into()).or_default();
+            fig.injected += 1;
+            fig.evidence += evidence;
+            fig.max_recovery_ms = fig.max_recovery_ms.max(recovery.as_secs_f64() * 1000.0);
+            next_fault = Instant::now() + gap(&mut rng);
+        }
+        let wake = [
+            Some(next_sample),
+            (!order.is_empty()).then_some(next_fault),
+            Some(end),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("end is always there");
+        tokio::time::sleep_until(wake.into()).await;
+    }
+    stop.cancel();
+    let sent = load.await.context("the load task")??;
+    take_samples(p, &mut figures);
+    Ok((sent, figures))
+}
+
+fn take_samples(p: &Pipeline, figures: &mut LoadFigures) {
+    for (name, up) in [("gateway", &p.gateway), ("ingest", &p.ingest)] {
+        if let Some(s) = up.as_ref().and_then(|u| u.proc.pid()).and_then(sample) {
+            figures.resources.entry(name.into()).or_default().add(s);
+        }
+    }
+}
+
+/// Messages in a stream, `None` while its server does not answer.
+async fn stream_len(js: &jetstream::Context, stream: &str) -> Option<u64> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), js.get_stream(stream))
+        .await
+        .ok()?
+        .ok()?;
+    let info = tokio::time::timeout(Duration::from_secs(2), s.info())
+        .await
+        .ok()?
+        .ok()?;
+    Some(info.state.messages)
+}
+
+/// How long after a fault's end deliveries resumed: the cloud stream grows past what it held at
+/// the fault's end, or holds everything the edge does (nothing left to resume). Bounded by the
+/// delivery budget of a minute: a pipeline that does not resume is the verdict's business.
+async fn recovery(p: &Pipeline, edge: &jetstream::Context, cloud: &jetstream::Context) -> Duration {
+    let since = Instant::now();
+    let (edge_stream, cloud_stream) = (&p.gateway_cfg.nats.stream, &p.ingest_cfg.nats.stream);
+    let mut base = None;
+    while since.elapsed() < Duration::from_secs(60) {
+        if let Some(c) = stream_len(cloud, cloud_stream).await {
+            match base {
+                None => base = Some(c),
+                Some(b) if c > b => break,
+                Some(_) => {}
+            }
+            if stream_len(edge, edge_stream).await.is_some_and(|e| c >= e) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    since.elapsed()
+}
+
+/// How long a fault is held (a process down, a proxy fault on).
+fn hold(rng: &mut fastrand::Rng, from_ms: u64, to_ms: u64) -> Duration {
+    Duration::from_millis(rng.u64(from_ms..to_ms))
+}
+
+fn fault_proxy(p: &Pipeline) -> anyhow::Result<&crate::testbed::fault::FaultProxy> {
+    p.fault.as_ref().context("the pipeline has no fault proxy")
+}
+
+async fn metric(up: &Option<crate::testbed::Uplink>, series: &str) -> f64 {
+    match up {
+        Some(u) => crate::telemetry::scrape_sum(&u.metrics().await.unwrap_or_default(), series),
+        None => 0.0,
+    }
+}
+
+/// Injects one fault and undoes it; returns its evidence figure. The fault's hold is a sleep:
+/// the outage itself is what is being measured.
+async fn inject(
+    f: Fault,
+    p: &mut Pipeline,
+    rng: &mut fastrand::Rng,
+    cloud: &jetstream::Context,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<f64> {
+    const GRACE: Duration = Duration::from_secs(30);
+    let mut evidence = 1.0;
+    match f {
+        Fault::KillGateway => {
+            if let Some(g) = p.gateway.as_mut() {
+                g.proc.kill();
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_gateway().await?;
+        }
+        Fault::TermGateway => {
+            if let Some(g) = p.gateway.as_mut() {
+                let code = g.proc.terminate(GRACE).await;
+                if code != Some(0) {
+                    problems.push(format!("term-gateway: exit {code:?}"));
+                }
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_gateway().await?;
+        }
+        Fault::KillIngest => {
+            if let Some(i) = p.ingest.as_mut() {
+                i.proc.kill();
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_ingest().await?;
+        }
+        Fault::TermIngest => {
+            if let Some(i) = p.ingest.as_mut() {
+                let code = i.proc.terminate(GRACE).await;
+                if code != Some(0) {
+                    problems.push(format!("term-ingest: exit {code:?}"));
+                }
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_ingest().await?;
+        }
+        Fault::RestartEdgeNats => {
+            let code = p.stop_edge(Duration::from_secs(10)).await;
+            if code.is_none() {
+                problems.push("restart-edge-nats: SIGTERM did not stop it within 10 s".into());
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_edge().await?;
+        }
+        Fault::RestartCloudNats => {
+            let code = p.terminate_cloud(Duration::from_secs(10)).await;
+            if code.is_none() {
+                problems.push("restart-cloud-nats: SIGTERM did not stop it within 10 s".into());
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_cloud().await?;
+        }
+        Fault::KillCloudNode => {
+            p.stop_cloud();
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            p.start_cloud().await?;
+        }
+        Fault::Stall => {
+            let proxy = fault_proxy(p)?;
+            proxy.set_stalled(true);
+            tokio::time::sleep(hold(rng, 1_000, 4_000)).await;
+            proxy.set_stalled(false);
+        }
+        Fault::Reset => {
+            let proxy = fault_proxy(p)?;
+            let before = proxy
+                .stats
+                .resets
+                .load(std::sync::atomic::Ordering::Relaxed);
+            proxy.reset_existing();
+            // The resets happen on the connections' own tasks: wait for them to be counted.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while proxy
+                .stats
+                .resets
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == before
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            evidence = (proxy
+                .stats
+                .resets
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - before) as f64;
+        }
+        Fault::Latency => {
+            let proxy = fault_proxy(p)?;
+            proxy.set_latency(Duration::from_millis(rng.u64(50..300)));
+            tokio::time::sleep(hold(rng, 1_000, 4_000)).await;
+            proxy.set_latency(Duration::ZERO);
+        }
+        Fault::Loss => {
+            let proxy = fault_proxy(p)?;
+            let before = proxy
+                .stats
+                .closes_after_budget
+                .load(std::sync::atomic::Ordering::Relaxed);
+            proxy.set_close_after(Some(rng.u64(1024..64 * 1024)));
+            tokio::time::sleep(hold(rng, 1_000, 4_000)).await;
+            // On until at least one connection was cut (a slow load may take a while to use
+            // up the budget), at most 10 s more.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proxy
+                .stats
+                .closes_after_budget
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == before
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            proxy.set_close_after(None);
+            evidence = (proxy
+                .stats
+                .closes_after_budget
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - before) as f64;
+        }
+        Fault::DiskFullCloud => {
+            let refused = "uplink_ingest_requests_total{status=\"503\"}";
+            let before = metric(&p.ingest, refused).await;
+            let name = p.ingest_cfg.nats.stream.clone();
+            let mut stream = cloud.get_stream(&name).await?;
+            let info = stream.info().await?.clone();
+            let mut full = info.config.clone();
+            // Room for a moment of load more (256 KiB), then publishes are refused by the store.
+            // Never a limit below what the stream holds by the time the update lands: nats-server
+            // enforces a lowered limit by deleting the oldest messages, discard=new or not (the
+            // first version of this fault, at +4 KiB, "lost" the run's first messages that way).
+            full.max_bytes = info.state.bytes as i64 + 256 * 1024;
+            full.discard = jetstream::stream::DiscardPolicy::New;
+            cloud.update_stream(full).await?;
+            let after = stream.info().await?.state.first_sequence;
+            if after != info.state.first_sequence {
+                problems.push(format!(
+                    "disk-full-cloud: the limit update deleted messages (first sequence {} → {after})",
+                    info.state.first_sequence
+                ));
+            }
+            // Full until the ingest said so (503), and a little longer.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while metric(&p.ingest, refused).await <= before && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(hold(rng, 500, 2_000)).await;
+            cloud.update_stream(info.config).await?;
+            evidence = metric(&p.ingest, refused).await - before;
+        }
+        Fault::CertRotate => {
+            let reloaded = "uplink_tls_reloads_total{result=\"ok\"}";
+            let before = metric(&p.gateway, reloaded).await + metric(&p.ingest, reloaded).await;
+            crate::tls::dev_reissue(&p.pki().dir, std::slice::from_ref(&p.platform))?;
+            // Pairs are looked at on handshakes at most once per CHECK_EVERY: let that pass,
+            // then make both sides handshake again with the new pairs.
+            tokio::time::sleep(crate::tls::reload::CHECK_EVERY + Duration::from_millis(100)).await;
+            fault_proxy(p)?.reset_existing();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let now = metric(&p.gateway, reloaded).await + metric(&p.ingest, reloaded).await;
+                evidence = now - before;
+                if evidence >= 2.0 || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(evidence)
+}
+
+/// Publishes `w` at its rate until `stop`, riding out edge restarts: every message carries a
+/// `Nats-Msg-Id` (the edge stream's duplicate window makes a retried publish land once) and is
+/// published again until the edge acknowledges it, so `Sent` holds each message's one edge
+/// sequence. Acks are awaited concurrently and failures retried together, so an edge restart
+/// costs one ack timeout for the whole window, not one per message.
+async fn steady_load(
+    js: jetstream::Context,
+    w: Workload,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<Sent>> {
+    use futures_util::StreamExt as _;
+    use futures_util::stream::FuturesUnordered;
+    /// Messages published and not yet acknowledged, at most.
+    const WINDOW: usize = 4096;
+    /// How long a message may go unacknowledged, retries included, before the run fails.
+    const GIVE_UP: Duration = Duration::from_secs(120);
+    let rate = w.rate.unwrap_or(1_000.0);
+    let started = tokio::time::Instant::now();
+    let mut sent = Vec::new();
+    type Publish = futures_util::future::BoxFuture<
+        'static,
+        (usize, Instant, Option<jetstream::publish::PublishAck>),
+    >;
+    let mut acks: FuturesUnordered<Publish> = FuturesUnordered::new();
+    // Messages whose publish or ack failed, with when they were first published.
+    let mut retry: std::collections::VecDeque<(usize, Instant)> = Default::default();
+    let mut retry_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut i = 0usize;
+    let mut stopped = false;
+    let publish = |i: usize, first: Instant| -> Publish {
+        Box::pin(publish_one(js.clone(), w.clone(), i, first))
+    };
+    loop {
+        if stopped && acks.is_empty() && retry.is_empty() {
+            break;
+        }
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::select! {
+            biased;
+            Some((n, first, r)) = acks.next(), if !acks.is_empty() => match r {
+                Some(a) => {
+                    let (subject, payload, headers) = verify::message(&w, n);
+                    sent.push(Sent {
+                        sequence: a.sequence,
+                        subject,
+                        hash: verify::payload_hash(&payload),
+                        len: payload.len(),
+                        headers,
+                    });
+                }
+                None => {
+                    if first.elapsed() > GIVE_UP {
+                        anyhow::bail!("the edge did not acknowledge message {n} within {GIVE_UP:?}");
+                    }
+                    retry.push_back((n, first));
+                }
+            },
+            _ = stop.cancelled(), if !stopped => stopped = true,
+            // The edge is back (or still restarting): publish the failed ones again together.
+            _ = retry_tick.tick(), if !retry.is_empty() => {
+                while acks.len() < WINDOW && let Some((n, first)) = retry.pop_front() {
+                    acks.push(publish(n, first));
+                }
+            }
+            _ = tokio::time::sleep_until(due), if !stopped && acks.len() + retry.len() < WINDOW => {
+                acks.push(publish(i, Instant::now()));
+                i += 1;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+type AckFuture = jetstream::context::PublishAckFuture;
+
+/// Publishes message `i` and waits for its ack: `None` if either failed.
+async fn publish_one(
+    js: jetstream::Context,
+    w: Workload,
+    i: usize,
+    first: Instant,
+) -> (usize, Instant, Option<jetstream::publish::PublishAck>) {
+    let ack = match send(&js, &w, i).await {
+        Some(ack) => ack.await.ok(),
+        None => None,
+    };
+    (i, first, ack)
+}
+
+async fn send(js: &jetstream::Context, w: &Workload, i: usize) -> Option<AckFuture> {
+    let (subject, payload, headers) = verify::message(w, i);
+    let mut map = async_nats::HeaderMap::new();
+    for (k, v) in &headers {
+        map.append(k.as_str(), v.as_str());
+    }
+    js.send_publish(
+        subject,
+        jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(map)
+            .message_id(format!("bench-{i}")),
+    )
+    .await
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_lists_parse_and_all_means_every_one() {
+        assert_eq!(parse("all").unwrap().len(), SCENARIOS.len());
+        assert_eq!(
+            parse("stall, reset,stall").unwrap(),
+            vec![Fault::Stall, Fault::Reset]
+        );
+        let e = parse("stall,flood").unwrap_err();
+        assert!(e.to_string().contains("\"flood\""), "{e}");
+        assert!(e.to_string().contains("kill-gateway"), "{e}");
+        assert!(parse(" , ").is_err());
+    }
+
+    #[test]
+    fn every_fault_has_one_named_scenario_in_the_help() {
+        let h = help();
+        for s in SCENARIOS {
+            assert_eq!(SCENARIOS.iter().filter(|o| o.fault == s.fault).count(), 1);
+            assert!(h.contains(s.name));
+            assert_eq!(scenario(s.fault).name, s.name);
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_scenario_as_the_table_says() {
+        let readme = include_str!("../../README.md");
+        for s in SCENARIOS {
+            let row = format!("| `{}` | {} |", s.name, s.about);
+            assert!(readme.contains(&row), "README.md lacks the row\n{row}");
+        }
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = sample(std::process::id()).expect("/proc/self");
+        assert!(s.rss_kib > 0 && s.fds > 0 && s.threads > 0, "{s:?}");
+        let mut r = Resources::default();
+        r.add(Sample {
+            rss_kib: 10,
+            fds: 5,
+            threads: 3,
+        });
+        r.add(Sample {
+            rss_kib: 30,
+            fds: 4,
+            threads: 3,
+        });
+        r.add(Sample {
+            rss_kib: 20,
+            fds: 6,
+            threads: 2,
+        });
+        assert_eq!(
+            (r.start.rss_kib, r.peak.rss_kib, r.end.rss_kib),
+            (10, 30, 20)
+        );
+        assert_eq!((r.peak.fds, r.peak.threads, r.samples), (6, 3, 3));
+    }
+}

@@ -1,0 +1,182 @@
+//! Faults under load (`uplink bench --chaos`): each scenario injected into a running pipeline
+//! under a steady load, then every message must have arrived exactly once — and the fault must
+//! have happened (counted, with its own evidence: resets done, 503s answered, reloads …).
+
+use std::process::Command;
+use std::time::Duration;
+
+use uplink::bench::chaos::{self, Fault, LoadOptions};
+
+use crate::support::*;
+
+/// A short run of one scenario: about 8 s of load at 1,000 msg/s, the first injection 1.5–3 s
+/// in, so at least one lands; then the exactly-once verdict. `evidence` is the least the
+/// scenario's own evidence figure must reach.
+async fn run(fault: Fault, evidence: f64) {
+    uplink::tls::install_crypto_provider();
+    let mut p = chaos::start_pipeline(&exe(), &nats_bin())
+        .await
+        .expect("pipeline starts");
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let seed = fastrand::u64(..);
+    let opts = LoadOptions {
+        faults: vec![fault],
+        duration: Duration::from_secs(8),
+        rate: 1_000.0,
+        seed: Some(seed),
+        size: 200,
+        sample_every: Duration::from_secs(2),
+        json: true,
+    };
+    let (sent, figures) = chaos::drive(&mut p, &opts, &edge, &cloud)
+        .await
+        .unwrap_or_else(|e| panic!("{} (seed {seed}): {e:#}", fault.name()));
+    assert!(sent.len() >= 6_000, "the load ran: {}", sent.len());
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, sent.len());
+    let f = &figures.faults[fault.name()];
+    eprintln!("{} seed {seed}: {f:?}", fault.name());
+    assert!(
+        f.injected >= 1,
+        "{} was never injected (seed {seed})",
+        fault.name()
+    );
+    assert!(
+        f.evidence >= evidence,
+        "{} left too little evidence (seed {seed}): {f:?}\ngateway:\n{}\ningest:\n{}",
+        fault.name(),
+        tail(&p.log("gateway")),
+        tail(&p.log("ingest"))
+    );
+    assert!(figures.problems.is_empty(), "{:?}", figures.problems);
+    let g = &figures.resources["gateway"];
+    assert!(g.samples >= 2 && g.peak.rss_kib > 0, "{g:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_gateway() {
+    run(Fault::KillGateway, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_gateway() {
+    run(Fault::TermGateway, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ingest() {
+    run(Fault::KillIngest, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_ingest() {
+    run(Fault::TermIngest, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_edge_nats() {
+    run(Fault::RestartEdgeNats, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_cloud_nats() {
+    run(Fault::RestartCloudNats, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_cloud_node() {
+    run(Fault::KillCloudNode, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall() {
+    run(Fault::Stall, 1.0).await;
+}
+
+/// At least one connection was reset by the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset() {
+    run(Fault::Reset, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency() {
+    run(Fault::Latency, 1.0).await;
+}
+
+/// At least one connection was cut after its byte budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss() {
+    run(Fault::Loss, 1.0).await;
+}
+
+/// The ingest answered at least one 503 while the cloud store was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_cloud() {
+    run(Fault::DiskFullCloud, 1.0).await;
+}
+
+/// Both the gateway and the ingest reloaded their pairs (2 successful reloads at least).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_rotate() {
+    run(Fault::CertRotate, 2.0).await;
+}
+
+#[test]
+fn bench_chaos_all_reports_json_and_exits_0() {
+    let out = Command::new(exe())
+        .args(["bench", "--chaos", "all", "--duration", "20s", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (
+            v["lost"].as_u64(),
+            v["duplicates"].as_u64(),
+            v["corrupted"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    // 2,000 msg/s for 20 s, less what a loaded 2-core machine could not keep up with.
+    assert!(v["messages"].as_u64().unwrap() >= 15_000, "{v}");
+    assert_eq!(v["delivered"], v["messages"]);
+    assert!(v["seed"].is_u64() && v["duration_s"] == 20.0 && v["rate"] == 2000.0);
+    let faults = v["faults"].as_object().unwrap();
+    assert_eq!(faults.len(), chaos::SCENARIOS.len(), "{v}");
+    let mut injected = 0;
+    for s in chaos::SCENARIOS {
+        let f = &faults[s.name];
+        injected += f["injected"].as_u64().unwrap();
+        assert!(
+            f["max_recovery_ms"].is_number() && f["evidence"].is_number(),
+            "{f}"
+        );
+    }
+    assert!(injected >= 3, "faults were injected: {v}");
+    for program in ["gateway", "ingest"] {
+        let r = &v["resources"][program];
+        for when in ["start", "peak", "end"] {
+            for k in ["rss_kib", "fds", "threads"] {
+                assert!(
+                    r[when][k].as_u64().unwrap() > 0,
+                    "{program} {when} {k}: {v}"
+                );
+            }
+        }
+    }
+    // A scenario that does not exist is a usage error.
+    let out = Command::new(exe())
+        .args(["bench", "--chaos", "stall,flood"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flood"));
+}
