@@ -143,16 +143,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         budget,
     )
     .await?;
-    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream).await?;
-    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream).await?;
-    let report = verify::check(
-        &sent,
-        &got,
-        &p.platform,
-        &p.gateway_cfg.nats.stream,
-        incarnation,
-        &p.ingest_cfg.nats.subject_prefix,
-    );
+    let report = p.check_delivery(&edge, &cloud, &sent).await?;
     let gm = p.gateway_metrics().await.unwrap_or_default();
     let im = p.ingest_metrics().await.unwrap_or_default();
     for problem in &report.problems {
@@ -368,15 +359,6 @@ async fn drive_and_verify(
     {
         figures.problems.push(format!("drain: {e}"));
     }
-    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream).await?;
-    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream).await?;
-    let report = verify::check(
-        &sent,
-        &got,
-        &p.platform,
-        &p.gateway_cfg.nats.stream,
-        incarnation,
-        &p.ingest_cfg.nats.subject_prefix,
-    );
+    let report = p.check_delivery(&edge, &cloud, &sent).await?;
     Ok((seconds, report, figures))
 }

@@ -378,6 +378,27 @@ impl Pipeline {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Reads the whole cloud stream and checks every sent message arrived exactly once and
+    /// intact, under this pipeline's ids (platform, edge stream incarnation, cloud prefix).
+    pub async fn check_delivery(
+        &self,
+        edge: &async_nats::jetstream::Context,
+        cloud: &async_nats::jetstream::Context,
+        sent: &[super::verify::Sent],
+    ) -> anyhow::Result<super::verify::Report> {
+        use super::verify;
+        let got = verify::read_all(cloud, &self.ingest_cfg.nats.stream).await?;
+        let incarnation = verify::incarnation(edge, &self.gateway_cfg.nats.stream).await?;
+        Ok(verify::check(
+            sent,
+            &got,
+            &self.platform,
+            &self.gateway_cfg.nats.stream,
+            incarnation,
+            &self.ingest_cfg.nats.subject_prefix,
+        ))
+    }
+
     /// Metrics of the gateway.
     pub async fn gateway_metrics(&self) -> anyhow::Result<String> {
         self.gateway

@@ -58,20 +58,9 @@ pub async fn verify_delivery(p: &Pipeline, sent: &[Sent]) -> Report {
     let edge = edge_js(p).await;
     wait_delivered(p, sent.len() as u64).await;
     let cloud = cloud_js(p).await;
-    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+    p.check_delivery(&edge, &cloud, sent)
         .await
-        .expect("read cloud");
-    let incarnation = verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
-        .await
-        .unwrap();
-    verify::check(
-        sent,
-        &got,
-        &p.platform,
-        &p.gateway_cfg.nats.stream,
-        incarnation,
-        &p.ingest_cfg.nats.subject_prefix,
-    )
+        .expect("read the cloud stream")
 }
 
 /// Waits until the cloud stream holds `count` messages and the edge consumer has nothing
