@@ -286,15 +286,16 @@ async fn ingest_sigterm_under_load_drains_and_restarts_cleanly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_real_nginx_as_in_the_case_study() {
+/// A pipeline with real nginx in front of the ingest (`keepalive_requests`, `keepalive_timeout`),
+/// small batches so connections see many requests.
+async fn behind_nginx(keepalive_requests: u64, keepalive_timeout: Duration) -> Pipeline {
     uplink::tls::install_crypto_provider();
     let site = NginxSite {
-        keepalive_requests: 1000,
-        keepalive_timeout: Duration::from_secs(2),
+        keepalive_requests,
+        keepalive_timeout,
         ..Default::default()
     };
-    let p = Pipeline::start_with(
+    Pipeline::start_with(
         &exe(),
         &nats_bin(),
         PipelineOptions {
@@ -308,7 +309,12 @@ async fn through_real_nginx_as_in_the_case_study() {
         },
     )
     .await
-    .expect("pipeline with nginx");
+    .expect("pipeline with nginx")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_real_nginx_as_in_the_case_study() {
+    let p = behind_nginx(1000, Duration::from_secs(2)).await;
     let edge = edge_js(&p).await;
     let sent = publish(&edge, 50_000).await;
     let r = verify_delivery(&p, &sent).await;
@@ -343,27 +349,7 @@ async fn through_real_nginx_as_in_the_case_study() {
 /// they are told apart, and the learned limit stays at nginx's 7.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_idle_closes_between_bursts_do_not_lower_the_learned_limit() {
-    uplink::tls::install_crypto_provider();
-    let site = NginxSite {
-        keepalive_requests: 7,
-        keepalive_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let p = Pipeline::start_with(
-        &exe(),
-        &nats_bin(),
-        PipelineOptions {
-            nginx: Some(site),
-            ..Default::default()
-        },
-        |_| {},
-        |g| {
-            fast_recovery(g);
-            g.batch.max_messages = 10;
-        },
-    )
-    .await
-    .expect("pipeline with nginx");
+    let p = behind_nginx(7, Duration::from_secs(1)).await;
     let edge = edge_js(&p).await;
     const BURSTS: usize = 5;
     let idle_closes = "uplink_client_server_goaways_total{looks_like=\"idle_close\"}";
