@@ -140,6 +140,34 @@ fn server_verifier(ca: &Path) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     Ok(v)
 }
 
+/// The handshake-signature checks of both verifiers, delegated to the verifier built from the
+/// current CA bundle (the two rustls traits declare the same three methods).
+macro_rules! signatures_from_current_ca {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.ca.current().verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.ca.current().verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.ca.current().supported_verify_schemes()
+        }
+    };
+}
+
 /// Verifies client certificates against a CA bundle that is re-read when it changes, and
 /// refuses platforms on the deny list (as a revoked certificate).
 #[derive(Debug)]
@@ -193,27 +221,7 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.current().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.current().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.ca.current().supported_verify_schemes()
-    }
+    signatures_from_current_ca!();
 }
 
 /// Verifies the server's certificate against a CA bundle that is re-read when it changes.
@@ -248,25 +256,5 @@ impl ServerCertVerifier for ReloadingServerVerifier {
         )
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.current().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.current().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.ca.current().supported_verify_schemes()
-    }
+    signatures_from_current_ca!();
 }
