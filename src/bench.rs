@@ -5,6 +5,7 @@
 
 mod anchor;
 pub mod chaos;
+pub mod dedupe;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

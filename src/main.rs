@@ -115,6 +115,10 @@ enum Cmd {
         /// Seed of the fault schedule (printed by every run).
         #[arg(long)]
         seed: Option<u64>,
+        /// Instead of the pipeline: measure the cloud nats-server's memory per message id held
+        /// in its duplicate window (--messages ids, side by side with a server holding none).
+        #[arg(long)]
+        dedupe_memory: bool,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -385,7 +389,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration,
             rate,
             seed,
+            dedupe_memory,
         } => {
+            if dedupe_memory {
+                if messages < uplink::bench::dedupe::MIN_MESSAGES {
+                    return Err(ConfigError::Invalid {
+                        key: "--messages",
+                        reason: format!(
+                            "--dedupe-memory needs at least {} messages to measure",
+                            uplink::bench::dedupe::MIN_MESSAGES
+                        ),
+                    }
+                    .into());
+                }
+                let bin = uplink::testbed::find_nats_server(nats_server.as_deref())?;
+                let r = runtime()?.block_on(uplink::bench::dedupe::run(&bin, messages))?;
+                println!(
+                    "{} ids of {} B held by {}: {:.0} B per id (median of {} rounds)",
+                    r.messages,
+                    r.id_len,
+                    r.nats_server,
+                    r.bytes_per_id,
+                    r.rounds.len()
+                );
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let chaos = match chaos {
                 Some(list) => {
                     uplink::bench::chaos::parse(&list).map_err(|e| ConfigError::Invalid {

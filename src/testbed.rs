@@ -195,6 +195,8 @@ pub struct NatsSecurity {
     /// Operator mode (JWTs, memory resolver): users connect with creds files of its account.
     /// Exclusive with `users`, `nkeys` and `token`.
     pub operator: Option<std::sync::Arc<nats_jwt::Operator>>,
+    /// `max_payload` in bytes (default: nats-server's, 1 MiB).
+    pub max_payload: Option<usize>,
 }
 
 /// PEM files of a TLS nats-server.
@@ -224,6 +226,7 @@ impl NatsSecurity {
             && self.token.is_none()
             && self.tls.is_none()
             && self.operator.is_none()
+            && self.max_payload.is_none()
     }
 
     /// The nats-server configuration file for this server.
@@ -237,6 +240,9 @@ impl NatsSecurity {
             q(name),
             p(store)
         );
+        if let Some(n) = self.max_payload {
+            c.push_str(&format!("max_payload: {n}\n"));
+        }
         if let Some(token) = &self.token {
             if !self.users.is_empty() || !self.nkeys.is_empty() {
                 bail!("a nats-server token excludes users and nkeys");

@@ -518,6 +518,26 @@ impl Handler {
         messages: Vec<OutMessage>,
     ) -> Result<HttpResponse, ApiError> {
         let count = messages.len();
+        // A message the cloud server can never store would be refused by every retry and
+        // hold the whole stream behind it: a verdict on content (the client sets it aside),
+        // checked before anything of the request is published.
+        let max = self.sink.max_message_bytes();
+        if let Some((i, size)) = messages
+            .iter()
+            .map(OutMessage::nats_size)
+            .enumerate()
+            .find(|&(_, size)| size > max)
+        {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{size} bytes with the headers the ingest adds; the cloud NATS server's \
+                     max_payload is {max} (raise max_payload in its configuration above the \
+                     edge servers' to carry their largest messages)"
+                ),
+            )
+            .at(i));
+        }
         let outcome = self.sink.publish(messages).await?;
         metrics::counter!("uplink_ingest_messages_total", "result" => "accepted")
             .increment(outcome.accepted as u64);

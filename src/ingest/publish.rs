@@ -19,6 +19,25 @@ pub struct OutMessage {
     pub payload: Bytes,
 }
 
+impl OutMessage {
+    /// Bytes this message counts for against a NATS server's `max_payload`: the payload plus
+    /// the header block as NATS writes it (`NATS/1.0\r\n`, each `name: value\r\n`, `\r\n`),
+    /// including the `Nats-Msg-Id` header the publish adds.
+    pub fn nats_size(&self) -> usize {
+        const LINE: usize = ": ".len() + "\r\n".len();
+        let mut len = "NATS/1.0\r\n".len() + "\r\n".len();
+        for (name, values) in self.headers.iter() {
+            let name: &str = name.as_ref();
+            for v in values {
+                let v: &str = v.as_ref();
+                len += name.len() + v.len() + LINE;
+            }
+        }
+        len += "Nats-Msg-Id".len() + self.id.len() + LINE;
+        len + self.payload.len()
+    }
+}
+
 /// What a publish of a whole request achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -44,6 +63,11 @@ pub trait Sink: Send + Sync + 'static {
     fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>>;
     /// `Ok` when the sink can take messages now.
     fn ready(&self) -> Result<(), String>;
+    /// The largest message (in [`OutMessage::nats_size`] bytes) the sink can ever store; a
+    /// larger one is refused as content (413), not retried.
+    fn max_message_bytes(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Counts what a platform's request achieved (`uplink_ingest_platform_messages_total`). The
@@ -202,6 +226,15 @@ impl Sink for JetStreamSink {
             metrics::histogram!(PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
             Ok(outcome)
         })
+    }
+
+    /// The connected server's `max_payload` (0 before the first connection: then `ready` fails
+    /// first).
+    fn max_message_bytes(&self) -> usize {
+        match self.conn.client.max_payload() {
+            0 => usize::MAX,
+            n => n,
+        }
     }
 
     fn ready(&self) -> Result<(), String> {

@@ -31,6 +31,10 @@ pub struct PipelineOptions {
     pub cloud_fault_proxy: bool,
 }
 
+/// The cloud nats-server's `max_payload` unless a test sets one: the edge's default (1 MiB)
+/// plus room for the headers the ingest adds, so the largest edge message fits.
+pub const CLOUD_MAX_PAYLOAD: usize = (1 << 20) + 4096;
+
 /// CN of the ingest's client certificate to cloud NATS when [`PipelineOptions::nats_tls`].
 pub const INGEST_NATS_CLIENT: &str = "uplink-ingest";
 
@@ -90,6 +94,9 @@ impl Pipeline {
         let mut names = vec![platform.clone()];
         let (mut edge_security, mut cloud_security) =
             (opts.edge_security.clone(), opts.cloud_security.clone());
+        // The ingest adds headers to every message: the cloud must take more than the edge
+        // (README "Sizing the cloud servers").
+        cloud_security.max_payload = cloud_security.max_payload.or(Some(CLOUD_MAX_PAYLOAD));
         if opts.nats_tls {
             names.push(INGEST_NATS_CLIENT.to_string());
         }

@@ -180,3 +180,37 @@ fn bench_chaos_all_reports_json_and_exits_0() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("flood"));
 }
+
+/// `uplink bench --dedupe-memory` measures what a remembered id costs the cloud server: the
+/// server remembering ids holds more than the one storing the same bytes without, every round.
+#[test]
+fn bench_dedupe_memory_finds_ids_cost_memory() {
+    let out = Command::new(exe())
+        .args(["bench", "--dedupe-memory", "--messages", "50000", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{v}");
+    for r in rounds {
+        assert!(
+            r["with_ids_kib"].as_u64() > r["without_ids_kib"].as_u64(),
+            "{v}"
+        );
+    }
+    assert!(v["bytes_per_id"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(stdout.contains("B per id"), "{stdout}");
+    // Too few messages to measure is refused by name.
+    let out = Command::new(exe())
+        .args(["bench", "--dedupe-memory", "--messages", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--messages"));
+}

@@ -208,3 +208,77 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
         assert!(uplink::telemetry::scrape_sum(&m, "uplink_gateway_consumer_stalls_total") >= 1.0);
     }
 }
+
+/// The largest message the edge server accepts (its `max_payload`, headers included) crosses
+/// the whole pipeline: one per batch, through the gateway's and ingest's size limits, and into
+/// a cloud server with the same `max_payload` although the ingest adds its own headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_the_edge_servers_maximum_size_arrive_exactly_once() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let edge = edge_js(&p).await;
+    let max_payload = {
+        let opts = uplink::nats::options(&p.gateway_cfg.nats.connect).unwrap();
+        let c = opts.connect(p.edge.url()).await.unwrap();
+        c.server_info().max_payload
+    };
+    assert!(max_payload >= 1 << 20, "{max_payload}");
+    // NATS counts the header block against max_payload: leave room for it and find the
+    // largest size the edge takes by asking it (the message is then exactly at the limit).
+    let size = max_payload - 64;
+    let w = Workload {
+        count: 24,
+        subjects: 2,
+        size,
+        ..Default::default()
+    };
+    let sent = verify::publish(&edge, &w).await.unwrap();
+    assert!(sent.iter().all(|s| s.len == size));
+    let report = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &report, 24);
+}
+
+/// A cloud server with no room for the ingest's headers (`max_payload` equal to the edge's):
+/// the ingest refuses the edge's largest messages as content (413 naming max_payload) instead
+/// of answering 503 forever, the gateway sets exactly those aside (`forward.on_rejected`), and
+/// everything around them flows on, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_cloud_cannot_store_is_set_aside_and_the_rest_flow_on() {
+    uplink::tls::install_crypto_provider();
+    let opts = uplink::testbed::pipeline::PipelineOptions {
+        cloud_security: uplink::testbed::NatsSecurity {
+            max_payload: Some(1 << 20),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p =
+        uplink::testbed::pipeline::Pipeline::start_with(&exe(), &nats_bin(), opts, |_| {}, |_| {})
+            .await
+            .expect("pipeline starts");
+    let edge = edge_js(&p).await;
+    let small = Workload {
+        count: 50,
+        subjects: 2,
+        ..Default::default()
+    };
+    let big = Workload {
+        count: 3,
+        subjects: 1,
+        subject_prefix: "telemetry.big".into(),
+        size: (1 << 20) - 64,
+        ..Default::default()
+    };
+    let mut sent = verify::publish(&edge, &small).await.unwrap();
+    verify::publish(&edge, &big).await.unwrap();
+    sent.extend(verify::publish(&edge, &small).await.unwrap());
+    let report = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &report, 100);
+    let m = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        uplink::telemetry::scrape_sum(&m, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        3.0,
+        "{m}"
+    );
+    let log = p.log("gateway");
+    assert!(log.contains("max_payload is 1048576"), "{}", tail(&log));
+}

@@ -11,6 +11,8 @@ use crate::wire::{Batch, Message};
 struct FakeSink {
     got: Mutex<Vec<OutMessage>>,
     down: bool,
+    /// `max_message_bytes` (0 = no limit).
+    max: usize,
 }
 
 impl Sink for FakeSink {
@@ -29,6 +31,9 @@ impl Sink for FakeSink {
     }
     fn ready(&self) -> Result<(), String> {
         Ok(())
+    }
+    fn max_message_bytes(&self) -> usize {
+        if self.max == 0 { usize::MAX } else { self.max }
     }
 }
 
@@ -95,6 +100,68 @@ async fn batch_is_published_under_the_platform_prefix() {
     assert_eq!(got[0].headers.get("h").unwrap().as_str(), "v");
     assert_eq!(got[0].headers.get(TIME_HEADER).unwrap().as_str(), "9");
     assert_eq!(got[1].subject, "uplink.edge-1.x");
+}
+
+/// A message the cloud server can never store (over its `max_payload` once the ingest's
+/// headers are added) is a verdict on content, found before anything is published — not a
+/// 503 that every retry would meet again.
+#[tokio::test]
+async fn a_message_over_the_clouds_max_payload_is_413_and_nothing_is_published() {
+    let small = msg("edge-1.a.1", "x");
+    let mut big = msg("edge-1.a.2", "x");
+    big.payload = Bytes::from(vec![7u8; 3000]);
+    let out = |m: &Message| {
+        handler(Arc::new(FakeSink::default()))
+            .out_message("edge-1", m.clone())
+            .unwrap()
+    };
+    // The size NATS counts: payload + the whole header block, Nats-Msg-Id included.
+    let o = out(&small);
+    let block = "NATS/1.0\r\n".len()
+        + "h: v\r\n".len()
+        + format!("{TIME_HEADER}: 9\r\n").len()
+        + format!("{PLATFORM_HEADER}: edge-1\r\n").len()
+        + "Nats-Msg-Id: edge-1.a.1\r\n".len()
+        + "\r\n".len();
+    assert_eq!(o.nats_size(), block + 1);
+    let max = out(&big).nats_size() - 1;
+    let sink = Arc::new(FakeSink {
+        max,
+        ..Default::default()
+    });
+    let h = handler(sink.clone());
+    let b = Batch {
+        messages: vec![small.clone(), big],
+    };
+    let resp = h
+        .handle_alone(batch_req(&b, Encoding::Zstd), Some("edge-1"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = body_json(resp).await;
+    assert_eq!(body["error"], "too_large");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.starts_with("message 1: "), "{detail}");
+    assert!(
+        detail.contains(&format!("max_payload is {max}")),
+        "{detail}"
+    );
+    assert!(sink.got.lock().unwrap().is_empty());
+    // At the limit exactly, it passes.
+    let sink = Arc::new(FakeSink {
+        max: max + 1,
+        ..Default::default()
+    });
+    let b = Batch {
+        messages: vec![small, msg("edge-1.a.3", "x")],
+    };
+    let mut b2 = b.clone();
+    b2.messages[1].payload = Bytes::from(vec![7u8; 3000]);
+    b2.messages[1].id = "edge-1.a.2".into();
+    let resp = handler(sink.clone())
+        .handle_alone(batch_req(&b2, Encoding::Zstd), Some("edge-1"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(sink.got.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
