@@ -1,0 +1,278 @@
+//! Loading: the TOML file, `UPLINK_<PROGRAM>_*` environment variables and `--set` flags merged
+//! in that order, unknown keys refused with a suggestion, every error naming the key and where
+//! its value came from; and `config defaults` rendered from the defaults and their docs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ConfigError, GatewayConfig, IngestConfig};
+/// Where the layers of a configuration come from.
+#[derive(Default, Debug, Clone)]
+pub struct Sources {
+    /// TOML file (optional).
+    pub file: Option<PathBuf>,
+    /// `KEY=VALUE` pairs from the environment, already filtered by nothing: [`load`] keeps those
+    /// starting with the program's prefix.
+    pub env: Vec<(String, String)>,
+    /// `--set key.path=value` flags.
+    pub sets: Vec<String>,
+}
+
+impl Sources {
+    /// The process environment plus the given file and flags.
+    pub fn from_process(file: Option<PathBuf>, sets: Vec<String>) -> Self {
+        Sources {
+            file,
+            env: std::env::vars().collect(),
+            sets,
+        }
+    }
+}
+
+/// Merges file, environment (`{env_prefix}KEY__SUBKEY`) and `--set` layers over the defaults,
+/// then deserializes and returns the typed config (not yet validated).
+pub fn load<T>(env_prefix: &str, sources: &Sources) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let defaults = toml::Table::try_from(T::default()).expect("defaults serialize");
+    // Layers are merged over the serialized defaults, so every section is complete.
+    let mut merged = defaults.clone();
+    if let Some(path) = &sources.file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let origin = format!("file {}", path.display());
+        check_keys(&table, &defaults, "", &origin)?;
+        deep_merge(&mut merged, table);
+    }
+    let mut env: Vec<_> = sources
+        .env
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(env_prefix)?, k, v)))
+        .collect();
+    env.sort();
+    for (rest, name, value) in env {
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        set_path(
+            &mut merged,
+            &defaults,
+            &key,
+            value,
+            &format!("environment {name}"),
+        )?;
+    }
+    for set in &sources.sets {
+        let (key, value) = set.split_once('=').ok_or_else(|| ConfigError::BadValue {
+            key: set.clone(),
+            origin: "--set".into(),
+            reason: "expected key.path=value".into(),
+        })?;
+        set_path(
+            &mut merged,
+            &defaults,
+            key.trim(),
+            value,
+            &format!("--set {set}"),
+        )?;
+    }
+    T::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::BadValue {
+        key: "(config)".into(),
+        origin: "merged settings".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn deep_merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => deep_merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn check_keys(
+    table: &toml::Table,
+    defaults: &toml::Table,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let path = format!("{prefix}{k}");
+        match (defaults.get(k), v) {
+            (None, _) => {
+                return Err(ConfigError::UnknownKey {
+                    key: path,
+                    origin: origin.into(),
+                });
+            }
+            (Some(toml::Value::Table(d)), toml::Value::Table(t)) => {
+                check_keys(t, d, &format!("{path}."), origin)?
+            }
+            (Some(toml::Value::Table(_)), _) => {
+                return Err(ConfigError::BadValue {
+                    key: path,
+                    origin: origin.into(),
+                    reason: "is a section, not a value".into(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sets `key` (dotted) in `merged` from a text value, typed after the default at that key.
+fn set_path(
+    merged: &mut toml::Table,
+    defaults: &toml::Table,
+    key: &str,
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let unknown = || ConfigError::UnknownKey {
+        key: key.to_string(),
+        origin: origin.to_string(),
+    };
+    let mut dflt = defaults;
+    let mut table = merged;
+    for part in &parts[..parts.len() - 1] {
+        dflt = match dflt.get(*part) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(unknown()),
+        };
+        table = match table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+        {
+            toml::Value::Table(t) => t,
+            _ => return Err(unknown()),
+        };
+    }
+    let last = parts[parts.len() - 1];
+    let bad = |reason: String| ConfigError::BadValue {
+        key: key.to_string(),
+        origin: origin.to_string(),
+        reason,
+    };
+    let value = match dflt.get(last) {
+        None => return Err(unknown()),
+        Some(toml::Value::Table(_)) => return Err(bad("is a section, not a value".into())),
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.trim()
+                .replace('_', "")
+                .parse()
+                .map_err(|_| bad(format!("{raw:?} is not an integer")))?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| bad(format!("{raw:?} is not a number")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(bad(format!("{raw:?} is not true/false"))),
+        }),
+        Some(toml::Value::Array(_)) => {
+            let t = raw.trim();
+            if t.starts_with('[') {
+                let doc: toml::Table = toml::from_str(&format!("v = {t}"))
+                    .map_err(|e| bad(format!("not a TOML array: {e}")))?;
+                doc["v"].clone()
+            } else {
+                toml::Value::Array(
+                    t.split(',')
+                        .map(|s| toml::Value::String(s.trim().to_string()))
+                        .filter(|v| v.as_str() != Some(""))
+                        .collect(),
+                )
+            }
+        }
+        Some(_) => toml::Value::String(raw.to_string()),
+    };
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Renders the defaults of a program as a commented TOML document (`uplink config defaults`).
+pub fn render_defaults<T: Serialize + Default>(docs: &[(&str, &str)]) -> String {
+    let table = toml::Table::try_from(T::default()).expect("defaults serialize");
+    let docs: BTreeMap<&str, &str> = docs.iter().copied().collect();
+    let mut out = String::new();
+    render_table(&table, "", &docs, &mut out);
+    out
+}
+
+fn render_table(table: &toml::Table, prefix: &str, docs: &BTreeMap<&str, &str>, out: &mut String) {
+    let (scalars, sections): (Vec<_>, Vec<_>) = table.iter().partition(|(_, v)| !v.is_table());
+    for (k, v) in scalars {
+        let path = format!("{prefix}{k}");
+        if let Some(doc) = docs.get(path.as_str()) {
+            for line in doc.lines() {
+                out.push_str(&format!("# {line}\n"));
+            }
+        }
+        out.push_str(&format!("{k} = {v}\n"));
+    }
+    for (k, v) in sections {
+        let path = format!("{prefix}{k}");
+        out.push_str(&format!("\n[{path}]\n"));
+        if let Some(doc) = docs.get(path.as_str()) {
+            for line in doc.lines() {
+                out.push_str(&format!("# {line}\n"));
+            }
+        }
+        render_table(v.as_table().unwrap(), &format!("{path}."), docs, out);
+    }
+}
+
+/// All leaf keys (dotted) of a program's defaults, for docs coverage checks.
+pub fn default_keys<T: Serialize + Default>() -> Vec<String> {
+    fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let p = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(inner) => {
+                    out.push(p.clone());
+                    walk(inner, &format!("{p}."), out)
+                }
+                _ => out.push(p),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &toml::Table::try_from(T::default()).expect("defaults serialize"),
+        "",
+        &mut out,
+    );
+    out
+}
+
+/// Validated gateway config from the given sources.
+pub fn gateway(sources: &Sources) -> Result<GatewayConfig, ConfigError> {
+    let c: GatewayConfig = load("UPLINK_GATEWAY_", sources)?;
+    c.validate()?;
+    Ok(c)
+}
+
+/// Validated ingest config from the given sources.
+pub fn ingest(sources: &Sources) -> Result<IngestConfig, ConfigError> {
+    let c: IngestConfig = load("UPLINK_INGEST_", sources)?;
+    c.validate()?;
+    Ok(c)
+}
