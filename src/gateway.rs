@@ -64,6 +64,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         connections: cfg.forward.connections,
         max_requests_per_connection: cfg.forward.max_requests_per_connection,
         max_connection_age: cfg.forward.max_connection_age,
+        trace: cfg.trace_h2,
     })
     .map_err(|e| anyhow::anyhow!("cloud.url: {e}"))?;
 

@@ -84,6 +84,7 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         max_connections: cfg.limits.max_connections,
         max_handshakes: cfg.limits.max_handshakes,
         max_handshakes_per_ip: cfg.limits.max_handshakes_per_ip,
+        trace_h2: cfg.trace_h2,
     };
     let behind_proxy = match proxy {
         Some(l) => {

@@ -282,17 +282,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Gateway(a) => {
-            uplink::http2::tap::set_trace(a.trace_h2);
             // Parse → build → spawn: every config error surfaces before a socket opens.
-            let cfg = config::gateway(&Sources::from_process(a.config, a.sets))?;
+            let mut cfg = config::gateway(&Sources::from_process(a.config, a.sets))?;
+            cfg.trace_h2 |= a.trace_h2 || uplink::http2::tap::trace_from_env();
             runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();
                 uplink::gateway::run(cfg, uplink::shutdown::on_signals()).await
             })?;
         }
         Cmd::Ingest(a) => {
-            uplink::http2::tap::set_trace(a.trace_h2);
-            let cfg = config::ingest(&Sources::from_process(a.config, a.sets))?;
+            let mut cfg = config::ingest(&Sources::from_process(a.config, a.sets))?;
+            cfg.trace_h2 |= a.trace_h2 || uplink::http2::tap::trace_from_env();
             runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();
                 uplink::ingest::run(cfg, uplink::shutdown::on_signals()).await

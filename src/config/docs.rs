@@ -6,6 +6,10 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
         "platform",
         "Platform name used in message ids and cloud subjects. Empty = the CN of the client certificate.",
     ),
+    (
+        "trace_h2",
+        "Log every HTTP/2 frame sent and received (target uplink::h2, level info); also --trace-h2\nor UPLINK_TRACE_H2=1. Verbose: for investigations.",
+    ),
     ("nats", "Edge NATS JetStream: where the gateway reads from."),
     (
         "nats.url",
@@ -204,6 +208,10 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     (
         "listen",
         "mTLS listen address (ALPN h2 and http/1.1); port 0 picks a free one.",
+    ),
+    (
+        "trace_h2",
+        "Log every HTTP/2 frame sent and received (target uplink::h2, level info); also --trace-h2\nor UPLINK_TRACE_H2=1. Verbose: for investigations.",
     ),
     (
         "tls",

@@ -13,6 +13,8 @@ use crate::wire::Encoding;
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub platform: String,
+    /// Log every HTTP/2 frame (`--trace-h2`, `UPLINK_TRACE_H2=1`).
+    pub trace_h2: bool,
     pub nats: EdgeNats,
     pub cloud: Cloud,
     pub batch: BatchConfig,
@@ -124,6 +126,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             platform: String::new(),
+            trace_h2: false,
             nats: EdgeNats::default(),
             cloud: Cloud::default(),
             batch: BatchConfig::default(),

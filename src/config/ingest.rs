@@ -15,6 +15,8 @@ use super::{
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     pub listen: SocketAddr,
+    /// Log every HTTP/2 frame (`--trace-h2`, `UPLINK_TRACE_H2=1`).
+    pub trace_h2: bool,
     pub tls: ServerTls,
     pub nats: CloudNats,
     pub limits: IngestLimits,
@@ -144,6 +146,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: "127.0.0.1:8443".parse().unwrap(),
+            trace_h2: false,
             tls: ServerTls {
                 ca: "ca.pem".into(),
                 cert: "server.pem".into(),

@@ -46,6 +46,8 @@ pub struct ClientConfig {
     pub max_requests_per_connection: u64,
     /// Retire a connection older than this.
     pub max_connection_age: Duration,
+    /// Log every frame of every connection ([`TapConfig::trace`]).
+    pub trace: bool,
 }
 
 /// One pooled HTTP/2 connection.
@@ -290,9 +292,13 @@ impl Client {
             interval: t.ping_interval,
             timeout: t.ping_timeout,
         };
-        let opened = dial::handshake(io, TapConfig::new(id, Side::Client), Some(keep_alive))
-            .await
-            .map_err(ForwardError::Handshake)?;
+        let opened = dial::handshake(
+            io,
+            TapConfig::new(id, Side::Client, self.inner.cfg.trace),
+            Some(keep_alive),
+        )
+        .await
+        .map_err(ForwardError::Handshake)?;
         let mut ended = opened.end_watch();
         let info = opened.info.clone();
         let closed = Arc::new(AtomicBool::new(false));

@@ -35,35 +35,22 @@ pub struct TapConfig {
     pub conn_id: u64,
     /// Which end we are: decides which direction carries the client preface.
     pub side: Side,
-    /// Log one `info` line per frame (target `uplink::h2`). Default: [`trace_from_env`].
+    /// Log one `info` line per frame (target `uplink::h2`): the programs' `trace_h2` setting.
     pub trace: bool,
 }
 
 impl TapConfig {
-    /// A config with `trace` from `--trace-h2` ([`set_trace`]) or `UPLINK_TRACE_H2`.
-    pub fn new(conn_id: u64, side: Side) -> Self {
+    pub fn new(conn_id: u64, side: Side, trace: bool) -> Self {
         TapConfig {
             conn_id,
             side,
-            trace: trace_on(),
+            trace,
         }
     }
 }
 
-static TRACE_FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Turns frame tracing on for the whole process (the `--trace-h2` flag).
-pub fn set_trace(on: bool) {
-    TRACE_FLAG.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Frame tracing: `--trace-h2` or `UPLINK_TRACE_H2=1`.
-pub fn trace_on() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    TRACE_FLAG.load(std::sync::atomic::Ordering::Relaxed) || *ENV.get_or_init(trace_from_env)
-}
-
-/// Whether frame tracing is on by default: env `UPLINK_TRACE_H2` is `1` or `true`.
+/// Whether `UPLINK_TRACE_H2` asks for frame tracing (`1` or `true`): the programs turn their
+/// `trace_h2` setting on when it does.
 pub fn trace_from_env() -> bool {
     trace_enabled(std::env::var("UPLINK_TRACE_H2").ok().as_deref())
 }

@@ -38,6 +38,8 @@ pub struct ServerLimits {
     /// Connections still in the TLS handshake, in all and from one source address.
     pub max_handshakes: usize,
     pub max_handshakes_per_ip: usize,
+    /// Log every frame of every connection (`trace_h2`).
+    pub trace_h2: bool,
 }
 
 /// Why the server ended a connection with GOAWAY (a metric label).
@@ -316,7 +318,11 @@ async fn tls_connection(
     let io = Lingering::new(tls, ctx.limits.timeouts.linger, ctx.closer.clone(), guard);
     let http2 = &ctx.limits.http2;
     let io = Gate::new(io, http2.goaway_quiet, http2.goaway_max_wait);
-    let io = Tap::new(io, TapConfig::new(id, Side::Server), info.clone());
+    let io = Tap::new(
+        io,
+        TapConfig::new(id, Side::Server, ctx.limits.trace_h2),
+        info.clone(),
+    );
     let platform = identity.clone();
     ctx.serve(
         TokioIo::new(io),

@@ -194,6 +194,7 @@ mod tests {
             max_connections: 10,
             max_handshakes: 3,
             max_handshakes_per_ip: 2,
+            trace_h2: false,
         };
         let b = Budgets::new(&limits);
         let a: IpAddr = "10.0.0.1".parse().unwrap();

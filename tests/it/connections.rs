@@ -631,7 +631,7 @@ impl RawClient {
             .await
             .expect("TLS");
         let info = Arc::new(ConnInfo::default());
-        let io = Tap::new(tls, TapConfig::new(id, Side::Client), info.clone());
+        let io = Tap::new(tls, TapConfig::new(id, Side::Client, false), info.clone());
         let (send, conn) = h2::client::handshake(io).await.expect("h2 handshake");
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = closed.clone();

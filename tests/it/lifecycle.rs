@@ -157,6 +157,45 @@ async fn goaway_every_10_requests_loses_nothing() {
     );
 }
 
+/// `trace_h2` (the setting behind `--trace-h2` and `UPLINK_TRACE_H2`) traces every frame in
+/// both programs, each line with its connection; off (the other program here) traces none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_h2_setting_traces_every_frame_of_that_program_only() {
+    let p = pipeline(
+        |i| i.http2.max_requests_per_connection = 5,
+        |g| {
+            small_batches(g);
+            g.trace_h2 = true;
+        },
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, 200).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 200);
+    let log = p.log("gateway");
+    for frame in [
+        "send HEADERS",
+        "send DATA",
+        "recv SETTINGS",
+        "recv HEADERS",
+        "recv GOAWAY",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(frame) && l.contains("conn=")),
+            "no {frame:?} line:\n{}",
+            tail(&log)
+        );
+    }
+    let ingest = p.log("ingest");
+    assert!(
+        !ingest.contains("recv HEADERS") && !ingest.contains("send GOAWAY"),
+        "{}",
+        tail(&ingest)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_idle_timeout_below_the_servers_closes_first() {
     let p = pipeline(

@@ -216,6 +216,7 @@ fn config(max_requests: u64) -> ClientConfig {
         connections: 1,
         max_requests_per_connection: max_requests,
         max_connection_age: Duration::from_secs(3600),
+        trace: false,
     }
 }
 

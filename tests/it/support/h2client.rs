@@ -24,6 +24,7 @@ pub fn client(url: &str, ca: &Path, cert: &Path, key: &Path) -> Client {
         connections: 1,
         max_requests_per_connection: 1_000_000,
         max_connection_age: Duration::from_secs(3600),
+        trace: false,
     })
     .unwrap()
 }
