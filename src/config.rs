@@ -29,8 +29,16 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
-    #[error("unknown setting `{key}` (from {origin}); `uplink config defaults` lists them all")]
-    UnknownKey { key: String, origin: String },
+    #[error(
+        "unknown setting `{key}` (from {origin}){} (`uplink config defaults` lists them all)",
+        suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default()
+    )]
+    UnknownKey {
+        key: String,
+        origin: String,
+        /// The known key closest to it, when one is close.
+        suggestion: Option<String>,
+    },
     #[error("setting `{key}` (from {origin}): {reason}")]
     BadValue {
         key: String,

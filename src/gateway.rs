@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,7 +25,8 @@ use tokio_util::task::TaskTracker;
 use self::consume::{IdMaker, PumpError, bind, pump};
 use self::deliver::{Deliverer, HttpPost, Policy, SETTLE_TIMEOUT};
 use self::retry::Backoff;
-use crate::config::GatewayConfig;
+use crate::config::{ConfigError, GatewayConfig};
+use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};
 use crate::wire;
 
@@ -40,22 +40,13 @@ struct Ctx {
 
 /// Runs the gateway until `shutdown`, then drains in-flight batches for at most
 /// `timeouts.shutdown_grace` and naks what is left (never acks anything unsent).
-pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let tls = crate::tls::client_config(&cfg.cloud.ca, &cfg.cloud.cert, &cfg.cloud.key)?;
-    let platform = if cfg.platform.is_empty() {
-        let certs = crate::tls::load_certs(&cfg.cloud.cert)?;
-        crate::tls::identity(&certs[0]).with_context(|| {
-            format!(
-                "platform is empty and {} has no CN or DNS SAN to use",
-                cfg.cloud.cert.display()
-            )
-        })?
-    } else {
-        cfg.platform.clone()
-    };
-    wire::validate_token(&platform).map_err(|e| anyhow::anyhow!("platform: {e}"))?;
-    let base: http::Uri = cfg.cloud.url.parse().context("cloud.url")?;
-    let batches_url = batches_url(&base).context("cloud.url")?;
+pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    let Preflight {
+        tls,
+        platform,
+        base,
+        batches_url,
+    } = preflight(&cfg)?;
     let client = Client::new(ClientConfig {
         url: base,
         server_name: cfg.cloud.server_name.clone(),
@@ -66,14 +57,13 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
         max_connection_age: cfg.forward.max_connection_age,
         trace: cfg.trace_h2,
     })
-    .map_err(|e| anyhow::anyhow!("cloud.url: {e}"))?;
+    .map_err(|e| invalid("cloud.url", e))?;
 
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
-    let conn = crate::nats::connect(&cfg.nats.connect, crate::nats::Role::Edge, "uplink-gateway")
-        .await
-        .map_err(crate::nats::NatsError::into_anyhow)?;
+        .map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?;
+    let conn =
+        crate::nats::connect(&cfg.nats.connect, crate::nats::Role::Edge, "uplink-gateway").await?;
     let nats = conn.client.clone();
     let js = jetstream::new(nats.clone());
     lag::spawn(&js, &cfg, &shutdown);
@@ -84,7 +74,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     let ready_bound = bound.clone();
     tracing::info!(
         platform,
-        admin = %admin.local_addr()?,
+        admin = %admin.local_addr().map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?,
         nats = %cfg.nats.connect.display_urls(),
         stream = %cfg.nats.stream,
         cloud = %cfg.cloud.url,
@@ -208,22 +198,84 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
+/// What the gateway needs before it opens a socket, each from its setting; every failure is a
+/// configuration error naming the key or the file.
+pub struct Preflight {
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+    pub platform: String,
+    pub base: http::Uri,
+    pub batches_url: http::Uri,
+}
+
+/// Reads and checks every file and value the gateway's config names (the cloud TLS pair and
+/// CA, the platform, `cloud.url`, the edge NATS credential and TLS files) without connecting:
+/// what `run` does first and `uplink config check` does alone.
+pub fn preflight(cfg: &GatewayConfig) -> Result<Preflight, StartError> {
+    let c = &cfg.cloud;
+    let named = || {
+        StartError::tls_file(&[
+            ("cloud.ca", &c.ca),
+            ("cloud.cert", &c.cert),
+            ("cloud.key", &c.key),
+        ])
+    };
+    let tls = crate::tls::client_config(&c.ca, &c.cert, &c.key).map_err(named())?;
+    let platform = if cfg.platform.is_empty() {
+        let certs = crate::tls::load_certs(&c.cert).map_err(named())?;
+        crate::tls::identity(&certs[0]).ok_or_else(|| {
+            invalid(
+                "platform",
+                format!(
+                    "is empty and {} has no CN or DNS SAN to use",
+                    cfg.cloud.cert.display()
+                ),
+            )
+        })?
+    } else {
+        cfg.platform.clone()
+    };
+    wire::validate_token(&platform).map_err(|e| invalid("platform", e.to_string()))?;
+    let base: http::Uri = cfg
+        .cloud
+        .url
+        .parse()
+        .map_err(|e| invalid("cloud.url", format!("{:?}: {e}", cfg.cloud.url)))?;
+    let batches_url = batches_url(&base).map_err(|e| invalid("cloud.url", e))?;
+    crate::nats::check_files(&cfg.nats.connect)?;
+    Ok(Preflight {
+        tls,
+        platform,
+        base,
+        batches_url,
+    })
+}
+
+fn invalid(key: &'static str, reason: impl std::fmt::Display) -> StartError {
+    StartError::Config(ConfigError::Invalid {
+        key,
+        reason: reason.to_string(),
+    })
+}
+
 /// Where batches go: `cloud.url`'s path (an ingest behind a proxy route such as
 /// `https://gw.example/ingest`) followed by [`wire::BATCHES_PATH`].
-fn batches_url(base: &http::Uri) -> anyhow::Result<http::Uri> {
+fn batches_url(base: &http::Uri) -> Result<http::Uri, String> {
     let authority = base
         .authority()
-        .context("has no host (expected https://host:port[/path])")?;
+        .ok_or("has no host (expected https://host:port[/path])")?;
     if base.query().is_some() {
-        anyhow::bail!("{base} has a query string; give scheme, host, port and an optional path");
+        return Err(format!(
+            "{base} has a query string; give scheme, host, port and an optional path"
+        ));
     }
     let prefix = base.path().trim_end_matches('/');
-    Ok(format!(
+    format!(
         "{}://{authority}{prefix}{}",
         base.scheme_str().unwrap_or("https"),
         wire::BATCHES_PATH
     )
-    .parse()?)
+    .parse()
+    .map_err(|e| format!("{e}"))
 }
 
 #[cfg(test)]

@@ -16,42 +16,28 @@ pub mod publish;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::IngestConfig;
+use crate::config::{ConfigError, IngestConfig};
+use crate::error::StartError;
 
 /// Runs the ingest until `shutdown` fires, then drains. Binds its listeners itself (config is
 /// checked before, in `main`); tests that need to inject listeners use [`accept::serve`].
-pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let deny = if cfg.tls.deny_list.as_os_str().is_empty() {
-        None
-    } else {
-        Some(Arc::new(crate::tls::reload::Watched::load(
-            &cfg.tls.deny_list,
-            "deny_list",
-            crate::tls::reload::DenyList::parse,
-            crate::tls::reload::CHECK_EVERY,
-        )?))
-    };
-    let tls = crate::tls::server_config_with_deny_list(
-        &cfg.tls.ca,
-        &cfg.tls.cert,
-        &cfg.tls.key,
-        deny.clone(),
-    )?;
+pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    let Preflight {
+        deny,
+        tls,
+        proxy_listen,
+        proxy_trust,
+    } = preflight(&cfg)?;
     let backlog = cfg.limits.listen_backlog;
-    let listener = bind(cfg.listen, backlog)
-        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
+    let listener = bind(cfg.listen, backlog).map_err(StartError::listen(cfg.listen, "listen"))?;
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
-    let proxy = match cfg.proxy.listen_addr()? {
-        Some(addr) => Some(
-            bind(addr, backlog)
-                .with_context(|| format!("cannot listen on {addr} (proxy.listen)"))?,
-        ),
+        .map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?;
+    let proxy = match proxy_listen {
+        Some(addr) => Some(bind(addr, backlog).map_err(StartError::listen(addr, "proxy.listen"))?),
         None => None,
     };
     let sink = publish::JetStreamSink::connect(&cfg.nats, cfg.timeouts.publish).await?;
@@ -65,8 +51,8 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         .with_deny_list(deny),
     );
     tracing::info!(
-        listen = %listener.local_addr()?,
-        admin = %admin.local_addr()?,
+        listen = %listener.local_addr().map_err(StartError::listen(cfg.listen, "listen"))?,
+        admin = %admin.local_addr().map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?,
         proxy = ?proxy.as_ref().map(|l| l.local_addr().ok()),
         nats = %cfg.nats.connect.display_urls(),
         stream = %cfg.nats.stream,
@@ -86,29 +72,72 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> anyhow::Resu
         max_handshakes_per_ip: cfg.limits.max_handshakes_per_ip,
         trace_h2: cfg.trace_h2,
     };
-    let behind_proxy = match proxy {
-        Some(l) => {
-            let trust = Arc::new(accept::ProxyTrust {
-                trusted: cfg.proxy.trusted_ips()?,
-                identity_header: cfg.proxy.identity_header.parse()?,
-                verify_header: cfg.proxy.verify_header.parse()?,
-            });
-            Some(tokio::spawn(accept::serve(
-                l,
-                accept::Mode::Proxy(trust),
-                handler.clone(),
-                limits.clone(),
-                shutdown.clone(),
-            )))
-        }
-        None => None,
-    };
+    let behind_proxy = proxy.map(|l| {
+        tokio::spawn(accept::serve(
+            l,
+            accept::Mode::Proxy(Arc::new(proxy_trust)),
+            handler.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        ))
+    });
     accept::serve(listener, accept::Mode::Tls(tls), handler, limits, shutdown).await;
     if let Some(task) = behind_proxy {
         let _ = task.await;
     }
     tracing::info!("ingest stopped");
     Ok(())
+}
+
+/// What the ingest needs before it opens a socket.
+pub struct Preflight {
+    pub deny: Option<Arc<crate::tls::reload::Watched<crate::tls::reload::DenyList>>>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub proxy_listen: Option<std::net::SocketAddr>,
+    pub proxy_trust: accept::ProxyTrust,
+}
+
+/// Reads and checks every file and value the ingest's config names (server pair, client CA
+/// bundle, deny list, the proxy listener and its headers, the cloud NATS credential and TLS
+/// files) without connecting: what `run` does first and `uplink config check` does alone.
+pub fn preflight(cfg: &IngestConfig) -> Result<Preflight, StartError> {
+    let deny = if cfg.tls.deny_list.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Arc::new(crate::tls::reload::Watched::load(
+            &cfg.tls.deny_list,
+            "deny_list",
+            crate::tls::reload::DenyList::parse,
+            crate::tls::reload::CHECK_EVERY,
+        )?))
+    };
+    let t = &cfg.tls;
+    let tls = crate::tls::server_config_with_deny_list(&t.ca, &t.cert, &t.key, deny.clone())
+        .map_err(StartError::tls_file(&[
+            ("tls.ca", &t.ca),
+            ("tls.cert", &t.cert),
+            ("tls.key", &t.key),
+        ]))?;
+    let header = |key: &'static str, value: &str| {
+        value.parse::<http::HeaderName>().map_err(|e| {
+            StartError::Config(ConfigError::Invalid {
+                key,
+                reason: format!("{value:?} is not a header name: {e}"),
+            })
+        })
+    };
+    let proxy_trust = accept::ProxyTrust {
+        trusted: cfg.proxy.trusted_ips()?,
+        identity_header: header("proxy.identity_header", &cfg.proxy.identity_header)?,
+        verify_header: header("proxy.verify_header", &cfg.proxy.verify_header)?,
+    };
+    crate::nats::check_files(&cfg.nats.connect)?;
+    Ok(Preflight {
+        deny,
+        tls,
+        proxy_listen: cfg.proxy.listen_addr()?,
+        proxy_trust,
+    })
 }
 
 /// Binds a client listener with `limits.listen_backlog` (std's `bind` uses a fixed 128, which

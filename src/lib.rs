@@ -24,6 +24,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod error;
 pub mod gateway;
 pub mod http2;
 pub mod ingest;

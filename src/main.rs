@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use uplink::config::{self, ConfigError, Sources};
+use uplink::error::StartError;
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -259,6 +260,12 @@ fn main() -> ExitCode {
                 eprintln!("uplink: configuration error: {c}");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            if let Some(s) = e.downcast_ref::<StartError>()
+                && s.is_config()
+            {
+                eprintln!("uplink: configuration error: {s}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             // Certificate, key and CA files are loaded before any socket opens: a file that
             // cannot be read or a pair that does not match is a configuration error.
             if let Some(t) = e.downcast_ref::<uplink::tls::TlsError>()
@@ -326,11 +333,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             ConfigCmd::Check { program, file } => {
                 let sources = Sources::from_process(Some(file.clone()), vec![]);
+                // Every file the config names is read and checked too (certificates, keys, CA
+                // bundles, deny list, NATS credentials), as the program would at start.
                 match program.as_str() {
-                    "gateway" => drop(config::gateway(&sources)?),
-                    _ => drop(config::ingest(&sources)?),
+                    "gateway" => drop(uplink::gateway::preflight(&config::gateway(&sources)?)?),
+                    _ => drop(uplink::ingest::preflight(&config::ingest(&sources)?)?),
                 }
-                println!("{}: valid {program} configuration", file.display());
+                println!(
+                    "{}: valid {program} configuration (and every file it names)",
+                    file.display()
+                );
             }
         },
         Cmd::Pki {
@@ -574,8 +586,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 // A credentials file that cannot be read is a configuration error (exit 64).
                 .map_err(|e| match e {
-                    uplink::tail::TailError::Nats(n) => n.into_anyhow(),
-                    e => e.into(),
+                    uplink::tail::TailError::Nats(n) => StartError::from(n).into(),
+                    e => anyhow::Error::from(e),
                 })?;
         }
         Cmd::Demo {

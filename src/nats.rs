@@ -25,14 +25,28 @@ pub enum NatsError {
     },
 }
 
-impl NatsError {
-    /// For the binary edge: a configuration problem stays a [`ConfigError`] (exit 64).
-    pub fn into_anyhow(self) -> anyhow::Error {
-        match self {
-            NatsError::Config(c) => c.into(),
-            other => other.into(),
-        }
+/// Reads every file the NATS settings name — credentials, nkey seed, TLS CA and client pair
+/// — and checks each holds what it should, without connecting (the library reads the TLS
+/// files only when it connects, and would only log their errors, retrying forever).
+pub fn check_files(cfg: &NatsConnect) -> Result<(), crate::error::StartError> {
+    cfg.servers()?;
+    options(cfg)?;
+    let tls = &cfg.tls;
+    let named = || {
+        crate::error::StartError::tls_file(&[
+            ("nats.tls.ca", &tls.ca),
+            ("nats.tls.cert", &tls.cert),
+            ("nats.tls.key", &tls.key),
+        ])
+    };
+    if !tls.ca.as_os_str().is_empty() {
+        crate::tls::load_certs(&tls.ca).map_err(named())?;
     }
+    if !tls.cert.as_os_str().is_empty() {
+        crate::tls::load_certs(&tls.cert).map_err(named())?;
+        crate::tls::load_key(&tls.key).map_err(named())?;
+    }
+    Ok(())
 }
 
 /// Which NATS this is, for logs and metrics labels.

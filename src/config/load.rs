@@ -32,13 +32,30 @@ impl Sources {
     }
 }
 
+/// Which layer set each key (dotted path → `file …`, `environment …`, `--set …`); a key
+/// missing here has its default.
+pub type Origins = BTreeMap<String, String>;
+
 /// Merges file, environment (`{env_prefix}KEY__SUBKEY`) and `--set` layers over the defaults,
 /// then deserializes and returns the typed config (not yet validated).
 pub fn load<T>(env_prefix: &str, sources: &Sources) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default,
 {
+    load_with_origins(env_prefix, sources).map(|(t, _)| t)
+}
+
+/// [`load`], also returning where each set key came from, so that a value found wrong later
+/// (by validation) can be reported with its origin too.
+pub fn load_with_origins<T>(
+    env_prefix: &str,
+    sources: &Sources,
+) -> Result<(T, Origins), ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
     let defaults = toml::Table::try_from(T::default()).expect("defaults serialize");
+    let mut origins = Origins::new();
     // Layers are merged over the serialized defaults, so every section is complete.
     let mut merged = defaults.clone();
     if let Some(path) = &sources.file {
@@ -52,6 +69,9 @@ where
         })?;
         let origin = format!("file {}", path.display());
         check_keys(&table, &defaults, "", &origin)?;
+        for key in leaf_keys(&table) {
+            origins.insert(key, origin.clone());
+        }
         deep_merge(&mut merged, table);
     }
     let mut env: Vec<_> = sources
@@ -62,13 +82,9 @@ where
     env.sort();
     for (rest, name, value) in env {
         let key = rest.to_ascii_lowercase().replace("__", ".");
-        set_path(
-            &mut merged,
-            &defaults,
-            &key,
-            value,
-            &format!("environment {name}"),
-        )?;
+        let origin = format!("environment {name}");
+        set_path(&mut merged, &defaults, &key, value, &origin)?;
+        origins.insert(key, origin);
     }
     for set in &sources.sets {
         let (key, value) = set.split_once('=').ok_or_else(|| ConfigError::BadValue {
@@ -76,19 +92,121 @@ where
             origin: "--set".into(),
             reason: "expected key.path=value".into(),
         })?;
-        set_path(
-            &mut merged,
-            &defaults,
-            key.trim(),
-            value,
-            &format!("--set {set}"),
-        )?;
+        // The key, not the value: a value may be a secret (a password, a URL with credentials).
+        let origin = format!("--set {}", key.trim());
+        set_path(&mut merged, &defaults, key.trim(), value, &origin)?;
+        origins.insert(key.trim().to_string(), origin);
     }
-    T::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::BadValue {
-        key: "(config)".into(),
-        origin: "merged settings".into(),
-        reason: e.to_string(),
-    })
+    match T::deserialize(toml::Value::Table(merged)) {
+        Ok(t) => Ok((t, origins)),
+        Err(e) => {
+            // toml names the key at the end of its message ("…\nin `timeouts.idle`").
+            let text = e.to_string();
+            let (reason, key) = match text.trim_end().rsplit_once("\nin `") {
+                Some((reason, key)) => (reason.trim().to_string(), key.trim_end_matches('`')),
+                None => (text.trim().to_string(), ""),
+            };
+            // A flattened section (`nats`) is named without the key inside it: when one key
+            // under it was set, that is the one.
+            // When several were, and all from one layer, that layer is the origin.
+            let prefix = format!("{key}.");
+            let under: Vec<(&String, &String)> = origins
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .collect();
+            let (key, origin) = match under.as_slice() {
+                _ if origins.contains_key(key) => (key, origin_of(&origins, key)),
+                [(only, o)] => (only.as_str(), (*o).clone()),
+                [(_, o), rest @ ..] if rest.iter().all(|(_, r)| r == o) => (key, (*o).clone()),
+                _ => (key, origin_of(&origins, key)),
+            };
+            Err(ConfigError::BadValue {
+                key: if key.is_empty() {
+                    "(config)".into()
+                } else {
+                    key.into()
+                },
+                origin,
+                reason,
+            })
+        }
+    }
+}
+
+/// Where `key` (or the section holding it) was set.
+pub fn origin_of(origins: &Origins, key: &str) -> String {
+    let mut k = key;
+    loop {
+        if let Some(o) = origins.get(k) {
+            return o.clone();
+        }
+        match k.rsplit_once('.') {
+            Some((parent, _)) => k = parent,
+            None => return "the default".into(),
+        }
+    }
+}
+
+/// Dotted paths of the values (not sections) in a table.
+fn leaf_keys(t: &toml::Table) -> Vec<String> {
+    fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(inner) => walk(inner, &format!("{prefix}{k}."), out),
+                _ => out.push(format!("{prefix}{k}")),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(t, "", &mut out);
+    out
+}
+
+/// The known key closest to an unknown one: same last part under another section, or a few
+/// edits away (typos, singular/plural).
+fn suggest(unknown: &str, defaults: &toml::Table) -> Option<String> {
+    let mut known = Vec::new();
+    fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let p = format!("{prefix}{k}");
+            if let toml::Value::Table(inner) = v {
+                walk(inner, &format!("{p}."), out);
+            }
+            out.push(p);
+        }
+    }
+    walk(defaults, "", &mut known);
+    let last = unknown.rsplit('.').next().unwrap_or(unknown);
+    let by_last: Vec<&String> = known
+        .iter()
+        .filter(|k| k.rsplit('.').next() == Some(last))
+        .collect();
+    if by_last.len() == 1 {
+        return Some(by_last[0].clone());
+    }
+    let limit = (unknown.len() / 4).clamp(1, 3);
+    known
+        .into_iter()
+        .map(|k| (edit_distance(unknown, &k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (bytes; keys are ASCII).
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn deep_merge(into: &mut toml::Table, from: toml::Table) {
@@ -115,6 +233,7 @@ fn check_keys(
                 return Err(ConfigError::UnknownKey {
                     key: path,
                     origin: origin.into(),
+                    suggestion: None,
                 });
             }
             (Some(toml::Value::Table(d)), toml::Value::Table(t)) => {
@@ -145,6 +264,7 @@ fn set_path(
     let unknown = || ConfigError::UnknownKey {
         key: key.to_string(),
         origin: origin.to_string(),
+        suggestion: None,
     };
     let mut dflt = defaults;
     let mut table = merged;
@@ -265,14 +385,47 @@ pub fn default_keys<T: Serialize + Default>() -> Vec<String> {
 
 /// Validated gateway config from the given sources.
 pub fn gateway(sources: &Sources) -> Result<GatewayConfig, ConfigError> {
-    let c: GatewayConfig = load("UPLINK_GATEWAY_", sources)?;
-    c.validate()?;
+    let (c, origins): (GatewayConfig, _) =
+        with_suggestion::<GatewayConfig>(load_with_origins("UPLINK_GATEWAY_", sources))?;
+    c.validate().map_err(|e| with_origin(e, &origins))?;
     Ok(c)
 }
 
 /// Validated ingest config from the given sources.
 pub fn ingest(sources: &Sources) -> Result<IngestConfig, ConfigError> {
-    let c: IngestConfig = load("UPLINK_INGEST_", sources)?;
-    c.validate()?;
+    let (c, origins): (IngestConfig, _) =
+        with_suggestion::<IngestConfig>(load_with_origins("UPLINK_INGEST_", sources))?;
+    c.validate().map_err(|e| with_origin(e, &origins))?;
     Ok(c)
+}
+
+/// Adds the closest known key to an unknown-key error.
+fn with_suggestion<T: Serialize + Default>(
+    r: Result<(T, Origins), ConfigError>,
+) -> Result<(T, Origins), ConfigError> {
+    r.map_err(|e| match e {
+        ConfigError::UnknownKey { key, origin, .. } => {
+            let defaults = toml::Table::try_from(T::default()).expect("defaults serialize");
+            ConfigError::UnknownKey {
+                suggestion: suggest(&key, &defaults),
+                key,
+                origin,
+            }
+        }
+        other => other,
+    })
+}
+
+/// A validation error about a key someone set says who set it.
+fn with_origin(e: ConfigError, origins: &Origins) -> ConfigError {
+    match e {
+        ConfigError::Invalid { key, reason } if origins.contains_key(key) => {
+            ConfigError::BadValue {
+                key: key.to_string(),
+                origin: origin_of(origins, key),
+                reason,
+            }
+        }
+        other => other,
+    }
 }

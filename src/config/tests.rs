@@ -190,11 +190,9 @@ fn nats_url_takes_a_list_and_names_the_bad_entry() {
         let e = ingest(&s).unwrap_err();
         assert!(
             matches!(
-                e,
-                ConfigError::Invalid {
-                    key: "nats.url",
-                    ..
-                }
+                &e,
+                ConfigError::BadValue { key, origin, .. }
+                    if key == "nats.url" && origin == "--set nats.url"
             ),
             "{bad}: {e}"
         );
@@ -390,4 +388,57 @@ fn stream_limits_are_checked_and_have_documented_defaults() {
     let (s, _d) = sources(Some("[nats]\npasword = \"x\"\n"), &[], &[]);
     let e = gateway(&s).unwrap_err().to_string();
     assert!(e.contains("nats.pasword"), "{e}");
+}
+
+/// A value's error names the key and the layer that set it — file, environment or flag —
+/// for deserialization errors and for validation errors alike.
+#[test]
+fn bad_values_name_their_key_and_origin() {
+    let err = |file: Option<&str>, env: &[(&str, &str)], sets: &[&str]| {
+        let (s, _dir) = sources(file, env, sets);
+        gateway(&s).unwrap_err().to_string()
+    };
+    let e = err(Some("[timeouts]\nidle = \"abc\"\n"), &[], &[]);
+    assert!(e.contains("`timeouts.idle` (from file "), "{e}");
+    assert!(e.contains("invalid duration \"abc\""), "{e}");
+    let e = err(None, &[("UPLINK_GATEWAY_TIMEOUTS__IDLE", "abc")], &[]);
+    assert!(
+        e.contains("`timeouts.idle` (from environment UPLINK_GATEWAY_TIMEOUTS__IDLE)"),
+        "{e}"
+    );
+    let e = err(None, &[], &["timeouts.idle=abc"]);
+    assert!(
+        e.contains("`timeouts.idle` (from --set timeouts.idle)"),
+        "{e}"
+    );
+    // A key inside a flattened section is still named.
+    let e = err(Some("[nats]\nurl = 5\n"), &[], &[]);
+    assert!(e.contains("`nats.url` (from file "), "{e}");
+    // Validation, after loading, knows the origin too.
+    let e = err(None, &[], &["platform=a.b"]);
+    // Values are not repeated in the origin (they may be secrets).
+    let s = err(None, &[], &["nats.password=hunter2", "nats.token=t"]);
+    assert!(!s.contains("hunter2"), "{s}");
+    assert!(e.contains("`platform` (from --set platform)"), "{e}");
+    assert!(e.contains("single token"), "{e}");
+}
+
+#[test]
+fn unknown_keys_get_the_closest_known_one() {
+    let err = |sets: &[&str]| {
+        let (s, _dir) = sources(None, &[], sets);
+        gateway(&s).unwrap_err().to_string()
+    };
+    let e = err(&["timeouts.idel=3s"]);
+    assert!(e.contains("did you mean `timeouts.idle`?"), "{e}");
+    let e = err(&["batch.max_message=3"]);
+    assert!(e.contains("did you mean `batch.max_messages`?"), "{e}");
+    // The right name under the wrong section.
+    let e = err(&["max_messages=3"]);
+    assert!(e.contains("did you mean `batch.max_messages`?"), "{e}");
+    let e = err(&["completely.unrelated=1"]);
+    assert!(!e.contains("did you mean"), "{e}");
+    assert!(e.contains("uplink config defaults"), "{e}");
+    assert_eq!(super::load::edit_distance("idle", "idel"), 2);
+    assert_eq!(super::load::edit_distance("", "abc"), 3);
 }

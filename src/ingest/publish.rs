@@ -114,10 +114,12 @@ const MAX_CHUNK: usize = 256;
 impl JetStreamSink {
     /// Connects (retrying in the background if NATS is not up yet) and starts a task that
     /// creates/checks the stream until it succeeds.
-    pub async fn connect(cfg: &CloudNats, publish_timeout: Duration) -> anyhow::Result<Arc<Self>> {
-        let conn = crate::nats::connect(&cfg.connect, crate::nats::Role::Cloud, "uplink-ingest")
-            .await
-            .map_err(crate::nats::NatsError::into_anyhow)?;
+    pub async fn connect(
+        cfg: &CloudNats,
+        publish_timeout: Duration,
+    ) -> Result<Arc<Self>, crate::nats::NatsError> {
+        let conn =
+            crate::nats::connect(&cfg.connect, crate::nats::Role::Cloud, "uplink-ingest").await?;
         let client = conn.client.clone();
         // Exported from the start, before the first request.
         let _ = metrics::histogram!(PUBLISH_SECONDS);

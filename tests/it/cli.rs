@@ -36,16 +36,69 @@ fn config_errors_exit_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("UPLINK_INGEST_LIMITS__MAX_BODY_BYTEZ"));
 
-    std::fs::write(&f, "listen = \"127.0.0.1:8443\"\n").unwrap();
-    let out = Command::new(exe())
-        .args(["config", "check", "ingest"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    // `config check` reads the files a config names, as the program would at start: a valid
+    // file whose certificates are missing is not valid.
+    let pki = uplink::tls::dev_pki(&dir.path().join("pki"), &["edge-1".to_string()]).unwrap();
+    let check = |program: &str, toml: &str| {
+        std::fs::write(&f, toml).unwrap();
+        Command::new(exe())
+            .args(["config", "check", program])
+            .arg(&f)
+            .output()
+            .unwrap()
+    };
+    let q = |p: std::path::PathBuf| serde_json::to_string(&p.to_string_lossy()).unwrap();
+    let out = check(
+        "ingest",
+        &format!(
+            "listen = \"127.0.0.1:8443\"\n[tls]\nca = {}\ncert = \"/nonexistent/server.pem\"\nkey = {}\n",
+            q(pki.ca()),
+            q(pki.server_key())
+        ),
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/server.pem") && err.contains("`tls.cert`"),
+        "{err}"
+    );
+    let ingest = format!(
+        "listen = \"127.0.0.1:8443\"\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
+        q(pki.ca()),
+        q(pki.server_cert()),
+        q(pki.server_key())
+    );
+    let out = check("ingest", &ingest);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid ingest configuration"));
+    // A key that is not the certificate's: named by file.
+    let gateway = format!(
+        "[cloud]\nca = {}\ncert = {}\nkey = {}\n",
+        q(pki.ca()),
+        q(pki.client_cert("edge-1")),
+        q(pki.server_key())
+    );
+    let out = check("gateway", &gateway);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("edge-1"), "{err}");
+    // The NATS TLS files are checked too, though the library would read them only at connect.
+    let gateway = format!(
+        "[cloud]\nca = {}\ncert = {}\nkey = {}\n[nats.tls]\nca = \"/nonexistent/nats-ca.pem\"\n",
+        q(pki.ca()),
+        q(pki.client_cert("edge-1")),
+        q(pki.client_key("edge-1"))
+    );
+    let out = check("gateway", &gateway);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`nats.tls.ca`") && err.contains("nats-ca.pem"),
+        "{err}"
     );
 }
 

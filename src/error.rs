@@ -1,0 +1,76 @@
+//! Why a long-running program could not start. Every variant names what was wrong — the key,
+//! the file, the address — and [`StartError::is_config`] tells the binary which ones are the
+//! operator's configuration (exit 64) rather than the environment (exit 1).
+
+use std::net::SocketAddr;
+
+use crate::config::ConfigError;
+use crate::nats::NatsError;
+use crate::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate, key, CA bundle or deny list that cannot be read or does not fit.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The same, for a file a setting names: the setting is added.
+    #[error("{source} (setting `{key}`)")]
+    TlsFile { key: &'static str, source: TlsError },
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nats(NatsError),
+}
+
+impl From<NatsError> for StartError {
+    fn from(e: NatsError) -> Self {
+        match e {
+            NatsError::Config(c) => StartError::Config(c),
+            other => StartError::Nats(other),
+        }
+    }
+}
+
+impl StartError {
+    /// Whether the operator's configuration is at fault (the binary exits 64): a bad value, or
+    /// a file a setting names that cannot be read or used. A port already taken or a NATS
+    /// library failure is not.
+    pub fn is_config(&self) -> bool {
+        match self {
+            StartError::Config(_) => true,
+            StartError::Tls(t) | StartError::TlsFile { source: t, .. } => {
+                !matches!(t, TlsError::Pki(_))
+            }
+            StartError::Listen { .. } | StartError::Nats(_) => false,
+        }
+    }
+
+    /// A TLS error about one of `files` (setting, path) names that setting.
+    pub fn tls_file(
+        files: &[(&'static str, &std::path::Path)],
+    ) -> impl FnOnce(TlsError) -> Self + use<> {
+        let files: Vec<(&'static str, std::path::PathBuf)> =
+            files.iter().map(|(k, p)| (*k, p.to_path_buf())).collect();
+        move |e| {
+            let path = match &e {
+                TlsError::Pem { path, .. } | TlsError::Empty { path, .. } => Some(path),
+                _ => None,
+            };
+            match files.iter().find(|(_, p)| Some(p) == path) {
+                Some((key, _)) => StartError::TlsFile { key, source: e },
+                None => StartError::Tls(e),
+            }
+        }
+    }
+
+    /// A listener that could not be bound, naming the setting.
+    pub fn listen(addr: SocketAddr, key: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| StartError::Listen { addr, key, source }
+    }
+}
