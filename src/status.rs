@@ -1,6 +1,7 @@
 //! `uplink status`: a compact, refreshing view of running gateways and ingests, read from their
 //! admin listeners (`/metrics`, `/readyz`). Rates come from two scrapes an interval apart.
 //! A program that does not answer is shown as down; that is a finding, not an error.
+//! The same view in a browser: the admin listener's `/status` page ([`page`]).
 
 use std::io::{Read as _, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -490,6 +491,8 @@ pub fn run(opts: &StatusOptions, out: &mut impl Write) -> std::io::Result<()> {
         prev = now.into_iter().map(Result::ok).collect();
     }
 }
+
+pub mod page;
 
 #[cfg(test)]
 mod tests;

@@ -14,5 +14,6 @@ mod nats_auth;
 mod pipeline;
 mod security;
 mod status;
+mod status_page;
 mod support;
 mod tail;
