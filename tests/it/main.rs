@@ -5,6 +5,7 @@ mod certificates;
 mod chaos;
 mod cli;
 mod connections;
+mod deploy;
 mod doctor;
 mod failures;
 mod hostile;
