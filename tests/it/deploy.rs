@@ -348,3 +348,202 @@ fn the_expression_scanner_finds_metrics_labels_and_grouping() {
         ["le", "side"].iter().map(|s| s.to_string()).collect()
     );
 }
+
+/// The example configs are valid for their programs, with their certificate paths pointed at
+/// real files (the environment overrides the file, as in a deployment's EnvironmentFile).
+#[test]
+fn the_example_configs_pass_config_check() {
+    let dir = uplink::testbed::TempDir::new("uplink-deploy-config").unwrap();
+    let pki = uplink::tls::dev_pki(dir.path(), &["edge-1".into()]).unwrap();
+    let p = |f: PathBuf| f.display().to_string();
+    let cases = [
+        (
+            "gateway",
+            vec![
+                ("UPLINK_GATEWAY_CLOUD__CA", p(pki.ca())),
+                ("UPLINK_GATEWAY_CLOUD__CERT", p(pki.client_cert("edge-1"))),
+                ("UPLINK_GATEWAY_CLOUD__KEY", p(pki.client_key("edge-1"))),
+            ],
+        ),
+        (
+            "ingest",
+            vec![
+                ("UPLINK_INGEST_TLS__CA", p(pki.ca())),
+                ("UPLINK_INGEST_TLS__CERT", p(pki.server_cert())),
+                ("UPLINK_INGEST_TLS__KEY", p(pki.server_key())),
+            ],
+        ),
+    ];
+    for (program, env) in cases {
+        let file = repo().join(format!("deploy/{program}.toml"));
+        let out = Command::new(crate::support::exe())
+            .args(["config", "check", program])
+            .arg(&file)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("valid {program} configuration")),
+            "{out:?}"
+        );
+        // And it is an example of this program, not the other's: the other refuses it.
+        let other = if program == "gateway" {
+            "ingest"
+        } else {
+            "gateway"
+        };
+        let out = Command::new(crate::support::exe())
+            .args(["config", "check", other])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{other} accepted {file:?}");
+    }
+}
+
+/// `ExecStart=` of a unit: (binary, arguments).
+fn exec_start(unit: &str) -> (String, Vec<String>) {
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart=");
+    let mut words = line.split_whitespace().map(String::from);
+    (words.next().unwrap(), words.collect())
+}
+
+/// The systemd units: accepted by `systemd-analyze verify` (no unknown keys, the binary is
+/// executable), hardened (`systemd-analyze security` rates them OK), and their ExecStart is a
+/// real subcommand with the config flag, naming the example config of that program.
+#[test]
+fn the_systemd_units_verify_and_are_hardened() {
+    let dir = uplink::testbed::TempDir::new("uplink-deploy-systemd").unwrap();
+    let exe = crate::support::exe();
+    for program in ["gateway", "ingest"] {
+        let name = format!("uplink-{program}.service");
+        let unit = read(&format!("deploy/systemd/{name}"));
+        let (bin, args) = exec_start(&unit);
+        assert_eq!(bin, "/usr/local/bin/uplink");
+        assert_eq!(args[0], program, "{args:?}");
+        assert_eq!(args[1], "--config", "{args:?}");
+        assert_eq!(args[2], format!("/etc/uplink/{program}.toml"));
+        assert!(repo().join(format!("deploy/{program}.toml")).is_file());
+        // The flag is the program's (its --help lists it) ...
+        let help = Command::new(&exe)
+            .args([program, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("--config <CONFIG>"),
+            "{help:?}"
+        );
+        // ... and the same command line parses up to reading the (missing) file.
+        let out = Command::new(&exe)
+            .args(&args[..2])
+            .arg(dir.path().join("missing.toml"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains("missing.toml"), "{err}");
+        for key in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=",
+            "RestartPreventExitStatus=64",
+            "User=uplink",
+        ] {
+            assert!(unit.lines().any(|l| l == key), "{name}: {key}");
+        }
+
+        // systemd-analyze needs the binary to exist: the built one, in a copy of the unit.
+        let copy = dir.path().join(&name);
+        std::fs::write(
+            &copy,
+            unit.replace("/usr/local/bin/uplink", &exe.display().to_string()),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze (package systemd) runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{name}: {err}"
+        );
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level:\n{text}"));
+        // 0 (locked down) … 10 (unprotected); below 2 is "OK" in systemd's terms.
+        assert!(score < 2.0, "{name}: exposure {score}\n{text}");
+        eprintln!("{name}: systemd-analyze security exposure {score}");
+    }
+}
+
+/// The container recipe, read statically (CI has no container engine): two stages, the
+/// runtime stage copies the binary the build stage builds, and what it names exists.
+#[test]
+fn the_containerfile_builds_the_binary_and_runs_it_on_debian_slim() {
+    let text = read("deploy/Containerfile");
+    let froms: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    let (builder, stage) = froms[0].split_once(" AS ").expect("named build stage");
+    assert!(builder.contains("rust:"), "{builder}");
+    assert!(
+        froms[1].contains("debian:") && froms[1].contains("-slim"),
+        "{froms:?}"
+    );
+    let build = text
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("cargo build");
+    assert!(
+        build.contains("--release") && build.contains("--locked"),
+        "{build}"
+    );
+    let copy = format!("COPY --from={stage} /src/target/release/uplink /usr/local/bin/uplink");
+    assert!(text.lines().any(|l| l == copy), "{copy}");
+    assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/uplink\"]"));
+    // The example configs it ships exist; the default user is not root.
+    for line in text.lines().filter(|l| l.starts_with("COPY deploy/")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for f in &words[1..words.len() - 1] {
+            assert!(repo().join(f).is_file(), "{f}");
+        }
+    }
+    assert!(text.lines().any(|l| l == "USER uplink"));
+    // The ports it exposes are the example configs' and the admin defaults.
+    let expose = text
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .unwrap();
+    assert!(read("deploy/ingest.toml").contains("listen = \"0.0.0.0:8443\""));
+    for (port, file) in [("9101", "gateway"), ("9102", "ingest")] {
+        assert!(expose.split_whitespace().any(|p| p == port), "{expose}");
+        assert!(read(&format!("deploy/{file}.toml")).contains(&format!(":{port}\"")));
+    }
+    // The build context leaves out build output.
+    assert!(read(".dockerignore").lines().any(|l| l == "target"));
+}
