@@ -13,6 +13,7 @@ mod lifecycle;
 mod metrics;
 mod nats_auth;
 mod pipeline;
+mod readme;
 mod security;
 mod status;
 mod status_page;
