@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Scrape, TargetStatus, describe};
+use crate::http2::tap::{LiveConnection, live_connections};
 use crate::telemetry::unix_now;
 
 /// The self-contained page (inline CSS and JS, no external assets).
@@ -28,6 +29,9 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// At most this many rejection rows are shown (newest first).
 const MAX_REJECTIONS: usize = 20;
 
+/// At most this many connections are listed (newest first; an ingest may have thousands).
+const MAX_CONNECTIONS: usize = 50;
+
 /// What `/status.json` answers.
 #[derive(Clone, Debug, Serialize)]
 pub struct PageStatus {
@@ -38,6 +42,10 @@ pub struct PageStatus {
     /// Milliseconds between the page's refreshes.
     pub refresh_ms: u64,
     pub status: TargetStatus,
+    /// This program's HTTP/2 connections (the gateway's to the ingest, the ingest's from the
+    /// gateways), newest first, at most 50 of `connections_total`.
+    pub connections: Vec<LiveConnection>,
+    pub connections_total: usize,
     /// Newest first.
     pub rejections: Vec<Rejection>,
 }
@@ -115,7 +123,9 @@ impl StatusHistory {
 
     /// The view of this program now, from its current metrics and readiness.
     pub fn view(&self, addr: &str, metrics: String, ready: Result<(), String>) -> PageStatus {
-        self.view_at(addr, Instant::now(), unix_now(), metrics, ready)
+        let mut v = self.view_at(addr, Instant::now(), unix_now(), metrics, ready);
+        (v.connections, v.connections_total) = live_connections(MAX_CONNECTIONS);
+        v
     }
 
     fn view_at(
@@ -188,6 +198,8 @@ impl StatusHistory {
             rate_window_seconds,
             refresh_ms: REFRESH.as_millis() as u64,
             status,
+            connections: Vec::new(),
+            connections_total: 0,
             rejections,
         }
     }

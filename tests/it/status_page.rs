@@ -93,6 +93,27 @@ fn field<'a>(dom: &'a str, field: &str) -> &'a str {
     &rest[..rest.find("</td>").expect("cell closes")]
 }
 
+/// The cells of the HTTP/2 connections table, one row per connection.
+fn connection_rows(dom: &str) -> Vec<Vec<String>> {
+    let at = dom
+        .find("<table id=\"connections\">")
+        .unwrap_or_else(|| panic!("no connections table:\n{dom}"));
+    let table = &dom[at..at + dom[at..].find("</table>").unwrap()];
+    table
+        .split("<tr data-conn=")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let text = &cell[cell.find('>').unwrap() + 1..];
+                    text[..text.find("</td>").unwrap()].to_string()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// How often the page drew itself (`<body data-rendered="N">`).
 fn renders(dom: &str) -> u32 {
     let tag = "data-rendered=\"";
@@ -182,6 +203,16 @@ async fn the_status_page_renders_the_pipeline_in_a_browser() {
     );
     assert!(field(&dom, "last_delivery_ago").ends_with(" ago"), "{dom}");
     assert!(!field(&dom, "seconds_to_full").is_empty(), "{dom}");
+    // Its one connection to the ingest, with its age and the requests it carried.
+    let conns = connection_rows(&dom);
+    assert_eq!(conns.len(), 1, "{dom}");
+    let [_, side, age, requests, goaway_recv, _] = &conns[0][..] else {
+        panic!("{conns:?}")
+    };
+    assert_eq!(side, "client");
+    assert!(age.ends_with('s'), "{age}");
+    assert!(requests.parse::<u32>().unwrap() >= 1, "{requests}");
+    assert_eq!(goaway_recv, "none");
 
     let dom = render(
         &dir.path().join("profile-ingest"),
@@ -199,6 +230,11 @@ async fn the_status_page_renders_the_pipeline_in_a_browser() {
         dom.contains("<tr data-platform=\"edge-1\"><td>edge-1</td><td class=\"num\">250</td>"),
         "{dom}"
     );
+    // The gateway's connection and the test's (one request, refused).
+    let conns = connection_rows(&dom);
+    assert_eq!(conns.len(), 2, "{dom}");
+    assert!(conns.iter().all(|c| c[1] == "server"), "{conns:?}");
+    assert!(conns.iter().any(|c| c[3] == "1"), "{conns:?}");
     // The rejection, with its platform, code and when it happened.
     let row = "<td>edge-1</td><td>bad_subject</td><td class=\"num\">1</td><td>";
     let at = dom.find(row).unwrap_or_else(|| panic!("{dom}"));
