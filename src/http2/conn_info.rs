@@ -305,11 +305,11 @@ pub(super) fn register(conn_id: u64, side: Side, info: &std::sync::Arc<ConnInfo>
 }
 
 /// One live connection as `/status` shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LiveConnection {
     pub id: u64,
     /// `client` (the gateway's connections to the ingest) or `server` (the ingest's).
-    pub side: &'static str,
+    pub side: String,
     pub age_seconds: f64,
     /// Requests carried: streams this side opened (client), or the peer opened (server).
     pub requests: u32,
@@ -343,7 +343,7 @@ pub fn live_connections(max: usize) -> (Vec<LiveConnection>, usize) {
         .take(max)
         .map(|(id, side, info)| LiveConnection {
             id: *id,
-            side: side.as_str(),
+            side: side.as_str().to_string(),
             age_seconds: info.age().as_secs_f64(),
             requests: match side {
                 Side::Client => info.streams_opened(),

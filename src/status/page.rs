@@ -137,7 +137,12 @@ impl StatusHistory {
         ready: Result<(), String>,
     ) -> PageStatus {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let new = Scrape { at, metrics, ready };
+        let new = Scrape {
+            at,
+            metrics,
+            ready,
+            connections: None,
+        };
         while inner
             .scrapes
             .front()
