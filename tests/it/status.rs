@@ -60,8 +60,14 @@ async fn status_once_json_reports_the_pipeline_and_a_program_that_is_down() {
     // Its one HTTP/2 connection, with its age and requests (from its /status.json).
     assert_eq!(g["connections_total"], 1, "{v}");
     assert_eq!(g["connections"][0]["side"], "client", "{v}");
-    assert!(g["connections"][0]["requests"].as_u64().unwrap() >= 1, "{v}");
-    assert!(g["connections"][0]["age_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        g["connections"][0]["requests"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert!(
+        g["connections"][0]["age_seconds"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     assert_eq!(i["program"], "ingest", "{v}");
     assert_eq!(i["ingest"]["accepted"], 250.0, "{v}");
     assert_eq!(i["ingest"]["platforms"][0]["platform"], "edge-1", "{v}");

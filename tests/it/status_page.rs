@@ -40,6 +40,7 @@ async fn browse(profile: &Path, url: &str, args: &[String], budget: Duration) ->
         "--disable-sync",
         "--disable-extensions",
         "--hide-scrollbars",
+        "--disable-dev-shm-usage",
     ])
     .arg(format!("--user-data-dir={}", profile.display()))
     .arg(format!("--virtual-time-budget={}", budget.as_millis()))
