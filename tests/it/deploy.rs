@@ -279,6 +279,24 @@ async fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
         exported.entry(name).or_default().extend(labels);
     }
 
+    // The certificate expiry each program reports is its certificate's notAfter.
+    for (metrics, file) in [
+        (&gateway, &p.gateway_cfg.cloud.cert),
+        (&ingest, &p.ingest_cfg.tls.cert),
+    ] {
+        let der = uplink::tls::load_certs(file).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(der[0].as_ref()).unwrap();
+        let series = format!(
+            "uplink_tls_certificate_expiry_timestamp_seconds{{file=\"{}\"}}",
+            file.display()
+        );
+        assert_eq!(
+            uplink::telemetry::scrape_value(metrics, &series),
+            Some(x.validity().not_after.timestamp() as f64),
+            "{series}\n{metrics}"
+        );
+    }
+
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("deploy/grafana/uplink.json")).expect("dashboard is JSON");
     let mut exprs = Vec::new();
