@@ -51,6 +51,44 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     }
 }
 
+/// The dashboard's queries are valid PromQL: promtool checks them as recording rules (with
+/// Grafana's variables given values).
+#[test]
+fn the_dashboard_queries_are_valid_promql() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/uplink.json")).expect("dashboard is JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs
+        .iter()
+        .filter(|e| !e.starts_with("label_values("))
+        .enumerate()
+    {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules.push_str(&format!(
+            "      - record: uplink:dashboard:{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    let dir = uplink::testbed::TempDir::new("uplink-dashboard-promql").unwrap();
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The PromQL expressions of the alert rules: each `expr:` with its indented continuation.
 fn rule_exprs(text: &str) -> Vec<String> {
     let mut out = Vec::new();
