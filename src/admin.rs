@@ -24,6 +24,20 @@ pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: Cancellati
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // The status view's own scrapes, once a second (see `status::page`).
+    tokio::spawn({
+        let (history, metrics, shutdown) = (history.clone(), metrics.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(crate::status::page::SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => history.sample(metrics.render()),
+                }
+            }
+        }
+    });
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,

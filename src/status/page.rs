@@ -2,8 +2,8 @@
 //! --json` prints for this program, plus recent rejections) and `/status`, one self-contained
 //! HTML page that fetches it and redraws itself.
 //!
-//! Rates need two scrapes: the admin keeps its recent `/metrics` renderings (one a second, the
-//! last [`WINDOW`]) and rates the newest against the oldest. Rejections are the counters that
+//! Rates need two scrapes: the admin samples its own `/metrics` once a second and keeps the last
+//! [`WINDOW`] of them; a view rates the metrics now against the oldest kept. Rejections are the counters that
 //! count them (the gateway's rejected messages, the ingest's rejected requests by platform and
 //! code), with when each last grew as seen by this listener.
 
@@ -21,7 +21,10 @@ use crate::telemetry::unix_now;
 pub const PAGE: &str = include_str!("page.html");
 
 /// How far back rates look.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub const WINDOW: Duration = Duration::from_secs(5);
+
+/// How often the admin listener samples its own metrics for the view.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the page refreshes itself (the `every` of `uplink status`).
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -128,6 +131,27 @@ impl StatusHistory {
         v
     }
 
+    /// Records the metrics now, whether or not anyone is looking: the admin listener samples
+    /// once a second, so rates have a window from the first view on and a rejection's age is
+    /// when it happened, not when a page first saw it.
+    pub fn sample(&self, metrics: String) {
+        self.sample_at(Instant::now(), unix_now(), metrics);
+    }
+
+    fn sample_at(&self, at: Instant, now: f64, metrics: String) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        track(&mut inner, now, &metrics);
+        keep(
+            &mut inner,
+            Scrape {
+                at,
+                metrics,
+                ready: Ok(()),
+                connections: None,
+            },
+        );
+    }
+
     fn view_at(
         &self,
         addr: &str,
@@ -143,36 +167,14 @@ impl StatusHistory {
             ready,
             connections: None,
         };
-        while inner
-            .scrapes
-            .front()
-            .is_some_and(|s| at.duration_since(s.at) > WINDOW)
-        {
-            inner.scrapes.pop_front();
-        }
+        forget_old(&mut inner, at);
         let old = inner.scrapes.front().cloned();
         let status = describe(addr, old.as_ref(), &Ok(new.clone()));
         let rate_window_seconds = old
             .as_ref()
             .map(|o| at.duration_since(o.at).as_secs_f64())
             .unwrap_or(0.0);
-
-        let first = std::mem::replace(&mut inner.first, false);
-        for (key, count) in rejection_counts(&new.metrics) {
-            let seen = inner.seen.entry(key).or_insert(Seen {
-                count: 0.0,
-                grew_at: None,
-            });
-            // Counts there before the first look grew at an unknown time.
-            if count > seen.count {
-                seen.grew_at = if first && seen.count == 0.0 {
-                    None
-                } else {
-                    Some(now)
-                };
-            }
-            seen.count = count;
-        }
+        track(&mut inner, now, &new.metrics);
         let mut rejections: Vec<Rejection> = inner
             .seen
             .iter()
@@ -190,14 +192,7 @@ impl StatusHistory {
             key(a).total_cmp(&key(b))
         });
         rejections.truncate(MAX_REJECTIONS);
-
-        if inner
-            .scrapes
-            .back()
-            .is_none_or(|s| at.duration_since(s.at) >= Duration::from_secs(1))
-        {
-            inner.scrapes.push_back(new);
-        }
+        keep(&mut inner, new);
         PageStatus {
             generated_at: now,
             rate_window_seconds,
@@ -207,6 +202,49 @@ impl StatusHistory {
             connections_total: 0,
             rejections,
         }
+    }
+}
+
+/// Drops the scrapes older than [`WINDOW`] before `at`.
+fn forget_old(inner: &mut Inner, at: Instant) {
+    while inner
+        .scrapes
+        .front()
+        .is_some_and(|s| at.duration_since(s.at) > WINDOW)
+    {
+        inner.scrapes.pop_front();
+    }
+}
+
+/// Keeps a scrape for later rates: at most one a second.
+fn keep(inner: &mut Inner, new: Scrape) {
+    forget_old(inner, new.at);
+    if inner
+        .scrapes
+        .back()
+        .is_none_or(|s| new.at.duration_since(s.at) >= Duration::from_secs(1))
+    {
+        inner.scrapes.push_back(new);
+    }
+}
+
+/// Notes which rejection counts grew since the last look, and when.
+fn track(inner: &mut Inner, now: f64, metrics: &str) {
+    let first = std::mem::replace(&mut inner.first, false);
+    for (key, count) in rejection_counts(metrics) {
+        let seen = inner.seen.entry(key).or_insert(Seen {
+            count: 0.0,
+            grew_at: None,
+        });
+        // Counts there before the first look grew at an unknown time.
+        if count > seen.count {
+            seen.grew_at = if first && seen.count == 0.0 {
+                None
+            } else {
+                Some(now)
+            };
+        }
+        seen.count = count;
     }
 }
 
@@ -252,9 +290,25 @@ uplink_ingest_platform_rejected_requests_total{platform=\"edge-1\",code=\"bad_su
         );
 
         // Unchanged: the age grows; the window drops scrapes older than WINDOW.
-        let v = h.view_at("a:1", t0 + Duration::from_secs(11), 1011.0, later, Ok(()));
-        assert_eq!(v.rejections[0].last_ago, Some(9.0));
-        assert_eq!(v.rate_window_seconds, 9.0);
+        let v = h.view_at(
+            "a:1",
+            t0 + Duration::from_secs(6),
+            1006.0,
+            later.clone(),
+            Ok(()),
+        );
+        assert_eq!(v.rejections[0].last_ago, Some(4.0));
+        assert_eq!(v.rate_window_seconds, 4.0);
         assert_eq!(v.status.ingest.unwrap().accepted_per_sec, 0.0);
+
+        // Samples taken while nobody looks: the growth is dated when it was sampled.
+        let grown = later.replace("code=\"too_large\"} 1\n", "code=\"too_large\"} 4\n");
+        h.sample_at(t0 + Duration::from_secs(7), 1007.0, grown.clone());
+        let v = h.view_at("a:1", t0 + Duration::from_secs(9), 1009.0, grown, Ok(()));
+        assert_eq!(v.rejections[0].source, "edge-2");
+        assert_eq!(v.rejections[0].count, 4.0);
+        assert_eq!(v.rejections[0].last_ago, Some(2.0));
+        // Rated against the oldest kept scrape (t0+6 s; t0+2 s is over WINDOW old).
+        assert_eq!(v.rate_window_seconds, 3.0);
     }
 }
