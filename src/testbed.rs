@@ -148,12 +148,22 @@ impl Drop for Proc {
     }
 }
 
-/// `kill(pid, sig)`; the one place this crate calls into libc.
+/// `kill(pid, sig)`; with [`send_signal_group`] the one place this crate calls into libc.
 #[allow(unsafe_code)]
 pub fn send_signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) takes plain integers and has no memory effects on this process.
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// `kill(-pgid, sig)`: every process of a group the caller started as its leader
+/// (`Command::process_group(0)`), e.g. a shell and the programs it runs.
+#[allow(unsafe_code)]
+pub fn send_signal_group(pgid: u32, sig: i32) {
+    // SAFETY: as send_signal; a negative pid names the process group.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), sig);
     }
 }
 

@@ -144,9 +144,29 @@ fn certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider)
+    let chain = load_certs(cert)?;
+    record_expiry(cert, &chain);
+    CertifiedKey::from_der(chain, load_key(key)?, &provider)
         .map(Arc::new)
         .map_err(|e| TlsError::Config(format!("{} / {}: {e}", cert.display(), key.display())))
+}
+
+/// `uplink_tls_certificate_expiry_timestamp_seconds{file}`: when the certificate a program
+/// presents (the first of the chain in `file`) stops being valid, set on every (re)load, so an
+/// alert can fire days before a rotation is missed.
+fn record_expiry(file: &Path, chain: &[CertificateDer<'static>]) {
+    let Some(not_after) = chain
+        .first()
+        .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+        .map(|(_, x)| x.validity().not_after.timestamp())
+    else {
+        return;
+    };
+    metrics::gauge!(
+        "uplink_tls_certificate_expiry_timestamp_seconds",
+        "file" => file.display().to_string()
+    )
+    .set(not_after as f64);
 }
 
 impl ReloadingCert {

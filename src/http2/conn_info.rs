@@ -37,6 +37,10 @@ pub struct ConnInfo {
     highest_stream_id_sent: AtomicU32,
     /// Highest stream id we opened (our parity), to tell new streams from trailers.
     highest_opened: AtomicU32,
+    /// Streams the peer opened (HEADERS received on a new stream id of its parity): a server's
+    /// requests.
+    peer_streams_opened: AtomicU32,
+    highest_peer_opened: AtomicU32,
     /// Highest stream id of our parity that ended (END_STREAM received, or RST_STREAM).
     highest_closed: AtomicU32,
     /// When the last such stream ended, in ns since `created` + 1 (0 = none yet).
@@ -78,6 +82,8 @@ impl Default for ConnInfo {
             frames_recv: AtomicU64::new(0),
             frames_send: AtomicU64::new(0),
             streams_opened: AtomicU32::new(0),
+            peer_streams_opened: AtomicU32::new(0),
+            highest_peer_opened: AtomicU32::new(0),
             highest_stream_id_sent: AtomicU32::new(0),
             highest_opened: AtomicU32::new(0),
             highest_closed: AtomicU32::new(0),
@@ -144,6 +150,16 @@ impl ConnInfo {
         self.streams_opened.load(Ordering::Relaxed)
     }
 
+    /// Streams the peer initiated (for a server: the requests it received).
+    pub fn peer_streams_opened(&self) -> u32 {
+        self.peer_streams_opened.load(Ordering::Relaxed)
+    }
+
+    /// How long ago this connection's tap was set up.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
     /// Highest stream id of any frame we sent (for a client: the last stream it opened).
     pub fn highest_stream_id_sent(&self) -> u32 {
         self.highest_stream_id_sent.load(Ordering::Relaxed)
@@ -200,6 +216,17 @@ impl ConnInfo {
             {
                 self.streams_opened.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if frame.dir == Direction::Recv
+            && h.kind == HEADERS
+            && !ours
+            && h.stream_id != 0
+            && self
+                .highest_peer_opened
+                .fetch_max(h.stream_id, Ordering::Relaxed)
+                < h.stream_id
+        {
+            self.peer_streams_opened.fetch_add(1, Ordering::Relaxed);
         }
         match (&frame.detail, frame.dir) {
             (FrameDetail::Settings { ack: false, values }, Direction::Recv) => {
@@ -264,4 +291,68 @@ impl ConnInfo {
         }
         None
     }
+}
+
+/// The HTTP/2 connections of this process (weakly held: one leaves the list when its last
+/// owner drops its [`ConnInfo`]), for the admin listener's `/status` view.
+static LIVE: Mutex<Vec<(u64, Side, std::sync::Weak<ConnInfo>)>> = Mutex::new(Vec::new());
+
+/// Adds a connection to [`live_connections`]; called by the tap when it is set up.
+pub(super) fn register(conn_id: u64, side: Side, info: &std::sync::Arc<ConnInfo>) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.retain(|(_, _, w)| w.strong_count() > 0);
+    live.push((conn_id, side, std::sync::Arc::downgrade(info)));
+}
+
+/// One live connection as `/status` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LiveConnection {
+    pub id: u64,
+    /// `client` (the gateway's connections to the ingest) or `server` (the ingest's).
+    pub side: String,
+    pub age_seconds: f64,
+    /// Requests carried: streams this side opened (client), or the peer opened (server).
+    pub requests: u32,
+    /// The last GOAWAY received and sent, e.g. `NO_ERROR last_stream_id=1999`.
+    pub last_goaway_received: Option<String>,
+    pub last_goaway_sent: Option<String>,
+}
+
+/// The connections of this process, newest first, at most `max`, and how many there are.
+pub fn live_connections(max: usize) -> (Vec<LiveConnection>, usize) {
+    let conns: Vec<(u64, Side, std::sync::Arc<ConnInfo>)> = {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|(_, _, w)| w.strong_count() > 0);
+        live.iter()
+            .filter_map(|(id, side, w)| Some((*id, *side, w.upgrade()?)))
+            .collect()
+    };
+    let total = conns.len();
+    let goaway = |g: Option<GoAwayInfo>| {
+        g.map(|g| {
+            format!(
+                "{} last_stream_id={}",
+                super::frame::error_code_name(g.error_code),
+                g.last_stream_id
+            )
+        })
+    };
+    let mut out: Vec<LiveConnection> = conns
+        .iter()
+        .rev()
+        .take(max)
+        .map(|(id, side, info)| LiveConnection {
+            id: *id,
+            side: side.as_str().to_string(),
+            age_seconds: info.age().as_secs_f64(),
+            requests: match side {
+                Side::Client => info.streams_opened(),
+                Side::Server => info.peer_streams_opened(),
+            },
+            last_goaway_received: goaway(info.last_goaway_received()),
+            last_goaway_sent: goaway(info.last_goaway_sent()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.age_seconds.total_cmp(&b.age_seconds));
+    (out, total)
 }

@@ -18,7 +18,9 @@ use std::task::{Context, Poll, ready};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use super::conn_info::{ConnInfo, GoAwayInfo, StreamsAtGoAway};
+pub use super::conn_info::{
+    ConnInfo, GoAwayInfo, LiveConnection, StreamsAtGoAway, live_connections,
+};
 use super::frame::frame_type_str;
 pub use super::frame::{
     Direction, Frame, FrameDetail, FrameHeader, Parser, Side, error_code_name, frame_type_name,
@@ -100,6 +102,7 @@ pub struct Tap<IO> {
 
 impl<IO> Tap<IO> {
     pub fn new(io: IO, cfg: TapConfig, info: Arc<ConnInfo>) -> Self {
+        super::conn_info::register(cfg.conn_id, cfg.side, &info);
         Tap {
             recv: Parser::new(cfg.side, Direction::Recv),
             send: Parser::new(cfg.side, Direction::Send),

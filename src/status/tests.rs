@@ -7,6 +7,7 @@ fn scrape(at: Instant, metrics: &str) -> Scrape {
         at,
         metrics: metrics.into(),
         ready: Ok(()),
+        connections: None,
     }
 }
 
@@ -102,4 +103,31 @@ fn durations_show_two_units() {
     assert_eq!(secs(42.0), "42s");
     assert_eq!(secs(8107.0), "2h 15m");
     assert_eq!(secs(200_000.0), "2d 7h");
+}
+
+#[test]
+fn connections_are_listed_with_age_requests_and_goaways_the_rest_counted() {
+    let conn = |id: u64, age: f64| crate::http2::tap::LiveConnection {
+        id,
+        side: "client".into(),
+        age_seconds: age,
+        requests: 1234,
+        last_goaway_received: (id == 9).then(|| "NO_ERROR last_stream_id=1999".into()),
+        last_goaway_sent: None,
+    };
+    let mut sc = scrape(Instant::now(), GATEWAY);
+    sc.connections = Some(((4..10).rev().map(|i| conn(i, i as f64 * 60.0)).collect(), 6));
+    let s = describe("c", None, &Ok(sc));
+    let text = render(std::slice::from_ref(&s));
+    assert!(
+        text.contains(
+            "    conn 9     age 9m 0s    requests 1234    GOAWAY received NO_ERROR last_stream_id=1999, sent none\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("    conn ").count(), 4, "{text}");
+    assert!(text.contains("    … 2 more connections\n"), "{text}");
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["connections"][0]["id"], 9);
+    assert_eq!(json["connections_total"], 6);
 }

@@ -57,6 +57,17 @@ async fn status_once_json_reports_the_pipeline_and_a_program_that_is_down() {
         (1u64 << 30) as f64,
         "{v}"
     );
+    // Its one HTTP/2 connection, with its age and requests (from its /status.json).
+    assert_eq!(g["connections_total"], 1, "{v}");
+    assert_eq!(g["connections"][0]["side"], "client", "{v}");
+    assert!(
+        g["connections"][0]["requests"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert!(
+        g["connections"][0]["age_seconds"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     assert_eq!(i["program"], "ingest", "{v}");
     assert_eq!(i["ingest"]["accepted"], 250.0, "{v}");
     assert_eq!(i["ingest"]["platforms"][0]["platform"], "edge-1", "{v}");
@@ -166,6 +177,7 @@ async fn status_refreshes_on_a_terminal() {
         "delivered 120 ".into(),
         "accepted 120 ".into(),
         "platform edge-1".into(),
+        "    conn ".into(),
     ])
     .await;
     // Redrawn in place: one view on the screen, not one after another.
