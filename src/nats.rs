@@ -130,6 +130,11 @@ pub async fn connect(
         keys: cfg.auth().keys(),
         client: OnceLock::new(),
         last_error: Mutex::new(None),
+        addrs: servers
+            .iter()
+            .map(|s| (s.host().to_string(), s.port()))
+            .collect(),
+        failing: Mutex::new(Failing::default()),
     });
     let events = state.clone();
     let client = options(cfg)?
@@ -160,6 +165,46 @@ struct EventState {
     client: OnceLock<async_nats::Client>,
     /// The last error logged, so a retry loop hitting it again logs it once (at debug after).
     last_error: Mutex<Option<String>>,
+    /// The configured servers (host, port), for the reachability probe.
+    addrs: Vec<(String, u16)>,
+    /// Failed connection attempts since the last success, and when the first one happened
+    /// and the last summary line was written.
+    failing: Mutex<Failing>,
+}
+
+#[derive(Default)]
+struct Failing {
+    attempts: u64,
+    since: Option<std::time::Instant>,
+    summarized: Option<std::time::Instant>,
+}
+
+/// How often a connection that keeps failing is summarized in the log (the individual,
+/// repeated failures go to debug).
+const FAILING_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the reachability probe waits for a TCP connect.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why a TCP connection to `host:port` fails, in words an operator acts on; `None` when it
+/// connects (the trouble is above TCP: TLS, authentication, protocol).
+pub async fn probe_tcp(host: &str, port: u16) -> Option<String> {
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+        Ok(a) => a.collect(),
+        Err(e) => return Some(format!("{host} does not resolve ({e})")),
+    };
+    let Some(addr) = addrs.first().copied() else {
+        return Some(format!("{host} resolves to no address"));
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(format!(
+            "connection refused at {addr}: nothing listens on that port (is nats-server running there?)"
+        )),
+        Ok(Err(e)) => Some(format!("cannot connect to {addr}: {e}")),
+        Err(_) => Some(format!(
+            "no answer from {addr} within {PROBE_TIMEOUT:?} (a firewall dropping packets, or a wrong host)"
+        )),
+    }
 }
 
 /// What an event is, for the metric label and the log level.
@@ -216,6 +261,54 @@ impl EventState {
             .map(|i| format!("{}:{} ({})", i.host, i.port, i.server_name))
             .unwrap_or_else(|| self.urls.clone());
         let nats = self.role.as_str();
+        let failed_attempt = matches!(
+            name,
+            "connect_error" | "authorization_violation" | "tls_error"
+        );
+        let summary = {
+            let mut f = self.failing.lock().unwrap();
+            let now = std::time::Instant::now();
+            if matches!(event, Event::Connected) {
+                let was = f.attempts;
+                *f = Failing::default();
+                (was > 1)
+                    .then(|| format!("{was} failed attempts"))
+                    .map(|s| (s, std::time::Duration::ZERO, true))
+            } else if failed_attempt {
+                f.attempts += 1;
+                let since = *f.since.get_or_insert(now);
+                let last = *f.summarized.get_or_insert(now);
+                (now - last >= FAILING_SUMMARY_EVERY).then(|| {
+                    f.summarized = Some(now);
+                    (
+                        format!("{} failed attempts", f.attempts),
+                        now - since,
+                        false,
+                    )
+                })
+            } else {
+                None
+            }
+        };
+        match summary {
+            Some((attempts, _, true)) => {
+                tracing::info!(
+                    nats = self.role.as_str(),
+                    attempts,
+                    "NATS connected after failing"
+                )
+            }
+            Some((attempts, for_, false)) => tracing::warn!(
+                nats = self.role.as_str(),
+                servers = %self.urls,
+                attempts,
+                failing_for = ?std::time::Duration::from_secs(for_.as_secs()),
+                last = %event,
+                check = if name == "connect_error" { "nats.url" } else { self.keys },
+                "still not connected to NATS; retrying"
+            ),
+            None => {}
+        }
         let repeated = {
             let mut last = self.last_error.lock().unwrap();
             if matches!(event, Event::Connected) {
@@ -253,6 +346,26 @@ impl EventState {
             ),
             _ if level == tracing::Level::INFO => {
                 tracing::info!(nats, %server, event = name, "NATS connection event")
+            }
+            "connect_error" if !self.addrs.is_empty() => {
+                // async-nats says only "IO error": find out what the network says, once per
+                // new failure, and name the setting.
+                let addrs = self.addrs.clone();
+                let cause = event.to_string();
+                let urls = self.urls.clone();
+                tokio::spawn(async move {
+                    let mut found = Vec::new();
+                    for (host, port) in &addrs {
+                        if let Some(why) = probe_tcp(host, *port).await {
+                            found.push(why);
+                        }
+                    }
+                    if found.is_empty() {
+                        tracing::warn!(nats, servers = %urls, event = name, %cause, check = "nats.url (the port answers TCP: is it a NATS client port? TLS expected?)", "cannot connect to NATS; retrying");
+                    } else {
+                        tracing::warn!(nats, servers = %urls, event = name, cause = %found.join("; "), check = "nats.url", "cannot connect to NATS; retrying");
+                    }
+                });
             }
             _ => {
                 tracing::warn!(nats, %server, event = name, cause = %event, "NATS connection event")

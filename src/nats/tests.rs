@@ -48,10 +48,28 @@ fn a_repeated_error_is_remembered_once_and_forgotten_on_connect() {
         keys: "nats.token",
         client: OnceLock::new(),
         last_error: Mutex::new(None),
+        addrs: Vec::new(),
+        failing: Mutex::new(Failing::default()),
     };
     s.on_event(&client_error(ConnectErrorKind::AuthorizationViolation));
     let first = s.last_error.lock().unwrap().clone().unwrap();
     assert!(first.contains("authorization violation"), "{first}");
     s.on_event(&Event::Connected);
     assert!(s.last_error.lock().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_probe_tells_refused_from_listening() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = l.local_addr().unwrap().port();
+    assert_eq!(super::probe_tcp("127.0.0.1", open).await, None);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let why = super::probe_tcp("127.0.0.1", closed).await.unwrap();
+    assert!(
+        why.contains("connection refused") && why.contains("nothing listens"),
+        "{why}"
+    );
 }

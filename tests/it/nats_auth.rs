@@ -385,3 +385,75 @@ async fn lame_duck_mode_of_edge_nats_is_logged_with_the_server() {
         lines[0]
     );
 }
+
+/// A wrong NATS port is named within seconds: one line with what the network says (connection
+/// refused: nothing listens there) and the setting to check, not one line per attempt; and
+/// `/readyz` says why it is not ready. The ingest says the same about the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_nats_port_is_named_with_its_cause_and_setting_once() {
+    let dir = TempDir::new("uplink-wrongport").unwrap();
+    let pki = uplink::tls::dev_pki(&dir.path().join("pki"), &["edge-1".to_string()]).unwrap();
+    // A port nothing listens on.
+    let port = uplink::testbed::free_port();
+    let admin = free_addr();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[nats]\nurl = \"nats://127.0.0.1:{port}\"\n[admin]\nlisten = \"{admin}\"\n[cloud]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            pki.ca(),
+            pki.client_cert("edge-1"),
+            pki.client_key("edge-1"),
+        ),
+    )
+    .unwrap();
+    let mut gw = Uplink::spawn(
+        &exe(),
+        "gateway",
+        &cfg,
+        admin,
+        dir.path().join("gateway.log"),
+        &[],
+    )
+    .unwrap();
+    let diagnosed = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("cannot connect to NATS"))
+            .count()
+    };
+    wait_for(
+        || async {
+            let attempts = gw
+                .metrics()
+                .await
+                .ok()
+                .and_then(|m| {
+                    scrape_value(
+                        &m,
+                        "uplink_nats_events_total{nats=\"edge\",event=\"connect_error\"}",
+                    )
+                })
+                .unwrap_or(0.0);
+            Ok(diagnosed(&gw.proc.log_text()) >= 1 && attempts >= 3.0)
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc.log_text()));
+    let log = gw.proc.log_text();
+    assert_eq!(diagnosed(&log), 1, "one line for several attempts:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot connect to NATS"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("connection refused at 127.0.0.1:{port}"))
+            && line.contains("nothing listens")
+            && line.contains("check=\"nats.url\""),
+        "{line}"
+    );
+    let (status, body) = uplink::testbed::http_get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("edge NATS not connected"), "{body}");
+    assert_eq!(gw.proc.terminate(Duration::from_secs(20)).await, Some(0));
+}
