@@ -1,5 +1,6 @@
 //! The admin listener shared by gateway and ingest: plain HTTP/1.1 on a local address with
-//! `/healthz` (process alive), `/readyz` (ready to do its job), `/metrics` (Prometheus text),
+//! `/healthz` (process alive), `/readyz` (ready to do its job), `/deliveryz` (the gateway:
+//! deliveries succeed), `/metrics` (Prometheus text),
 //! and the view of `uplink status` for this program: `/status` (a self-contained HTML page that
 //! refreshes itself) and `/status.json` (what it fetches; see [`crate::status::page`]).
 
@@ -18,6 +19,18 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Serves the admin endpoints until `shutdown` fires.
 pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: CancellationToken) {
+    serve_with(listener, ready, None, shutdown).await
+}
+
+/// [`serve`], plus `/deliveryz` answered by `delivery`: the gateway's delivery health, apart
+/// from readiness (a gateway whose cloud is unreachable is still ready — restarting it cannot
+/// help — but it is not delivering).
+pub async fn serve_with(
+    listener: TcpListener,
+    ready: Readiness,
+    delivery: Option<Readiness>,
+    shutdown: CancellationToken,
+) {
     let metrics = crate::telemetry::metrics();
     let history = Arc::new(crate::status::page::StatusHistory::new());
     let addr = listener
@@ -50,6 +63,7 @@ pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: Cancellati
             },
         };
         let ready = ready.clone();
+        let delivery = delivery.clone();
         let metrics = metrics.clone();
         let history = history.clone();
         let addr = addr.clone();
@@ -64,6 +78,14 @@ pub async fn serve(listener: TcpListener, ready: Readiness, shutdown: Cancellati
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("not ready: {why}\n"),
                         ),
+                    },
+                    "/deliveryz" => match delivery.as_ref().map(|d| d()) {
+                        Some(Ok(())) => (StatusCode::OK, "delivering\n".to_string()),
+                        Some(Err(why)) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not delivering: {why}\n"),
+                        ),
+                        None => (StatusCode::NOT_FOUND, "not found\n".to_string()),
                     },
                     "/metrics" => (StatusCode::OK, metrics.render()),
                     "/status" => {

@@ -85,7 +85,7 @@ impl Diagnosis {
             ForwardError::Tls { addr, source } => {
                 let detail = source.to_string();
                 if matches!(
-                    probe::rustls_cause(&source),
+                    crate::http2::classify::rustls_cause(&source),
                     Some(rustls::Error::InvalidCertificate(_))
                 ) {
                     Diagnosis::UntrustedServer { detail }

@@ -6,6 +6,7 @@
 //! policy); this file wires them up with bounded in-flight batches and drains at shutdown.
 
 pub mod batch;
+pub mod complaints;
 pub mod consume;
 pub mod deliver;
 pub mod forward;
@@ -80,7 +81,13 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         cloud = %cfg.cloud.url,
         "gateway started"
     );
-    tokio::spawn(crate::admin::serve(
+    let complaints = Arc::new(complaints::Complaints::new(complaints::CloudFiles {
+        url: cfg.cloud.url.clone(),
+        ca: cfg.cloud.ca.clone(),
+        cert: cfg.cloud.cert.clone(),
+    }));
+    let delivery = complaints.clone();
+    tokio::spawn(crate::admin::serve_with(
         admin,
         Arc::new(move || {
             ready_nats.ready()?;
@@ -92,6 +99,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             }
             Ok(())
         }),
+        Some(Arc::new(move || delivery.health())),
         shutdown.clone(),
     ));
 
@@ -111,6 +119,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             url: batches_url,
             encoding: cfg.batch.compression,
         }),
+        complaints: complaints.clone(),
         soft_stop: shutdown.clone(),
         hard_stop: CancellationToken::new(),
     });

@@ -72,27 +72,9 @@ pub enum TlsCause {
     Certificate(String),
 }
 
-/// The rustls error in an error's cause chain (tokio-rustls wraps it in an `io::Error`).
-pub fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(r) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(r);
-        }
-        next = err.source();
-    }
-    None
-}
-
 impl TlsCause {
     pub fn of(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
-        match rustls_cause(e)? {
+        match crate::http2::classify::rustls_cause(e)? {
             rustls::Error::AlertReceived(a) => Some(TlsCause::Alert(format!("{a:?}"))),
             rustls::Error::InvalidCertificate(c) => Some(TlsCause::Certificate(format!("{c:?}"))),
             _ => None,

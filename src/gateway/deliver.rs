@@ -151,6 +151,8 @@ pub struct Policy {
 pub struct Deliverer {
     pub policy: Policy,
     pub post: Arc<dyn Post>,
+    /// What is logged about failed attempts, across batches.
+    pub complaints: Arc<super::complaints::Complaints>,
     /// Ends waiting in backoff (shutdown).
     pub soft_stop: CancellationToken,
     /// Also abandons attempts in progress (the shutdown grace ran out).
@@ -198,7 +200,13 @@ pub fn deliver<S: Settle>(
         };
         let count = msgs.len();
         let attempt = || d.post.post(body.clone(), count);
-        let work = send_with_retries(attempt, p.backoff, &d.soft_stop, &d.hard_stop);
+        let work = send_with_retries(
+            attempt,
+            p.backoff,
+            &d.complaints,
+            &d.soft_stop,
+            &d.hard_stop,
+        );
         let every = p.ack_wait / 3;
         let outcome = keeping_alive(&msgs, every, work).await;
         let n = count as u64;

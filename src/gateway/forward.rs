@@ -5,6 +5,7 @@ use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
+use super::complaints::Complaints;
 use super::retry::Backoff;
 use crate::http2::client::FullResponse;
 use crate::http2::{ForwardError, Retry, classify};
@@ -44,6 +45,7 @@ pub fn classify_status(status: http::StatusCode, body: &[u8]) -> Retry {
 pub async fn send_with_retries<F, Fut>(
     mut attempt: F,
     backoff: Backoff,
+    complaints: &Complaints,
     soft_stop: &CancellationToken,
     hard_stop: &CancellationToken,
 ) -> Delivery
@@ -61,7 +63,10 @@ where
             _ = hard_stop.cancelled() => return Delivery::Abandoned,
         };
         let class = match result {
-            Ok(resp) if resp.status().is_success() => return Delivery::Delivered { attempts },
+            Ok(resp) if resp.status().is_success() => {
+                complaints.delivered();
+                return Delivery::Delivered { attempts };
+            }
             Ok(resp) => {
                 let status = resp.status();
                 let class = classify_status(status, resp.body());
@@ -72,12 +77,9 @@ where
                         detail,
                     };
                 }
-                if status.is_client_error() && !matches!(status.as_u16(), 408 | 429) {
-                    // Not the ingest judging the content: a setup problem for a human.
-                    tracing::error!(status = status.as_u16(), %detail, attempts, "the endpoint refuses requests (certificate, identity, URL or proxy problem?); keeping the messages and retrying");
-                } else {
-                    tracing::warn!(status = status.as_u16(), %detail, attempts, "ingest refused the batch for now; will retry");
-                }
+                // A 4xx that is not the ingest judging the content: a setup problem for a human.
+                let setup = status.is_client_error() && !matches!(status.as_u16(), 408 | 429);
+                complaints.refused(status.as_u16(), &detail, attempts, setup);
                 class
             }
             Err(e) => {
@@ -85,7 +87,7 @@ where
                 if class == Retry::Now {
                     tracing::debug!(error = %e, "request not processed by the server; resending now");
                 } else {
-                    tracing::warn!(error = %e, attempts, "request failed; will retry");
+                    complaints.transport(&e, attempts);
                 }
                 class
             }

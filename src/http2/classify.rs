@@ -95,3 +95,21 @@ pub fn h2_error(err: &hyper::Error) -> Option<&::h2::Error> {
 
 #[cfg(test)]
 mod tests;
+
+/// The rustls error in an error's cause chain (tokio-rustls wraps it in an `io::Error`).
+pub fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(r);
+        }
+        next = err.source();
+    }
+    None
+}

@@ -72,6 +72,7 @@ async fn case_study_goaway_after_1000_requests_is_a_non_event() {
             send_with_retries(
                 || h2client::post(&c, "/v1/publish/burst", &headers, "x"),
                 backoff,
+                &Default::default(),
                 &never,
                 &never,
             )

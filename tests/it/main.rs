@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod connections;
 mod deploy;
+mod diagnosis;
 mod doctor;
 mod failures;
 mod hostile;

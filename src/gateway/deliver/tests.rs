@@ -101,6 +101,7 @@ fn setup(
             answer: Box::new(answer),
             t0,
         }),
+        complaints: Default::default(),
         soft_stop: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
     });

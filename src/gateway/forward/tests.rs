@@ -42,7 +42,7 @@ async fn server_errors_back_off_then_succeed() {
     let (f, calls) = script(vec![|| resp(503), || resp(500), || resp(429), || resp(200)]);
     let t = Instant::now();
     let never = CancellationToken::new();
-    let d = send_with_retries(f, B, &never, &never).await;
+    let d = send_with_retries(f, B, &Default::default(), &never, &never).await;
     assert_eq!(d, Delivery::Delivered { attempts: 4 });
     assert_eq!(*calls.lock().unwrap(), 4);
     // Three waits, each at most its ceiling: 100 + 200 + 400 ms.
@@ -63,7 +63,7 @@ async fn not_processed_is_resent_at_once_but_bounded() {
     let t = Instant::now();
     let never = CancellationToken::new();
     assert_eq!(
-        send_with_retries(f, B, &never, &never).await,
+        send_with_retries(f, B, &Default::default(), &never, &never).await,
         Delivery::Delivered { attempts: 3 }
     );
     assert_eq!(
@@ -79,7 +79,7 @@ async fn not_processed_is_resent_at_once_but_bounded() {
     outcomes.push(|| resp(200));
     let (f, calls) = script(outcomes);
     assert_eq!(
-        send_with_retries(f, B, &never, &never).await,
+        send_with_retries(f, B, &Default::default(), &never, &never).await,
         Delivery::Delivered { attempts: 7 }
     );
     assert_eq!(*calls.lock().unwrap(), 7);
@@ -89,7 +89,7 @@ async fn not_processed_is_resent_at_once_but_bounded() {
 async fn client_errors_are_rejected_without_retry() {
     let (f, calls) = script(vec![|| resp(400), || resp(200)]);
     let never = CancellationToken::new();
-    match send_with_retries(f, B, &never, &never).await {
+    match send_with_retries(f, B, &Default::default(), &never, &never).await {
         Delivery::Rejected {
             status: 400,
             detail,
@@ -110,7 +110,7 @@ async fn shutdown_abandons_during_backoff() {
         s.cancel();
     });
     assert_eq!(
-        send_with_retries(f, B, &soft, &hard).await,
+        send_with_retries(f, B, &Default::default(), &soft, &hard).await,
         Delivery::Abandoned
     );
     // Waits are at most 1 s each after the ceiling is reached: at least 5 attempts made.
