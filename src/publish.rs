@@ -18,12 +18,23 @@ pub async fn run(url: &str, stream: Option<&str>, w: Workload) -> anyhow::Result
     if let Some(stream) = stream {
         js.get_or_create_stream(jetstream::stream::Config {
             name: stream.to_string(),
-            subjects: vec![format!("{}.>", w.subject_prefix)],
+            // One subject is used as given; several are `SUBJECT.sN`.
+            subjects: vec![w.subject_prefix.clone(), format!("{}.>", w.subject_prefix)],
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         })
         .await
         .with_context(|| format!("stream {stream}"))?;
+    }
+    // Without a stream on the subject, every publish would fail with "no stream found".
+    let first = verify::message(&w, 0).0;
+    if js.stream_by_subject(first.clone()).await.is_err() {
+        anyhow::bail!(
+            "no stream on {url} takes subject {first:?}: publish under a subject an edge stream \
+             takes (the gateway's default stream TELEMETRY takes telemetry.>), or add \
+             --create-stream NAME to create one on {p} and {p}.>",
+            p = w.subject_prefix
+        );
     }
     let started = Instant::now();
     let sent = verify::publish(&js, &w).await?;

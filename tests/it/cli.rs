@@ -264,3 +264,34 @@ fn secrets_set_in_the_environment_are_never_printed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("pw-from-env-1234"), "{err}");
 }
+
+/// `uplink publish` to a subject no stream takes names the subject and the ways out, before
+/// publishing anything; `--create-stream` on a single subject takes that very subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_without_a_stream_names_the_subject_and_the_way_out() {
+    let dir = TempDir::new("uplink-publish").unwrap();
+    let nats = uplink::testbed::Nats::start(&crate::support::nats_bin(), dir.path(), "edge")
+        .await
+        .unwrap();
+    let publish = |args: &[&str]| {
+        Command::new(exe())
+            .args(["publish", "--nats", &nats.url(), "--count", "5"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = publish(&["--subject", "other.x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no stream") && err.contains("\"other.x\"") && err.contains("--create-stream"),
+        "{err}"
+    );
+    let out = publish(&["--subject", "solo", "--create-stream", "SOLO"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published 5 messages"));
+}
