@@ -124,7 +124,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         );
     }
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
-    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
     let w = Workload {
         count: opts.messages,
         size: opts.size,
@@ -339,7 +339,7 @@ async fn drive_and_verify(
     lo: &chaos::LoadOptions,
 ) -> anyhow::Result<(f64, verify::Report, chaos::LoadFigures)> {
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
-    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
     let started = Instant::now();
     let (sent, mut figures) = chaos::drive(p, lo, &edge, &cloud).await?;
     let budget = delivery_budget(sent.len());

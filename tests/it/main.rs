@@ -3,6 +3,7 @@
 mod api;
 mod certificates;
 mod chaos;
+mod cluster;
 mod cli;
 mod connections;
 mod doctor;
