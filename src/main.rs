@@ -115,6 +115,12 @@ enum Cmd {
         /// Seed of the fault schedule (printed by every run).
         #[arg(long)]
         seed: Option<u64>,
+        /// Run the cloud on a JetStream cluster of N nats-servers (stream at min(N, 3)
+        /// replicas, the ingest given every node's URL). Without --chaos, the stream leader is
+        /// SIGKILLed a third of the way in and the election and stall are reported; with
+        /// --chaos, kill-cloud-node and restart-cloud-nats hit one node of the cluster.
+        #[arg(long, value_name = "N")]
+        cloud_cluster: Option<usize>,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -385,7 +391,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration,
             rate,
             seed,
+            cloud_cluster,
         } => {
+            if cloud_cluster.is_some_and(|n| !(1..=9).contains(&n)) {
+                return Err(ConfigError::Invalid {
+                    key: "--cloud-cluster",
+                    reason: "must be a number of nodes from 1 to 9".into(),
+                }
+                .into());
+            }
             let chaos = match chaos {
                 Some(list) => {
                     uplink::bench::chaos::parse(&list).map_err(|e| ConfigError::Invalid {
@@ -407,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 duration,
                 rate,
                 seed,
+                cloud_cluster,
                 via_nginx,
                 anchor,
                 messages,

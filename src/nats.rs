@@ -59,6 +59,12 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Counts the connections lost so far; changes at each `disconnected` event, so a request
+    /// awaiting replies that went down with the connection can give up at once.
+    pub fn disconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.disconnects.subscribe()
+    }
+
     /// `Ok` when connected; else why not, with the last error the connection met.
     pub fn ready(&self) -> Result<(), String> {
         if self.client.connection_state() == async_nats::connection::State::Connected {
@@ -116,6 +122,7 @@ pub async fn connect(
         keys: cfg.auth().keys(),
         client: OnceLock::new(),
         last_error: Mutex::new(None),
+        disconnects: tokio::sync::watch::Sender::new(0),
     });
     let events = state.clone();
     let client = options(cfg)?
@@ -146,6 +153,8 @@ struct EventState {
     client: OnceLock<async_nats::Client>,
     /// The last error logged, so a retry loop hitting it again logs it once (at debug after).
     last_error: Mutex<Option<String>>,
+    /// Connections lost so far ([`Connection::disconnects`]).
+    disconnects: tokio::sync::watch::Sender<u64>,
 }
 
 /// What an event is, for the metric label and the log level.
@@ -190,6 +199,9 @@ fn is_kind(text: &str, kinds: &[ConnectErrorKind]) -> bool {
 impl EventState {
     fn on_event(&self, event: &Event) {
         let (name, level) = classify(event);
+        if matches!(event, Event::Disconnected) {
+            self.disconnects.send_modify(|n| *n += 1);
+        }
         metrics::counter!("uplink_nats_events_total", "nats" => self.role.as_str(), "event" => name)
             .increment(1);
         // The server of the last connection (the one just lost, for a disconnect); before the

@@ -71,12 +71,12 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         fault: Fault::RestartCloudNats,
         name: "restart-cloud-nats",
-        about: "SIGTERM the cloud nats-server, restart it on the same port and store",
+        about: "SIGTERM the cloud nats-server (with --cloud-cluster: one node), restart it on the same port and store",
     },
     Scenario {
         fault: Fault::KillCloudNode,
         name: "kill-cloud-node",
-        about: "SIGKILL the cloud nats-server (a single node for now: restart-cloud-nats with SIGKILL)",
+        about: "SIGKILL a node of the cloud cluster (--cloud-cluster; any node, the stream leader included), restart it on its ports and store; on a single cloud nats-server: restart-cloud-nats with SIGKILL",
     },
     Scenario {
         fault: Fault::Stall,
@@ -266,9 +266,11 @@ fn tune_gateway(g: &mut GatewayConfig) {
 pub async fn start_pipeline(
     exe: &std::path::Path,
     nats_bin: &std::path::Path,
+    cloud_cluster: Option<usize>,
 ) -> anyhow::Result<Pipeline> {
     let options = PipelineOptions {
         fault_proxy: true,
+        cloud_cluster,
         ..Default::default()
     };
     Pipeline::start_with(exe, nats_bin, options, |_| {}, tune_gateway).await
@@ -469,6 +471,26 @@ async fn inject(
             }
             tokio::time::sleep(hold(rng, 200, 1_500)).await;
             p.start_edge().await?;
+        }
+        Fault::RestartCloudNats if p.cluster.is_some() => {
+            let c = p.cluster.as_mut().expect("checked");
+            let i = rng.usize(..c.nodes.len());
+            if c.terminate(i, Duration::from_secs(10)).await.is_none() {
+                problems.push(format!(
+                    "restart-cloud-nats: SIGTERM did not stop {} within 10 s",
+                    c.nodes[i].name
+                ));
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            c.restart(i).await?;
+        }
+        Fault::KillCloudNode if p.cluster.is_some() => {
+            // A real node of the cluster: any of them, the stream leader included.
+            let c = p.cluster.as_mut().expect("checked");
+            let i = rng.usize(..c.nodes.len());
+            c.kill(i);
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            c.restart(i).await?;
         }
         Fault::RestartCloudNats => {
             let code = p.terminate_cloud(Duration::from_secs(10)).await;

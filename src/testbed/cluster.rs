@@ -295,19 +295,20 @@ impl Cluster {
         self.wait_formed(Duration::from_secs(30)).await
     }
 
-    /// Leader and replica state of `stream`, asked with a short timeout (no answer while the
+    /// Leader and replica state of `stream`, asked with a timeout (no answer while the
     /// stream has no leader: `Err`).
     pub async fn stream_health(
         &self,
         js: &jetstream::Context,
         stream: &str,
+        within: Duration,
     ) -> anyhow::Result<StreamHealth> {
-        let info = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut s = js.get_stream(stream).await?;
-            anyhow::Ok(s.info().await?.clone())
+        let info = tokio::time::timeout(within, async {
+            let s = js.get_stream(stream).await?;
+            anyhow::Ok(s.cached_info().clone())
         })
         .await
-        .context("stream info did not answer within 2s")??;
+        .with_context(|| format!("stream info did not answer within {within:?}"))??;
         let cluster = info.cluster.unwrap_or_default();
         let leader = cluster
             .leader
@@ -334,7 +335,7 @@ impl Cluster {
     ) -> anyhow::Result<usize> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let why = match self.stream_health(js, stream).await {
+            let why = match self.stream_health(js, stream, Duration::from_secs(2)).await {
                 Ok(StreamHealth {
                     leader: Some(l),
                     current,

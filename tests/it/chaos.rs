@@ -14,7 +14,7 @@ use crate::support::*;
 /// scenario's own evidence figure must reach.
 async fn run(fault: Fault, evidence: f64) {
     uplink::tls::install_crypto_provider();
-    let mut p = chaos::start_pipeline(&exe(), &nats_bin())
+    let mut p = chaos::start_pipeline(&exe(), &nats_bin(), None)
         .await
         .expect("pipeline starts");
     let edge = edge_js(&p).await;

@@ -47,7 +47,12 @@ async fn explore_leader_kill() {
     eprintln!("restarted at {} ms", k.elapsed().as_millis());
     let sent = publisher.await.unwrap();
     let r = verify_delivery(&p, &sent).await;
-    eprintln!("{}", p.log("ingest").lines().filter(|l| l.contains("WARN") || l.contains("event")).take(30).collect::<Vec<_>>().join("\n"));
+    let mut seen = std::collections::BTreeMap::new();
+    for l in p.log("ingest").lines() {
+        let key = l.get(28..).unwrap_or("").split(" platform").next().unwrap_or("").to_string();
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    for (k, n) in seen { eprintln!("{n:>5} {k}"); }
     assert_exactly_once(&p, &r, 15_000);
     eprintln!("503s {}", uplink::telemetry::scrape_sum(&p.ingest_metrics().await.unwrap(), "uplink_ingest_requests_total{status=\"503\"}"));
 }
