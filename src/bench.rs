@@ -116,8 +116,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         cloud_cluster: opts.cloud_cluster,
         ..Default::default()
     };
-    let mut p =
-        Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
+    let mut p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
     if !opts.json {
         eprintln!(
             "pipeline up: edge {} → gateway → {}ingest {} → cloud {} (logs in {})",
@@ -132,7 +131,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         );
         if let Some(c) = &p.cluster {
             eprintln!(
-                "cloud: a {}-node JetStream cluster, stream {} at {} replicas; the stream leader is SIGKILLed once a third of the messages are in",
+                "cloud: a {}-node JetStream cluster, stream {} at {} replicas; SIGKILL of the stream leader a third of the way in, of the ingest's follower two thirds in",
                 c.nodes.len(),
                 p.ingest_cfg.nats.stream,
                 p.ingest_cfg.nats.replicas
@@ -154,7 +153,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     });
     let cluster = if p.cluster.is_some() {
         let total = opts.messages as u64;
-        Some(cluster::kill_the_leader(&mut p, &cloud, total / 3, total).await?)
+        Some(cluster::kill_nodes(&mut p, &cloud, total).await?)
     } else {
         None
     };
@@ -356,13 +355,16 @@ pub fn print(r: &BenchResult, json: bool) {
     }
     if let Some(c) = &r.cluster {
         println!(
-            "cloud cluster: {} nodes, stream at {} replicas; {}",
-            c.nodes, c.replicas, c.fault
+            "cloud cluster: {} nodes, stream at {} replicas, timeouts.publish {:.0} ms",
+            c.nodes, c.replicas, c.publish_timeout_ms
         );
-        println!(
-            "election {:.0} ms, pipeline stall {:.0} ms (timeouts.publish {:.0} ms), 503s answered {}, killed node rejoined: {}",
-            c.election_ms, c.stall_ms, c.publish_timeout_ms, c.ingest_503, c.rejoined
-        );
+        for f in &c.faults {
+            println!("  {}", f.fault);
+            println!(
+                "    election {:.0} ms, pipeline stall {:.0} ms, 503s answered {}, rejoined: {}",
+                f.election_ms, f.stall_ms, f.ingest_503, f.rejoined
+            );
+        }
     }
     if let (Some(a), Some(ratio)) = (r.anchor_msgs_per_sec, r.ratio_to_anchor) {
         println!(

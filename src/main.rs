@@ -117,8 +117,9 @@ enum Cmd {
         seed: Option<u64>,
         /// Run the cloud on a JetStream cluster of N nats-servers (stream at min(N, 3)
         /// replicas, the ingest given every node's URL). Without --chaos, the stream leader is
-        /// SIGKILLed a third of the way in and the election and stall are reported; with
-        /// --chaos, kill-cloud-node and restart-cloud-nats hit one node of the cluster.
+        /// SIGKILLed a third of the way in, the follower the ingest is connected to two thirds
+        /// in, and the election and stall of each are reported; with --chaos, kill-cloud-node
+        /// and restart-cloud-nats hit one node of the cluster.
         #[arg(long, value_name = "N")]
         cloud_cluster: Option<usize>,
     },

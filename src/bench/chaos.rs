@@ -486,8 +486,16 @@ async fn inject(
         }
         Fault::KillCloudNode if p.cluster.is_some() => {
             // A real node of the cluster: any of them, the stream leader included.
+            // Evidence: how many of the kills hit the stream leader.
+            let stream = p.ingest_cfg.nats.stream.clone();
             let c = p.cluster.as_mut().expect("checked");
             let i = rng.usize(..c.nodes.len());
+            let leader = c
+                .stream_health(cloud, &stream, Duration::from_secs(1))
+                .await
+                .ok()
+                .and_then(|h| h.leader);
+            evidence = if leader == Some(i) { 1.0 } else { 0.0 };
             c.kill(i);
             tokio::time::sleep(hold(rng, 200, 1_500)).await;
             c.restart(i).await?;

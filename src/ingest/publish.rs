@@ -380,7 +380,10 @@ impl LeaderWatch {
     }
 
     /// Every connection lost is a loss for publishes awaiting acks.
-    async fn follow_disconnects(self: Arc<Self>, mut disconnects: tokio::sync::watch::Receiver<u64>) {
+    async fn follow_disconnects(
+        self: Arc<Self>,
+        mut disconnects: tokio::sync::watch::Receiver<u64>,
+    ) {
         while disconnects.changed().await.is_ok() {
             self.lose("the connection to cloud NATS was lost");
         }
@@ -436,5 +439,64 @@ impl LeaderWatch {
                 )),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_nobody_took_means_no_leader_and_fails_what_is_in_flight() {
+        let w = LeaderWatch::new("UPLINK");
+        let mut in_flight = w.losses();
+        assert_eq!(w.ready(), Ok(()));
+        let why = w.no_responders();
+        assert!(
+            why.contains("cloud stream UPLINK has no leader") && !why.contains("no stream found"),
+            "{why}"
+        );
+        assert_eq!(w.ready(), Err(why.clone()), "/readyz says the same");
+        assert!(
+            in_flight.has_changed().unwrap(),
+            "in-flight publishes give up"
+        );
+        assert_eq!(in_flight.borrow_and_update().reason, why);
+        // Still no leader: no second loss for the publishes that started since.
+        w.no_responders();
+        assert!(!in_flight.has_changed().unwrap());
+        w.set(Ok("cloud-2".into()));
+        assert_eq!(w.ready(), Ok(()));
+    }
+
+    #[test]
+    fn a_stream_found_missing_is_named_so_not_leaderless() {
+        let w = LeaderWatch::new("UPLINK");
+        w.set(Err("cloud stream UPLINK does not exist (deleted?)".into()));
+        assert_eq!(
+            w.no_responders(),
+            "cloud stream UPLINK does not exist (deleted?)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_a_loss_for_publishes_in_flight() {
+        let w = Arc::new(LeaderWatch::new("UPLINK"));
+        let mut in_flight = w.losses();
+        let disconnects = tokio::sync::watch::Sender::new(0u64);
+        tokio::spawn(w.clone().follow_disconnects(disconnects.subscribe()));
+        disconnects.send_modify(|n| *n += 1);
+        tokio::time::timeout(Duration::from_secs(5), in_flight.changed())
+            .await
+            .expect("the loss arrives")
+            .unwrap();
+        assert!(
+            in_flight
+                .borrow()
+                .reason
+                .contains("connection to cloud NATS was lost")
+        );
+        // The connection is the connection's readiness, not the leader's.
+        assert_eq!(w.ready(), Ok(()));
     }
 }

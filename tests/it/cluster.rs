@@ -172,7 +172,11 @@ async fn killing_the_stream_leader_elects_another_while_publishing() {
     );
     let log = p.log("ingest");
     assert!(log.contains("cloud stream has no leader"), "{}", tail(&log));
-    assert!(log.contains("cloud stream has a leader again"), "{}", tail(&log));
+    assert!(
+        log.contains("cloud stream has a leader again"),
+        "{}",
+        tail(&log)
+    );
     assert!(!log.contains("no stream found"), "{}", tail(&log));
 }
 
@@ -193,7 +197,11 @@ async fn restarting_every_node_one_by_one_loses_nothing() {
     for i in 0..3 {
         let c = p.cluster.as_mut().unwrap();
         let code = c.terminate(i, Duration::from_secs(10)).await;
-        assert!(code.is_some(), "{} did not stop on SIGTERM", c.nodes[i].name);
+        assert!(
+            code.is_some(),
+            "{} did not stop on SIGTERM",
+            c.nodes[i].name
+        );
         c.restart(i).await.unwrap();
         c.wait_stream_healthy(&cloud, &stream, Duration::from_secs(30))
             .await

@@ -3,8 +3,8 @@
 mod api;
 mod certificates;
 mod chaos;
-mod cluster;
 mod cli;
+mod cluster;
 mod connections;
 mod doctor;
 mod failures;
