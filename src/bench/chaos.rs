@@ -402,6 +402,22 @@ async fn recovery(p: &Pipeline, edge: &jetstream::Context, cloud: &jetstream::Co
     since.elapsed()
 }
 
+/// Waits until a restarted node's replica of the cloud stream caught up, so the next fault
+/// does not take a quorum that was never whole again.
+async fn rejoin(
+    c: &crate::testbed::cluster::Cluster,
+    cloud: &jetstream::Context,
+    stream: &str,
+    problems: &mut Vec<String>,
+) {
+    if let Err(e) = c
+        .wait_stream_healthy(cloud, stream, Duration::from_secs(60))
+        .await
+    {
+        problems.push(format!("cloud cluster: {e}"));
+    }
+}
+
 /// How long a fault is held (a process down, a proxy fault on).
 fn hold(rng: &mut fastrand::Rng, from_ms: u64, to_ms: u64) -> Duration {
     Duration::from_millis(rng.u64(from_ms..to_ms))
@@ -483,6 +499,7 @@ async fn inject(
             }
             tokio::time::sleep(hold(rng, 200, 1_500)).await;
             c.restart(i).await?;
+            rejoin(c, cloud, &p.ingest_cfg.nats.stream, problems).await;
         }
         Fault::KillCloudNode if p.cluster.is_some() => {
             // A real node of the cluster: any of them, the stream leader included.
@@ -499,6 +516,7 @@ async fn inject(
             c.kill(i);
             tokio::time::sleep(hold(rng, 200, 1_500)).await;
             c.restart(i).await?;
+            rejoin(c, cloud, &stream, problems).await;
         }
         Fault::RestartCloudNats => {
             let code = p.terminate_cloud(Duration::from_secs(10)).await;

@@ -327,6 +327,29 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Starts one more gateway on the same edge stream and durable consumer (horizontal edge
+    /// scaling, or a hot standby): the same configuration with its own admin listener, config
+    /// file and log (`<name>.toml`, `<name>.log`). The caller owns it (killed on drop).
+    pub async fn start_another_gateway(&self, name: &str) -> anyhow::Result<Uplink> {
+        let mut cfg = self.gateway_cfg.clone();
+        cfg.admin.listen = free_addr();
+        let path = self.write_config(name, &cfg)?;
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Uplink::start(
+            &self.exe,
+            "gateway",
+            &path,
+            cfg.admin.listen,
+            self.dir.path().join(format!("{name}.log")),
+            &env,
+        )
+        .await
+    }
+
     /// Starts the ingest without waiting for readiness (for when cloud NATS is down).
     pub fn spawn_ingest(&mut self) -> anyhow::Result<()> {
         let cfg = self.write_config("ingest", &self.ingest_cfg)?;

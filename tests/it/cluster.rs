@@ -101,6 +101,13 @@ async fn a_follower_killed_and_brought_back_costs_not_one_503() {
     let sent = publisher.await.unwrap();
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, COUNT);
+    eprintln!(
+        "follower SIGKILL: {} sent, {} lost, {} duplicated, 503s {}",
+        r.messages,
+        r.lost,
+        r.duplicates,
+        ingest_503s(&p).await
+    );
     assert_eq!(ingest_503s(&p).await, 0.0, "{}", tail(&p.log("ingest")));
 }
 
@@ -164,6 +171,10 @@ async fn killing_the_stream_leader_elects_another_while_publishing() {
     let sent = publisher.await.unwrap();
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, COUNT);
+    eprintln!(
+        "leader SIGKILL: {} sent, {} lost, {} duplicated, 503s {during}",
+        r.messages, r.lost, r.duplicates
+    );
     assert!(during >= 1.0);
     assert_eq!(
         ingest_503s(&p).await,
@@ -215,6 +226,10 @@ async fn restarting_every_node_one_by_one_loses_nothing() {
     let sent = publisher.await.unwrap();
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, COUNT);
+    eprintln!(
+        "rolling restart: {} sent, {} lost, {} duplicated, 503s {after}",
+        r.messages, r.lost, r.duplicates
+    );
     assert_eq!(ingest_503s(&p).await, after, "503s after the last restart");
     // Losing its node and connecting to another are in the ingest's log, with the servers.
     let log = p.log("ingest");

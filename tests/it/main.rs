@@ -8,6 +8,7 @@ mod cluster;
 mod connections;
 mod doctor;
 mod failures;
+mod gateways;
 mod hostile;
 mod lifecycle;
 mod metrics;
