@@ -196,6 +196,7 @@ impl Sink for JetStreamSink {
                     .expect("semaphore never closed");
                 // A loss from now on concerns this chunk's PubAcks.
                 let mut lost = self.leader.losses();
+                let sent_at = std::time::Instant::now();
                 let acks = futures_util::stream::FuturesUnordered::new();
                 for m in chunk {
                     // `headers` replaces the whole map: set it before the message id.
@@ -210,7 +211,8 @@ impl Sink for JetStreamSink {
                         .map_err(|e| SinkError::Publish(e.to_string()))?;
                     acks.push(std::future::IntoFuture::into_future(ack));
                 }
-                self.await_acks(acks, &mut lost, &mut outcome).await?;
+                self.await_acks(acks, sent_at, &mut lost, &mut outcome)
+                    .await?;
             }
             metrics::histogram!(PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
             Ok(outcome)
@@ -241,6 +243,7 @@ impl JetStreamSink {
     async fn await_acks(
         &self,
         mut acks: futures_util::stream::FuturesUnordered<AckFuture>,
+        sent_at: std::time::Instant,
         lost: &mut tokio::sync::watch::Receiver<Loss>,
         outcome: &mut Outcome,
     ) -> Result<(), SinkError> {
@@ -248,6 +251,7 @@ impl JetStreamSink {
         let overdue = tokio::time::sleep(ACKS_OVERDUE);
         tokio::pin!(overdue);
         let mut poked = false;
+        let mut watching = true;
         loop {
             tokio::select! {
                 next = acks.next() => match next {
@@ -256,9 +260,11 @@ impl JetStreamSink {
                     Some(Ok(_)) => outcome.accepted += 1,
                     Some(Err(e)) => return Err(self.ack_error(e)),
                 },
-                changed = lost.changed() => {
-                    if changed.is_ok() {
-                        return Err(SinkError::Lost(lost.borrow().reason.clone()));
+                changed = lost.changed(), if watching => {
+                    let loss = lost.borrow_and_update().clone();
+                    watching = changed.is_ok();
+                    if watching && loss.condemns(sent_at) {
+                        return Err(SinkError::Lost(loss.reason));
                     }
                 }
                 () = &mut overdue, if !poked => {
@@ -281,7 +287,7 @@ impl JetStreamSink {
             }
             K::BrokenPipe => {
                 let why = "the connection to cloud NATS was lost".to_string();
-                self.leader.lose(&why);
+                self.leader.lose(&why, None);
                 SinkError::Lost(why)
             }
             _ => SinkError::Publish(e.to_string()),
@@ -294,6 +300,17 @@ impl JetStreamSink {
 pub struct Loss {
     pub count: u64,
     pub reason: String,
+    /// When a probe that found it asked (a loss learned from an event holds for everyone).
+    pub since: Option<std::time::Instant>,
+}
+
+impl Loss {
+    /// Whether publishes sent at `sent_at` are lost with it. A probe's finding holds from when
+    /// it asked: publishes sent after that are not condemned by it (they get their own answer,
+    /// or their own timeout).
+    pub fn condemns(&self, sent_at: std::time::Instant) -> bool {
+        self.since.is_none_or(|since| sent_at <= since)
+    }
 }
 
 /// What the ingest knows about the cloud stream's leader: probed with a stream info request
@@ -336,10 +353,11 @@ impl LeaderWatch {
     }
 
     /// Publishes awaiting acks give up; the probe runs at once.
-    fn lose(&self, why: &str) {
+    fn lose(&self, why: &str, since: Option<std::time::Instant>) {
         self.losses.send_modify(|l| {
             l.count += 1;
             l.reason = why.to_string();
+            l.since = since;
         });
         self.poke();
     }
@@ -357,17 +375,17 @@ impl LeaderWatch {
                 ),
             }
         };
-        self.set(Err(why.clone()));
+        self.set(Err(why.clone()), None);
         why
     }
 
     /// Records the probe's or a publish's finding; logs changes; a lost leader is a loss.
-    fn set(&self, found: Result<String, String>) {
+    fn set(&self, found: Result<String, String>, since: Option<std::time::Instant>) {
         let before = std::mem::replace(&mut *self.state.lock().unwrap(), found.clone());
         match (&before, &found) {
             (Ok(_), Err(why)) => {
                 tracing::warn!(stream = %self.stream, reason = %why, "cloud stream has no leader; publishes are answered 503 until it has one");
-                self.lose(why);
+                self.lose(why, since);
             }
             (Err(_), Ok(leader)) => {
                 tracing::info!(stream = %self.stream, %leader, "cloud stream has a leader again")
@@ -385,7 +403,7 @@ impl LeaderWatch {
         mut disconnects: tokio::sync::watch::Receiver<u64>,
     ) {
         while disconnects.changed().await.is_ok() {
-            self.lose("the connection to cloud NATS was lost");
+            self.lose("the connection to cloud NATS was lost", None);
         }
     }
 
@@ -394,13 +412,14 @@ impl LeaderWatch {
         // Long enough for a busy cluster to answer, short enough to see a dead leader soon.
         let timeout = publish_timeout.clamp(Duration::from_millis(500), Duration::from_secs(2));
         loop {
+            let asked = std::time::Instant::now();
             let found = self.probe(&js, timeout).await;
             let every = if found.is_ok() {
                 PROBE_EVERY
             } else {
                 PROBE_EVERY_WITHOUT_LEADER
             };
-            self.set(found);
+            self.set(found, Some(asked));
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = self.poke.notified() => {}
@@ -465,14 +484,33 @@ mod tests {
         // Still no leader: no second loss for the publishes that started since.
         w.no_responders();
         assert!(!in_flight.has_changed().unwrap());
-        w.set(Ok("cloud-2".into()));
+        w.set(Ok("cloud-2".into()), None);
         assert_eq!(w.ready(), Ok(()));
+    }
+
+    #[test]
+    fn a_probes_finding_condemns_only_publishes_sent_before_it_asked() {
+        let w = LeaderWatch::new("UPLINK");
+        let before = std::time::Instant::now();
+        let asked = before + Duration::from_millis(10);
+        let after = asked + Duration::from_millis(10);
+        w.set(Err("no answer".into()), Some(asked));
+        let loss = w.losses.borrow().clone();
+        assert!(loss.condemns(before));
+        assert!(!loss.condemns(after), "sent after the probe asked");
+        // An event (a publish nobody took, a lost connection) condemns everything in flight.
+        w.set(Ok("cloud-1".into()), None);
+        w.no_responders();
+        assert!(w.losses.borrow().condemns(after));
     }
 
     #[test]
     fn a_stream_found_missing_is_named_so_not_leaderless() {
         let w = LeaderWatch::new("UPLINK");
-        w.set(Err("cloud stream UPLINK does not exist (deleted?)".into()));
+        w.set(
+            Err("cloud stream UPLINK does not exist (deleted?)".into()),
+            None,
+        );
         assert_eq!(
             w.no_responders(),
             "cloud stream UPLINK does not exist (deleted?)"
