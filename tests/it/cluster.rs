@@ -238,3 +238,19 @@ async fn restarting_every_node_one_by_one_loses_nothing() {
     let connected = log.matches("event=\"connected\"").count();
     assert!(connected >= 2, "{connected} connects: {}", tail(&log));
 }
+
+#[test]
+fn a_cloud_cluster_of_no_nodes_is_a_usage_error_naming_the_flag() {
+    for n in ["0", "10"] {
+        let out = std::process::Command::new(exe())
+            .args(["bench", "--cloud-cluster", n])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "--cloud-cluster {n}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--cloud-cluster") && err.contains("1 to 9"),
+            "{err}"
+        );
+    }
+}
