@@ -5,6 +5,7 @@
 
 mod anchor;
 pub mod chaos;
+pub mod cluster;
 pub mod dedupe;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub struct BenchOptions {
     pub rate: f64,
     /// Seed of the fault schedule.
     pub seed: Option<u64>,
+    /// Run the cloud on a JetStream cluster of this many nodes (`--cloud-cluster`).
+    pub cloud_cluster: Option<usize>,
 }
 
 /// The figures of a run.
@@ -82,6 +85,9 @@ pub struct BenchResult {
     /// Steady-load runs: what went wrong along the way besides the verdict (exit codes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// `--cloud-cluster` runs without `--chaos`: the leader kill and what it cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster::ClusterFigures>,
 }
 
 /// Runs the bench; Ok(result) whatever the verdict (the caller decides the exit code).
@@ -108,9 +114,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     };
     let options = PipelineOptions {
         nginx: opts.via_nginx.then(NginxSite::default),
+        cloud_cluster: opts.cloud_cluster,
         ..Default::default()
     };
-    let p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
+    let mut p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
     if !opts.json {
         eprintln!(
             "pipeline up: edge {} → gateway → {}ingest {} → cloud {} (logs in {})",
@@ -120,12 +127,20 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
                 None => String::new(),
             },
             p.ingest_url(),
-            p.cloud_url(),
+            p.ingest_cfg.nats.connect.url,
             p.dir.path().display()
         );
+        if let Some(c) = &p.cluster {
+            eprintln!(
+                "cloud: a {}-node JetStream cluster, stream {} at {} replicas; SIGKILL of the stream leader a third of the way in, of the ingest's follower two thirds in",
+                c.nodes.len(),
+                p.ingest_cfg.nats.stream,
+                p.ingest_cfg.nats.replicas
+            );
+        }
     }
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
-    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
     let w = Workload {
         count: opts.messages,
         size: opts.size,
@@ -133,7 +148,17 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         ..Default::default()
     };
     let started = Instant::now();
-    let sent = verify::publish(&edge, &w).await?;
+    let publisher = tokio::spawn({
+        let (edge, w) = (edge.clone(), w.clone());
+        async move { verify::publish(&edge, &w).await }
+    });
+    let cluster = if p.cluster.is_some() {
+        let total = opts.messages as u64;
+        Some(cluster::kill_nodes(&mut p, &cloud, total).await?)
+    } else {
+        None
+    };
+    let sent = publisher.await??;
     let budget = delivery_budget(opts.messages);
     verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -178,6 +203,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         faults: None,
         resources: None,
         problems: Vec::new(),
+        cluster,
     })
 }
 
@@ -195,7 +221,7 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     };
     let exe = std::env::current_exe()?;
     let nats_bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
-    let mut p = chaos::start_pipeline(&exe, &nats_bin).await?;
+    let mut p = chaos::start_pipeline(&exe, &nats_bin, opts.cloud_cluster).await?;
     // Seeds are drawn here so the text output can say which one before anything happens.
     let seed = lo.seed.unwrap_or_else(|| fastrand::u64(..));
     let lo = chaos::LoadOptions {
@@ -207,7 +233,7 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             "pipeline up: edge {} → gateway → fault proxy → ingest {} → cloud {} (logs in {})",
             p.edge.url(),
             p.ingest_url(),
-            p.cloud_url(),
+            p.ingest_cfg.nats.connect.url,
             p.dir.path().display()
         );
         eprintln!(
@@ -227,9 +253,9 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             lo.duration,
             lo.rate
         );
-        if lo.faults.contains(&chaos::Fault::KillCloudNode) {
+        if lo.faults.contains(&chaos::Fault::KillCloudNode) && p.cluster.is_none() {
             eprintln!(
-                "kill-cloud-node: the cloud is a single nats-server here, so this is restart-cloud-nats with SIGKILL"
+                "kill-cloud-node: the cloud is a single nats-server here (no --cloud-cluster), so this is restart-cloud-nats with SIGKILL"
             );
         }
     }
@@ -277,6 +303,7 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         faults: (!lo.faults.is_empty()).then_some(figures.faults),
         resources: Some(figures.resources),
         problems: figures.problems,
+        cluster: None,
     })
 }
 
@@ -327,6 +354,19 @@ pub fn print(r: &BenchResult, json: bool) {
     if let Some(seed) = r.seed {
         println!("seed {seed}");
     }
+    if let Some(c) = &r.cluster {
+        println!(
+            "cloud cluster: {} nodes, stream at {} replicas, timeouts.publish {:.0} ms",
+            c.nodes, c.replicas, c.publish_timeout_ms
+        );
+        for f in &c.faults {
+            println!("  {}", f.fault);
+            println!(
+                "    election {:.0} ms, pipeline stall {:.0} ms, 503s answered {}, rejoined: {}",
+                f.election_ms, f.stall_ms, f.ingest_503, f.rejoined
+            );
+        }
+    }
     if let (Some(a), Some(ratio)) = (r.anchor_msgs_per_sec, r.ratio_to_anchor) {
         println!(
             "anchor (in-process JetStream→JetStream relay, same servers, same run): {a:.0} msgs/s; uplink = {ratio:.2}× of it"
@@ -340,7 +380,7 @@ async fn drive_and_verify(
     lo: &chaos::LoadOptions,
 ) -> anyhow::Result<(f64, verify::Report, chaos::LoadFigures)> {
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
-    let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
     let started = Instant::now();
     let (sent, mut figures) = chaos::drive(p, lo, &edge, &cloud).await?;
     let budget = delivery_budget(sent.len());

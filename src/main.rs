@@ -120,6 +120,13 @@ enum Cmd {
         /// in its duplicate window (--messages ids, side by side with a server holding none).
         #[arg(long)]
         dedupe_memory: bool,
+        /// Run the cloud on a JetStream cluster of N nats-servers (stream at min(N, 3)
+        /// replicas, the ingest given every node's URL). Without --chaos, the stream leader is
+        /// SIGKILLed a third of the way in, the follower the ingest is connected to two thirds
+        /// in, and the election and stall of each are reported; with --chaos, kill-cloud-node
+        /// and restart-cloud-nats hit one node of the cluster.
+        #[arg(long, value_name = "N")]
+        cloud_cluster: Option<usize>,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -402,6 +409,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             seed,
             dedupe_memory,
+            cloud_cluster,
         } => {
             if dedupe_memory {
                 if messages < uplink::bench::dedupe::MIN_MESSAGES {
@@ -429,6 +437,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            if cloud_cluster.is_some_and(|n| !(1..=9).contains(&n)) {
+                return Err(ConfigError::Invalid {
+                    key: "--cloud-cluster",
+                    reason: "must be a number of nodes from 1 to 9".into(),
+                }
+                .into());
+            }
             let chaos = match chaos {
                 Some(list) => {
                     uplink::bench::chaos::parse(&list).map_err(|e| ConfigError::Invalid {
@@ -450,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 duration,
                 rate,
                 seed,
+                cloud_cluster,
                 via_nginx,
                 anchor,
                 messages,

@@ -73,6 +73,12 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Counts the connections lost so far; changes at each `disconnected` event, so a request
+    /// awaiting replies that went down with the connection can give up at once.
+    pub fn disconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.disconnects.subscribe()
+    }
+
     /// `Ok` when connected; else why not, with the last error the connection met.
     pub fn ready(&self) -> Result<(), String> {
         if self.client.connection_state() == async_nats::connection::State::Connected {
@@ -135,6 +141,7 @@ pub async fn connect(
             .map(|s| (s.host().to_string(), s.port()))
             .collect(),
         failing: Mutex::new(Failing::default()),
+        disconnects: tokio::sync::watch::Sender::new(0),
     });
     let events = state.clone();
     let client = options(cfg)?
@@ -170,6 +177,8 @@ struct EventState {
     /// Failed connection attempts since the last success, and when the first one happened
     /// and the last summary line was written.
     failing: Mutex<Failing>,
+    /// Connections lost so far ([`Connection::disconnects`]).
+    disconnects: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -249,6 +258,9 @@ fn is_kind(text: &str, kinds: &[ConnectErrorKind]) -> bool {
 impl EventState {
     fn on_event(&self, event: &Event) {
         let (name, level) = classify(event);
+        if matches!(event, Event::Disconnected) {
+            self.disconnects.send_modify(|n| *n += 1);
+        }
         metrics::counter!("uplink_nats_events_total", "nats" => self.role.as_str(), "event" => name)
             .increment(1);
         // The server of the last connection (the one just lost, for a disconnect); before the

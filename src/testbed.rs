@@ -507,6 +507,7 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+pub mod cluster;
 pub mod fault;
 pub mod nats_jwt;
 pub mod nginx;

@@ -71,12 +71,12 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         fault: Fault::RestartCloudNats,
         name: "restart-cloud-nats",
-        about: "SIGTERM the cloud nats-server, restart it on the same port and store",
+        about: "SIGTERM the cloud nats-server (with --cloud-cluster: one node), restart it on the same port and store",
     },
     Scenario {
         fault: Fault::KillCloudNode,
         name: "kill-cloud-node",
-        about: "SIGKILL the cloud nats-server (a single node for now: restart-cloud-nats with SIGKILL)",
+        about: "SIGKILL a node of the cloud cluster (--cloud-cluster; any node, the stream leader included), restart it on its ports and store; on a single cloud nats-server: restart-cloud-nats with SIGKILL",
     },
     Scenario {
         fault: Fault::Stall,
@@ -266,9 +266,11 @@ fn tune_gateway(g: &mut GatewayConfig) {
 pub async fn start_pipeline(
     exe: &std::path::Path,
     nats_bin: &std::path::Path,
+    cloud_cluster: Option<usize>,
 ) -> anyhow::Result<Pipeline> {
     let options = PipelineOptions {
         fault_proxy: true,
+        cloud_cluster,
         ..Default::default()
     };
     Pipeline::start_with(exe, nats_bin, options, |_| {}, tune_gateway).await
@@ -400,6 +402,22 @@ async fn recovery(p: &Pipeline, edge: &jetstream::Context, cloud: &jetstream::Co
     since.elapsed()
 }
 
+/// Waits until a restarted node's replica of the cloud stream caught up, so the next fault
+/// does not take a quorum that was never whole again.
+async fn rejoin(
+    c: &crate::testbed::cluster::Cluster,
+    cloud: &jetstream::Context,
+    stream: &str,
+    problems: &mut Vec<String>,
+) {
+    if let Err(e) = c
+        .wait_stream_healthy(cloud, stream, Duration::from_secs(60))
+        .await
+    {
+        problems.push(format!("cloud cluster: {e}"));
+    }
+}
+
 /// How long a fault is held (a process down, a proxy fault on).
 fn hold(rng: &mut fastrand::Rng, from_ms: u64, to_ms: u64) -> Duration {
     Duration::from_millis(rng.u64(from_ms..to_ms))
@@ -469,6 +487,36 @@ async fn inject(
             }
             tokio::time::sleep(hold(rng, 200, 1_500)).await;
             p.start_edge().await?;
+        }
+        Fault::RestartCloudNats if p.cluster.is_some() => {
+            let c = p.cluster.as_mut().expect("checked");
+            let i = rng.usize(..c.nodes.len());
+            if c.terminate(i, Duration::from_secs(10)).await.is_none() {
+                problems.push(format!(
+                    "restart-cloud-nats: SIGTERM did not stop {} within 10 s",
+                    c.nodes[i].name
+                ));
+            }
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            c.restart(i).await?;
+            rejoin(c, cloud, &p.ingest_cfg.nats.stream, problems).await;
+        }
+        Fault::KillCloudNode if p.cluster.is_some() => {
+            // A real node of the cluster: any of them, the stream leader included.
+            // Evidence: how many of the kills hit the stream leader.
+            let stream = p.ingest_cfg.nats.stream.clone();
+            let c = p.cluster.as_mut().expect("checked");
+            let i = rng.usize(..c.nodes.len());
+            let leader = c
+                .stream_health(cloud, &stream, Duration::from_secs(1))
+                .await
+                .ok()
+                .and_then(|h| h.leader);
+            evidence = if leader == Some(i) { 1.0 } else { 0.0 };
+            c.kill(i);
+            tokio::time::sleep(hold(rng, 200, 1_500)).await;
+            c.restart(i).await?;
+            rejoin(c, cloud, &stream, problems).await;
         }
         Fault::RestartCloudNats => {
             let code = p.terminate_cloud(Duration::from_secs(10)).await;

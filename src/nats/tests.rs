@@ -50,7 +50,15 @@ fn a_repeated_error_is_remembered_once_and_forgotten_on_connect() {
         last_error: Mutex::new(None),
         addrs: Vec::new(),
         failing: Mutex::new(Failing::default()),
+        disconnects: tokio::sync::watch::Sender::new(0),
     };
+    let disconnects = s.disconnects.subscribe();
+    s.on_event(&Event::Disconnected);
+    assert_eq!(
+        *disconnects.borrow(),
+        1,
+        "a lost connection is counted for waiters"
+    );
     s.on_event(&client_error(ConnectErrorKind::AuthorizationViolation));
     let first = s.last_error.lock().unwrap().clone().unwrap();
     assert!(first.contains("authorization violation"), "{first}");

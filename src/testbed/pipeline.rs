@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::cluster::Cluster;
 use super::fault::FaultProxy;
 use super::nginx::{Nginx, NginxSite};
 use super::{Nats, NatsSecurity, NatsServerTls, TempDir, Uplink, free_addr, free_port};
@@ -29,6 +30,10 @@ pub struct PipelineOptions {
     pub fault_proxy: bool,
     /// Put a [`FaultProxy`] between ingest and cloud NATS (the ingest dials the proxy).
     pub cloud_fault_proxy: bool,
+    /// Run the cloud on a JetStream cluster of this many nodes instead of one nats-server:
+    /// the ingest gets every node's URL and the cloud stream `min(N, 3)` replicas. Open
+    /// servers only (no `cloud_security`, `nats_tls` or `cloud_fault_proxy` with it).
+    pub cloud_cluster: Option<usize>,
 }
 
 /// The cloud nats-server's `max_payload` unless a test sets one: the edge's default (1 MiB)
@@ -49,7 +54,10 @@ pub struct Pipeline {
     /// Between ingest and cloud NATS, when [`PipelineOptions::cloud_fault_proxy`].
     pub cloud_fault: Option<FaultProxy>,
     pub edge: Nats,
+    /// The single cloud nats-server (`None` while stopped, and with a cluster).
     pub cloud: Option<Nats>,
+    /// The cloud JetStream cluster, when [`PipelineOptions::cloud_cluster`].
+    pub cluster: Option<Cluster>,
     pub gateway_cfg: GatewayConfig,
     pub ingest_cfg: IngestConfig,
     pub platform: String,
@@ -114,15 +122,38 @@ impl Pipeline {
             &edge_security,
         )
         .await?;
-        let cloud = Nats::start_secured(
-            nats_bin,
-            dir.path(),
-            "cloud",
-            free_port(),
-            dir.path().join("cloud-js"),
-            &cloud_security,
-        )
-        .await?;
+        let (cloud, cluster) = match opts.cloud_cluster {
+            Some(n) => {
+                if !cloud_security.is_open() || opts.cloud_fault_proxy {
+                    anyhow::bail!(
+                        "a cloud cluster runs open servers without a fault proxy in front"
+                    );
+                }
+                let c = Cluster::start(nats_bin, dir.path(), "cloud", n).await?;
+                (None, Some(c))
+            }
+            None => {
+                let cloud = Nats::start_secured(
+                    nats_bin,
+                    dir.path(),
+                    "cloud",
+                    free_port(),
+                    dir.path().join("cloud-js"),
+                    &cloud_security,
+                )
+                .await?;
+                (Some(cloud), None)
+            }
+        };
+        let (cloud_port, cloud_store) = match (&cloud, &cluster) {
+            (Some(c), _) => (c.port, c.store.clone()),
+            (None, Some(c)) => (c.nodes[0].port, c.nodes[0].store.clone()),
+            (None, None) => unreachable!("one of them is started"),
+        };
+        let cloud_urls = match &cluster {
+            Some(c) => c.url_list(),
+            None => format!("nats://127.0.0.1:{cloud_port}"),
+        };
         let ingest_addr = free_addr();
 
         let defaults = IngestConfig::default();
@@ -139,8 +170,12 @@ impl Pipeline {
             },
             nats: crate::config::CloudNats {
                 connect: crate::config::NatsConnect {
-                    url: cloud.url(),
+                    url: cloud_urls,
                     ..defaults.nats.connect.clone()
+                },
+                replicas: match &cluster {
+                    Some(c) => c.nodes.len().min(3),
+                    None => defaults.nats.replicas,
                 },
                 ..defaults.nats.clone()
             },
@@ -150,7 +185,7 @@ impl Pipeline {
             ingest_cfg.proxy.listen = free_addr().to_string();
         }
         let cloud_fault = if opts.cloud_fault_proxy {
-            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], cloud.port))).await?;
+            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], cloud_port))).await?;
             ingest_cfg.nats.connect.url = format!("nats://127.0.0.1:{}", f.addr.port());
             Some(f)
         } else {
@@ -223,8 +258,6 @@ impl Pipeline {
         } else {
             None
         };
-        let cloud_port = cloud.port;
-        let cloud_store = cloud.store.clone();
         let mut p = Pipeline {
             gateway: None,
             nginx,
@@ -232,7 +265,8 @@ impl Pipeline {
             ingest: None,
             cloud_fault,
             edge,
-            cloud: Some(cloud),
+            cloud,
+            cluster,
             gateway_cfg,
             ingest_cfg,
             platform,
@@ -298,6 +332,29 @@ impl Pipeline {
         let admin = self.gateway_cfg.admin.listen;
         self.gateway = Some(self.start_uplink("gateway", admin).await?);
         Ok(())
+    }
+
+    /// Starts one more gateway on the same edge stream and durable consumer (horizontal edge
+    /// scaling, or a hot standby): the same configuration with its own admin listener, config
+    /// file and log (`<name>.toml`, `<name>.log`). The caller owns it (killed on drop).
+    pub async fn start_another_gateway(&self, name: &str) -> anyhow::Result<Uplink> {
+        let mut cfg = self.gateway_cfg.clone();
+        cfg.admin.listen = free_addr();
+        let path = self.write_config(name, &cfg)?;
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Uplink::start(
+            &self.exe,
+            "gateway",
+            &path,
+            cfg.admin.listen,
+            self.dir.path().join(format!("{name}.log")),
+            &env,
+        )
+        .await
     }
 
     /// Starts the ingest without waiting for readiness (for when cloud NATS is down).
@@ -372,8 +429,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The cloud nats-server's URL (with a cluster: the first node's).
     pub fn cloud_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.cloud_port)
+    }
+
+    /// Every cloud server, for a client that must reach the cloud whichever node is down.
+    pub fn cloud_addrs(&self) -> Vec<async_nats::ServerAddr> {
+        match &self.cluster {
+            Some(c) => c.addrs(),
+            None => vec![self.cloud_url().parse().expect("loopback URL parses")],
+        }
     }
 
     pub fn ingest_url(&self) -> String {

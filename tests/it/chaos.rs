@@ -13,10 +13,22 @@ use crate::support::*;
 /// in, so at least one lands; then the exactly-once verdict. `evidence` is the least the
 /// scenario's own evidence figure must reach.
 async fn run(fault: Fault, evidence: f64) {
+    run_on(fault, evidence, None).await;
+}
+
+/// [`run`] with the cloud on a JetStream cluster of `cluster` nodes, when given.
+async fn run_on(fault: Fault, evidence: f64, cluster: Option<usize>) {
     uplink::tls::install_crypto_provider();
-    let mut p = chaos::start_pipeline(&exe(), &nats_bin())
+    let mut p = chaos::start_pipeline(&exe(), &nats_bin(), cluster)
         .await
         .expect("pipeline starts");
+    let pids = |p: &uplink::testbed::pipeline::Pipeline| -> Vec<Option<u32>> {
+        p.cluster
+            .as_ref()
+            .map(|c| c.nodes.iter().map(|n| n.pid()).collect())
+            .unwrap_or_default()
+    };
+    let pids_before = pids(&p);
     let edge = edge_js(&p).await;
     let cloud = cloud_js(&p).await;
     let seed = fastrand::u64(..);
@@ -52,6 +64,18 @@ async fn run(fault: Fault, evidence: f64) {
     assert!(figures.problems.is_empty(), "{:?}", figures.problems);
     let g = &figures.resources["gateway"];
     assert!(g.samples >= 2 && g.peak.rss_kib > 0, "{g:?}");
+    if cluster.is_some() {
+        // Real nodes of the cluster were killed and restarted: new processes, all up.
+        let after = pids(&p);
+        assert!(after.iter().all(Option::is_some), "{after:?}");
+        assert_ne!(pids_before, after, "no node of the cluster was restarted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_cloud_node_on_a_cluster() {
+    // Evidence is the stream leaders among the nodes killed: any node may be drawn.
+    run_on(Fault::KillCloudNode, 0.0, Some(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,7 @@ pub async fn edge_js(p: &Pipeline) -> jetstream::Context {
 /// A test client to the cloud, with the ingest's credentials and TLS settings.
 pub async fn cloud_js(p: &Pipeline) -> jetstream::Context {
     let opts = uplink::nats::options(&p.ingest_cfg.nats.connect).expect("cloud NATS options");
-    jetstream::new(opts.connect(p.cloud_url()).await.expect("cloud NATS"))
+    jetstream::new(opts.connect(p.cloud_addrs()).await.expect("cloud NATS"))
 }
 
 /// Waits until the cloud holds every sent message and the edge consumer is drained, then
