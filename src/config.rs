@@ -16,7 +16,7 @@ mod nats;
 pub use docs::{GATEWAY_DOCS, INGEST_DOCS};
 pub use gateway::*;
 pub use ingest::*;
-pub use load::{Sources, default_keys, gateway, ingest, load, render_defaults};
+pub use load::{Sources, default_keys, gateway, ingest, load, reference, render_defaults};
 pub use nats::{Auth, Discard, NatsConnect, NatsTls, Secret, StreamLimits};
 
 /// A configuration problem: exit code 64 at the binary edge.

@@ -18,10 +18,12 @@ pub enum StartError {
     /// The same, for a file a setting names: the setting is added.
     #[error("{source} (setting `{key}`)")]
     TlsFile { key: &'static str, source: TlsError },
-    #[error("cannot listen on {addr} ({key}): {source}")]
+    /// The cause is the `source` (printed after it by the binary).
+    #[error("cannot listen on {addr} ({key})")]
     Listen {
         addr: SocketAddr,
         key: &'static str,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]

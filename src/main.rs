@@ -236,6 +236,8 @@ enum ConfigCmd {
         #[arg(value_parser = ["gateway", "ingest"])]
         program: Option<String>,
     },
+    /// Print the settings reference of both programs as Markdown (docs/configuration.md).
+    Reference,
     /// Validate a config file (with UPLINK_* environment applied) for a program.
     Check {
         #[arg(value_parser = ["gateway", "ingest"])]
@@ -338,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            ConfigCmd::Reference => print!("{}", config::reference()),
             ConfigCmd::Check { program, file } => {
                 let sources = Sources::from_process(Some(file.clone()), vec![]);
                 // Every file the config names is read and checked too (certificates, keys, CA

@@ -196,7 +196,7 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ("retry.max_backoff", "Largest backoff ceiling (duration)."),
     (
         "admin",
-        "Admin listener (plain HTTP): /healthz, /readyz, /metrics.",
+        "Admin listener (plain HTTP): /healthz, /readyz, /deliveryz, /metrics, /status, /status.json.",
     ),
     (
         "admin.listen",
@@ -420,7 +420,7 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
     ),
     (
         "admin",
-        "Admin listener (plain HTTP): /healthz, /readyz, /metrics.",
+        "Admin listener (plain HTTP): /healthz, /readyz, /metrics, /status, /status.json.",
     ),
     (
         "admin.listen",

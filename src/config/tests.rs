@@ -442,3 +442,25 @@ fn unknown_keys_get_the_closest_known_one() {
     assert_eq!(super::load::edit_distance("idle", "idel"), 2);
     assert_eq!(super::load::edit_distance("", "abc"), 3);
 }
+
+/// docs/configuration.md is what `uplink config reference` prints: regenerate it with
+/// `cargo run -- config reference > docs/configuration.md` when a setting or its doc changes.
+#[test]
+fn the_configuration_reference_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let on_disk = std::fs::read_to_string(path).expect("docs/configuration.md");
+    assert!(
+        on_disk == reference(),
+        "docs/configuration.md is stale: run `cargo run -- config reference > docs/configuration.md`"
+    );
+    // Every key is in it.
+    for key in default_keys::<GatewayConfig>()
+        .into_iter()
+        .chain(default_keys::<IngestConfig>())
+    {
+        assert!(
+            on_disk.contains(&format!("`{key}`")) || on_disk.contains(&format!("`[{key}]`")),
+            "{key}"
+        );
+    }
+}

@@ -137,11 +137,12 @@ impl Cluster {
             .collect();
         format!(
             "listen: {}\nserver_name: {}\nhttp: {}\njetstream {{ store_dir: {} }}\n\
-             cluster {{ name: {}, listen: {}, routes: [ {} ] }}\n",
+             max_payload: {}\ncluster {{ name: {}, listen: {}, routes: [ {} ] }}\n",
             q(&format!("127.0.0.1:{}", node.port)),
             q(&node.name),
             q(&format!("127.0.0.1:{}", node.monitor_port)),
             q(&node.store.to_string_lossy()),
+            super::pipeline::CLOUD_MAX_PAYLOAD,
             q(&self.name),
             q(&format!("127.0.0.1:{}", node.cluster_port)),
             routes.join(", ")

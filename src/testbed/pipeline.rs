@@ -36,6 +36,12 @@ pub struct PipelineOptions {
     pub cloud_cluster: Option<usize>,
 }
 
+/// A program that exited because its admin address was taken meanwhile.
+fn admin_port_taken(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("(admin.listen)") && text.contains("in use")
+}
+
 /// The cloud nats-server's `max_payload` unless a test sets one: the edge's default (1 MiB)
 /// plus room for the headers the ingest adds, so the largest edge message fits.
 pub const CLOUD_MAX_PAYLOAD: usize = (1 << 20) + 4096;
@@ -102,9 +108,6 @@ impl Pipeline {
         let mut names = vec![platform.clone()];
         let (mut edge_security, mut cloud_security) =
             (opts.edge_security.clone(), opts.cloud_security.clone());
-        // The ingest adds headers to every message: the cloud must take more than the edge
-        // (README "Sizing the cloud servers").
-        cloud_security.max_payload = cloud_security.max_payload.or(Some(CLOUD_MAX_PAYLOAD));
         if opts.nats_tls {
             names.push(INGEST_NATS_CLIENT.to_string());
         }
@@ -133,6 +136,9 @@ impl Pipeline {
                 (None, Some(c))
             }
             None => {
+                // The ingest adds headers to every message: the cloud must take more than the
+                // edge (README, "Connecting to NATS"; a cluster's nodes get the same).
+                cloud_security.max_payload = cloud_security.max_payload.or(Some(CLOUD_MAX_PAYLOAD));
                 let cloud = Nats::start_secured(
                     nats_bin,
                     dir.path(),
@@ -278,8 +284,30 @@ impl Pipeline {
             env: Vec::new(),
             dir,
         };
-        p.start_ingest().await?;
-        p.start_gateway().await?;
+        // Admin ports are picked free, then bound by another process: another test may take
+        // one in between. Only the pipeline refers to them, so a conflict is retried on others.
+        for attempt in 1..=3 {
+            match p.start_ingest().await {
+                Err(e) if attempt < 3 && admin_port_taken(&e) => {
+                    p.ingest_cfg.admin.listen = free_addr()
+                }
+                r => {
+                    r?;
+                    break;
+                }
+            }
+        }
+        for attempt in 1..=3 {
+            match p.start_gateway().await {
+                Err(e) if attempt < 3 && admin_port_taken(&e) => {
+                    p.gateway_cfg.admin.listen = free_addr()
+                }
+                r => {
+                    r?;
+                    break;
+                }
+            }
+        }
         Ok(p)
     }
 
