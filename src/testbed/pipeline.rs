@@ -29,6 +29,9 @@ pub struct PipelineOptions {
     pub fault_proxy: bool,
     /// Put a [`FaultProxy`] between ingest and cloud NATS (the ingest dials the proxy).
     pub cloud_fault_proxy: bool,
+    /// Do not start the gateway (`uplink bench --backlog` fills the edge stream first and
+    /// starts it with [`Pipeline::start_gateway`]).
+    pub defer_gateway: bool,
 }
 
 /// CN of the ingest's client certificate to cloud NATS when [`PipelineOptions::nats_tls`].
@@ -238,7 +241,9 @@ impl Pipeline {
             dir,
         };
         p.start_ingest().await?;
-        p.start_gateway().await?;
+        if !opts.defer_gateway {
+            p.start_gateway().await?;
+        }
         Ok(p)
     }
 
