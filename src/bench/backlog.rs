@@ -273,6 +273,10 @@ async fn uplink_drain(
         ),
     ];
     let cpu0 = cpu_of(&procs);
+    if !o.json {
+        eprintln!("round {} uplink: pids {procs:?} (gateway: next)", round + 1);
+    }
+    perf_control("enable");
     let started = Instant::now();
     p.start_gateway().await?;
     procs.push((
@@ -282,7 +286,11 @@ async fn uplink_drain(
     let budget = delivery_budget(w.count);
     wait_holds(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
+    perf_control("disable");
     let cpu_ms = cpu_since(&procs, &cpu0);
+    if !o.json {
+        eprintln!("round {} uplink: pids {procs:?}", round + 1);
+    }
     let mut peak_rss_kib = BTreeMap::new();
     for (name, pid) in &procs {
         if matches!(*name, "gateway" | "ingest")
@@ -315,6 +323,22 @@ async fn uplink_drain(
         corrupted: report.corrupted,
     });
     Ok(t)
+}
+
+/// Profiling only the drain: with `UPLINK_BENCH_PERF_CTL` naming the control FIFO of a
+/// `perf record --control fifo:PATH -D -1 …`, the uplink drain's start and end are written
+/// there (`enable` / `disable`), so the profile holds the drain and nothing else.
+fn perf_control(command: &str) {
+    if let Some(path) = std::env::var_os("UPLINK_BENCH_PERF_CTL") {
+        use std::io::Write as _;
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{command}\n").as_bytes()));
+        if let Err(e) = r {
+            eprintln!("UPLINK_BENCH_PERF_CTL {}: {e}", path.to_string_lossy());
+        }
+    }
 }
 
 /// Waits until `stream` holds at least `want` messages (polled every 10 ms: the drains last
