@@ -284,7 +284,13 @@ async fn uplink_drain(
         p.gateway.as_ref().and_then(|u| u.proc.pid()).unwrap_or(0),
     ));
     let budget = delivery_budget(w.count);
-    wait_holds(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await?;
+    let stream = &p.ingest_cfg.nats.stream;
+    if let Err(e) = wait_holds(&cloud, stream, sent.len() as u64, budget).await {
+        // The logs of a drain that did not finish are the evidence: keep them.
+        p.dir.keep();
+        eprintln!("logs kept in {}", p.dir.path().display());
+        return Err(e);
+    }
     let seconds = started.elapsed().as_secs_f64();
     perf_control("disable");
     let cpu_ms = cpu_since(&procs, &cpu0);
