@@ -3,7 +3,8 @@
 //! waits until the cloud stream holds them and the edge consumer is drained, then verifies every
 //! id arrived exactly once with its payload intact.
 
-mod anchor;
+pub mod anchor;
+pub mod backlog;
 pub mod chaos;
 pub mod cluster;
 pub mod dedupe;

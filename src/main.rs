@@ -100,9 +100,20 @@ enum Cmd {
         /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
         #[arg(long)]
         via_nginx: bool,
-        /// Also measure a direct JetStream-to-JetStream relay on the same servers (ratio).
-        #[arg(long)]
-        anchor: bool,
+        /// Also measure an anchor in the same run, as a ratio. Without a value (or `relay`): a
+        /// direct in-process JetStream-to-JetStream relay on the same servers. With --backlog:
+        /// `leafnode` (the cloud stream sources the edge stream over an mTLS leafnode) and/or
+        /// `leafnode-ws` (over a wss leafnode through nginx, ssl_verify_client on), comma-separated.
+        #[arg(long, value_name = "KIND[,KIND]", num_args = 0..=1, default_missing_value = "relay")]
+        anchor: Option<String>,
+        /// Catching up after an outage: fill the edge stream with N messages first, then start
+        /// the gateway and time the drain until the cloud stream holds them all (verified
+        /// exactly once); --anchor leafnode,leafnode-ws moves the same backlog NATS-natively.
+        #[arg(long, value_name = "N")]
+        backlog: Option<usize>,
+        /// --backlog: rounds (uplink and each anchor once per round, alternating who goes first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         /// Inject faults under a steady load (SCENARIO[,SCENARIO…] or `all`; see --help).
         #[arg(long, value_name = "SCENARIOS", long_help = uplink::bench::chaos::help())]
         chaos: Option<String>,
@@ -407,6 +418,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             in_flight,
             via_nginx,
             anchor,
+            backlog,
+            runs,
             chaos,
             duration,
             rate,
@@ -447,6 +460,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 .into());
             }
+            let anchors: Vec<String> = anchor
+                .as_deref()
+                .map(|a| a.split(',').map(|k| k.trim().to_string()).collect())
+                .unwrap_or_default();
+            if let Some(n) = backlog {
+                let bad = |reason: String| ConfigError::Invalid {
+                    key: "--backlog",
+                    reason,
+                };
+                if n == 0 {
+                    return Err(bad("must be at least 1 message".into()).into());
+                }
+                if runs == 0 {
+                    return Err(ConfigError::Invalid {
+                        key: "--runs",
+                        reason: "must be at least 1".into(),
+                    }
+                    .into());
+                }
+                let mut kinds = Vec::new();
+                for a in &anchors {
+                    kinds.push(match a.as_str() {
+                        "leafnode" => uplink::bench::anchor::Native::Leafnode,
+                        "leafnode-ws" => uplink::bench::anchor::Native::LeafnodeWs,
+                        other => {
+                            return Err(ConfigError::Invalid {
+                                key: "--anchor",
+                                reason: format!(
+                                    "{other:?} is not an anchor of --backlog (leafnode, leafnode-ws)"
+                                ),
+                            }
+                            .into());
+                        }
+                    });
+                }
+                if chaos.is_some() || duration.is_some() || mixed || via_nginx {
+                    return Err(bad(
+                        "runs alone: not with --chaos, --duration, --mixed or --via-nginx".into(),
+                    )
+                    .into());
+                }
+                let o = uplink::bench::backlog::BacklogOptions {
+                    messages: n,
+                    size,
+                    runs,
+                    anchors: kinds,
+                    nats_server,
+                    in_flight,
+                    json,
+                };
+                let result = runtime()?.block_on(async {
+                    let shutdown = uplink::shutdown::on_signals();
+                    tokio::select! {
+                        r = uplink::bench::backlog::run(&o) => r,
+                        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+                    }
+                })?;
+                uplink::bench::backlog::print(&result, json);
+                return Ok(if result.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            let anchor = match anchors.as_slice() {
+                [] => false,
+                [one] if one == "relay" => true,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "--anchor",
+                        reason: format!(
+                            "{:?}: without --backlog the only anchor is `relay` (leafnode anchors need --backlog)",
+                            anchors.join(",")
+                        ),
+                    }
+                    .into());
+                }
+            };
             let chaos = match chaos {
                 Some(list) => {
                     uplink::bench::chaos::parse(&list).map_err(|e| ConfigError::Invalid {

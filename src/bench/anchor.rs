@@ -127,3 +127,264 @@ pub async fn relay_rate(
     }
     Ok(count as f64 / secs.max(1e-9))
 }
+
+/// A NATS-native way to move an edge stream's backlog into the cloud, for `uplink bench
+/// --backlog N --anchor leafnode,leafnode-ws`: what a NATS user would deploy instead of uplink.
+/// The cloud stream *sources* the edge stream over a leafnode between two JetStream domains,
+/// on the same nats-server binary as the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Native {
+    /// The edge server dials the cloud's leafnode port over mutual TLS (dev PKI, `verify: true`).
+    Leafnode,
+    /// The edge server dials `wss://` through nginx (TLS terminated there, `ssl_verify_client
+    /// on`, HTTP/1.1 upgrade), which relays plain WebSocket to the cloud's websocket listener:
+    /// the topology for an edge allowed only HTTPS outbound.
+    LeafnodeWs,
+}
+
+impl Native {
+    pub fn name(self) -> &'static str {
+        match self {
+            Native::Leafnode => "leafnode",
+            Native::LeafnodeWs => "leafnode-ws",
+        }
+    }
+}
+
+/// What one native drain measured.
+#[derive(Debug)]
+pub struct NativeRun {
+    pub seconds: f64,
+    /// Messages the sourcing stream holds at the end (exactly the backlog, or an error).
+    pub messages: u64,
+    /// CPU milliseconds per process during the drain.
+    pub cpu_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// The cloud stream of the native anchors and the edge domain's JetStream API prefix.
+const NATIVE_CLOUD_STREAM: &str = "UPLINK";
+const EDGE_API: &str = "$JS.edge.API";
+
+/// Fills a fresh edge stream (the gateway's stream configuration) with `w`, then creates the
+/// cloud stream sourcing it and times until it holds every message. Everything it starts is
+/// killed by pid and its directory removed when it returns.
+pub async fn native_drain(
+    nats_bin: &std::path::Path,
+    kind: Native,
+    w: &Workload,
+    edge_cfg: &crate::config::GatewayConfig,
+) -> anyhow::Result<NativeRun> {
+    use crate::testbed::{Proc, TempDir, free_port};
+    let dir = TempDir::new("uplink-anchor")?;
+    let d = dir.path();
+    let pki = crate::tls::dev_pki(&d.join("pki"), &["edge-1".to_string()])?;
+    let q = |p: std::path::PathBuf| {
+        serde_json::to_string(&p.to_string_lossy()).expect("string serializes")
+    };
+    let (pc, pe, pl, pw, pn) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let edge_tls = format!(
+        "tls {{ cert_file: {}, key_file: {}, ca_file: {} }}",
+        q(pki.client_cert("edge-1")),
+        q(pki.client_key("edge-1")),
+        q(pki.ca())
+    );
+    let (cloud_leaf, edge_remote) = match kind {
+        Native::Leafnode => (
+            format!(
+                "leafnodes {{ listen: \"127.0.0.1:{pl}\", tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: true }} }}",
+                q(pki.server_cert()),
+                q(pki.server_key()),
+                q(pki.ca())
+            ),
+            format!("leafnodes {{ remotes [ {{ url: \"tls://localhost:{pl}\", {edge_tls} }} ] }}"),
+        ),
+        // nats-server 2.9 accepts a leafnode websocket upgrade only with a leafnode port
+        // configured (loopback, unused); `advertise` names nginx, never the raw websocket port.
+        Native::LeafnodeWs => (
+            format!(
+                "leafnodes {{ listen: \"127.0.0.1:{pl}\" }}\nwebsocket {{ listen: \"127.0.0.1:{pw}\", no_tls: true, advertise: \"localhost:{pn}\" }}"
+            ),
+            format!(
+                "leafnodes {{ remotes [ {{ urls: [\"wss://localhost:{pn}\"], {edge_tls} }} ] }}"
+            ),
+        ),
+    };
+    let conf = |name: &str, port: u16, extra: &str| {
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nserver_name: {name}\njetstream {{ store_dir: {}, domain: {name} }}\n{extra}\n",
+            q(d.join(format!("{name}-js")))
+        )
+    };
+    let start = |name: &str, text: String| -> anyhow::Result<Proc> {
+        let path = d.join(format!("{name}.conf"));
+        std::fs::write(&path, text)?;
+        let mut cmd = std::process::Command::new(nats_bin);
+        cmd.arg("-c").arg(&path);
+        Proc::spawn(
+            &format!("nats-server {name}"),
+            cmd,
+            d.join(format!("{name}.log")),
+        )
+    };
+    let cloud = start("cloud", conf("cloud", pc, &cloud_leaf))?;
+    wait_port(pc, &cloud).await?;
+    let nginx = match kind {
+        Native::Leafnode => None,
+        Native::LeafnodeWs => Some(start_ws_nginx(d, &pki, pn, pw).await?),
+    };
+    let edge = start("edge", conf("edge", pe, &edge_remote))?;
+    wait_port(pe, &edge).await?;
+
+    let cloud_nc = async_nats::connect(format!("nats://127.0.0.1:{pc}")).await?;
+    let edge_js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{pe}")).await?);
+    let cloud_js = jetstream::new(cloud_nc.clone());
+    // The leaf is up when the edge domain's JetStream API answers from the cloud side (for
+    // wss, the edge's "connection created" is logged before the upgrade: not enough).
+    crate::testbed::wait_for(
+        || {
+            let nc = cloud_nc.clone();
+            async move {
+                let r = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    nc.request(format!("{EDGE_API}.INFO"), "".into()),
+                )
+                .await;
+                Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
+            }
+        },
+        Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "{} leafnode did not connect: edge log {}",
+            kind.name(),
+            edge.log_text()
+        )
+    })?;
+    let stream = crate::gateway::consume::stream_config(edge_cfg);
+    edge_js.create_stream(stream.clone()).await?;
+    verify::publish(&edge_js, w).await?;
+
+    let mut procs: Vec<(&str, u32)> = vec![
+        ("edge-nats", edge.pid().unwrap_or(0)),
+        ("cloud-nats", cloud.pid().unwrap_or(0)),
+    ];
+    if let Some(n) = &nginx {
+        procs.push(("nginx", n.pid().unwrap_or(0)));
+    }
+    let cpu0 = super::backlog::cpu_of(&procs);
+    let started = Instant::now();
+    cloud_js
+        .create_stream(jetstream::stream::Config {
+            name: NATIVE_CLOUD_STREAM.into(),
+            storage: jetstream::stream::StorageType::File,
+            sources: Some(vec![jetstream::stream::Source {
+                name: stream.name.clone(),
+                external: Some(jetstream::stream::External {
+                    api_prefix: EDGE_API.into(),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        })
+        .await
+        .context("creating the sourcing cloud stream")?;
+    let want = w.count as u64;
+    let messages = super::backlog::wait_holds(
+        &cloud_js,
+        NATIVE_CLOUD_STREAM,
+        want,
+        crate::testbed::pipeline::delivery_budget(w.count),
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_ms = super::backlog::cpu_since(&procs, &cpu0);
+    drop((edge, nginx, cloud));
+    Ok(NativeRun {
+        seconds,
+        messages,
+        cpu_ms,
+    })
+}
+
+async fn wait_port(port: u16, p: &crate::testbed::Proc) -> anyhow::Result<()> {
+    crate::testbed::wait_for(
+        || async {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok())
+        },
+        Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| format!("{} did not start: {}", p.name, p.log_text()))
+}
+
+/// nginx as the edge's HTTPS way out: TLS with `ssl_verify_client on` on `port`, the
+/// `/leafnode` WebSocket upgrade relayed (HTTP/1.1) to the cloud's plain websocket listener.
+/// One process (`master_process off`), so its pid is all of its CPU and its kill ends it.
+async fn start_ws_nginx(
+    dir: &std::path::Path,
+    pki: &crate::tls::DevPki,
+    port: u16,
+    upstream: u16,
+) -> anyhow::Result<crate::testbed::Proc> {
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(&root)?;
+    let r = root.display();
+    let conf = format!(
+        "daemon off;
+master_process off;
+pid {r}/nginx.pid;
+error_log {r}/error.log notice;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {r}/body;
+    proxy_temp_path {r}/proxy;
+    fastcgi_temp_path {r}/fastcgi;
+    uwsgi_temp_path {r}/uwsgi;
+    scgi_temp_path {r}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_client_certificate {ca};
+        ssl_verify_client on;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection upgrade;
+            proxy_set_header Host $host;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+    }}
+}}
+",
+        cert = pki.server_cert().display(),
+        key = pki.server_key().display(),
+        ca = pki.ca().display(),
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let mut cmd = std::process::Command::new(crate::testbed::nginx::find_nginx()?);
+    cmd.arg("-p")
+        .arg(&root)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(root.join("error.log"));
+    let p = crate::testbed::Proc::spawn("nginx", cmd, root.join("stdout.log"))?;
+    wait_port(port, &p).await?;
+    Ok(p)
+}

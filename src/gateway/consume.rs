@@ -49,6 +49,19 @@ fn consumer_config(cfg: &GatewayConfig) -> jetstream::consumer::pull::Config {
     }
 }
 
+/// The edge stream a gateway creates when it is missing (`nats.create_stream`).
+pub fn stream_config(cfg: &GatewayConfig) -> jetstream::stream::Config {
+    let n = &cfg.nats;
+    let mut config = jetstream::stream::Config {
+        name: n.stream.clone(),
+        subjects: n.subjects.clone(),
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    n.limits.apply(&mut config);
+    config
+}
+
 /// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
 /// stream incarnation (creation time, ns since the epoch).
 pub(super) async fn bind(
@@ -61,14 +74,7 @@ pub(super) async fn bind(
         Ok(s) => s,
         Err(e) if n.create_stream && may_create => {
             tracing::debug!(error = %e, "edge stream lookup failed; creating it");
-            let mut config = jetstream::stream::Config {
-                name: n.stream.clone(),
-                subjects: n.subjects.clone(),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            };
-            n.limits.apply(&mut config);
-            js.get_or_create_stream(config)
+            js.get_or_create_stream(stream_config(cfg))
                 .await
                 .with_context(|| format!("creating edge stream {}", n.stream))?
         }

@@ -34,6 +34,9 @@ pub struct PipelineOptions {
     /// the ingest gets every node's URL and the cloud stream `min(N, 3)` replicas. Open
     /// servers only (no `cloud_security`, `nats_tls` or `cloud_fault_proxy` with it).
     pub cloud_cluster: Option<usize>,
+    /// Do not start the gateway (`uplink bench --backlog` fills the edge stream first and
+    /// starts it with [`Pipeline::start_gateway`]).
+    pub defer_gateway: bool,
 }
 
 /// A program that exited because its admin address was taken meanwhile.
@@ -298,6 +301,9 @@ impl Pipeline {
             }
         }
         for attempt in 1..=3 {
+            if opts.defer_gateway {
+                break;
+            }
             match p.start_gateway().await {
                 Err(e) if attempt < 3 && admin_port_taken(&e) => {
                     p.gateway_cfg.admin.listen = free_addr()

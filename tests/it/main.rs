@@ -1,6 +1,7 @@
 //! The one integration-test binary: real nats-server, real TLS, the real `uplink` binary.
 
 mod api;
+mod backlog;
 mod certificates;
 mod chaos;
 mod cli;

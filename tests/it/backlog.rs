@@ -1,0 +1,105 @@
+//! `uplink bench --backlog`: the drain of a filled edge stream, verified, side by side with the
+//! NATS-native anchors (leafnode sourcing over mTLS and over wss through nginx).
+
+use std::process::{Command, Stdio};
+
+use crate::support::exe;
+
+#[test]
+fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
+    let child = Command::new(exe())
+        .args([
+            "bench",
+            "--backlog",
+            "3000",
+            "--runs",
+            "2",
+            "--anchor",
+            "leafnode,leafnode-ws",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["backlog"], 3000);
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let trials = v["trials"].as_array().unwrap();
+    let order: Vec<&str> = trials.iter().map(|t| t["what"].as_str().unwrap()).collect();
+    // Round 2 runs in the opposite order, so neither side always goes first.
+    assert_eq!(
+        order,
+        [
+            "uplink",
+            "leafnode",
+            "leafnode-ws",
+            "leafnode-ws",
+            "leafnode",
+            "uplink"
+        ]
+    );
+    for t in trials {
+        assert!(t["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{t}");
+        let cpu = t["cpu_ms"].as_object().unwrap();
+        match t["what"].as_str().unwrap() {
+            "uplink" => {
+                assert_eq!(t["verdict"]["delivered"], 3000, "{t}");
+                assert_eq!(t["verdict"]["corrupted"], 0, "{t}");
+                for p in ["edge-nats", "gateway", "ingest", "cloud-nats"] {
+                    assert!(cpu.contains_key(p), "{p}: {t}");
+                }
+                assert!(t["peak_rss_kib"]["gateway"].as_u64().is_some_and(|k| k > 0));
+            }
+            // The wss anchor's data crossed nginx: it is one of the processes measured.
+            "leafnode-ws" => assert!(cpu.contains_key("nginx"), "{t}"),
+            _ => assert!(cpu.contains_key("cloud-nats"), "{t}"),
+        }
+    }
+    for a in ["leafnode", "leafnode-ws"] {
+        let r = &v["ratio_to"][a];
+        assert_eq!(r["n"], 2, "{v}");
+        assert!(r["min"].as_f64().unwrap() <= r["max"].as_f64().unwrap());
+    }
+    // Every temp dir it worked in (PKI, stores, nginx, logs) is gone.
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| {
+            n.starts_with(&format!("uplink-pipeline-{pid}-"))
+                || n.starts_with(&format!("uplink-anchor-{pid}-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn backlog_options_that_make_no_sense_exit_64_naming_them() {
+    for (args, key) in [
+        (vec!["--backlog", "10", "--anchor", "relay"], "--anchor"),
+        (vec!["--backlog", "0"], "--backlog"),
+        (vec!["--backlog", "10", "--runs", "0"], "--runs"),
+        (vec!["--anchor", "leafnode"], "--anchor"),
+    ] {
+        let out = Command::new(exe())
+            .arg("bench")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+}
