@@ -50,6 +50,49 @@ pub struct BenchOptions {
     pub cloud_cluster: Option<usize>,
 }
 
+/// The options of a run, as recorded in its JSON.
+#[derive(Debug, serde::Serialize)]
+pub struct RunOptions {
+    pub size: usize,
+    pub mixed: bool,
+    pub via_nginx: bool,
+    pub anchor: bool,
+    pub in_flight: Option<usize>,
+    pub ingest_max_requests: Option<u64>,
+    pub ingest_idle_timeout_s: Option<f64>,
+    pub chaos: Vec<&'static str>,
+    pub cloud_cluster: Option<usize>,
+    /// `nats-server --version` of the binary the run used.
+    pub nats_server: String,
+}
+
+impl RunOptions {
+    fn of(o: &BenchOptions) -> Self {
+        let version = crate::testbed::find_nats_server(o.nats_server.as_deref())
+            .ok()
+            .and_then(|bin| {
+                std::process::Command::new(bin)
+                    .arg("--version")
+                    .output()
+                    .ok()
+            })
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .unwrap_or_default();
+        RunOptions {
+            size: o.size,
+            mixed: o.mixed,
+            via_nginx: o.via_nginx,
+            anchor: o.anchor,
+            in_flight: o.in_flight,
+            ingest_max_requests: o.ingest_max_requests,
+            ingest_idle_timeout_s: o.ingest_idle_timeout.map(|d| d.as_secs_f64()),
+            chaos: o.chaos.iter().map(|f| f.name()).collect(),
+            cloud_cluster: o.cloud_cluster,
+            nats_server: version,
+        }
+    }
+}
+
 /// The figures of a run.
 #[derive(Debug, serde::Serialize)]
 pub struct BenchResult {
@@ -62,9 +105,11 @@ pub struct BenchResult {
     pub msgs_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    pub connections_opened: f64,
-    pub retries: f64,
-    pub server_goaways: f64,
+    pub connections_opened: u64,
+    pub retries: u64,
+    pub server_goaways: u64,
+    /// What this run was asked to do, so a JSON line stands on its own.
+    pub options: RunOptions,
     /// Messages per second of a direct in-process JetStream relay (`--anchor`), same run.
     pub anchor_msgs_per_sec: Option<f64>,
     /// `msgs_per_sec / anchor_msgs_per_sec`.
@@ -193,9 +238,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         msgs_per_sec,
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
-        connections_opened: scrape_sum(&gm, "uplink_client_connections_opened_total"),
-        retries: scrape_sum(&gm, "uplink_gateway_retries_total"),
-        server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
+        connections_opened: scrape_sum(&gm, "uplink_client_connections_opened_total") as u64,
+        retries: scrape_sum(&gm, "uplink_gateway_retries_total") as u64,
+        server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total") as u64,
+        options: RunOptions::of(opts),
         anchor_msgs_per_sec: anchor,
         ratio_to_anchor: anchor.map(|a| msgs_per_sec / a),
         seed: None,
@@ -293,9 +339,10 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         msgs_per_sec: report.messages as f64 / seconds.max(1e-9),
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
-        connections_opened: scrape_sum(&gm, "uplink_client_connections_opened_total"),
-        retries: scrape_sum(&gm, "uplink_gateway_retries_total"),
-        server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
+        connections_opened: scrape_sum(&gm, "uplink_client_connections_opened_total") as u64,
+        retries: scrape_sum(&gm, "uplink_gateway_retries_total") as u64,
+        server_goaways: scrape_sum(&im, "uplink_ingest_goaway_sent_total") as u64,
+        options: RunOptions::of(opts),
         anchor_msgs_per_sec: None,
         ratio_to_anchor: None,
         seed: Some(figures.seed),

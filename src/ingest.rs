@@ -10,6 +10,7 @@ pub mod closing;
 pub mod decode;
 pub mod final_goaway;
 pub mod handler;
+pub mod leader;
 pub mod preauth;
 pub mod proxy;
 pub mod publish;

@@ -191,7 +191,7 @@ pub struct FaultFigures {
     /// published so far), in milliseconds.
     pub max_recovery_ms: f64,
     /// Evidence the fault bit (503s answered, reloads, connections reset …), scenario-specific.
-    pub evidence: f64,
+    pub evidence: u64,
 }
 
 /// One sample of a process.
@@ -337,7 +337,7 @@ pub async fn drive(
             let recovery = recovery(p, edge, cloud).await;
             let fig = figures.faults.entry(f.name().into()).or_default();
             fig.injected += 1;
-            fig.evidence += evidence;
+            fig.evidence += evidence.max(0.0).round() as u64;
             fig.max_recovery_ms = fig.max_recovery_ms.max(recovery.as_secs_f64() * 1000.0);
             next_fault = Instant::now() + gap(&mut rng);
         }

@@ -55,7 +55,7 @@ async fn run_on(fault: Fault, evidence: f64, cluster: Option<usize>) {
         fault.name()
     );
     assert!(
-        f.evidence >= evidence,
+        f.evidence as f64 >= evidence,
         "{} left too little evidence (seed {seed}): {f:?}\ngateway:\n{}\ningest:\n{}",
         fault.name(),
         tail(&p.log("gateway")),

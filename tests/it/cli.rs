@@ -171,6 +171,24 @@ fn bench_proves_delivery_and_reports_json_with_the_anchor() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // Counts are integers, and the line records what the run was asked to do.
+    for count in [
+        "connections_opened",
+        "retries",
+        "server_goaways",
+        "lost",
+        "duplicates",
+    ] {
+        assert!(v[count].is_u64(), "{count}: {v}");
+    }
+    assert!(v["options"]["size"].is_u64(), "{v}");
+    assert_eq!(v["options"]["via_nginx"], false, "{v}");
+    assert!(
+        v["options"]["nats_server"]
+            .as_str()
+            .is_some_and(|s| s.contains("nats-server")),
+        "{v}"
+    );
     assert_eq!(v["messages"], 3000);
     assert_eq!(v["delivered"], 3000);
     assert_eq!(

@@ -1,0 +1,253 @@
+//! The cloud stream's leader as the ingest sees it: probed with stream info requests and
+//! learned from publishes nobody took. Feeds `/readyz` and makes publishes awaiting PubAcks
+//! give up at once when the leader or the connection is lost, so an election costs about the
+//! election rather than a whole `timeouts.publish` per request in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+/// A loss of the connection or of the stream's leader: publishes awaiting PubAcks give up.
+#[derive(Clone, Debug, Default)]
+pub struct Loss {
+    pub count: u64,
+    pub reason: String,
+    /// When a probe that found it asked (a loss learned from an event holds for everyone).
+    pub since: Option<std::time::Instant>,
+}
+
+impl Loss {
+    /// Whether publishes sent at `sent_at` are lost with it. A probe's finding holds from when
+    /// it asked: publishes sent after that are not condemned by it (they get their own answer,
+    /// or their own timeout).
+    pub fn condemns(&self, sent_at: std::time::Instant) -> bool {
+        self.since.is_none_or(|since| sent_at <= since)
+    }
+}
+
+/// What the ingest knows about the cloud stream's leader: probed with a stream info request
+/// (every second, every 250 ms while there is none, at once when publishes suggest trouble)
+/// and learned from publishes that nobody took. Feeds `/readyz` and fails in-flight publishes
+/// fast when the leader or the connection is lost.
+pub struct LeaderWatch {
+    stream: String,
+    /// `Ok(leader name)` or why there is none.
+    state: std::sync::Mutex<Result<String, String>>,
+    losses: tokio::sync::watch::Sender<Loss>,
+    poke: tokio::sync::Notify,
+}
+
+/// How often the leader is probed while all is well, and while there is none.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_EVERY_WITHOUT_LEADER: Duration = Duration::from_millis(250);
+
+impl LeaderWatch {
+    pub(super) fn new(stream: &str) -> Self {
+        LeaderWatch {
+            stream: stream.to_string(),
+            state: std::sync::Mutex::new(Ok(String::new())),
+            losses: tokio::sync::watch::Sender::new(Loss::default()),
+            poke: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(super) fn ready(&self) -> Result<(), String> {
+        self.state.lock().unwrap().clone().map(drop)
+    }
+
+    /// A receiver that sees the losses after now.
+    pub(super) fn losses(&self) -> tokio::sync::watch::Receiver<Loss> {
+        self.losses.subscribe()
+    }
+
+    pub(super) fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Publishes awaiting acks give up; the probe runs at once.
+    pub(super) fn lose(&self, why: &str, since: Option<std::time::Instant>) {
+        self.losses.send_modify(|l| {
+            l.count += 1;
+            l.reason = why.to_string();
+            l.since = since;
+        });
+        self.poke();
+    }
+
+    /// A publish nobody took: the stream has no leader now. Returns the 503's reason.
+    pub(super) fn no_responders(&self) -> String {
+        let why = {
+            let state = self.state.lock().unwrap();
+            match &*state {
+                // The probe found it missing: say so, not "no leader".
+                Err(e) if e.contains("does not exist") => e.clone(),
+                _ => format!(
+                    "cloud stream {} has no leader: no JetStream server took the publish (a leader election, or a lost quorum)",
+                    self.stream
+                ),
+            }
+        };
+        self.set(Err(why.clone()), None);
+        why
+    }
+
+    /// Records the probe's or a publish's finding; logs changes; a lost leader is a loss.
+    fn set(&self, found: Result<String, String>, since: Option<std::time::Instant>) {
+        let before = std::mem::replace(&mut *self.state.lock().unwrap(), found.clone());
+        match (&before, &found) {
+            (Ok(_), Err(why)) => {
+                tracing::warn!(stream = %self.stream, reason = %why, "cloud stream has no leader; publishes are answered 503 until it has one");
+                self.lose(why, since);
+            }
+            (Err(_), Ok(leader)) => {
+                tracing::info!(stream = %self.stream, %leader, "cloud stream has a leader again")
+            }
+            (Ok(a), Ok(b)) if a != b && !a.is_empty() => {
+                tracing::info!(stream = %self.stream, from = %a, to = %b, "cloud stream leader changed")
+            }
+            _ => {}
+        }
+    }
+
+    /// Every connection lost is a loss for publishes awaiting acks.
+    pub(super) async fn follow_disconnects(
+        self: Arc<Self>,
+        mut disconnects: tokio::sync::watch::Receiver<u64>,
+    ) {
+        while disconnects.changed().await.is_ok() {
+            self.lose("the connection to cloud NATS was lost", None);
+        }
+    }
+
+    /// Probes the stream's leader until the process ends.
+    pub(super) async fn probe_forever(&self, js: jetstream::Context, publish_timeout: Duration) {
+        // Long enough for a busy cluster to answer, short enough to see a dead leader soon.
+        let timeout = publish_timeout.clamp(Duration::from_millis(500), Duration::from_secs(2));
+        loop {
+            let asked = std::time::Instant::now();
+            let found = self.probe(&js, timeout).await;
+            let every = if found.is_ok() {
+                PROBE_EVERY
+            } else {
+                PROBE_EVERY_WITHOUT_LEADER
+            };
+            self.set(found, Some(asked));
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.poke.notified() => {}
+            }
+        }
+    }
+
+    /// Asks for the stream's info: `Ok(leader)` when it has one.
+    async fn probe(&self, js: &jetstream::Context, timeout: Duration) -> Result<String, String> {
+        let stream = &self.stream;
+        let info = match tokio::time::timeout(timeout, js.get_stream(stream)).await {
+            Err(_) => {
+                return Err(format!(
+                    "cloud stream {stream} has no leader: its info went unanswered for {timeout:?} (a leader election, or a lost quorum)"
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        format!("cloud stream {stream} does not exist (deleted?)")
+                    }
+                    _ => format!("cloud stream {stream}: {e}"),
+                });
+            }
+            Ok(Ok(s)) => s.cached_info().clone(),
+        };
+        match info.cluster {
+            // A single server (not clustered) leads its streams itself.
+            None => Ok(String::new()),
+            Some(c) => match c.leader.filter(|l| !l.is_empty()) {
+                Some(leader) => Ok(leader),
+                None => Err(format!(
+                    "cloud stream {stream} has no leader: its replicas are electing one"
+                )),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_nobody_took_means_no_leader_and_fails_what_is_in_flight() {
+        let w = LeaderWatch::new("UPLINK");
+        let mut in_flight = w.losses();
+        assert_eq!(w.ready(), Ok(()));
+        let why = w.no_responders();
+        assert!(
+            why.contains("cloud stream UPLINK has no leader") && !why.contains("no stream found"),
+            "{why}"
+        );
+        assert_eq!(w.ready(), Err(why.clone()), "/readyz says the same");
+        assert!(
+            in_flight.has_changed().unwrap(),
+            "in-flight publishes give up"
+        );
+        assert_eq!(in_flight.borrow_and_update().reason, why);
+        // Still no leader: no second loss for the publishes that started since.
+        w.no_responders();
+        assert!(!in_flight.has_changed().unwrap());
+        w.set(Ok("cloud-2".into()), None);
+        assert_eq!(w.ready(), Ok(()));
+    }
+
+    #[test]
+    fn a_probes_finding_condemns_only_publishes_sent_before_it_asked() {
+        let w = LeaderWatch::new("UPLINK");
+        let before = std::time::Instant::now();
+        let asked = before + Duration::from_millis(10);
+        let after = asked + Duration::from_millis(10);
+        w.set(Err("no answer".into()), Some(asked));
+        let loss = w.losses.borrow().clone();
+        assert!(loss.condemns(before));
+        assert!(!loss.condemns(after), "sent after the probe asked");
+        // An event (a publish nobody took, a lost connection) condemns everything in flight.
+        w.set(Ok("cloud-1".into()), None);
+        w.no_responders();
+        assert!(w.losses.borrow().condemns(after));
+    }
+
+    #[test]
+    fn a_stream_found_missing_is_named_so_not_leaderless() {
+        let w = LeaderWatch::new("UPLINK");
+        w.set(
+            Err("cloud stream UPLINK does not exist (deleted?)".into()),
+            None,
+        );
+        assert_eq!(
+            w.no_responders(),
+            "cloud stream UPLINK does not exist (deleted?)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_a_loss_for_publishes_in_flight() {
+        let w = Arc::new(LeaderWatch::new("UPLINK"));
+        let mut in_flight = w.losses();
+        let disconnects = tokio::sync::watch::Sender::new(0u64);
+        tokio::spawn(w.clone().follow_disconnects(disconnects.subscribe()));
+        disconnects.send_modify(|n| *n += 1);
+        tokio::time::timeout(Duration::from_secs(5), in_flight.changed())
+            .await
+            .expect("the loss arrives")
+            .unwrap();
+        assert!(
+            in_flight
+                .borrow()
+                .reason
+                .contains("connection to cloud NATS was lost")
+        );
+        // The connection is the connection's readiness, not the leader's.
+        assert_eq!(w.ready(), Ok(()));
+    }
+}
