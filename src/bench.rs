@@ -8,6 +8,8 @@ pub mod backlog;
 pub mod chaos;
 pub mod cluster;
 pub mod dedupe;
+pub mod load;
+pub mod sample;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

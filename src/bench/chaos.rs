@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::testbed::pipeline::{Pipeline, PipelineOptions};
-use crate::testbed::verify::{self, Sent, Workload};
+use crate::testbed::verify::{Sent, Workload};
 
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -194,53 +194,7 @@ pub struct FaultFigures {
     pub evidence: u64,
 }
 
-/// One sample of a process.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct Sample {
-    pub rss_kib: u64,
-    pub fds: u64,
-    pub threads: u64,
-}
-
-/// Start, peak (each figure on its own) and end samples of one program across the run (across
-/// restarts too, when a fault restarted it).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct Resources {
-    pub start: Sample,
-    pub peak: Sample,
-    pub end: Sample,
-    pub samples: usize,
-}
-
-impl Resources {
-    fn add(&mut self, s: Sample) {
-        if self.samples == 0 {
-            self.start = s;
-        }
-        self.samples += 1;
-        self.end = s;
-        self.peak.rss_kib = self.peak.rss_kib.max(s.rss_kib);
-        self.peak.fds = self.peak.fds.max(s.fds);
-        self.peak.threads = self.peak.threads.max(s.threads);
-    }
-}
-
-/// `/proc/<pid>` figures: VmRSS, entries of `fd/`, Threads.
-pub fn sample(pid: u32) -> Option<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-    };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some(Sample {
-        rss_kib: field("VmRSS:")?,
-        fds,
-        threads: field("Threads:")?,
-    })
-}
+pub use super::sample::{Resources, Sample, sample};
 
 /// The figures of a run beyond the plain bench's.
 #[derive(Debug, Default)]
@@ -302,7 +256,7 @@ pub async fn drive(
         ..Default::default()
     };
     let stop = CancellationToken::new();
-    let load = tokio::spawn(steady_load(edge.clone(), w, stop.clone()));
+    let load = tokio::spawn(super::load::steady_load(edge.clone(), w, stop.clone()));
     let started = Instant::now();
     let end = started + opts.duration;
     // The first fault only once traffic flows; then a random gap after each recovery.
@@ -644,112 +598,6 @@ async fn inject(
         }
     }
     Ok(evidence)
-}
-
-/// Publishes `w` at its rate until `stop`, riding out edge restarts: every message carries a
-/// `Nats-Msg-Id` (the edge stream's duplicate window makes a retried publish land once) and is
-/// published again until the edge acknowledges it, so `Sent` holds each message's one edge
-/// sequence. Acks are awaited concurrently and failures retried together, so an edge restart
-/// costs one ack timeout for the whole window, not one per message.
-async fn steady_load(
-    js: jetstream::Context,
-    w: Workload,
-    stop: CancellationToken,
-) -> anyhow::Result<Vec<Sent>> {
-    use futures_util::StreamExt as _;
-    use futures_util::stream::FuturesUnordered;
-    /// Messages published and not yet acknowledged, at most.
-    const WINDOW: usize = 4096;
-    /// How long a message may go unacknowledged, retries included, before the run fails.
-    const GIVE_UP: Duration = Duration::from_secs(120);
-    let rate = w.rate.unwrap_or(1_000.0);
-    let started = tokio::time::Instant::now();
-    let mut sent = Vec::new();
-    type Publish = futures_util::future::BoxFuture<
-        'static,
-        (usize, Instant, Option<jetstream::publish::PublishAck>),
-    >;
-    let mut acks: FuturesUnordered<Publish> = FuturesUnordered::new();
-    // Messages whose publish or ack failed, with when they were first published.
-    let mut retry: std::collections::VecDeque<(usize, Instant)> = Default::default();
-    let mut retry_tick = tokio::time::interval(Duration::from_millis(100));
-    let mut i = 0usize;
-    let mut stopped = false;
-    let publish = |i: usize, first: Instant| -> Publish {
-        Box::pin(publish_one(js.clone(), w.clone(), i, first))
-    };
-    loop {
-        if stopped && acks.is_empty() && retry.is_empty() {
-            break;
-        }
-        let due = started + Duration::from_secs_f64(i as f64 / rate);
-        tokio::select! {
-            biased;
-            Some((n, first, r)) = acks.next(), if !acks.is_empty() => match r {
-                Some(a) => {
-                    let (subject, payload, headers) = verify::message(&w, n);
-                    sent.push(Sent {
-                        sequence: a.sequence,
-                        subject,
-                        hash: verify::payload_hash(&payload),
-                        len: payload.len(),
-                        headers,
-                    });
-                }
-                None => {
-                    if first.elapsed() > GIVE_UP {
-                        anyhow::bail!("the edge did not acknowledge message {n} within {GIVE_UP:?}");
-                    }
-                    retry.push_back((n, first));
-                }
-            },
-            _ = stop.cancelled(), if !stopped => stopped = true,
-            // The edge is back (or still restarting): publish the failed ones again together.
-            _ = retry_tick.tick(), if !retry.is_empty() => {
-                while acks.len() < WINDOW && let Some((n, first)) = retry.pop_front() {
-                    acks.push(publish(n, first));
-                }
-            }
-            _ = tokio::time::sleep_until(due), if !stopped && acks.len() + retry.len() < WINDOW => {
-                acks.push(publish(i, Instant::now()));
-                i += 1;
-            }
-        }
-    }
-    Ok(sent)
-}
-
-type AckFuture = jetstream::context::PublishAckFuture;
-
-/// Publishes message `i` and waits for its ack: `None` if either failed.
-async fn publish_one(
-    js: jetstream::Context,
-    w: Workload,
-    i: usize,
-    first: Instant,
-) -> (usize, Instant, Option<jetstream::publish::PublishAck>) {
-    let ack = match send(&js, &w, i).await {
-        Some(ack) => ack.await.ok(),
-        None => None,
-    };
-    (i, first, ack)
-}
-
-async fn send(js: &jetstream::Context, w: &Workload, i: usize) -> Option<AckFuture> {
-    let (subject, payload, headers) = verify::message(w, i);
-    let mut map = async_nats::HeaderMap::new();
-    for (k, v) in &headers {
-        map.append(k.as_str(), v.as_str());
-    }
-    js.send_publish(
-        subject,
-        jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .headers(map)
-            .message_id(format!("bench-{i}")),
-    )
-    .await
-    .ok()
 }
 
 #[cfg(test)]
