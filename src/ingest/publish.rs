@@ -178,16 +178,25 @@ impl JetStreamSink {
     }
 }
 
+/// Why the cloud stream is not usable yet (logged, retried).
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("stream {0} does not exist and nats.create_stream = false")]
+    Missing(String),
+    #[error("creating stream {stream}: {source}")]
+    Create {
+        stream: String,
+        source: jetstream::context::CreateStreamError,
+    },
+}
+
 /// Creates the cloud stream when missing (and allowed), or checks that it exists.
-async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> anyhow::Result<()> {
+async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> Result<(), StreamError> {
     if js.get_stream(&cfg.stream).await.is_ok() {
         return Ok(());
     }
     if !cfg.create_stream {
-        anyhow::bail!(
-            "stream {} does not exist and nats.create_stream = false",
-            cfg.stream
-        );
+        return Err(StreamError::Missing(cfg.stream.clone()));
     }
     let mut config = jetstream::stream::Config {
         name: cfg.stream.clone(),
@@ -198,7 +207,12 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> anyhow::Resu
         ..Default::default()
     };
     cfg.limits.apply(&mut config);
-    js.create_stream(config).await?;
+    js.create_stream(config)
+        .await
+        .map_err(|source| StreamError::Create {
+            stream: cfg.stream.clone(),
+            source,
+        })?;
     Ok(())
 }
 
