@@ -14,6 +14,7 @@ pub mod leader;
 pub mod preauth;
 pub mod proxy;
 pub mod publish;
+pub mod quota;
 
 use std::sync::Arc;
 

@@ -342,6 +342,18 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
         "Most of limits.max_inflight_bytes one platform may hold over all its connections (bytes);\nbeyond it its requests get 503 busy at once.",
     ),
     (
+        "limits.max_messages_per_second_per_platform",
+        "Quota: messages per second one platform may send (a token bucket holding one second of\nit); over it, 429 rate_limited with Retry-After, which the gateway waits and retries\n(messages kept). 0 = no quota.",
+    ),
+    (
+        "limits.max_bytes_per_second_per_platform",
+        "Quota: request body bytes per second (as received, compressed) one platform may send;\n429 rate_limited with Retry-After over it. 0 = no quota.",
+    ),
+    (
+        "limits.max_requests_in_flight_per_platform",
+        "Quota: requests one platform may have in progress at once, over all its connections;\n429 rate_limited (Retry-After: 1) over it. 0 = no quota.",
+    ),
+    (
         "limits.max_messages_per_batch",
         "Most messages in one batch; more gets 413.",
     ),

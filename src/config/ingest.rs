@@ -102,6 +102,10 @@ pub struct IngestLimits {
     pub max_inflight_bytes: usize,
     pub max_inflight_bytes_per_connection: usize,
     pub max_inflight_bytes_per_platform: usize,
+    /// Quotas per platform; 0 = none.
+    pub max_messages_per_second_per_platform: f64,
+    pub max_bytes_per_second_per_platform: f64,
+    pub max_requests_in_flight_per_platform: usize,
     pub max_messages_per_batch: usize,
     pub max_connections: usize,
     pub max_handshakes: usize,
@@ -196,6 +200,9 @@ impl Default for IngestLimits {
             max_inflight_bytes: 512 << 20,
             max_inflight_bytes_per_connection: 160 << 20,
             max_inflight_bytes_per_platform: 256 << 20,
+            max_messages_per_second_per_platform: 0.0,
+            max_bytes_per_second_per_platform: 0.0,
+            max_requests_in_flight_per_platform: 0,
             max_messages_per_batch: 10_000,
             max_connections: 10_000,
             max_handshakes: 256,
@@ -234,6 +241,20 @@ impl Default for ServerTimeouts {
 
 impl IngestConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            (
+                "limits.max_messages_per_second_per_platform",
+                self.limits.max_messages_per_second_per_platform,
+            ),
+            (
+                "limits.max_bytes_per_second_per_platform",
+                self.limits.max_bytes_per_second_per_platform,
+            ),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(invalid(key, "must be a number ≥ 0 (0 = no quota)"));
+            }
+        }
         self.nats.connect.validate()?;
         self.nats.limits.validate()?;
         if !self.nats.limits.max_age.is_zero()

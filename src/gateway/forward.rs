@@ -2,6 +2,7 @@
 //! generic over the attempt, so its policy is unit-tested with paused time and no server.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,20 @@ pub enum Delivery {
     Rejected { status: u16, detail: String },
     /// Shutdown came first: nothing is known to be persisted.
     Abandoned,
+}
+
+/// The longest Retry-After honoured: a larger one (a misconfigured proxy) still waits only this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The server's Retry-After in seconds (the date form is not used by the ingest or nginx).
+fn retry_after(resp: &FullResponse) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// Consecutive immediate retries allowed before falling back to backoff (a server that refuses
@@ -58,6 +73,7 @@ where
     let mut immediate = 0u32;
     loop {
         attempts += 1;
+        let mut asked_wait = None;
         let result = tokio::select! {
             r = attempt() => r,
             _ = hard_stop.cancelled() => return Delivery::Abandoned,
@@ -70,6 +86,13 @@ where
             Ok(resp) => {
                 let status = resp.status();
                 let class = classify_status(status, resp.body());
+                // A 429 (a platform quota) says when the quota has room: wait at least that
+                // long. A 503's Retry-After (the ingest always says 1 s) is left to the
+                // backoff, which starts lower and recovers faster from a short outage.
+                if status == http::StatusCode::TOO_MANY_REQUESTS {
+                    asked_wait = retry_after(&resp);
+                    metrics::counter!("uplink_gateway_rate_limited_total").increment(1);
+                }
                 let detail = String::from_utf8_lossy(resp.body()).into_owned();
                 if class == Retry::Never {
                     return Delivery::Rejected {
@@ -98,7 +121,7 @@ where
             continue;
         }
         immediate = 0;
-        let wait = backoff.delay(failures);
+        let wait = backoff.delay(failures).max(asked_wait.unwrap_or_default());
         failures = failures.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -96,6 +96,7 @@ pub fn zero() {
     for class in ["now", "backoff"] {
         metrics::counter!("uplink_gateway_retries_total", "class" => class).increment(0);
     }
+    metrics::counter!("uplink_gateway_rate_limited_total").increment(0);
     for name in [
         "uplink_gateway_batches_total",
         "uplink_gateway_in_progress_total",

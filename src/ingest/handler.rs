@@ -41,6 +41,8 @@ pub struct Handler {
     budget: Arc<Budget>,
     /// Revoked platforms (`tls.deny_list`): also refused on connections opened before.
     deny: Option<Arc<Watched<DenyList>>>,
+    /// Per-platform rates and concurrency (`limits.*_per_platform`).
+    quotas: Arc<super::quota::QuotaBook>,
 }
 
 /// A failed request: its code (which fixes the status) and what was wrong.
@@ -48,6 +50,8 @@ pub struct Handler {
 pub struct ApiError {
     pub code: ErrorCode,
     pub detail: String,
+    /// Retry-After of a 429 (503s always say 1 s).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -55,6 +59,7 @@ impl ApiError {
         ApiError {
             code,
             detail: detail.into(),
+            retry_after: None,
         }
     }
 
@@ -74,7 +79,30 @@ impl ApiError {
             detail: self.detail,
         })
         .expect("serializable");
-        json(self.code.status(), body)
+        let mut resp = json(self.code.status(), body);
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: never "0", which would invite an immediate retry.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, secs.max(1).into());
+        }
+        resp
+    }
+}
+
+impl From<super::quota::OverQuota> for ApiError {
+    fn from(e: super::quota::OverQuota) -> Self {
+        metrics::counter!("uplink_ingest_quota_refused_total", "quota" => e.what).increment(1);
+        ApiError {
+            code: ErrorCode::RateLimited,
+            detail: format!(
+                "over this platform's quota of {} (limits.max_{}_per_platform); retry after {:.1}s",
+                e.what.replace('_', " "),
+                e.what,
+                e.retry_after.as_secs_f64()
+            ),
+            retry_after: Some(e.retry_after),
+        }
     }
 }
 
@@ -151,6 +179,14 @@ impl Handler {
         ));
         // Exported from the start, not after the first request.
         metrics::gauge!("uplink_ingest_inflight_bytes").set(0.0);
+        for q in super::quota::QUOTAS {
+            metrics::counter!("uplink_ingest_quota_refused_total", "quota" => q).increment(0);
+        }
+        let quotas = Arc::new(super::quota::QuotaBook::new(super::quota::Quotas {
+            messages_per_second: limits.max_messages_per_second_per_platform,
+            bytes_per_second: limits.max_bytes_per_second_per_platform,
+            requests_in_flight: limits.max_requests_in_flight_per_platform,
+        }));
         Handler {
             sink,
             subject_prefix,
@@ -158,6 +194,7 @@ impl Handler {
             body_timeout,
             budget,
             deny: None,
+            quotas,
         }
     }
 
@@ -241,11 +278,13 @@ impl Handler {
         // Everything below, waits for memory included, ends within the body timeout.
         let deadline = Instant::now() + self.body_timeout;
         let (route, platform, encoding) = self.admit(&req, platform)?;
+        let ticket = self.quotas.admit(platform, std::time::Instant::now())?;
         let (parts, body) = req.into_parts();
         let mut hold = self.budget.hold(conn.clone(), platform);
         let (body, body_paid) = self
             .read_body(&parts.headers, body, &mut hold, deadline)
             .await?;
+        let body_len = body.len();
         let messages = match route {
             Route::Batches => {
                 self.decode_batch(platform, body, body_paid, encoding, &mut hold, deadline)
@@ -276,6 +315,9 @@ impl Handler {
                 vec![self.single_message(platform, subject, payload, &parts.headers)?]
             }
         };
+        if let Some(t) = &ticket {
+            t.charge(messages.len(), body_len);
+        }
         self.publish(platform, messages).await
     }
 

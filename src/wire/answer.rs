@@ -61,6 +61,8 @@ pub enum ErrorCode {
     Unavailable,
     /// 503: the ingest (or this caller's share of it) is full; retry later.
     Busy,
+    /// 429: the platform is over one of its quotas; retry after the Retry-After.
+    RateLimited,
     /// 500: a bug.
     Internal,
     /// A code this build does not know (a newer ingest); never a verdict on content.
@@ -87,6 +89,7 @@ impl ErrorCode {
             | ErrorCode::BodyError => S::BAD_REQUEST,
             ErrorCode::BodyTimeout => S::REQUEST_TIMEOUT,
             ErrorCode::Unavailable | ErrorCode::Busy => S::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited => S::TOO_MANY_REQUESTS,
             ErrorCode::Internal | ErrorCode::Unknown => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +130,7 @@ impl ErrorCode {
             ErrorCode::BodyError => "body_error",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Busy => "busy",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -151,7 +155,7 @@ impl ErrorAnswer {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 18] = [
+    const ALL: [ErrorCode; 19] = [
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::NoIdentity,
@@ -169,6 +173,7 @@ mod tests {
         ErrorCode::BodyError,
         ErrorCode::Unavailable,
         ErrorCode::Busy,
+        ErrorCode::RateLimited,
         ErrorCode::Internal,
     ];
 

@@ -227,3 +227,34 @@ async fn a_frozen_cloud_nats_gives_503_after_timeouts_publish_and_nothing_is_los
     // batch messages must each be there exactly once.
     assert_eq!((r.lost, r.duplicates), (0, 0), "{r:#?}");
 }
+
+/// A platform over its quota (`limits.max_messages_per_second_per_platform`) gets 429 with a
+/// Retry-After; the gateway waits it out and keeps every message: all arrive exactly once,
+/// at about the quota's rate, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_over_its_quota_is_slowed_not_dropped() {
+    let p = pipeline(
+        |i| i.limits.max_messages_per_second_per_platform = 1000.0,
+        |g| g.batch.max_messages = 200,
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, 4000).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 4000);
+    let im = p.ingest_metrics().await.unwrap();
+    let refused = uplink::telemetry::scrape_sum(
+        &im,
+        "uplink_ingest_quota_refused_total{quota=\"messages_per_second\"}",
+    );
+    assert!(refused >= 1.0, "{im}");
+    let gm = p.gateway_metrics().await.unwrap();
+    assert!(
+        uplink::telemetry::scrape_sum(&gm, "uplink_gateway_rate_limited_total") >= 1.0,
+        "{gm}"
+    );
+    assert_eq!(
+        uplink::telemetry::scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        0.0
+    );
+}

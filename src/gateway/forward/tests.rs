@@ -158,3 +158,39 @@ fn statuses() {
         Retry::Backoff
     );
 }
+
+/// A 429 (a platform quota at the ingest) waits at least its Retry-After, even above the
+/// backoff, and keeps the batch: it is delivered once the quota has room.
+#[tokio::test(start_paused = true)]
+async fn a_quota_429_waits_its_retry_after_and_keeps_the_batch() {
+    fn limited() -> Result<FullResponse, ForwardError> {
+        Ok(http::Response::builder()
+            .status(429)
+            .header("retry-after", "3")
+            .body(Bytes::from_static(
+                b"{\"error\":\"rate_limited\",\"detail\":\"over quota\"}",
+            ))
+            .unwrap())
+    }
+    let (f, calls) = script(vec![limited, limited, || resp(200)]);
+    let t = Instant::now();
+    let never = CancellationToken::new();
+    let d = send_with_retries(f, B, &Default::default(), &never, &never).await;
+    assert_eq!(d, Delivery::Delivered { attempts: 3 });
+    assert_eq!(*calls.lock().unwrap(), 3);
+    // Two waits of 3 s each, not the 100 + 200 ms of the backoff.
+    assert!(t.elapsed() >= Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(7), "{:?}", t.elapsed());
+    // Never more than MAX_RETRY_AFTER, whatever a server asks.
+    fn huge() -> Result<FullResponse, ForwardError> {
+        Ok(http::Response::builder()
+            .status(429)
+            .header("retry-after", "86400")
+            .body(Bytes::new())
+            .unwrap())
+    }
+    let (f, _) = script(vec![huge, || resp(200)]);
+    let t = Instant::now();
+    send_with_retries(f, B, &Default::default(), &never, &never).await;
+    assert_eq!(t.elapsed(), MAX_RETRY_AFTER);
+}
