@@ -11,7 +11,10 @@ pub mod consume;
 pub mod deliver;
 pub mod forward;
 pub mod lag;
-pub mod retry;
+/// The gateway's resend backoff (`retry.*`): the shared [`crate::backoff`].
+pub mod retry {
+    pub use crate::backoff::Backoff;
+}
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,7 +133,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
     });
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.forward.max_in_flight));
-    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
     // When a bound stream disappears, someone is probably recreating it: give them time
     // before creating it ourselves (racing them leaves JetStream 2.9 with a consumer that
     // never delivers).
@@ -153,14 +156,14 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
                     "cannot bind the edge consumer yet; retrying"
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(crate::backoff::SETUP.delay(failures)) => {}
                     _ = shutdown.cancelled() => break,
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                failures = failures.saturating_add(1);
                 continue;
             }
         };
-        delay = Duration::from_millis(100);
+        failures = 0;
         bound.store(true, Ordering::Release);
         tracing::info!(consumer = %cfg.nats.consumer, incarnation, "consumer bound");
         let ids = IdMaker {

@@ -1,6 +1,6 @@
 //! HTTP/2 connection lifecycle shared by the gateway and the doctor: the client connection
 //! manager, the one dial and handshake path both use, the failure classification of
-//! DESIGN.md §4, and the frame tap.
+//! docs/design.md §3, and the frame tap.
 
 pub mod classify;
 pub mod client;

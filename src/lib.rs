@@ -20,6 +20,7 @@
 //!   stream as a downstream consumer sees it.
 
 pub mod admin;
+pub mod backoff;
 pub mod bench;
 pub mod config;
 pub mod demo;

@@ -406,7 +406,7 @@ pub fn pattern_reaches_under(pattern: &str, prefix: &str) -> bool {
     false
 }
 
-/// The stable id of an edge message (DESIGN.md §1):
+/// The stable id of an edge message (docs/design.md §2, "Stable ids"):
 /// `<platform>.<edge stream>.<stream incarnation>.<edge stream sequence>`.
 /// The incarnation (stream creation time, ns) keeps ids unique when a stream is recreated.
 pub fn message_id(platform: &str, stream: &str, incarnation: i128, sequence: u64) -> String {

@@ -93,7 +93,7 @@ pub(super) async fn bind(
     Ok((consumer, incarnation))
 }
 
-/// Builds message ids (DESIGN.md §1).
+/// Builds message ids (docs/design.md §2, "Stable ids").
 pub struct IdMaker {
     pub platform: String,
     pub stream: String,

@@ -1,4 +1,4 @@
-//! Sending one batch until the ingest confirms it: the retry loop (rule 2 of DESIGN.md §4) is
+//! Sending one batch until the ingest confirms it: the retry loop (rule 2 of docs/design.md §3) is
 //! generic over the attempt, so its policy is unit-tested with paused time and no server.
 
 use std::future::Future;

@@ -1,4 +1,4 @@
-//! What a failed request means, and what to do about it (DESIGN.md §4 rule 2). Decided by the
+//! What a failed request means, and what to do about it (docs/design.md §3 rule 2). Decided by the
 //! cause chain, never by message strings.
 
 use std::error::Error as _;

@@ -1,4 +1,4 @@
-//! Learning the server's request limit per connection (DESIGN.md §4 rule 4) from what the
+//! Learning the server's request limit per connection (docs/design.md §3 rule 4) from what the
 //! connections showed, as pure data and decisions: no clock, no network, so every rule is
 //! unit-tested case by case.
 //!

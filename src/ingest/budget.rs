@@ -1,5 +1,5 @@
 //! The ingest's memory budget for requests (`limits.max_inflight_bytes`), with shares no single
-//! connection or platform may exceed (DESIGN.md §9).
+//! connection or platform may exceed (docs/design.md §4).
 //!
 //! Memory is reserved for bytes that exist — a body chunk that arrived, a decompressed chunk
 //! about to be produced, the structs a decoded batch will copy — never for a size a client

@@ -157,7 +157,7 @@ impl JetStreamSink {
         });
         let cfg = cfg.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
+            let mut failures = 0u32;
             loop {
                 match ensure_stream(&js, &cfg).await {
                     Ok(()) => {
@@ -168,8 +168,8 @@ impl JetStreamSink {
                     }
                     Err(e) => {
                         tracing::warn!(stream = %cfg.stream, error = %e, "cloud stream not ready; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(crate::backoff::SETUP.delay(failures)).await;
+                        failures = failures.saturating_add(1);
                     }
                 }
             }

@@ -1,5 +1,5 @@
 //! Subject distinguished names as text, the way a TLS-terminating proxy passes them to the
-//! ingest (DESIGN.md §6, §9): the platform identity is the CN, so the parser must not be fooled
+//! ingest (docs/design.md §4): the platform identity is the CN, so the parser must not be fooled
 //! by a `,` or `+` escaped inside another attribute's value, nor pick one of several CNs.
 //!
 //! Two forms are read:

@@ -1,4 +1,4 @@
-//! The ingest's connection layer (DESIGN.md §9): unauthenticated floods get their own small
+//! The ingest's connection layer (docs/design.md §4): unauthenticated floods get their own small
 //! budget, silent connections are closed, closing a connection never destroys a response
 //! already written (lingering close), and a client that cannot replay a request loses none
 //! to a GOAWAY.

@@ -1,4 +1,4 @@
-//! HTTP/2 connection lifecycle (DESIGN.md §4): every GOAWAY, idle close, half-open connection
+//! HTTP/2 connection lifecycle (docs/design.md §3): every GOAWAY, idle close, half-open connection
 //! and shutdown is a non-event — nothing surfaced, nothing lost, nothing duplicated.
 
 use std::time::Duration;

@@ -1,7 +1,16 @@
 //! Exponential backoff with full jitter: the n-th wait is uniform in `[0, min(max, initial·2ⁿ)]`,
-//! so many gateways retrying at once spread out instead of stampeding the ingest.
+//! so many gateways retrying at once spread out instead of stampeding the ingest. The one
+//! backoff of the code base: the gateway's resends (`retry.*`) and both programs' setup loops
+//! ([`SETUP`]: binding the edge consumer, checking the cloud stream).
 
 use std::time::Duration;
+
+/// Setup steps retried until they succeed (the edge stream and consumer, the cloud stream):
+/// soon at first, at most every 5 s while a server is away.
+pub const SETUP: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
