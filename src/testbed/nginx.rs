@@ -263,7 +263,12 @@ fn render_l4(
         1 => site = site.replacen(listen, &format!("listen 127.0.0.1:{port};"), 1),
         n => bail!("{FILE}: expected `{listen}` once, found it {n} times"),
     }
-    replace_servers(&mut site, FILE, "# harness: each ingest's listen", upstreams)?;
+    replace_servers(
+        &mut site,
+        FILE,
+        "# harness: each ingest's listen",
+        upstreams,
+    )?;
     let r = root.display();
     let load = module
         .map(|m| format!("load_module {};\n", m.display()))

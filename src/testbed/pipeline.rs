@@ -287,43 +287,10 @@ impl Pipeline {
                 }
             })
             .collect();
-        let cfgs = || std::iter::once(&ingest_cfg).chain(more_ingests.iter().map(|m| &m.cfg));
-        let nginx = match opts.nginx {
-            Some(mut site) => {
-                site.upstreams = cfgs()
-                    .map(|c| c.proxy.listen.parse())
-                    .collect::<Result<_, _>>()?;
-                let n = Nginx::start(dir.path(), &pki, &site).await?;
-                gateway_cfg.cloud.url = n.url();
-                Some(n)
-            }
-            None if opts.l4_balancer => {
-                let ups: Vec<SocketAddr> = cfgs().map(|c| c.listen).collect();
-                let n = Nginx::start_l4(dir.path(), &ups).await?;
-                gateway_cfg.cloud.url = n.url();
-                Some(n)
-            }
-            None => None,
-        };
-        let fault = if opts.fault_proxy {
-            // In front of whatever the gateway would dial (the ingest, or nginx).
-            let port: u16 = gateway_cfg
-                .cloud
-                .url
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.trim_end_matches('/').parse().ok())
-                .context("gateway cloud.url has no port")?;
-            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-            gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port());
-            Some(f)
-        } else {
-            None
-        };
         let mut p = Pipeline {
             gateway: None,
-            nginx,
-            fault,
+            nginx: None,
+            fault: None,
             ingest: None,
             more_ingests,
             cloud_fault,
@@ -366,6 +333,43 @@ impl Pipeline {
                     }
                 }
             }
+        }
+        // The balancer once every ingest listens: nginx's stream proxy passes the readiness
+        // probe's connection on to an upstream, and a refused one is skipped for fail_timeout.
+        let cfgs: Vec<&IngestConfig> = std::iter::once(&p.ingest_cfg)
+            .chain(p.more_ingests.iter().map(|m| &m.cfg))
+            .collect();
+        let nginx = match opts.nginx {
+            Some(mut site) => {
+                site.upstreams = cfgs
+                    .iter()
+                    .map(|c| c.proxy.listen.parse())
+                    .collect::<Result<_, _>>()?;
+                Some(Nginx::start(p.dir.path(), &pki, &site).await?)
+            }
+            None if opts.l4_balancer => {
+                let ups: Vec<SocketAddr> = cfgs.iter().map(|c| c.listen).collect();
+                Some(Nginx::start_l4(p.dir.path(), &ups).await?)
+            }
+            None => None,
+        };
+        if let Some(n) = &nginx {
+            p.gateway_cfg.cloud.url = n.url();
+        }
+        p.nginx = nginx;
+        if opts.fault_proxy {
+            // In front of whatever the gateway would dial (the ingest, or nginx).
+            let port: u16 = p
+                .gateway_cfg
+                .cloud
+                .url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .context("gateway cloud.url has no port")?;
+            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+            p.gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port());
+            p.fault = Some(f);
         }
         for attempt in 1..=3 {
             if opts.defer_gateway {

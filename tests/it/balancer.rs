@@ -19,10 +19,16 @@ const RATE: f64 = 1_000.0;
 async fn two_ingests(opts: PipelineOptions) -> Pipeline {
     uplink::tls::install_crypto_provider();
     let opts = PipelineOptions { ingests: 2, ..opts };
-    Pipeline::start_with(&exe(), &nats_bin(), opts, |_| {}, |g| {
-        fast_recovery(g);
-        g.batch.max_messages = 50;
-    })
+    Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        opts,
+        |_| {},
+        |g| {
+            fast_recovery(g);
+            g.batch.max_messages = 50;
+        },
+    )
     .await
     .expect("two ingests behind a balancer start")
 }
@@ -90,6 +96,12 @@ async fn kill_one_under_load(p: &mut Pipeline) -> Run {
         tail(&p.log("gateway"))
     );
     let gm = p.gateway_metrics().await.unwrap();
+    eprintln!(
+        "gateway retries: {} at once, {} after backoff; connections opened {}",
+        scrape_sum(&gm, "uplink_gateway_retries_total{class=\"now\"}"),
+        scrape_sum(&gm, "uplink_gateway_retries_total{class=\"backoff\"}"),
+        scrape_sum(&gm, "uplink_client_connections_opened_total"),
+    );
     assert_eq!(
         scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
         0.0,
@@ -119,7 +131,10 @@ async fn behind_nginx_terminating_tls_one_ingest_killed_the_other_takes_over() {
     .await;
     let run = kill_one_under_load(&mut p).await;
     // Both ingests were nginx's upstreams: each had served requests before the kill.
-    assert!(run.survivor_before > 0.0, "nginx balanced onto one ingest only");
+    assert!(
+        run.survivor_before > 0.0,
+        "nginx balanced onto one ingest only"
+    );
     // nginx spoke HTTP/1.1 to the survivor's proxy listener (nginx terminated TLS).
     let (_, survivor) = p
         .ingests()
