@@ -18,8 +18,15 @@ const RATE: f64 = 1_000.0;
 
 async fn two_ingests(opts: PipelineOptions) -> Pipeline {
     uplink::tls::install_crypto_provider();
-    let opts = PipelineOptions { ingests: 2, ..opts };
-    Pipeline::start_with(
+    // Both ingests reach cloud NATS through one fault proxy adding latency: each batch is
+    // held at its ingest for a while (publishes sent, PubAcks on their way), so the SIGKILL
+    // lands on requests in flight, some already stored: the duplicate window's job.
+    let opts = PipelineOptions {
+        ingests: 2,
+        cloud_fault_proxy: true,
+        ..opts
+    };
+    let p = Pipeline::start_with(
         &exe(),
         &nats_bin(),
         opts,
@@ -30,8 +37,15 @@ async fn two_ingests(opts: PipelineOptions) -> Pipeline {
         },
     )
     .await
-    .expect("two ingests behind a balancer start")
+    .expect("two ingests behind a balancer start");
+    p.cloud_fault
+        .as_ref()
+        .expect("cloud fault proxy")
+        .set_latency(CLOUD_LATENCY);
+    p
 }
+
+const CLOUD_LATENCY: Duration = Duration::from_millis(50);
 
 /// Requests an ingest answered so far (0 when it cannot be asked).
 async fn requests(p: &Pipeline, name: &str) -> f64 {
@@ -44,6 +58,17 @@ async fn requests(p: &Pipeline, name: &str) -> f64 {
     }
 }
 
+/// Request bytes an ingest holds now.
+async fn inflight_bytes(p: &Pipeline, name: &str) -> f64 {
+    let Some((_, u)) = p.ingests().into_iter().find(|(n, _)| *n == name) else {
+        return 0.0;
+    };
+    match u.metrics().await {
+        Ok(m) => scrape_value(&m, "uplink_ingest_inflight_bytes").unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
 /// What one run measured.
 struct Run {
     victim: String,
@@ -52,6 +77,8 @@ struct Run {
     recovery: Duration,
     survivor_before: f64,
     survivor_after: f64,
+    /// Resends by the gateway (`uplink_gateway_retries_total`).
+    retries: f64,
 }
 
 /// Publishes COUNT at RATE, SIGKILLs the ingest that served most so far once 2,000 arrived,
@@ -72,6 +99,15 @@ async fn kill_one_under_load(p: &mut Pipeline) -> Run {
     let (victim, survivor) = (served[0].0.clone(), served[1].0.clone());
     assert!(served[0].1 > 0.0, "no ingest carried traffic: {served:?}");
     let survivor_before = requests(p, &survivor).await;
+    // Kill it while it holds a request (bounded: at most 300 scrapes).
+    let mut holding = false;
+    for _ in 0..300 {
+        if inflight_bytes(p, &victim).await > 0.0 {
+            holding = true;
+            break;
+        }
+    }
+    assert!(holding, "{victim} never seen holding a request");
     let at_kill = stream_len(&cloud, &stream).await;
     let killed = Instant::now();
     assert!(p.kill_ingest(&victim), "{victim} was running");
@@ -81,7 +117,7 @@ async fn kill_one_under_load(p: &mut Pipeline) -> Run {
     let sent = publisher.await.expect("publisher");
     let r = verify_delivery(p, &sent).await;
     eprintln!(
-        "killed {victim} at {at_kill} in the cloud; {survivor} carried on after {recovery:?}: \
+        "killed {victim} (holding a request) at {at_kill} in the cloud; {survivor} carried on after {recovery:?}: \
          sent {}, delivered {}, lost {}, duplicates {}",
         sent.len(),
         r.delivered,
@@ -96,10 +132,9 @@ async fn kill_one_under_load(p: &mut Pipeline) -> Run {
         tail(&p.log("gateway"))
     );
     let gm = p.gateway_metrics().await.unwrap();
+    let retries = scrape_sum(&gm, "uplink_gateway_retries_total");
     eprintln!(
-        "gateway retries: {} at once, {} after backoff; connections opened {}",
-        scrape_sum(&gm, "uplink_gateway_retries_total{class=\"now\"}"),
-        scrape_sum(&gm, "uplink_gateway_retries_total{class=\"backoff\"}"),
+        "gateway retries: {retries}; connections opened {}",
         scrape_sum(&gm, "uplink_client_connections_opened_total"),
     );
     assert_eq!(
@@ -119,6 +154,7 @@ async fn kill_one_under_load(p: &mut Pipeline) -> Run {
         recovery,
         survivor_before,
         survivor_after,
+        retries,
     }
 }
 
@@ -147,8 +183,13 @@ async fn behind_nginx_terminating_tls_one_ingest_killed_the_other_takes_over() {
         "{m}"
     );
     eprintln!(
-        "L7: {} killed; {} requests {} → {}; recovery {:?}",
-        run.victim, run.survivor, run.survivor_before, run.survivor_after, run.recovery
+        "L7: {} killed; {} requests {} → {}; recovery {:?}; gateway retries {}",
+        run.victim,
+        run.survivor,
+        run.survivor_before,
+        run.survivor_after,
+        run.recovery,
+        run.retries
     );
 }
 
@@ -171,8 +212,15 @@ async fn behind_an_l4_balancer_passing_tls_through_one_ingest_killed_the_other_t
         scrape_value(&m, "uplink_ingest_connections_total{protocol=\"h2\"}") >= Some(1.0),
         "{m}"
     );
+    // What the victim held died with its connection: the gateway sent it again.
+    assert!(run.retries >= 1.0, "no resend after the kill");
     eprintln!(
-        "L4: {} killed; {} requests {} → {}; recovery {:?}",
-        run.victim, run.survivor, run.survivor_before, run.survivor_after, run.recovery
+        "L4: {} killed; {} requests {} → {}; recovery {:?}; gateway retries {}",
+        run.victim,
+        run.survivor,
+        run.survivor_before,
+        run.survivor_after,
+        run.recovery,
+        run.retries
     );
 }
