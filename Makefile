@@ -11,8 +11,9 @@ NATS_CURRENT := $(NATS_VENV)/bin/nats-server
 deps:
 	@command -v nats-server >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && command -v tmux >/dev/null 2>&1 \
 		&& command -v chromium >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
-		&& command -v systemd-analyze >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server nginx tmux chromium prometheus systemd curl >/dev/null; }
+		&& command -v systemd-analyze >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 \
+		&& test -f /usr/lib/nginx/modules/ngx_stream_module.so || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server nginx libnginx-mod-stream tmux chromium prometheus systemd curl >/dev/null; }
 
 # The venv needs Python's venv module; Debian ships it apart (python3-venv).
 nats-current:

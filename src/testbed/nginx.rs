@@ -2,6 +2,8 @@
 //! `ssl_verify_client on`, either proxying to the ingest's plain listener (passing the verified
 //! client certificate's DN in a header) or answering `204` itself as a reference server. The config is
 //! the deployed one, `deploy/nginx/uplink-ingest.conf`, with the test's addresses and paths.
+//! [`Nginx::start_l4`] runs nginx's `stream` module instead, passing TLS through to several
+//! ingests (`deploy/nginx/uplink-ingest-l4.conf`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,8 +22,9 @@ pub struct NginxSite {
     pub keepalive_requests: u64,
     /// `keepalive_timeout` (nginx's default: 75 s).
     pub keepalive_timeout: Duration,
-    /// Proxy to this plain HTTP upstream (the ingest's `proxy.listen`); None = `return 204`.
-    pub upstream: Option<SocketAddr>,
+    /// Proxy to these plain HTTP upstreams (the ingests' `proxy.listen`, one `server` line
+    /// each); empty = `return 204`.
+    pub upstreams: Vec<SocketAddr>,
     /// Offer HTTP/2 (false: an HTTP/1.1-only TLS server).
     pub http2: bool,
 }
@@ -31,7 +34,7 @@ impl Default for NginxSite {
         NginxSite {
             keepalive_requests: 1000,
             keepalive_timeout: Duration::from_secs(75),
-            upstream: None,
+            upstreams: Vec::new(),
             http2: true,
         }
     }
@@ -60,12 +63,27 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(dir: &Path, pki: &DevPki, site: &NginxSite) -> anyhow::Result<Self> {
-        let bin = find_nginx()?;
         let root = dir.join("nginx");
         std::fs::create_dir_all(&root)?;
         let port = free_port();
+        let text = render(&root, pki, site, port)?;
+        Self::run(root, text, port).await
+    }
+
+    /// An L4 balancer: nginx's `stream` module passing TLS through to `upstreams` (the
+    /// ingests' own TLS listeners), from `deploy/nginx/uplink-ingest-l4.conf`.
+    pub async fn start_l4(dir: &Path, upstreams: &[SocketAddr]) -> anyhow::Result<Self> {
+        let root = dir.join("nginx-l4");
+        std::fs::create_dir_all(&root)?;
+        let port = free_port();
+        let text = render_l4(&root, stream_module(), upstreams, port)?;
+        Self::run(root, text, port).await
+    }
+
+    async fn run(root: PathBuf, text: String, port: u16) -> anyhow::Result<Self> {
+        let bin = find_nginx()?;
         let conf = root.join("nginx.conf");
-        std::fs::write(&conf, render(&root, pki, site, port)?)?;
+        std::fs::write(&conf, text)?;
         let mut cmd = Command::new(bin);
         cmd.arg("-p")
             .arg(&root)
@@ -99,6 +117,60 @@ impl Nginx {
 /// The TLS-terminator config that is deployed (`deploy/nginx/uplink-ingest.conf`). The harness
 /// runs this file, replacing only the values marked `harness:` in it.
 pub const DEPLOYED: &str = include_str!("../../deploy/nginx/uplink-ingest.conf");
+
+/// The L4 (TLS passthrough) balancer config that is deployed (`deploy/nginx/uplink-ingest-l4.conf`).
+pub const DEPLOYED_L4: &str = include_str!("../../deploy/nginx/uplink-ingest-l4.conf");
+
+/// Debian builds the stream module as a dynamic module (package `libnginx-mod-stream`), which
+/// nginx loads only when told: `$UPLINK_NGINX_STREAM_MODULE`, else Debian's path if it is there
+/// (None: a build with the module compiled in, or not installed, which nginx then says).
+pub fn stream_module() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("UPLINK_NGINX_STREAM_MODULE") {
+        return Some(p.into());
+    }
+    let debian = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    debian.is_file().then(|| debian.to_path_buf())
+}
+
+/// Replaces the `server` lines marked `marker` (at least one, in a row) with one line per
+/// address, each keeping the first marked line's parameters (`max_fails=...`).
+fn replace_servers(
+    text: &mut String,
+    file: &str,
+    marker: &str,
+    addrs: &[SocketAddr],
+) -> anyhow::Result<()> {
+    let lines: Vec<&str> = text.lines().collect();
+    let marked: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains(marker))
+        .collect();
+    let (Some(&first), Some(&last)) = (marked.first(), marked.last()) else {
+        bail!("{file}: no `server` line marked `{marker}`");
+    };
+    if last - first + 1 != marked.len() {
+        bail!("{file}: the `server` lines marked `{marker}` are not in a row");
+    }
+    let line = lines[first];
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let params = line
+        .trim_start()
+        .strip_prefix("server ")
+        .and_then(|rest| rest.split_once(';'))
+        .map(|(server, _)| server.split_once(' ').map_or("", |(_, p)| p))
+        .with_context(|| format!("{file}: `{line}` is not a `server ADDR ...;` line"))?;
+    let servers: Vec<String> = addrs
+        .iter()
+        .map(|a| match params {
+            "" => format!("{indent}server {a};"),
+            p => format!("{indent}server {a} {p};"),
+        })
+        .collect();
+    let mut out: Vec<String> = lines[..first].iter().map(|l| l.to_string()).collect();
+    out.extend(servers);
+    out.extend(lines[last + 1..].iter().map(|l| l.to_string()));
+    *text = out.join("\n") + "\n";
+    Ok(())
+}
 
 /// Replaces `from` in `text`, which must hold it exactly once (else the deployed file and the
 /// harness have drifted apart: say which line is missing).
@@ -148,9 +220,8 @@ fn site_config(pki: &DevPki, site: &NginxSite, port: u16) -> anyhow::Result<Stri
     ] {
         replace_once(&mut s, &from, &to)?;
     }
-    match site.upstream {
-        Some(up) => replace_once(&mut s, "server 127.0.0.1:8080;", &format!("server {up};"))?,
-        None => {
+    match site.upstreams.as_slice() {
+        [] => {
             // A reference server: no upstream, every request answered 204 by nginx itself.
             let block = |s: &str, open: &str, close: &str| -> anyhow::Result<(usize, usize)> {
                 let a = s.find(open).with_context(|| format!("no `{open}`"))?;
@@ -165,8 +236,54 @@ fn site_config(pki: &DevPki, site: &NginxSite, port: u16) -> anyhow::Result<Stri
             let (a, b) = block(&s, open, "\n    }")?;
             s.replace_range(a..b, "location / {\n        return 204;\n    }");
         }
+        ups => replace_servers(
+            &mut s,
+            "deploy/nginx/uplink-ingest.conf",
+            "# harness: each ingest's proxy.listen",
+            ups,
+        )?,
     }
     Ok(s)
+}
+
+/// The whole L4 config: the deployed stream file with this test's addresses.
+fn render_l4(
+    root: &Path,
+    module: Option<PathBuf>,
+    upstreams: &[SocketAddr],
+    port: u16,
+) -> anyhow::Result<String> {
+    const FILE: &str = "deploy/nginx/uplink-ingest-l4.conf";
+    if upstreams.is_empty() {
+        bail!("an L4 balancer needs at least one ingest to pass TLS to");
+    }
+    let mut site = DEPLOYED_L4.to_string();
+    let listen = "listen 443;";
+    match site.matches(listen).count() {
+        1 => site = site.replacen(listen, &format!("listen 127.0.0.1:{port};"), 1),
+        n => bail!("{FILE}: expected `{listen}` once, found it {n} times"),
+    }
+    replace_servers(
+        &mut site,
+        FILE,
+        "# harness: each ingest's listen",
+        upstreams,
+    )?;
+    let r = root.display();
+    let load = module
+        .map(|m| format!("load_module {};\n", m.display()))
+        .unwrap_or_default();
+    Ok(format!(
+        "{load}daemon off;
+master_process off;
+pid {r}/nginx.pid;
+error_log {r}/error.log info;
+events {{ worker_connections 4096; }}
+stream {{
+{site}
+}}
+"
+    ))
 }
 
 fn render(root: &Path, pki: &DevPki, site: &NginxSite, port: u16) -> anyhow::Result<String> {
@@ -200,14 +317,15 @@ mod tests {
         let dir = crate::testbed::TempDir::new("uplink-nginx-render").unwrap();
         let pki = crate::tls::dev_pki(dir.path(), &["edge-1".into()]).unwrap();
         let proxied = NginxSite {
-            upstream: Some("127.0.0.1:7777".parse().unwrap()),
+            upstreams: vec!["127.0.0.1:7777".parse().unwrap()],
             keepalive_requests: 5,
             ..Default::default()
         };
         let conf = render(dir.path(), &pki, &proxied, 4444).unwrap();
         for line in [
             "listen 127.0.0.1:4444 ssl http2;",
-            "server 127.0.0.1:7777;",
+            "server 127.0.0.1:7777 max_fails=1 fail_timeout=5s;",
+            "proxy_next_upstream error timeout non_idempotent;",
             "keepalive_requests 5;",
             "ssl_verify_client on;",
             "proxy_set_header X-Uplink-Client-DN $ssl_client_s_dn;",
@@ -233,5 +351,54 @@ mod tests {
             conf.matches('}').count(),
             "{conf}"
         );
+
+        let two = NginxSite {
+            upstreams: vec![
+                "127.0.0.1:7777".parse().unwrap(),
+                "127.0.0.1:7778".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let conf = render(dir.path(), &pki, &two, 4444).unwrap();
+        let servers: Vec<&str> = conf
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server 127."))
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                "    server 127.0.0.1:7777 max_fails=1 fail_timeout=5s;",
+                "    server 127.0.0.1:7778 max_fails=1 fail_timeout=5s;"
+            ],
+            "{conf}"
+        );
+        assert!(!conf.contains("server 127.0.0.1:8080"), "{conf}");
+    }
+
+    #[test]
+    fn the_l4_config_is_the_deployed_one_with_one_server_per_ingest() {
+        let so = PathBuf::from("/x/ngx_stream_module.so");
+        let ups: Vec<SocketAddr> = vec![
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.1:7002".parse().unwrap(),
+        ];
+        let conf = render_l4(Path::new("/r"), Some(so), &ups, 4445).unwrap();
+        assert!(
+            conf.starts_with("load_module /x/ngx_stream_module.so;\n"),
+            "{conf}"
+        );
+        for line in [
+            "listen 127.0.0.1:4445;",
+            "server 127.0.0.1:7001 max_fails=1 fail_timeout=5s;",
+            "server 127.0.0.1:7002 max_fails=1 fail_timeout=5s;",
+            "proxy_pass uplink_ingest_tls;",
+            "stream {",
+        ] {
+            assert!(conf.contains(line), "{line}:\n{conf}");
+        }
+        assert!(!conf.contains("8443") && !conf.contains("http {"), "{conf}");
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
+        let none = render_l4(Path::new("/r"), None, &[], 4445).unwrap_err();
+        assert!(format!("{none}").contains("at least one ingest"), "{none}");
     }
 }

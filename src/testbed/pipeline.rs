@@ -34,6 +34,14 @@ pub struct PipelineOptions {
     /// the ingest gets every node's URL and the cloud stream `min(N, 3)` replicas. Open
     /// servers only (no `cloud_security`, `nats_tls` or `cloud_fault_proxy` with it).
     pub cloud_cluster: Option<usize>,
+    /// Run this many ingests (0 and 1: one), each with its own listeners, config file and log
+    /// (`ingest.toml`, `ingest-2.toml`, ...), all with the same settings otherwise. More than
+    /// one needs a balancer in front: `nginx` (upstream to every proxy listener) or
+    /// `l4_balancer`.
+    pub ingests: usize,
+    /// Put nginx's `stream` module between gateway and ingests, passing TLS through so each
+    /// ingest verifies the client certificate itself (not with `nginx`).
+    pub l4_balancer: bool,
     /// Do not start the gateway (`uplink bench --backlog` fills the edge stream first and
     /// starts it with [`Pipeline::start_gateway`]).
     pub defer_gateway: bool,
@@ -52,14 +60,27 @@ pub const CLOUD_MAX_PAYLOAD: usize = (1 << 20) + 4096;
 /// CN of the ingest's client certificate to cloud NATS when [`PipelineOptions::nats_tls`].
 pub const INGEST_NATS_CLIENT: &str = "uplink-ingest";
 
+/// An ingest beyond the first ([`PipelineOptions::ingests`]): the first one's settings with its
+/// own listeners.
+pub struct MoreIngest {
+    /// `ingest-2`, `ingest-3`, ...: its config file and log are `<name>.toml`, `<name>.log`.
+    pub name: String,
+    pub cfg: IngestConfig,
+    /// None once killed.
+    pub proc: Option<Uplink>,
+}
+
 /// The running pipeline. Dropping it kills every process and removes the temp dir.
 pub struct Pipeline {
     // Field order is drop order: processes first, then the directory.
     pub gateway: Option<Uplink>,
+    /// The balancer in front of the ingests: nginx terminating TLS, or its L4 `stream` proxy.
     pub nginx: Option<Nginx>,
     /// Between gateway and ingest, when [`PipelineOptions::fault_proxy`].
     pub fault: Option<FaultProxy>,
     pub ingest: Option<Uplink>,
+    /// The other ingests, when [`PipelineOptions::ingests`] > 1.
+    pub more_ingests: Vec<MoreIngest>,
     /// Between ingest and cloud NATS, when [`PipelineOptions::cloud_fault_proxy`].
     pub cloud_fault: Option<FaultProxy>,
     pub edge: Nats,
@@ -106,6 +127,13 @@ impl Pipeline {
         tweak_ingest: impl FnOnce(&mut IngestConfig),
         tweak_gateway: impl FnOnce(&mut GatewayConfig),
     ) -> anyhow::Result<Self> {
+        let ingests = opts.ingests.max(1);
+        if opts.l4_balancer && opts.nginx.is_some() {
+            anyhow::bail!("a pipeline has one balancer: nginx (TLS terminated) or l4_balancer");
+        }
+        if ingests > 1 && !opts.l4_balancer && opts.nginx.is_none() {
+            anyhow::bail!("{ingests} ingests need a balancer in front: nginx or l4_balancer");
+        }
         let dir = TempDir::new("uplink-pipeline")?;
         let platform = "edge-1".to_string();
         let mut names = vec![platform.clone()];
@@ -243,35 +271,28 @@ impl Pipeline {
         };
         tweak_gateway(&mut gateway_cfg);
 
-        let nginx = match opts.nginx {
-            Some(mut site) => {
-                site.upstream = Some(ingest_cfg.proxy.listen.parse()?);
-                let n = Nginx::start(dir.path(), &pki, &site).await?;
-                gateway_cfg.cloud.url = n.url();
-                Some(n)
-            }
-            None => None,
-        };
-        let fault = if opts.fault_proxy {
-            // In front of whatever the gateway would dial (the ingest, or nginx).
-            let port: u16 = gateway_cfg
-                .cloud
-                .url
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.trim_end_matches('/').parse().ok())
-                .context("gateway cloud.url has no port")?;
-            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-            gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port());
-            Some(f)
-        } else {
-            None
-        };
+        // The others: the first one's settings (after the tweak) on listeners of their own.
+        let more_ingests: Vec<MoreIngest> = (2..=ingests)
+            .map(|i| {
+                let mut cfg = ingest_cfg.clone();
+                cfg.listen = free_addr();
+                cfg.admin.listen = free_addr();
+                if opts.nginx.is_some() {
+                    cfg.proxy.listen = free_addr().to_string();
+                }
+                MoreIngest {
+                    name: format!("ingest-{i}"),
+                    cfg,
+                    proc: None,
+                }
+            })
+            .collect();
         let mut p = Pipeline {
             gateway: None,
-            nginx,
-            fault,
+            nginx: None,
+            fault: None,
             ingest: None,
+            more_ingests,
             cloud_fault,
             edge,
             cloud,
@@ -299,6 +320,56 @@ impl Pipeline {
                     break;
                 }
             }
+        }
+        for i in 0..p.more_ingests.len() {
+            for attempt in 1..=3 {
+                match p.start_more_ingest(i).await {
+                    Err(e) if attempt < 3 && admin_port_taken(&e) => {
+                        p.more_ingests[i].cfg.admin.listen = free_addr()
+                    }
+                    r => {
+                        r?;
+                        break;
+                    }
+                }
+            }
+        }
+        // The balancer once every ingest listens: nginx's stream proxy passes the readiness
+        // probe's connection on to an upstream, and a refused one is skipped for fail_timeout.
+        let cfgs: Vec<&IngestConfig> = std::iter::once(&p.ingest_cfg)
+            .chain(p.more_ingests.iter().map(|m| &m.cfg))
+            .collect();
+        let nginx = match opts.nginx {
+            Some(mut site) => {
+                site.upstreams = cfgs
+                    .iter()
+                    .map(|c| c.proxy.listen.parse())
+                    .collect::<Result<_, _>>()?;
+                Some(Nginx::start(p.dir.path(), &pki, &site).await?)
+            }
+            None if opts.l4_balancer => {
+                let ups: Vec<SocketAddr> = cfgs.iter().map(|c| c.listen).collect();
+                Some(Nginx::start_l4(p.dir.path(), &ups).await?)
+            }
+            None => None,
+        };
+        if let Some(n) = &nginx {
+            p.gateway_cfg.cloud.url = n.url();
+        }
+        p.nginx = nginx;
+        if opts.fault_proxy {
+            // In front of whatever the gateway would dial (the ingest, or nginx).
+            let port: u16 = p
+                .gateway_cfg
+                .cloud
+                .url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .context("gateway cloud.url has no port")?;
+            let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+            p.gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port());
+            p.fault = Some(f);
         }
         for attempt in 1..=3 {
             if opts.defer_gateway {
@@ -360,6 +431,60 @@ impl Pipeline {
         let admin = self.ingest_cfg.admin.listen;
         self.ingest = Some(self.start_uplink("ingest", admin).await?);
         Ok(())
+    }
+
+    /// (Re)starts the `i`-th of [`Pipeline::more_ingests`] and waits until it is ready.
+    pub async fn start_more_ingest(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &self.more_ingests[i];
+        let path = self.write_config(&m.name, &m.cfg)?;
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let up = Uplink::start(
+            &self.exe,
+            "ingest",
+            &path,
+            m.cfg.admin.listen,
+            self.dir.path().join(format!("{}.log", m.name)),
+            &env,
+        )
+        .await?;
+        self.more_ingests[i].proc = Some(up);
+        Ok(())
+    }
+
+    /// Every running ingest: the first, then the others, by name (`ingest`, `ingest-2`, ...).
+    pub fn ingests(&self) -> Vec<(&str, &Uplink)> {
+        let first = self.ingest.as_ref().map(|u| ("ingest", u));
+        first
+            .into_iter()
+            .chain(
+                self.more_ingests
+                    .iter()
+                    .filter_map(|m| Some((m.name.as_str(), m.proc.as_ref()?))),
+            )
+            .collect()
+    }
+
+    /// SIGKILLs the ingest named `name` (`ingest`, `ingest-2`, ...); false if it was not running.
+    pub fn kill_ingest(&mut self, name: &str) -> bool {
+        let proc = match name {
+            "ingest" => self.ingest.take(),
+            _ => self
+                .more_ingests
+                .iter_mut()
+                .find(|m| m.name == name)
+                .and_then(|m| m.proc.take()),
+        };
+        match proc {
+            Some(mut u) => {
+                u.proc.kill();
+                true
+            }
+            None => false,
+        }
     }
 
     pub async fn start_gateway(&mut self) -> anyhow::Result<()> {

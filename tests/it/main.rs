@@ -2,6 +2,7 @@
 
 mod api;
 mod backlog;
+mod balancer;
 mod certificates;
 mod chaos;
 mod cli;
