@@ -76,10 +76,40 @@ pub async fn run(
         let _ = std::io::stderr().flush();
     }
     publisher.abort();
-    eprintln!("\nstopping; every process and temp dir is removed.");
+    let _ = publisher.await;
+    // The summary: let what was published arrive (bounded), then say where everything stands.
+    eprintln!();
+    let published = stream_count(&edge, &p.gateway_cfg.nats.stream).await;
+    let drained = tokio::time::timeout(DRAIN_WAIT, async {
+        while stream_count(&cloud, &p.ingest_cfg.nats.stream).await < published {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok();
+    let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+    let m = p.gateway_metrics().await.unwrap_or_default();
+    eprintln!(
+        "summary: {published} published at the edge, {delivered} in the cloud stream{}; {} retries, {} connections opened, {} rejected",
+        if drained {
+            String::new()
+        } else {
+            format!(
+                " ({} still on their way after {DRAIN_WAIT:?})",
+                published.saturating_sub(delivered)
+            )
+        },
+        scrape_sum(&m, "uplink_gateway_retries_total"),
+        scrape_sum(&m, "uplink_client_connections_opened_total"),
+        scrape_sum(&m, "uplink_gateway_messages_total{result=\"rejected\"}"),
+    );
+    eprintln!("stopping; every process and temp dir is removed.");
     drop(p);
     Ok(())
 }
+
+/// How long the demo waits at the end for what was published to arrive.
+const DRAIN_WAIT: Duration = Duration::from_secs(15);
 
 async fn stream_count(js: &jetstream::Context, name: &str) -> u64 {
     match js.get_stream(name).await {

@@ -313,3 +313,37 @@ async fn publish_without_a_stream_names_the_subject_and_the_way_out() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("published 5 messages"));
 }
+
+/// README's first command: the demo runs the pipeline, shows where everything is, and ends
+/// with a summary in which everything published arrived.
+#[test]
+fn the_demo_prints_its_addresses_and_ends_with_a_summary() {
+    let out = Command::new(exe())
+        .args(["demo", "--duration", "4s", "--rate", "200"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for shown in [
+        "edge NATS",
+        "ingest",
+        "cloud NATS",
+        "admin       gateway",
+        "uplink status",
+    ] {
+        assert!(err.contains(shown), "{shown}: {err}");
+    }
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary: {err}"));
+    // "summary: N published at the edge, N in the cloud stream; …"
+    let n: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(n[0] >= 200 && n[0] == n[1], "{summary}");
+    assert!(summary.contains(" 0 rejected"), "{summary}");
+}
