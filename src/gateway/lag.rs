@@ -98,6 +98,7 @@ pub fn zero() {
     }
     for name in [
         "uplink_gateway_batches_total",
+        "uplink_gateway_idle_flushes_total",
         "uplink_gateway_in_progress_total",
         "uplink_gateway_consumer_stalls_total",
     ] {
