@@ -460,12 +460,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     reason,
                 };
                 if !(rate > 0.0 && rate.is_finite()) {
-                    return Err(bad("must be a positive number of messages per second".into()).into());
+                    return Err(
+                        bad("must be a positive number of messages per second".into()).into(),
+                    );
                 }
                 if messages == 0 || runs == 0 {
-                    return Err(bad("needs at least 1 message (--messages) and 1 run (--runs)".into()).into());
+                    return Err(bad(
+                        "needs at least 1 message (--messages) and 1 run (--runs)".into()
+                    )
+                    .into());
                 }
-                if chaos.is_some() || duration.is_some() || backlog.is_some() || mixed || via_nginx || anchor.is_some() || cloud_cluster.is_some() || dedupe_memory {
+                if chaos.is_some()
+                    || duration.is_some()
+                    || backlog.is_some()
+                    || mixed
+                    || via_nginx
+                    || anchor.is_some()
+                    || cloud_cluster.is_some()
+                    || dedupe_memory
+                {
                     return Err(bad("runs alone: not with --chaos, --duration, --backlog, --mixed, --via-nginx, --anchor, --cloud-cluster or --dedupe-memory".into()).into());
                 }
                 let o = uplink::bench::latency::LatencyOptions {

@@ -139,9 +139,9 @@ pub async fn run(o: &LatencyOptions) -> anyhow::Result<LatencyResult> {
         by_mode.entry(t.adaptive).or_default().push(t);
     }
     let range = |ts: &[&Trial], f: fn(&Trial) -> f64| {
-        ts.iter().map(|t| f(t)).fold((f64::MAX, f64::MIN), |(lo, hi), x| {
-            (lo.min(x), hi.max(x))
-        })
+        ts.iter()
+            .map(|t| f(t))
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)))
     };
     let summary = by_mode
         .iter()
@@ -236,11 +236,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 }
 
 /// What the cloud copy of one scheduled message says: (due→cloud, edge→cloud, due→edge), ms.
-fn timings(
-    g: &verify::Received,
-    t0_unix: i128,
-    rate: f64,
-) -> Option<(f64, f64, f64)> {
+fn timings(g: &verify::Received, t0_unix: i128, rate: f64) -> Option<(f64, f64, f64)> {
     let index: f64 = g.headers.get(INDEX_HEADER)?.last()?.parse().ok()?;
     let edge: i128 = g.headers.get(TIME_HEADER)?.last()?.parse().ok()?;
     let edge_to_cloud = g.latency?.as_nanos() as i128;
@@ -391,7 +387,10 @@ pub fn print(r: &LatencyResult, json: bool) {
     }
     let bad: Vec<_> = r.trials.iter().filter(|t| !t.ok()).collect();
     if !bad.is_empty() {
-        println!("{} trials lost, duplicated or corrupted messages", bad.len());
+        println!(
+            "{} trials lost, duplicated or corrupted messages",
+            bad.len()
+        );
     }
 }
 

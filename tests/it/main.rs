@@ -13,6 +13,7 @@ mod doctor;
 mod failures;
 mod gateways;
 mod hostile;
+mod latency;
 mod lifecycle;
 mod metrics;
 mod nats_auth;
