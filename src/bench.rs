@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod chaos;
 pub mod cluster;
 pub mod dedupe;
+pub mod latency;
 pub mod load;
 pub mod sample;
 
@@ -50,6 +51,8 @@ pub struct BenchOptions {
     pub seed: Option<u64>,
     /// Run the cloud on a JetStream cluster of this many nodes (`--cloud-cluster`).
     pub cloud_cluster: Option<usize>,
+    /// Gateway `batch.adaptive` (`--adaptive on|off`); None: the default.
+    pub adaptive: Option<bool>,
 }
 
 /// The options of a run, as recorded in its JSON.
@@ -158,6 +161,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let tweak_gateway = move |c: &mut GatewayConfig| {
         if let Some(n) = o.in_flight {
             c.forward.max_in_flight = n;
+        }
+        if let Some(a) = o.adaptive {
+            c.batch.adaptive = a;
         }
     };
     let options = PipelineOptions {

@@ -111,7 +111,8 @@ enum Cmd {
         /// exactly once); --anchor leafnode,leafnode-ws moves the same backlog NATS-natively.
         #[arg(long, value_name = "N")]
         backlog: Option<usize>,
-        /// --backlog: rounds (uplink and each anchor once per round, alternating who goes first).
+        /// --backlog, --open-loop: rounds (each contender once per round, alternating who goes
+        /// first).
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Inject faults under a steady load (SCENARIO[,SCENARIO…] or `all`; see --help).
@@ -138,6 +139,14 @@ enum Cmd {
         /// and restart-cloud-nats hit one node of the cluster.
         #[arg(long, value_name = "N")]
         cloud_cluster: Option<usize>,
+        /// Latency, open loop: publish --messages at a fixed RATE (msg/s) that never waits for an
+        /// ack before the next send; latency = cloud persist − each message's scheduled send
+        /// time. --runs rounds of one trial per --adaptive mode (default both), alternating.
+        #[arg(long, value_name = "RATE")]
+        open_loop: Option<f64>,
+        /// Gateway adaptive linger (`batch.adaptive`): on, off, or (--open-loop only) both.
+        #[arg(long, value_name = "on|off|both")]
+        adaptive: Option<String>,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -426,7 +435,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             dedupe_memory,
             cloud_cluster,
+            open_loop,
+            adaptive,
         } => {
+            let modes: Option<Vec<bool>> = match adaptive.as_deref() {
+                None => None,
+                Some("on") => Some(vec![true]),
+                Some("off") => Some(vec![false]),
+                Some("both") if open_loop.is_some() => Some(vec![true, false]),
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "--adaptive",
+                        reason: format!(
+                            "{other:?}: on or off ({}both with --open-loop)",
+                            if open_loop.is_some() { "" } else { "or " }
+                        ),
+                    }
+                    .into());
+                }
+            };
+            if let Some(rate) = open_loop {
+                let bad = |reason: String| ConfigError::Invalid {
+                    key: "--open-loop",
+                    reason,
+                };
+                if !(rate > 0.0 && rate.is_finite()) {
+                    return Err(
+                        bad("must be a positive number of messages per second".into()).into(),
+                    );
+                }
+                if messages == 0 || runs == 0 {
+                    return Err(bad(
+                        "needs at least 1 message (--messages) and 1 run (--runs)".into()
+                    )
+                    .into());
+                }
+                if chaos.is_some()
+                    || duration.is_some()
+                    || backlog.is_some()
+                    || mixed
+                    || via_nginx
+                    || anchor.is_some()
+                    || cloud_cluster.is_some()
+                    || dedupe_memory
+                {
+                    return Err(bad("runs alone: not with --chaos, --duration, --backlog, --mixed, --via-nginx, --anchor, --cloud-cluster or --dedupe-memory".into()).into());
+                }
+                let o = uplink::bench::latency::LatencyOptions {
+                    rate,
+                    messages,
+                    size,
+                    runs,
+                    modes: modes.unwrap_or_else(|| vec![true, false]),
+                    nats_server,
+                    in_flight,
+                    json,
+                };
+                let result = runtime()?.block_on(async {
+                    let shutdown = uplink::shutdown::on_signals();
+                    tokio::select! {
+                        r = uplink::bench::latency::run(&o) => r,
+                        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+                    }
+                })?;
+                uplink::bench::latency::print(&result, json);
+                return Ok(if result.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            let adaptive = modes.map(|m| m[0]);
+            if adaptive.is_some() && (backlog.is_some() || chaos.is_some() || duration.is_some()) {
+                return Err(ConfigError::Invalid {
+                    key: "--adaptive",
+                    reason: "applies to the plain bench and --open-loop (not --backlog, --chaos or --duration)".into(),
+                }
+                .into());
+            }
             if dedupe_memory {
                 if messages < uplink::bench::dedupe::MIN_MESSAGES {
                     return Err(ConfigError::Invalid {
@@ -555,6 +641,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into());
             }
             let opts = uplink::bench::BenchOptions {
+                adaptive,
                 chaos,
                 duration,
                 rate,

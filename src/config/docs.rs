@@ -126,7 +126,11 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "batch.linger",
-        "Longest a partial batch waits for more messages (duration).",
+        "Longest a partial batch waits for more messages (duration): the upper bound. With\nbatch.adaptive the batch usually leaves sooner.",
+    ),
+    (
+        "batch.adaptive",
+        "Adaptive linger (true): a partial batch is sent as soon as the pipe is idle, i.e. a send slot\n(forward.max_in_flight) is free and no further message is ready from the edge consumer; under\nload (every slot busy, messages arriving) batches still fill up to max_messages/max_bytes.\nfalse: a partial batch always waits batch.linger.",
     ),
     (
         "batch.compression",

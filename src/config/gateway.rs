@@ -63,6 +63,9 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     #[serde(with = "duration")]
     pub linger: Duration,
+    /// Send a partial batch as soon as the pipe is idle (a send slot free, no further message
+    /// ready) instead of waiting out `linger`, which stays the upper bound.
+    pub adaptive: bool,
     pub compression: Encoding,
     pub zstd_level: i32,
 }
@@ -184,6 +187,7 @@ impl Default for BatchConfig {
             max_messages: 500,
             max_bytes: 1 << 20,
             linger: Duration::from_millis(20),
+            adaptive: true,
             compression: Encoding::Zstd,
             zstd_level: 1,
         }

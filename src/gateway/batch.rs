@@ -1,4 +1,5 @@
-//! Groups messages into batches, closed by count, by bytes or by linger time.
+//! Groups messages into batches, closed by count, by bytes, by linger time, or (adaptive
+//! linger) as soon as the pipe is idle.
 
 use tokio::time::{Duration, Instant};
 
@@ -50,6 +51,14 @@ impl<T> Batcher<T> {
     /// When the current batch must be sent even if not full.
     pub fn deadline(&self, linger: Duration) -> Option<Instant> {
         self.first_at.map(|t| t + linger)
+    }
+
+    /// Adaptive linger's decision (`batch.adaptive`): send the batch being built now, partial,
+    /// rather than wait for more — when it holds messages and one of the `free_slots` send slots
+    /// is free to take it. The caller asks only once no further message is ready; with every
+    /// slot busy the batch keeps filling (throughput under load), `linger` stays the bound.
+    pub fn send_when_idle(&self, free_slots: usize) -> bool {
+        !self.is_empty() && free_slots > 0
     }
 
     /// The handles of the current batch.
@@ -111,6 +120,17 @@ mod tests {
         b.take();
         assert!(b.push((), m(5000)));
         assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn an_idle_pipe_takes_a_partial_batch_only_with_a_free_slot() {
+        let mut b = Batcher::new(10, 1000);
+        assert!(!b.send_when_idle(4), "nothing to send");
+        b.push((), m(1));
+        assert!(b.send_when_idle(1), "one message, a free slot: send it now");
+        assert!(!b.send_when_idle(0), "every slot busy: keep filling");
+        b.take();
+        assert!(!b.send_when_idle(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,6 +163,11 @@ pub(super) async fn pump(
         Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
     loop {
         let deadline = batcher.deadline(cfg.batch.linger);
+        // Adaptive linger: a partial batch leaves as soon as a send slot is free and no further
+        // message is ready — the lowest-priority arm below, reached only when the stream (polled
+        // first, then once more after a yield so the client's reader can hand over what already
+        // arrived) had nothing. With every slot busy the batch keeps filling as before.
+        let idle = cfg.batch.adaptive && batcher.send_when_idle(slots.available_permits());
         let full = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -215,6 +220,10 @@ pub(super) async fn pump(
                     return Err(anyhow::anyhow!("message stream ended").into());
                 }
             },
+            _ = tokio::task::yield_now(), if idle => {
+                metrics::counter!("uplink_gateway_idle_flushes_total").increment(1);
+                true
+            }
         };
         if full {
             flush(&mut batcher, ctx, slots, tracker, shutdown).await;

@@ -99,6 +99,7 @@ pub fn zero() {
     metrics::counter!("uplink_gateway_rate_limited_total").increment(0);
     for name in [
         "uplink_gateway_batches_total",
+        "uplink_gateway_idle_flushes_total",
         "uplink_gateway_in_progress_total",
         "uplink_gateway_consumer_stalls_total",
     ] {

@@ -14,6 +14,7 @@ mod doctor;
 mod failures;
 mod gateways;
 mod hostile;
+mod latency;
 mod lifecycle;
 mod metrics;
 mod nats_auth;
