@@ -63,7 +63,7 @@ pub async fn run(
             _ = &mut stop => break,
             _ = tick.tick() => {}
         }
-        let published = stream_count(&edge, &p.gateway_cfg.nats.stream).await;
+        let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
         let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
         let m = p.gateway_metrics().await.unwrap_or_default();
         eprint!(
@@ -79,7 +79,7 @@ pub async fn run(
     let _ = publisher.await;
     // The summary: let what was published arrive (bounded), then say where everything stands.
     eprintln!();
-    let published = stream_count(&edge, &p.gateway_cfg.nats.stream).await;
+    let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
     let drained = tokio::time::timeout(DRAIN_WAIT, async {
         while stream_count(&cloud, &p.ingest_cfg.nats.stream).await < published {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -110,6 +110,15 @@ pub async fn run(
 
 /// How long the demo waits at the end for what was published to arrive.
 const DRAIN_WAIT: Duration = Duration::from_secs(15);
+
+/// Messages ever stored in the edge stream (its last sequence): the work-queue stream itself
+/// holds only what is not delivered yet.
+async fn published_count(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
 
 async fn stream_count(js: &jetstream::Context, name: &str) -> u64 {
     match js.get_stream(name).await {

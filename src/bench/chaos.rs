@@ -322,6 +322,16 @@ fn take_samples(p: &Pipeline, figures: &mut LoadFigures) {
 
 /// Messages in a stream, `None` while its server does not answer.
 async fn stream_len(js: &jetstream::Context, stream: &str) -> Option<u64> {
+    stream_state(js, stream).await.map(|s| s.messages)
+}
+
+/// Messages ever stored in a stream (its last sequence): the edge's work queue holds only the
+/// undelivered ones.
+async fn stream_stored(js: &jetstream::Context, stream: &str) -> Option<u64> {
+    stream_state(js, stream).await.map(|s| s.last_sequence)
+}
+
+async fn stream_state(js: &jetstream::Context, stream: &str) -> Option<jetstream::stream::State> {
     let mut s = tokio::time::timeout(Duration::from_secs(2), js.get_stream(stream))
         .await
         .ok()?
@@ -330,7 +340,7 @@ async fn stream_len(js: &jetstream::Context, stream: &str) -> Option<u64> {
         .await
         .ok()?
         .ok()?;
-    Some(info.state.messages)
+    Some(info.state.clone())
 }
 
 /// How long after a fault's end deliveries resumed: the cloud stream grows past what it held at
@@ -347,7 +357,10 @@ async fn recovery(p: &Pipeline, edge: &jetstream::Context, cloud: &jetstream::Co
                 Some(b) if c > b => break,
                 Some(_) => {}
             }
-            if stream_len(edge, edge_stream).await.is_some_and(|e| c >= e) {
+            if stream_stored(edge, edge_stream)
+                .await
+                .is_some_and(|e| c >= e)
+            {
                 break;
             }
         }

@@ -78,8 +78,12 @@ pub const GATEWAY_DOCS: &[(&str, &str)] = &[
         "Subjects of the edge stream (used when the stream is created).",
     ),
     (
+        "nats.retention",
+        "Retention of the edge stream the gateway creates: \"work_queue\" (a message leaves it once\nacked: the stream holds the backlog, the limits bound an outage) or \"limits\" (acked\nmessages stay for other local consumers until max_age/max_bytes/max_msgs — with\ndiscard = \"new\" a full stream then refuses publishes although everything was delivered).\nAn existing stream keeps its own.",
+    ),
+    (
         "nats.create_stream",
-        "Create the edge stream (file storage, limits retention) when it does not exist.",
+        "Create the edge stream when it does not exist: file storage, work-queue retention (a message\nleaves it once the gateway acked it, so the limits below bound the backlog, not the history).",
     ),
     (
         "nats.consumer",

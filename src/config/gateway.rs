@@ -38,12 +38,26 @@ pub struct EdgeNats {
     pub stream: String,
     pub subjects: Vec<String>,
     pub create_stream: bool,
+    /// Retention policy of the edge stream when the gateway creates it.
+    pub retention: EdgeRetention,
     pub consumer: String,
     #[serde(with = "duration")]
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
     #[serde(with = "duration")]
     pub recreate_grace: Duration,
+}
+
+/// What the edge stream keeps (`nats.retention`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeRetention {
+    /// A message leaves the stream once the gateway acked it: the stream holds the backlog.
+    #[default]
+    WorkQueue,
+    /// JetStream's limits retention: acked messages stay until `max_age`/`max_bytes`/`max_msgs`
+    /// (history for other local consumers; the limits then bound history, not backlog).
+    Limits,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -161,6 +175,7 @@ impl Default for EdgeNats {
             stream: "TELEMETRY".into(),
             subjects: vec!["telemetry.>".into()],
             create_stream: true,
+            retention: EdgeRetention::WorkQueue,
             consumer: "uplink-gateway".into(),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,

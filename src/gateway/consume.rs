@@ -56,6 +56,17 @@ pub fn stream_config(cfg: &GatewayConfig) -> jetstream::stream::Config {
         name: n.stream.clone(),
         subjects: n.subjects.clone(),
         storage: jetstream::stream::StorageType::File,
+        // Work-queue by default: a message leaves the edge stream once the gateway acked it
+        // (the cloud has it), so the stream holds the backlog, not the history, and
+        // `nats.max_bytes` with `discard = new` bounds an outage's backlog instead of refusing
+        // publishes after the first GiB of ordinary traffic (limits retention keeps acked
+        // messages until max_age).
+        retention: match n.retention {
+            crate::config::EdgeRetention::WorkQueue => {
+                jetstream::stream::RetentionPolicy::WorkQueue
+            }
+            crate::config::EdgeRetention::Limits => jetstream::stream::RetentionPolicy::Limits,
+        },
         ..Default::default()
     };
     n.limits.apply(&mut config);

@@ -97,7 +97,12 @@ async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
             i.limits.max_body_bytes = 16 * 1024;
             i.limits.max_decoded_bytes = 16 * 1024;
         },
-        fast_recovery,
+        |g| {
+            fast_recovery(g);
+            // Limits retention keeps the termed message for inspection (a work queue removes
+            // it once termed; the log line and the counter remain).
+            g.nats.retention = uplink::config::EdgeRetention::Limits;
+        },
     )
     .await;
     let edge = edge_js(&p).await;

@@ -282,3 +282,40 @@ async fn a_message_the_cloud_cannot_store_is_set_aside_and_the_rest_flow_on() {
     let log = p.log("gateway");
     assert!(log.contains("max_payload is 1048576"), "{}", tail(&log));
 }
+
+/// The edge stream the gateway creates holds the backlog, not the history: with `nats.max_bytes`
+/// far below what flows through it (and `discard = new`), publishing never hits the limit as
+/// long as the gateway keeps up — each message leaves the stream once acked. (With limits
+/// retention the stream filled up with delivered messages and refused publishes after
+/// `max_bytes` of ordinary traffic.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_stream_holds_the_backlog_not_the_history() {
+    let p = pipeline(
+        |_| {},
+        |g| {
+            g.nats.limits.max_bytes = 256 * 1024;
+            g.batch.linger = Duration::from_millis(5);
+        },
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    // 3,000 × ~260 B ≈ 3 × max_bytes, at a rate the gateway keeps up with.
+    let w = Workload {
+        count: 3000,
+        subjects: 2,
+        rate: Some(1500.0),
+        ..Default::default()
+    };
+    let sent = verify::publish(&edge, &w)
+        .await
+        .expect("the edge never refuses a publish while the gateway keeps up");
+    let report = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &report, 3000);
+    let mut stream = edge.get_stream(&p.gateway_cfg.nats.stream).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(
+        info.config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::WorkQueue
+    );
+    assert_eq!(info.state.messages, 0, "acked messages left the stream");
+}

@@ -10,9 +10,14 @@ use crate::support::{edge_js, exe, pipeline, publish, wait_delivered};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_once_json_reports_the_pipeline_and_a_program_that_is_down() {
+    // Limits retention: the stream keeps the delivered messages, so its gauges have a known
+    // value to show (with the default work queue it drains to 0).
     let p = pipeline(
         |_| {},
-        |g| g.forward.sample_interval = Duration::from_millis(200),
+        |g| {
+            g.forward.sample_interval = Duration::from_millis(200);
+            g.nats.retention = uplink::config::EdgeRetention::Limits;
+        },
     )
     .await;
     let edge = edge_js(&p).await;

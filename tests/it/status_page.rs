@@ -127,9 +127,14 @@ fn renders(dom: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_the_pipeline_in_a_browser() {
+    // Limits retention: the stream keeps the delivered messages, so its gauges have a known
+    // value to show (with the default work queue it drains to 0).
     let p = pipeline(
         |_| {},
-        |g| g.forward.sample_interval = Duration::from_millis(200),
+        |g| {
+            g.forward.sample_interval = Duration::from_millis(200);
+            g.nats.retention = uplink::config::EdgeRetention::Limits;
+        },
     )
     .await;
     let edge = edge_js(&p).await;
