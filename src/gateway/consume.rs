@@ -19,6 +19,10 @@ use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, deliver, settle};
 use crate::config::GatewayConfig;
 use crate::wire;
 
+/// Most messages asked for in one pull request: larger batches are made of several pulls
+/// (bounds what one pull buffers in the client).
+const MAX_PULL: usize = 1000;
+
 /// How often the pump checks that a consumer with pending messages is delivering them.
 pub(super) const STALL_CHECK: Duration = Duration::from_secs(10);
 
@@ -164,7 +168,7 @@ pub(super) async fn pump(
     let mut strikes = 0;
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(cfg.batch.max_messages.min(1000))
+        .max_messages_per_batch(cfg.batch.max_messages.min(MAX_PULL))
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()

@@ -1,0 +1,274 @@
+//! The `uplink` binary's command line: every subcommand and flag, with its help text (clap
+//! derive). `main.rs` dispatches on it; the library never sees it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "uplink",
+    version,
+    about = "Telemetry from edge NATS JetStream to a cloud JetStream over HTTP/2 + mTLS, losing nothing."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(clap::Args)]
+pub struct ProgramArgs {
+    /// TOML config file (see `uplink config defaults`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set timeouts.idle=30s` (repeatable; wins over file
+    /// and UPLINK_* environment).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Log every HTTP/2 frame sent and received (also: UPLINK_TRACE_H2=1).
+    #[arg(long)]
+    pub trace_h2: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Edge: JetStream durable consumer → batches → HTTP/2 mTLS → ack after the cloud confirms.
+    Gateway(ProgramArgs),
+    /// Cloud: HTTP/2 mTLS server → JetStream with dedupe → 2xx once persisted.
+    Ingest(ProgramArgs),
+    /// Show or check configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Certificates for demos and tests.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCmd,
+    },
+    /// Publish a load into the edge stream.
+    Publish {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// Subject; with --subjects N > 1, messages go to SUBJECT.s0 … SUBJECT.s{N-1}.
+        #[arg(long, default_value = "telemetry.demo")]
+        subject: String,
+        #[arg(long, default_value_t = 1)]
+        subjects: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Messages per second (default: as fast as acks come back).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Create this stream (on SUBJECT.>) if it does not exist.
+        #[arg(long)]
+        create_stream: Option<String>,
+    },
+    /// Run a whole local pipeline and report throughput, latency, lost and duplicated counts.
+    Bench {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Mixed sizes (0 B … 64 KiB), binary payloads and headers.
+        #[arg(long)]
+        mixed: bool,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        nats_server: Option<PathBuf>,
+        /// Ingest: GOAWAY after this many requests per connection.
+        #[arg(long)]
+        ingest_max_requests: Option<u64>,
+        /// Ingest: idle timeout (e.g. 2s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ingest_idle_timeout: Option<Duration>,
+        /// Gateway: batches in flight.
+        #[arg(long)]
+        in_flight: Option<usize>,
+        /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
+        #[arg(long)]
+        via_nginx: bool,
+        /// Also measure an anchor in the same run, as a ratio. Without a value (or `relay`): a
+        /// direct in-process JetStream-to-JetStream relay on the same servers. With --backlog:
+        /// `leafnode` (the cloud stream sources the edge stream over an mTLS leafnode) and/or
+        /// `leafnode-ws` (over a wss leafnode through nginx, ssl_verify_client on), comma-separated.
+        #[arg(long, value_name = "KIND[,KIND]", num_args = 0..=1, default_missing_value = "relay")]
+        anchor: Option<String>,
+        /// Catching up after an outage: fill the edge stream with N messages first, then start
+        /// the gateway and time the drain until the cloud stream holds them all (verified
+        /// exactly once); --anchor leafnode,leafnode-ws moves the same backlog NATS-natively.
+        #[arg(long, value_name = "N")]
+        backlog: Option<usize>,
+        /// --backlog, --open-loop: rounds (each contender once per round, alternating who goes
+        /// first).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Inject faults under a steady load (SCENARIO[,SCENARIO…] or `all`; see --help).
+        #[arg(long, value_name = "SCENARIOS", long_help = uplink::bench::chaos::help())]
+        chaos: Option<String>,
+        /// Run a steady load (--rate) for this long instead of --messages; without --chaos a
+        /// soak that samples gateway and ingest (RSS, fds, threads). Default with --chaos: 60s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Messages per second of the steady load.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Seed of the fault schedule (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Instead of the pipeline: measure the cloud nats-server's memory per message id held
+        /// in its duplicate window (--messages ids, side by side with a server holding none).
+        #[arg(long)]
+        dedupe_memory: bool,
+        /// Run the cloud on a JetStream cluster of N nats-servers (stream at min(N, 3)
+        /// replicas, the ingest given every node's URL). Without --chaos, the stream leader is
+        /// SIGKILLed a third of the way in, the follower the ingest is connected to two thirds
+        /// in, and the election and stall of each are reported; with --chaos, kill-cloud-node
+        /// and restart-cloud-nats hit one node of the cluster.
+        #[arg(long, value_name = "N")]
+        cloud_cluster: Option<usize>,
+        /// Latency, open loop: publish --messages at a fixed RATE (msg/s) that never waits for an
+        /// ack before the next send; latency = cloud persist − each message's scheduled send
+        /// time. --runs rounds of one trial per --adaptive mode (default both), alternating.
+        #[arg(long, value_name = "RATE")]
+        open_loop: Option<f64>,
+        /// Gateway adaptive linger (`batch.adaptive`): on, off, or (--open-loop only) both.
+        #[arg(long, value_name = "on|off|both")]
+        adaptive: Option<String>,
+    },
+    /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
+    Doctor {
+        /// https:// URL to probe (requests go to this path).
+        url: String,
+        /// CA bundle to verify the server (default: the system bundle).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) for mTLS.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request body (e.g. with --method POST).
+        #[arg(long, default_value = "")]
+        body: String,
+        /// Most requests on one connection while looking for a limit.
+        #[arg(long, default_value_t = 1100)]
+        requests: u64,
+        /// Requests in flight in the concurrent phase.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Longest an idle connection is held open.
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        idle_wait: Duration,
+        /// Time limit of the whole run.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        time_limit: Duration,
+        /// Print every HTTP/2 frame while probing.
+        #[arg(long)]
+        trace: bool,
+        /// Print one JSON object with every finding.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A refreshing view of running gateways and ingests, from their admin listeners.
+    Status {
+        /// Admin addresses (default: 127.0.0.1:9101, the gateway's, and 127.0.0.1:9102, the
+        /// ingest's).
+        #[arg(value_name = "ADDR")]
+        targets: Vec<String>,
+        /// Print one view and exit (rates over one interval).
+        #[arg(long)]
+        once: bool,
+        /// One JSON array per view.
+        #[arg(long)]
+        json: bool,
+        /// Time between scrapes (and redraws).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Read the cloud stream as a downstream consumer would (an ordered consumer that acks
+    /// nothing): time, platform, subject, id, headers, payload.
+    Tail {
+        /// The ingest's config file: tail connects with its `nats.*` (url, credentials, TLS),
+        /// stream and subject prefix.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one ingest setting (repeatable), e.g. `--set nats.creds=cloud.creds`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// NATS URL(s) (same as `--set nats.url=URL`).
+        #[arg(long)]
+        nats: Option<String>,
+        /// Only this platform's messages.
+        #[arg(long)]
+        platform: Option<String>,
+        /// A cloud subject pattern (`uplink.edge-1.telemetry.>`) or an edge one (`telemetry.cpu`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Start this long ago (`10m`) or at this RFC 3339 time (default: the stream's start).
+        #[arg(long, value_parser = uplink::tail::Since::parse)]
+        since: Option<uplink::tail::Since>,
+        /// Only messages stored from now on.
+        #[arg(long, conflicts_with = "since")]
+        new: bool,
+        /// Stop after this many messages (default: follow until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Most payload bytes shown per message.
+        #[arg(long, default_value_t = 256)]
+        max_bytes: usize,
+    },
+    /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
+    Demo {
+        /// Messages per second.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        nats_server: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Print every setting with its default and unit.
+    Defaults {
+        #[arg(value_parser = ["gateway", "ingest"])]
+        program: Option<String>,
+    },
+    /// Print the settings reference of both programs as Markdown (docs/configuration.md).
+    Reference,
+    /// Validate a config file (with UPLINK_* environment applied) for a program.
+    Check {
+        #[arg(value_parser = ["gateway", "ingest"])]
+        program: String,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PkiCmd {
+    /// A dev CA, a server certificate (localhost, 127.0.0.1, ::1) and one client certificate per platform.
+    Dev {
+        #[arg(long)]
+        out: PathBuf,
+        /// Platform names (certificate CN); repeatable.
+        #[arg(long = "platform", default_value = "edge-1")]
+        platforms: Vec<String>,
+    },
+}
