@@ -45,6 +45,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a bench on a fresh runtime; Ctrl-C / SIGTERM ends it (its processes and temp dirs are
+/// dropped, so cleaned up) with an error.
+fn until_interrupted<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    runtime()?.block_on(async {
+        let shutdown = uplink::shutdown::on_signals();
+        tokio::select! {
+            r = work => r,
+            _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
+        }
+    })
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -227,13 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     in_flight,
                     json,
                 };
-                let result = runtime()?.block_on(async {
-                    let shutdown = uplink::shutdown::on_signals();
-                    tokio::select! {
-                        r = uplink::bench::latency::run(&o) => r,
-                        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
-                    }
-                })?;
+                let result = until_interrupted(uplink::bench::latency::run(&o))?;
                 uplink::bench::latency::print(&result, json);
                 return Ok(if result.ok() {
                     ExitCode::SUCCESS
@@ -332,13 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     in_flight,
                     json,
                 };
-                let result = runtime()?.block_on(async {
-                    let shutdown = uplink::shutdown::on_signals();
-                    tokio::select! {
-                        r = uplink::bench::backlog::run(&o) => r,
-                        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
-                    }
-                })?;
+                let result = until_interrupted(uplink::bench::backlog::run(&o))?;
                 uplink::bench::backlog::print(&result, json);
                 return Ok(if result.ok() {
                     ExitCode::SUCCESS
@@ -394,13 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ingest_idle_timeout,
                 in_flight,
             };
-            let result = runtime()?.block_on(async {
-                let shutdown = uplink::shutdown::on_signals();
-                tokio::select! {
-                    r = uplink::bench::run(&opts) => r,
-                    _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
-                }
-            })?;
+            let result = until_interrupted(uplink::bench::run(&opts))?;
             uplink::bench::print(&result, json);
             if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 {
                 return Ok(ExitCode::FAILURE);
