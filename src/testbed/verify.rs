@@ -213,7 +213,38 @@ pub async fn wait_drained(
 }
 
 /// Reads every message of the cloud stream.
+///
+/// In a cluster a read right after nodes restarted can meet a JetStream API that is still
+/// settling (a pull answered "no responders" while the new consumer's leader is not yet
+/// reachable, a request timing out during a meta-leader election); the whole read is then
+/// repeated with a fresh consumer, a bounded number of times, and the last error is returned.
 pub async fn read_all(js: &jetstream::Context, stream: &str) -> anyhow::Result<Vec<Received>> {
+    const ATTEMPTS: u32 = 6;
+    let mut attempt = 1;
+    loop {
+        match read_all_once(js, stream).await {
+            Ok(got) => return Ok(got),
+            Err(e) if attempt < ATTEMPTS && settling(&e) => {
+                eprintln!(
+                    "reading {stream} (attempt {attempt} of {ATTEMPTS}): {e:#}; reading again"
+                );
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context(format!("after {attempt} attempts"))),
+        }
+    }
+}
+
+/// Whether a read failed on a cluster that is still settling rather than on the data.
+fn settling(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}").to_ascii_lowercase();
+    ["no responders", "timed out", "leader", "not available"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
+async fn read_all_once(js: &jetstream::Context, stream: &str) -> anyhow::Result<Vec<Received>> {
     let mut s = js.get_stream(stream).await?;
     let total = s.info().await?.state.messages as usize;
     let c: consumer::PullConsumer = s
