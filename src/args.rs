@@ -139,6 +139,13 @@ pub enum Cmd {
         /// time. --runs rounds of one trial per --adaptive mode (default both), alternating.
         #[arg(long, value_name = "RATE")]
         open_loop: Option<f64>,
+        /// A fleet: N simulated edge platforms against one ingest from this process, each with
+        /// its own client certificate, connection and loopback address, sending a batch every
+        /// second (--rate msg/s in all) for --duration (default 30s): a cold start of all at
+        /// once, a quiet third, a third with one more platform flooding, a third around an
+        /// ingest restart; every message verified exactly once.
+        #[arg(long, value_name = "N")]
+        platforms: Option<usize>,
         /// Gateway adaptive linger (`batch.adaptive`): on, off, or (--open-loop only) both.
         #[arg(long, value_name = "on|off|both")]
         adaptive: Option<String>,

@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod chaos;
 pub mod cluster;
 pub mod dedupe;
+pub mod fleet;
 pub mod latency;
 pub mod load;
 pub mod sample;

@@ -187,7 +187,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cloud_cluster,
             open_loop,
             adaptive,
+            platforms,
         } => {
+            if let Some(platforms) = platforms {
+                if chaos.is_some()
+                    || backlog.is_some()
+                    || open_loop.is_some()
+                    || mixed
+                    || via_nginx
+                    || anchor.is_some()
+                    || cloud_cluster.is_some()
+                    || dedupe_memory
+                    || adaptive.is_some()
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "--platforms",
+                        reason: "runs alone (with --duration, --rate, --size, --json, --nats-server): not with --chaos, --backlog, --open-loop, --mixed, --via-nginx, --anchor, --cloud-cluster, --dedupe-memory or --adaptive".into(),
+                    }
+                    .into());
+                }
+                let o = uplink::bench::fleet::FleetOptions {
+                    platforms,
+                    duration: duration.unwrap_or(Duration::from_secs(30)),
+                    rate,
+                    size,
+                    interval: Duration::from_secs(1),
+                    nats_server,
+                    json,
+                };
+                o.check()?;
+                let result = until_interrupted(uplink::bench::fleet::run(&o))?;
+                uplink::bench::fleet::print(&result, json);
+                return Ok(if result.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             let modes: Option<Vec<bool>> = match adaptive.as_deref() {
                 None => None,
                 Some("on") => Some(vec![true]),

@@ -321,6 +321,21 @@ pub fn dev_reissue(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError>
     Ok(pki)
 }
 
+/// Issues one more client pair per platform from the CA of a [`dev_pki`] directory, leaving
+/// the server pair and the other platforms' pairs as they are (the fleet bench adds its
+/// platforms to a running pipeline this way).
+pub fn dev_issue_clients(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
+    use rcgen::{Issuer, KeyPair};
+    check_platforms(platforms)?;
+    let pki = DevPki { dir: dir.into() };
+    let key_pem = std::fs::read_to_string(pki.ca_key())
+        .map_err(|err| TlsError::Pki(format!("read {}: {err}", pki.ca_key().display())))?;
+    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pki(e.to_string()))?;
+    let issuer = Issuer::new(dev_ca_params(), ca_key);
+    dev_issue_clients_with(dir, &issuer, platforms)?;
+    Ok(pki)
+}
+
 fn check_platforms(platforms: &[String]) -> Result<(), TlsError> {
     for p in platforms {
         crate::wire::validate_token(p).map_err(|err| TlsError::Pki(format!("platform: {err}")))?;
@@ -362,7 +377,7 @@ fn dev_issue(
     issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
     platforms: &[String],
 ) -> Result<(), TlsError> {
-    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
     let e = |e: rcgen::Error| TlsError::Pki(e.to_string());
     let server_key = KeyPair::generate().map_err(e)?;
     let mut server = CertificateParams::new(vec![
@@ -378,7 +393,17 @@ fn dev_issue(
     let server_cert = server.signed_by(&server_key, issuer).map_err(e)?;
     dev_write_key(dir, "server-key.pem", server_key.serialize_pem())?;
     dev_write(dir, "server.pem", server_cert.pem())?;
+    dev_issue_clients_with(dir, issuer, platforms)
+}
 
+/// One client pair per platform (CN = platform, clientAuth EKU) from `issuer` into `dir`.
+fn dev_issue_clients_with(
+    dir: &Path,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    platforms: &[String],
+) -> Result<(), TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let e = |e: rcgen::Error| TlsError::Pki(e.to_string());
     for p in platforms {
         let key = KeyPair::generate().map_err(e)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;

@@ -362,6 +362,10 @@ pub const INGEST_DOCS: &[(&str, &str)] = &[
         "Quota: requests one platform may have in progress at once, over all its connections;\n429 rate_limited (Retry-After: 1) over it. 0 = no quota.",
     ),
     (
+        "limits.max_pending_acks_per_platform",
+        "Fairness: most messages of one platform being persisted (awaiting their PubAck) at once;\nits further requests wait in order for room (503 busy after timeouts.request_body). One\nplatform draining a backlog then queues at most this many messages at the cloud server\nahead of everyone else's. 0 = no share (only nats.max_pending_acks, for all).",
+    ),
+    (
         "limits.max_messages_per_batch",
         "Most messages in one batch; more gets 413.",
     ),

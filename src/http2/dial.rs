@@ -96,8 +96,42 @@ pub async fn connect_tls(
     tls: Arc<rustls::ClientConfig>,
     t: &ClientTimeouts,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ForwardError> {
+    connect_tls_from(addr, None, server_name, tls, t).await
+}
+
+/// [`connect_tls`] from a chosen local address (`None`: the kernel picks). The fleet bench
+/// gives each simulated platform its own loopback address, as a fleet comes from many hosts
+/// (the ingest budgets handshakes per source address).
+pub async fn connect_tls_from(
+    addr: &str,
+    local: Option<std::net::IpAddr>,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    t: &ClientTimeouts,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ForwardError> {
     let addr = addr.to_string();
-    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(&addr)).await {
+    let connect = async {
+        let Some(local) = local else {
+            return TcpStream::connect(&addr).await;
+        };
+        let peer = tokio::net::lookup_host(&addr)
+            .await?
+            .find(|a| a.is_ipv4() == local.is_ipv4())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!("no address of the family of {local}"),
+                )
+            })?;
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        socket.connect(peer).await
+    };
+    let tcp = match tokio::time::timeout(t.connect, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ForwardError::Connect { addr, source }),
         Err(_) => {

@@ -43,6 +43,8 @@ pub struct Handler {
     deny: Option<Arc<Watched<DenyList>>>,
     /// Per-platform rates and concurrency (`limits.*_per_platform`).
     quotas: Arc<super::quota::QuotaBook>,
+    /// Each platform's share of the messages being persisted at once.
+    shares: super::quota::PublishShares,
 }
 
 /// A failed request: its code (which fixes the status) and what was wrong.
@@ -187,6 +189,7 @@ impl Handler {
             bytes_per_second: limits.max_bytes_per_second_per_platform,
             requests_in_flight: limits.max_requests_in_flight_per_platform,
         }));
+        let shares = super::quota::PublishShares::new(limits.max_pending_acks_per_platform);
         Handler {
             sink,
             subject_prefix,
@@ -195,6 +198,7 @@ impl Handler {
             budget,
             deny: None,
             quotas,
+            shares,
         }
     }
 
@@ -580,7 +584,21 @@ impl Handler {
             )
             .at(i));
         }
-        let outcome = self.sink.publish(messages).await?;
+        let share = tokio::time::timeout(self.body_timeout, self.shares.acquire(platform, count))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "this platform's earlier messages held its share of \
+                         limits.max_pending_acks_per_platform = {} for {:?}; retry later",
+                        self.limits.max_pending_acks_per_platform, self.body_timeout
+                    ),
+                )
+            })?;
+        let outcome = self.sink.publish(messages).await;
+        drop(share);
+        let outcome = outcome?;
         metrics::counter!("uplink_ingest_messages_total", "result" => "accepted")
             .increment(outcome.accepted as u64);
         metrics::counter!("uplink_ingest_messages_total", "result" => "duplicate")

@@ -154,9 +154,81 @@ fn refill(b: &mut Bucket, q: &Quotas, now: Instant) {
     b.bytes = (b.bytes + secs * q.bytes_per_second).min(q.bytes_per_second);
 }
 
+/// Each platform's share of the messages being persisted at once
+/// (`limits.max_pending_acks_per_platform`): JetStream stores a stream's messages in the order
+/// they arrive, so without a share one platform draining a backlog (eight batches of 500 in
+/// flight from a default gateway) keeps thousands of messages queued at the cloud server ahead
+/// of every other platform's few. With it, a platform's requests beyond its share wait for room
+/// in order (a FIFO semaphore per platform), and the others find at most one share per busy
+/// platform ahead of them. A lone platform loses little: a share of 1024 still keeps several
+/// PubAck round trips in flight.
+#[derive(Debug, Default)]
+pub struct PublishShares {
+    per_platform: usize,
+    shares: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Room held in a platform's share until its messages are persisted (or the request ends).
+pub type Share = Option<tokio::sync::OwnedSemaphorePermit>;
+
+impl PublishShares {
+    /// `per_platform` messages each; 0 = no shares.
+    pub fn new(per_platform: usize) -> Self {
+        PublishShares {
+            per_platform,
+            shares: Mutex::default(),
+        }
+    }
+
+    /// Waits for room for `messages` in `platform`'s share (a request larger than the whole
+    /// share takes all of it: the sink publishes it in chunks that fit).
+    pub async fn acquire(&self, platform: &str, messages: usize) -> Share {
+        if self.per_platform == 0 || messages == 0 {
+            return None;
+        }
+        let sem = self
+            .shares
+            .lock()
+            .unwrap()
+            .entry(platform.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_platform)))
+            .clone();
+        let n = messages.min(self.per_platform) as u32;
+        if let Ok(room) = sem.clone().try_acquire_many_owned(n) {
+            return Some(room);
+        }
+        metrics::counter!("uplink_ingest_share_waits_total", "platform" => platform.to_string())
+            .increment(1);
+        Some(sem.acquire_many_owned(n).await.expect("never closed"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_platform_waits_for_its_own_share_only() {
+        let shares = Arc::new(PublishShares::new(1000));
+        let a1 = shares.acquire("a", 500).await;
+        let a2 = shares.acquire("a", 500).await;
+        // "a" is at its share: its third request waits; "b" is not held up.
+        let waiting = {
+            let shares = shares.clone();
+            tokio::spawn(async move { shares.acquire("a", 500).await.is_some() })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a third batch of a fit its share");
+        let b = tokio::time::timeout(Duration::from_secs(1), shares.acquire("b", 10_000)).await;
+        assert!(b.is_ok_and(|s| s.is_some()), "b waited for a");
+        drop(a1);
+        assert!(waiting.await.unwrap());
+        drop(a2);
+        // Larger than the share: takes it whole instead of waiting forever.
+        let whole = tokio::time::timeout(Duration::from_secs(1), shares.acquire("c", 5000)).await;
+        assert!(whole.is_ok_and(|s| s.is_some_and(|p| p.num_permits() == 1000)));
+        assert!(PublishShares::new(0).acquire("a", 10).await.is_none());
+    }
 
     #[test]
     fn no_quota_admits_everything_without_a_ticket() {

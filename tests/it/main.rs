@@ -12,6 +12,7 @@ mod deploy;
 mod diagnosis;
 mod doctor;
 mod failures;
+mod fleet;
 mod gateways;
 mod hostile;
 mod latency;
