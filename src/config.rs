@@ -17,7 +17,7 @@ pub use docs::{GATEWAY_DOCS, INGEST_DOCS};
 pub use gateway::*;
 pub use ingest::*;
 pub use load::{Sources, default_keys, gateway, ingest, load, reference, render_defaults};
-pub use nats::{Auth, Discard, NatsConnect, NatsTls, Secret, StreamLimits};
+pub use nats::{Auth, Discard, NatsConnect, NatsTls, NatsUrls, Secret, StreamLimits};
 
 /// A configuration problem: exit code 64 at the binary edge.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +76,129 @@ pub mod duration {
     }
 }
 
+/// Values TOML holds as strings but the program uses typed (`Uri`, `SocketAddr`, `IpAddr`,
+/// `HeaderName`): parsed once, while the config loads, so a bad one is an error naming its key
+/// and origin like any other, and nothing downstream parses it again.
+pub mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// What a value is, for its error: "is not {WHAT}; write e.g. {EXAMPLE}".
+    pub trait Text: FromStr + Display {
+        const WHAT: &'static str;
+        const EXAMPLE: &'static str;
+        /// As written back to TOML.
+        fn to_text(&self) -> String {
+            self.to_string()
+        }
+    }
+
+    impl Text for std::net::SocketAddr {
+        const WHAT: &'static str = "a socket address";
+        const EXAMPLE: &'static str =
+            "\"127.0.0.1:8443\" or \"[::]:8443\" (IP:port; port 0 picks a free one)";
+    }
+    impl Text for std::net::IpAddr {
+        const WHAT: &'static str = "an IP address";
+        const EXAMPLE: &'static str = "\"127.0.0.1\" or \"::1\"";
+    }
+    impl Text for http::HeaderName {
+        const WHAT: &'static str = "an HTTP header name";
+        const EXAMPLE: &'static str = "\"x-uplink-client-dn\" (letters, digits, '-')";
+    }
+    impl Text for http::Uri {
+        const WHAT: &'static str = "a URL";
+        const EXAMPLE: &'static str = "\"https://ingest.example:8443\"";
+        /// Without the `/` `Display` adds to a URL given without a path.
+        fn to_text(&self) -> String {
+            let s = self.to_string();
+            match (self.path(), self.query()) {
+                ("/", None) => s.trim_end_matches('/').to_string(),
+                _ => s,
+            }
+        }
+    }
+
+    fn parse<T: Text, E: serde::de::Error>(s: &str) -> Result<T, E>
+    where
+        T::Err: Display,
+    {
+        s.trim().parse().map_err(|e| {
+            E::custom(format!(
+                "{s:?} is not {} ({e}); write e.g. {}",
+                T::WHAT,
+                T::EXAMPLE
+            ))
+        })
+    }
+
+    pub fn serialize<T: Text, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_text())
+    }
+
+    pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(d: D) -> Result<T, D::Error>
+    where
+        T::Err: Display,
+    {
+        parse(&String::deserialize(d)?)
+    }
+
+    /// A list of such values (a TOML array of strings).
+    pub mod list {
+        use super::*;
+        use serde::ser::SerializeSeq;
+
+        pub fn serialize<T: Text, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(v.len()))?;
+            for t in v {
+                seq.serialize_element(&t.to_text())?;
+            }
+            seq.end()
+        }
+
+        pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error>
+        where
+            T::Err: Display,
+        {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|s| parse(s))
+                .collect()
+        }
+    }
+
+    /// An optional value, written `""` when off (TOML has no null).
+    pub mod optional {
+        use super::*;
+
+        pub fn serialize<T: Text, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(t) => s.serialize_str(&t.to_text()),
+                None => s.serialize_str(""),
+            }
+        }
+
+        pub fn deserialize<'de, T: Text, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error>
+        where
+            T::Err: Display,
+        {
+            let s = String::deserialize(d)?;
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse(&s).map(Some)
+            }
+        }
+    }
+}
+
 /// Admin listener: `/healthz`, `/readyz`, `/metrics`, plain HTTP.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    #[serde(with = "text")]
     pub listen: SocketAddr,
 }
 

@@ -255,7 +255,7 @@ pub async fn run(
     out: &mut impl Write,
     shutdown: CancellationToken,
 ) -> Result<u64, TailError> {
-    let servers = opts.nats.servers().map_err(crate::nats::NatsError::from)?;
+    let servers = opts.nats.servers();
     let client = crate::nats::options(&opts.nats)?
         .name("uplink-tail")
         .connect(servers)

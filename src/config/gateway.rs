@@ -63,7 +63,8 @@ pub enum EdgeRetention {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cloud {
-    pub url: String,
+    #[serde(with = "super::text")]
+    pub url: http::Uri,
     pub server_name: String,
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -187,7 +188,7 @@ impl Default for EdgeNats {
 impl Default for Cloud {
     fn default() -> Self {
         Cloud {
-            url: "https://127.0.0.1:8443".into(),
+            url: http::Uri::from_static("https://127.0.0.1:8443"),
             server_name: String::new(),
             ca: "ca.pem".into(),
             cert: "client.pem".into(),
@@ -274,11 +275,7 @@ impl GatewayConfig {
         if self.nats.max_ack_pending < 1 {
             return Err(invalid("nats.max_ack_pending", "must be at least 1"));
         }
-        let url: http::Uri = self
-            .cloud
-            .url
-            .parse()
-            .map_err(|e| invalid("cloud.url", format!("not a URL: {e}")))?;
+        let url = &self.cloud.url;
         if url.scheme_str() != Some("https") || url.host().is_none() {
             return Err(invalid(
                 "cloud.url",

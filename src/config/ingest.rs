@@ -1,7 +1,9 @@
 //! The ingest's settings (`uplink ingest`): listeners, server TLS, cloud NATS, the shared
 //! endpoint's limits, HTTP/2 and timeouts, the trusted proxy, and their validation.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use http::HeaderName;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,7 @@ use super::{
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
+    #[serde(with = "super::text")]
     pub listen: SocketAddr,
     /// Log every HTTP/2 frame (`--trace-h2`, `UPLINK_TRACE_H2=1`).
     pub trace_h2: bool,
@@ -30,47 +33,24 @@ pub struct IngestConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
-    pub listen: String,
-    pub trusted: Vec<String>,
-    pub identity_header: String,
-    pub verify_header: String,
+    #[serde(with = "super::text::optional")]
+    pub listen: Option<SocketAddr>,
+    #[serde(with = "super::text::list")]
+    pub trusted: Vec<IpAddr>,
+    #[serde(with = "super::text")]
+    pub identity_header: HeaderName,
+    #[serde(with = "super::text")]
+    pub verify_header: HeaderName,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            listen: String::new(),
-            trusted: vec!["127.0.0.1".into(), "::1".into()],
-            identity_header: "x-uplink-client-dn".into(),
-            verify_header: "x-uplink-client-verify".into(),
+            listen: None,
+            trusted: vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+            identity_header: HeaderName::from_static("x-uplink-client-dn"),
+            verify_header: HeaderName::from_static("x-uplink-client-verify"),
         }
-    }
-}
-
-impl ProxyConfig {
-    /// The plain listener address, when enabled.
-    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|e| {
-            invalid(
-                "proxy.listen",
-                format!("{:?} is not an address: {e}", self.listen),
-            )
-        })
-    }
-
-    /// The trusted proxy addresses.
-    pub fn trusted_ips(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
-        self.trusted
-            .iter()
-            .map(|t| {
-                t.parse().map_err(|e| {
-                    invalid("proxy.trusted", format!("{t:?} is not an IP address: {e}"))
-                })
-            })
-            .collect()
     }
 }
 
@@ -387,15 +367,6 @@ impl IngestConfig {
                 "http2.max_requests_per_connection",
                 "must be at least 1",
             ));
-        }
-        self.proxy.listen_addr()?;
-        self.proxy.trusted_ips()?;
-        for (key, h) in [
-            ("proxy.identity_header", &self.proxy.identity_header),
-            ("proxy.verify_header", &self.proxy.verify_header),
-        ] {
-            http::HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| invalid(key, format!("{h:?} is not a header name")))?;
         }
         for (key, d) in [
             ("timeouts.tls_handshake", self.timeouts.tls_handshake),

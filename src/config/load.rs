@@ -97,7 +97,7 @@ where
         set_path(&mut merged, &defaults, key.trim(), value, &origin)?;
         origins.insert(key.trim().to_string(), origin);
     }
-    match T::deserialize(toml::Value::Table(merged)) {
+    match T::deserialize(toml::Value::Table(merged.clone())) {
         Ok(t) => Ok((t, origins)),
         Err(e) => {
             // toml names the key at the end of its message ("…\nin `timeouts.idle`").
@@ -114,9 +114,18 @@ where
                 .iter()
                 .filter(|(k, _)| k.starts_with(&prefix))
                 .collect();
+            // Several: the one whose value alone, over the defaults, fails too.
+            let alone_fails = |k: &str| {
+                let mut t = defaults.clone();
+                set_value(&mut t, k, get_value(&merged, k).cloned());
+                T::deserialize(toml::Value::Table(t)).is_err()
+            };
             let (key, origin) = match under.as_slice() {
                 _ if origins.contains_key(key) => (key, origin_of(&origins, key)),
                 [(only, o)] => (only.as_str(), (*o).clone()),
+                _ if let Some((k, o)) = under.iter().find(|(k, _)| alone_fails(k)) => {
+                    (k.as_str(), (*o).clone())
+                }
                 [(_, o), rest @ ..] if rest.iter().all(|(_, r)| r == o) => (key, (*o).clone()),
                 _ => (key, origin_of(&origins, key)),
             };
@@ -129,6 +138,29 @@ where
                 origin,
                 reason,
             })
+        }
+    }
+}
+
+/// The value at a dotted key.
+fn get_value<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    match key.split_once('.') {
+        None => t.get(key),
+        Some((first, rest)) => get_value(t.get(first)?.as_table()?, rest),
+    }
+}
+
+/// Sets (or, with `None`, removes) the value at a dotted key whose sections exist.
+fn set_value(t: &mut toml::Table, key: &str, v: Option<toml::Value>) {
+    match key.split_once('.') {
+        None => match v {
+            Some(v) => drop(t.insert(key.to_string(), v)),
+            None => drop(t.remove(key)),
+        },
+        Some((first, rest)) => {
+            if let Some(toml::Value::Table(inner)) = t.get_mut(first) {
+                set_value(inner, rest, v)
+            }
         }
     }
 }

@@ -37,6 +37,94 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `nats.url`: one NATS server URL or a comma-separated list (the NATS convention, as in
+/// `nats --server`), parsed once when the config loads. Written back as given.
+#[derive(Clone, Debug)]
+pub struct NatsUrls {
+    text: String,
+    servers: Vec<async_nats::ServerAddr>,
+}
+
+impl NatsUrls {
+    /// The servers, in the order given.
+    pub fn servers(&self) -> &[async_nats::ServerAddr] {
+        &self.servers
+    }
+    /// The list with any `user:password@` replaced, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact_urls(&self.text)
+    }
+}
+
+impl PartialEq for NatsUrls {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+/// Why a `nats.url` does not parse: names the bad entry, never the credentials a URL may carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadNatsUrl(String);
+
+impl FromStr for NatsUrls {
+    type Err = BadNatsUrl;
+    fn from_str(text: &str) -> Result<Self, BadNatsUrl> {
+        let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+        let mut servers = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.is_empty() {
+                return Err(BadNatsUrl(format!(
+                    "entry {} of {:?} is empty; write one URL or a comma-separated list",
+                    i + 1,
+                    redact_urls(text)
+                )));
+            }
+            let addr = async_nats::ServerAddr::from_str(entry).map_err(|e| {
+                BadNatsUrl(format!(
+                    "entry {} ({:?}) is not a NATS server URL: {e}",
+                    i + 1,
+                    redact_urls(entry)
+                ))
+            })?;
+            if addr.host().is_empty() {
+                return Err(BadNatsUrl(format!(
+                    "entry {} ({:?}) has no host",
+                    i + 1,
+                    redact_urls(entry)
+                )));
+            }
+            servers.push(addr);
+        }
+        Ok(NatsUrls {
+            text: text.to_string(),
+            servers,
+        })
+    }
+}
+
+impl fmt::Display for NatsUrls {
+    /// As given, credentials included: what the config file holds (use [`NatsUrls::redacted`]
+    /// for logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for NatsUrls {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for NatsUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// TLS to NATS (`nats.tls.*`). Empty paths are unset.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -51,8 +139,7 @@ pub struct NatsTls {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConnect {
-    /// One URL or a comma-separated list (the NATS convention, as in `nats --server`).
-    pub url: String,
+    pub url: NatsUrls,
     pub creds: PathBuf,
     pub nkey: PathBuf,
     pub user: String,
@@ -66,7 +153,7 @@ pub struct NatsConnect {
 impl Default for NatsConnect {
     fn default() -> Self {
         NatsConnect {
-            url: "nats://127.0.0.1:4222".into(),
+            url: "nats://127.0.0.1:4222".parse().expect("a NATS URL"),
             creds: PathBuf::new(),
             nkey: PathBuf::new(),
             user: String::new(),
@@ -105,44 +192,13 @@ impl Auth<'_> {
 
 impl NatsConnect {
     /// The server list of `nats.url`.
-    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
-        let entries: Vec<&str> = self.url.split(',').map(str::trim).collect();
-        let mut out = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            if entry.is_empty() {
-                return Err(invalid(
-                    "nats.url",
-                    format!(
-                        "entry {} of {:?} is empty; write one URL or a comma-separated list",
-                        i + 1,
-                        redact_urls(&self.url)
-                    ),
-                ));
-            }
-            let addr = async_nats::ServerAddr::from_str(entry).map_err(|e| {
-                invalid(
-                    "nats.url",
-                    format!(
-                        "entry {} ({:?}) is not a NATS server URL: {e}",
-                        i + 1,
-                        redact_urls(entry)
-                    ),
-                )
-            })?;
-            if addr.host().is_empty() {
-                return Err(invalid(
-                    "nats.url",
-                    format!("entry {} ({:?}) has no host", i + 1, redact_urls(entry)),
-                ));
-            }
-            out.push(addr);
-        }
-        Ok(out)
+    pub fn servers(&self) -> Vec<async_nats::ServerAddr> {
+        self.url.servers().to_vec()
     }
 
     /// `nats.url` with any `user:password@` replaced, for logs.
     pub fn display_urls(&self) -> String {
-        redact_urls(&self.url)
+        self.url.redacted()
     }
 
     /// How this connection authenticates (assumes [`NatsConnect::validate`] passed).
@@ -200,7 +256,7 @@ impl NatsConnect {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let servers = self.servers()?;
+        let servers = self.url.servers();
         if self.connect_timeout.is_zero() {
             return Err(invalid("nats.connect_timeout", "must be greater than zero"));
         }
