@@ -1,19 +1,20 @@
 //! Typed configuration for the gateway and the ingest: TOML file, then `UPLINK_<PROGRAM>_*`
 //! environment variables, then `--set key=value` flags, merged and validated before any socket
-//! opens. Every setting has an explicit default, documented with its unit in [`docs`]; an
-//! unknown key or a bad value is an error that names the key and where it came from.
+//! opens. Every setting has an explicit default and is documented with its unit on its field
+//! (the doc comments `uplink config defaults` prints, see [`docs`]); an unknown key or a bad
+//! value is an error that names the key and where it came from.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-mod docs;
+#[macro_use]
+pub mod docs;
 mod gateway;
 mod ingest;
 mod load;
 mod nats;
-pub use docs::{GATEWAY_DOCS, INGEST_DOCS};
 pub use gateway::*;
 pub use ingest::*;
 pub use load::{Sources, default_keys, gateway, ingest, load, reference, render_defaults};
@@ -194,12 +195,15 @@ pub mod text {
     }
 }
 
-/// Admin listener: `/healthz`, `/readyz`, `/metrics`, plain HTTP.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    #[serde(with = "text")]
-    pub listen: SocketAddr,
+settings! {
+    /// Admin listener: `/healthz`, `/readyz`, `/metrics`, plain HTTP.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    pub struct AdminConfig {
+        /// Admin listen address; port 0 picks a free one.
+        #[serde(with = "text")]
+        pub listen: SocketAddr,
+    }
 }
 
 /// Paths of a PEM CA bundle, certificate chain and private key.
@@ -211,16 +215,23 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The ingest's TLS files: its pair, the CA bundle for client certificates, and the deny list
-/// of revoked platforms. All re-read when they change.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    #[serde(default)]
-    pub deny_list: PathBuf,
+settings! {
+    /// The ingest's TLS files: its pair, the CA bundle for client certificates, and the deny list
+    /// of revoked platforms. All re-read when they change.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServerTls {
+        /// PEM CA bundle for client certificates (required, verified; re-read when it changes).
+        pub ca: PathBuf,
+        /// PEM server certificate chain (re-read when it changes).
+        pub cert: PathBuf,
+        /// PEM server private key (re-read when it changes).
+        pub key: PathBuf,
+        /// File of revoked platforms, one per line (# comments); empty path = none. Re-read when it
+        /// changes: new handshakes of a listed platform fail, its requests on open connections get 403.
+        #[serde(default)]
+        pub deny_list: PathBuf,
+    }
 }
 
 #[cfg(test)]

@@ -92,10 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "# ===== uplink gateway (env: UPLINK_GATEWAY_<KEY>, nested keys joined by __) ====="
                     );
-                    print!(
-                        "{}",
-                        config::render_defaults::<config::GatewayConfig>(config::GATEWAY_DOCS)
-                    );
+                    print!("{}", config::render_defaults::<config::GatewayConfig>());
                 }
                 if show_ingest {
                     if show_gateway {
@@ -104,10 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "# ===== uplink ingest (env: UPLINK_INGEST_<KEY>, nested keys joined by __) ====="
                     );
-                    print!(
-                        "{}",
-                        config::render_defaults::<config::IngestConfig>(config::INGEST_DOCS)
-                    );
+                    print!("{}", config::render_defaults::<config::IngestConfig>());
                 }
             }
             ConfigCmd::Reference => print!("{}", config::reference()),

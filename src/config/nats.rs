@@ -125,29 +125,52 @@ impl<'de> Deserialize<'de> for NatsUrls {
     }
 }
 
-/// TLS to NATS (`nats.tls.*`). Empty paths are unset.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub required: bool,
+settings! {
+    /// TLS to NATS (`nats.tls.*`). Empty paths are unset.
+    #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NatsTls {
+        /// PEM CA bundle that signs the NATS servers' certificates; empty = the system's trusted roots.
+        pub ca: PathBuf,
+        /// PEM client certificate chain, for servers with `verify: true`; empty = none (with nats.tls.key).
+        pub cert: PathBuf,
+        /// PEM private key of nats.tls.cert.
+        pub key: PathBuf,
+        /// Refuse to talk to a NATS server without TLS.
+        pub required: bool,
+    }
 }
 
-/// Connection to a NATS deployment: the part of `nats.*` both programs share.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsConnect {
-    pub url: NatsUrls,
-    pub creds: PathBuf,
-    pub nkey: PathBuf,
-    pub user: String,
-    pub password: Secret,
-    pub token: Secret,
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    pub tls: NatsTls,
+settings! {
+    /// Connection to a NATS deployment: the part of `nats.*` both programs share.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NatsConnect {
+        /// {Edge|Cloud} NATS server URL, or several comma-separated (nats://a:4222,nats://b:4222); nats:// or
+        /// tls:// (tls:// = TLS required). Servers the cluster announces are added. Keep credentials out
+        /// of the URL: use the keys below.
+        pub url: NatsUrls,
+        /// Credentials file (user JWT + nkey seed, as `nsc generate creds` writes); empty = none.
+        /// Exclusive with nats.nkey, nats.user/password, nats.token.
+        pub creds: PathBuf,
+        /// File holding a user nkey seed (SU…); empty = none. Exclusive with the other credentials.
+        pub nkey: PathBuf,
+        /// User name for user/password authentication (with nats.password); empty = none.
+        pub user: String,
+        /// Password of nats.user; never printed (logs and Debug show "(set)"). Prefer the environment:
+        /// {UPLINK_GATEWAY_NATS__PASSWORD|UPLINK_INGEST_NATS__PASSWORD}.
+        pub password: Secret,
+        /// Authentication token; empty = none; never printed. Prefer {UPLINK_GATEWAY_NATS__TOKEN|UPLINK_INGEST_NATS__TOKEN}.
+        pub token: Secret,
+        /// Timeout of one connection attempt to a NATS server, TLS and authentication included
+        /// (duration). The {gateway|ingest} retries forever, also when the server refuses the credentials
+        /// (logged at error with the keys to check; /readyz says why).
+        #[serde(with = "duration")]
+        pub connect_timeout: Duration,
+        /// TLS to NATS. Used when the server asks for it (its INFO), a tls:// URL is given, or
+        /// nats.tls.required.
+        pub tls: NatsTls,
+    }
 }
 
 impl Default for NatsConnect {
@@ -362,19 +385,31 @@ pub enum Discard {
     New,
 }
 
-/// Retention limits of a stream uplink creates (`nats.max_age`, …). Used only at creation: an
-/// existing stream keeps its own.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamLimits {
-    /// 0 = no age limit.
-    #[serde(with = "duration")]
-    pub max_age: Duration,
-    /// -1 = no size limit.
-    pub max_bytes: i64,
-    /// -1 = no count limit.
-    pub max_msgs: i64,
-    pub discard: Discard,
+settings! {
+    /// Retention limits of a stream uplink creates (`nats.max_age`, …). Used only at creation: an
+    /// existing stream keeps its own.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct StreamLimits {
+        /// {Edge stream retention when the gateway creates it: drop messages older than this (duration;
+        /// "0s" = no limit). Default 7 days. An existing stream keeps its own limits.|
+        /// Cloud stream retention when the ingest creates it (duration; "0s" = no limit, the default:
+        /// downstream consumers own the cloud stream). Must be at least nats.duplicate_window when set.}
+        #[serde(with = "duration")]
+        pub max_age: Duration,
+        /// {Edge stream size limit when created (bytes; -1 = no limit). Default 1 GiB, so a long outage
+        /// cannot fill the disk; JetStream reserves it at creation and refuses more than its storage
+        /// (max_store). Size it to the device: hours of outage × message rate × message size.|
+        /// Cloud stream size limit when created (bytes; -1 = no limit, the default).}
+        pub max_bytes: i64,
+        /// {Edge|Cloud} stream message-count limit when created (messages; -1 = no limit{|, the default}).
+        pub max_msgs: i64,
+        /// {When the edge stream is full: "new" = refuse publishes (collectors see the error; nothing
+        /// buffered is dropped), "old" = drop the oldest messages, forwarded or not. Used when created.|
+        /// When the cloud stream is full: "old" = drop the oldest (default), "new" = refuse publishes
+        /// (the ingest answers 503 and the backlog waits at the edge). Used when created.}
+        pub discard: Discard,
+    }
 }
 
 impl Default for StreamLimits {
