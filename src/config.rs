@@ -195,6 +195,28 @@ pub mod text {
     }
 }
 
+/// A TLS server name (a DNS name or an IP address), as the certificate is checked against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsName(pub rustls_pki_types::ServerName<'static>);
+
+impl std::str::FromStr for TlsName {
+    type Err = rustls_pki_types::InvalidDnsNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        rustls_pki_types::ServerName::try_from(s.to_string()).map(TlsName)
+    }
+}
+
+impl std::fmt::Display for TlsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_str())
+    }
+}
+
+impl text::Text for TlsName {
+    const WHAT: &'static str = "a TLS server name";
+    const EXAMPLE: &'static str = "\"ingest.example\" (a DNS name or an IP address)";
+}
+
 settings! {
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`, plain HTTP.
     #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

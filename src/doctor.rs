@@ -173,7 +173,7 @@ fn target(o: &DoctorOptions) -> Result<probe::Target, Diagnosis> {
     } else {
         url
     };
-    let (addr, server_name) = target_of(&url, "").map_err(usage)?;
+    let (addr, server_name) = target_of(&url, None).map_err(usage)?;
     let ca = o.ca.clone().unwrap_or_else(|| SYSTEM_CA.into());
     let mut roots = rustls::RootCertStore::empty();
     for c in crate::tls::load_certs(&ca).map_err(|e| usage(e.to_string()))? {

@@ -53,7 +53,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
     } = preflight(&cfg)?;
     let client = Client::new(ClientConfig {
         url: base,
-        server_name: cfg.cloud.server_name.clone(),
+        server_name: cfg.cloud.server_name.as_ref().map(|n| n.0.clone()),
         tls,
         timeouts: cfg.timeouts.clone(),
         connections: cfg.forward.connections,

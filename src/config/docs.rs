@@ -61,6 +61,7 @@ values!(
     std::net::SocketAddr,
     http::Uri,
     http::HeaderName,
+    super::TlsName,
     super::NatsUrls,
     super::Secret,
     super::Discard,

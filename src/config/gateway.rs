@@ -98,7 +98,8 @@ settings! {
         #[serde(with = "super::text")]
         pub url: http::Uri,
         /// TLS server name to verify; empty = the host of cloud.url.
-        pub server_name: String,
+        #[serde(with = "super::text::optional")]
+        pub server_name: Option<super::TlsName>,
         /// PEM CA bundle that signs the ingest's certificate.
         pub ca: PathBuf,
         /// PEM client certificate chain (its CN is the platform identity).
@@ -261,7 +262,7 @@ impl Default for Cloud {
     fn default() -> Self {
         Cloud {
             url: http::Uri::from_static("https://127.0.0.1:8443"),
-            server_name: String::new(),
+            server_name: None,
             ca: "ca.pem".into(),
             cert: "client.pem".into(),
             key: "client-key.pem".into(),

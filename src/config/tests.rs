@@ -482,6 +482,12 @@ fn typed_values_are_parsed_once_and_their_errors_name_key_and_layer() {
         ("gateway", "cloud.url", "https://bad host", "is not a URL"),
         (
             "gateway",
+            "cloud.server_name",
+            "bad_name!",
+            "is not a TLS server name",
+        ),
+        (
+            "gateway",
             "admin.listen",
             "localhost:9101",
             "is not a socket address",
@@ -568,8 +574,16 @@ fn typed_values_are_parsed_once_and_their_errors_name_key_and_layer() {
     assert_eq!(c.proxy.trusted.len(), 2);
     assert_eq!(c.proxy.identity_header.as_str(), "x-client-dn");
     assert_eq!(IngestConfig::default().proxy.listen, None);
-    let (s, _d) = sources(None, &[], &["cloud.url=https://gw.example/ingest"]);
+    let (s, _d) = sources(
+        None,
+        &[],
+        &[
+            "cloud.url=https://gw.example/ingest",
+            "cloud.server_name=10.0.0.7",
+        ],
+    );
     let c = gateway(&s).unwrap();
+    assert_eq!(c.cloud.server_name.unwrap().to_string(), "10.0.0.7");
     assert_eq!(c.cloud.url.host(), Some("gw.example"));
     assert_eq!(c.cloud.url.path(), "/ingest");
     // Written back as given: `config defaults` and the harness's files round-trip.

@@ -259,7 +259,7 @@ impl Pipeline {
             },
             cloud: crate::config::Cloud {
                 url: format!("https://localhost:{}", ingest_addr.port()).parse()?,
-                server_name: String::new(),
+                server_name: None,
                 ca: pki.ca(),
                 cert: pki.client_cert(&platform),
                 key: pki.client_key(&platform),
