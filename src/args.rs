@@ -70,31 +70,8 @@ pub enum Cmd {
     },
     /// Run a whole local pipeline and report throughput, latency, lost and duplicated counts.
     Bench {
-        #[arg(long, default_value_t = 100_000)]
-        messages: usize,
-        /// Payload bytes per message.
-        #[arg(long, default_value_t = 200)]
-        size: usize,
-        /// Mixed sizes (0 B … 64 KiB), binary payloads and headers.
-        #[arg(long)]
-        mixed: bool,
-        /// Print one JSON object as the last line.
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        nats_server: Option<PathBuf>,
-        /// Ingest: GOAWAY after this many requests per connection.
-        #[arg(long)]
-        ingest_max_requests: Option<u64>,
-        /// Ingest: idle timeout (e.g. 2s).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ingest_idle_timeout: Option<Duration>,
-        /// Gateway: batches in flight.
-        #[arg(long)]
-        in_flight: Option<usize>,
-        /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
-        #[arg(long)]
-        via_nginx: bool,
+        #[command(flatten)]
+        opts: uplink::bench::BenchOptions,
         /// Also measure an anchor in the same run, as a ratio. Without a value (or `relay`): a
         /// direct in-process JetStream-to-JetStream relay on the same servers. With --backlog:
         /// `leafnode` (the cloud stream sources the edge stream over an mTLS leafnode) and/or
@@ -113,27 +90,10 @@ pub enum Cmd {
         /// Inject faults under a steady load (SCENARIO[,SCENARIO…] or `all`; see --help).
         #[arg(long, value_name = "SCENARIOS", long_help = uplink::bench::chaos::help())]
         chaos: Option<String>,
-        /// Run a steady load (--rate) for this long instead of --messages; without --chaos a
-        /// soak that samples gateway and ingest (RSS, fds, threads). Default with --chaos: 60s.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// Messages per second of the steady load.
-        #[arg(long, default_value_t = 2000.0)]
-        rate: f64,
-        /// Seed of the fault schedule (printed by every run).
-        #[arg(long)]
-        seed: Option<u64>,
         /// Instead of the pipeline: measure the cloud nats-server's memory per message id held
         /// in its duplicate window (--messages ids, side by side with a server holding none).
         #[arg(long)]
         dedupe_memory: bool,
-        /// Run the cloud on a JetStream cluster of N nats-servers (stream at min(N, 3)
-        /// replicas, the ingest given every node's URL). Without --chaos, the stream leader is
-        /// SIGKILLed a third of the way in, the follower the ingest is connected to two thirds
-        /// in, and the election and stall of each are reported; with --chaos, kill-cloud-node
-        /// and restart-cloud-nats hit one node of the cluster.
-        #[arg(long, value_name = "N")]
-        cloud_cluster: Option<usize>,
         /// Latency, open loop: publish --messages at a fixed RATE (msg/s) that never waits for an
         /// ack before the next send; latency = cloud persist − each message's scheduled send
         /// time. --runs rounds of one trial per --adaptive mode (default both), alternating.
@@ -152,57 +112,14 @@ pub enum Cmd {
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
-        /// https:// URL to probe (requests go to this path).
-        url: String,
-        /// CA bundle to verify the server (default: the system bundle).
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate (PEM) for mTLS.
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        /// Client private key (PEM).
-        #[arg(long)]
-        key: Option<PathBuf>,
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Request body (e.g. with --method POST).
-        #[arg(long, default_value = "")]
-        body: String,
-        /// Most requests on one connection while looking for a limit.
-        #[arg(long, default_value_t = 1100)]
-        requests: u64,
-        /// Requests in flight in the concurrent phase.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Longest an idle connection is held open.
-        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
-        idle_wait: Duration,
-        /// Time limit of the whole run.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        time_limit: Duration,
-        /// Print every HTTP/2 frame while probing.
-        #[arg(long)]
-        trace: bool,
+        #[command(flatten)]
+        opts: uplink::doctor::DoctorOptions,
         /// Print one JSON object with every finding.
         #[arg(long)]
         json: bool,
     },
     /// A refreshing view of running gateways and ingests, from their admin listeners.
-    Status {
-        /// Admin addresses (default: 127.0.0.1:9101, the gateway's, and 127.0.0.1:9102, the
-        /// ingest's).
-        #[arg(value_name = "ADDR")]
-        targets: Vec<String>,
-        /// Print one view and exit (rates over one interval).
-        #[arg(long)]
-        once: bool,
-        /// One JSON array per view.
-        #[arg(long)]
-        json: bool,
-        /// Time between scrapes (and redraws).
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-    },
+    Status(uplink::status::StatusOptions),
     /// Read the cloud stream as a downstream consumer would (an ordered consumer that acks
     /// nothing): time, platform, subject, id, headers, payload.
     Tail {
@@ -216,27 +133,8 @@ pub enum Cmd {
         /// NATS URL(s) (same as `--set nats.url=URL`).
         #[arg(long)]
         nats: Option<String>,
-        /// Only this platform's messages.
-        #[arg(long)]
-        platform: Option<String>,
-        /// A cloud subject pattern (`uplink.edge-1.telemetry.>`) or an edge one (`telemetry.cpu`).
-        #[arg(long)]
-        subject: Option<String>,
-        /// Start this long ago (`10m`) or at this RFC 3339 time (default: the stream's start).
-        #[arg(long, value_parser = uplink::tail::Since::parse)]
-        since: Option<uplink::tail::Since>,
-        /// Only messages stored from now on.
-        #[arg(long, conflicts_with = "since")]
-        new: bool,
-        /// Stop after this many messages (default: follow until Ctrl-C).
-        #[arg(long)]
-        count: Option<u64>,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-        /// Most payload bytes shown per message.
-        #[arg(long, default_value_t = 256)]
-        max_bytes: usize,
+        #[command(flatten)]
+        opts: uplink::tail::TailOptions,
     },
     /// Zero-setup pipeline on embedded defaults, with live progress, until Ctrl-C.
     Demo {

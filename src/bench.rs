@@ -24,35 +24,61 @@ use crate::testbed::nginx::NginxSite;
 use crate::testbed::pipeline::{Pipeline, PipelineOptions, delivery_budget};
 use crate::testbed::verify::{self, Workload};
 
-/// What to run.
-#[derive(Clone, Debug)]
+/// What to run: `uplink bench`'s pipeline flags (the doc comments are their help); `anchor`,
+/// `chaos` and `adaptive` are set from their flags once checked.
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
+    #[arg(long, default_value_t = 100_000)]
     pub messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 200)]
     pub size: usize,
+    /// Mixed sizes (0 B … 64 KiB), binary payloads and headers.
+    #[arg(long)]
     pub mixed: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
     pub json: bool,
+    #[arg(long)]
     pub nats_server: Option<PathBuf>,
-    /// Ingest `http2.max_requests_per_connection`.
+    /// Ingest: GOAWAY after this many requests per connection (`http2.max_requests_per_connection`).
+    #[arg(long)]
     pub ingest_max_requests: Option<u64>,
-    /// Ingest `timeouts.idle`.
+    /// Ingest: idle timeout (e.g. 2s; `timeouts.idle`).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub ingest_idle_timeout: Option<Duration>,
-    /// Gateway `forward.max_in_flight`.
+    /// Gateway: batches in flight (`forward.max_in_flight`).
+    #[arg(long)]
     pub in_flight: Option<usize>,
-    /// Put nginx (TLS terminator, nginx defaults: keepalive_requests 1000) in front of the ingest.
+    /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
+    #[arg(long)]
     pub via_nginx: bool,
-    /// Also measure the in-process JetStream-to-JetStream relay on the same servers.
-    pub anchor: bool,
-    /// Faults to inject under a steady load (`--chaos`); with none but a `duration`, a soak.
-    pub chaos: Vec<chaos::Fault>,
-    /// Run a steady load for this long (`--duration`) instead of publishing `messages`.
+    /// Run a steady load (--rate) for this long instead of --messages; without --chaos a
+    /// soak that samples gateway and ingest (RSS, fds, threads). Default with --chaos: 60s.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Messages per second of the steady load.
+    #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
-    /// Seed of the fault schedule.
+    /// Seed of the fault schedule (printed by every run).
+    #[arg(long)]
     pub seed: Option<u64>,
-    /// Run the cloud on a JetStream cluster of this many nodes (`--cloud-cluster`).
+    /// Run the cloud on a JetStream cluster of N nats-servers (stream at min(N, 3)
+    /// replicas, the ingest given every node's URL). Without --chaos, the stream leader is
+    /// SIGKILLed a third of the way in, the follower the ingest is connected to two thirds
+    /// in, and the election and stall of each are reported; with --chaos, kill-cloud-node
+    /// and restart-cloud-nats hit one node of the cluster.
+    #[arg(long, value_name = "N")]
     pub cloud_cluster: Option<usize>,
+    /// Also measure the in-process JetStream-to-JetStream relay on the same servers
+    /// (`--anchor` / `--anchor relay`).
+    #[arg(skip)]
+    pub anchor: bool,
+    /// Faults to inject under a steady load (`--chaos`); with none but a `duration`, a soak.
+    #[arg(skip)]
+    pub chaos: Vec<chaos::Fault>,
     /// Gateway `batch.adaptive` (`--adaptive on|off`); None: the default.
+    #[arg(skip)]
     pub adaptive: Option<bool>,
 }
 

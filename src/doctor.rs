@@ -23,25 +23,40 @@ use crate::http2::dial::target_of;
 
 pub use report::Findings;
 
-/// What to probe and how hard.
-#[derive(Clone, Debug)]
+/// What to probe and how hard: `uplink doctor`'s flags (the doc comments are their help).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DoctorOptions {
+    /// https:// URL to probe (requests go to this path).
     pub url: String,
-    /// CA bundle to verify the server; default: the system bundle.
+    /// CA bundle to verify the server (default: the system bundle).
+    #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long)]
     pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long)]
     pub key: Option<PathBuf>,
+    #[arg(long, default_value = "GET")]
     pub method: String,
+    /// Request body (e.g. with --method POST).
+    #[arg(long, default_value = "")]
     pub body: String,
-    /// Most requests sent on one connection while looking for a limit.
+    /// Most requests on one connection while looking for a limit.
+    #[arg(long, default_value_t = 1100)]
     pub requests: u64,
     /// Requests in flight in the concurrent phase.
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     /// Longest an idle connection is held open.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub idle_wait: Duration,
-    pub trace: bool,
     /// Time limit of the whole run (each probe has its own share).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub time_limit: Duration,
+    /// Print every HTTP/2 frame while probing.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 /// Why the endpoint could not be probed: one line for the user, non-zero exit.
@@ -158,7 +173,7 @@ fn target(o: &DoctorOptions) -> Result<probe::Target, Diagnosis> {
     } else {
         url
     };
-    let (addr, server_name) = target_of(&url, "").map_err(usage)?;
+    let (addr, server_name) = target_of(&url, None).map_err(usage)?;
     let ca = o.ca.clone().unwrap_or_else(|| SYSTEM_CA.into());
     let mut roots = rustls::RootCertStore::empty();
     for c in crate::tls::load_certs(&ca).map_err(|e| usage(e.to_string()))? {

@@ -53,7 +53,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
     } = preflight(&cfg)?;
     let client = Client::new(ClientConfig {
         url: base,
-        server_name: cfg.cloud.server_name.clone(),
+        server_name: cfg.cloud.server_name.as_ref().map(|n| n.0.clone()),
         tls,
         timeouts: cfg.timeouts.clone(),
         connections: cfg.forward.connections,
@@ -85,7 +85,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         "gateway started"
     );
     let complaints = Arc::new(complaints::Complaints::new(complaints::CloudFiles {
-        url: cfg.cloud.url.clone(),
+        url: cfg.cloud.url.to_string(),
         ca: cfg.cloud.ca.clone(),
         cert: cfg.cloud.cert.clone(),
     }));
@@ -247,11 +247,7 @@ pub fn preflight(cfg: &GatewayConfig) -> Result<Preflight, StartError> {
         cfg.platform.clone()
     };
     wire::validate_token(&platform).map_err(|e| invalid("platform", e.to_string()))?;
-    let base: http::Uri = cfg
-        .cloud
-        .url
-        .parse()
-        .map_err(|e| invalid("cloud.url", format!("{:?}: {e}", cfg.cloud.url)))?;
+    let base = cfg.cloud.url.clone();
     let batches_url = batches_url(&base).map_err(|e| invalid("cloud.url", e))?;
     crate::nats::check_files(&cfg.nats.connect)?;
     Ok(Preflight {

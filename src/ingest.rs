@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, IngestConfig};
+use crate::config::IngestConfig;
 use crate::error::StartError;
 
 /// Runs the ingest until `shutdown` fires, then drains. Binds its listeners itself (config is
@@ -120,24 +120,16 @@ pub fn preflight(cfg: &IngestConfig) -> Result<Preflight, StartError> {
             ("tls.cert", &t.cert),
             ("tls.key", &t.key),
         ]))?;
-    let header = |key: &'static str, value: &str| {
-        value.parse::<http::HeaderName>().map_err(|e| {
-            StartError::Config(ConfigError::Invalid {
-                key,
-                reason: format!("{value:?} is not a header name: {e}"),
-            })
-        })
-    };
     let proxy_trust = accept::ProxyTrust {
-        trusted: cfg.proxy.trusted_ips()?,
-        identity_header: header("proxy.identity_header", &cfg.proxy.identity_header)?,
-        verify_header: header("proxy.verify_header", &cfg.proxy.verify_header)?,
+        trusted: cfg.proxy.trusted.clone(),
+        identity_header: cfg.proxy.identity_header.clone(),
+        verify_header: cfg.proxy.verify_header.clone(),
     };
     crate::nats::check_files(&cfg.nats.connect)?;
     Ok(Preflight {
         deny,
         tls,
-        proxy_listen: cfg.proxy.listen_addr()?,
+        proxy_listen: cfg.proxy.listen,
         proxy_trust,
     })
 }

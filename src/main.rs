@@ -92,10 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "# ===== uplink gateway (env: UPLINK_GATEWAY_<KEY>, nested keys joined by __) ====="
                     );
-                    print!(
-                        "{}",
-                        config::render_defaults::<config::GatewayConfig>(config::GATEWAY_DOCS)
-                    );
+                    print!("{}", config::render_defaults::<config::GatewayConfig>());
                 }
                 if show_ingest {
                     if show_gateway {
@@ -104,10 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "# ===== uplink ingest (env: UPLINK_INGEST_<KEY>, nested keys joined by __) ====="
                     );
-                    print!(
-                        "{}",
-                        config::render_defaults::<config::IngestConfig>(config::INGEST_DOCS)
-                    );
+                    print!("{}", config::render_defaults::<config::IngestConfig>());
                 }
             }
             ConfigCmd::Reference => print!("{}", config::reference()),
@@ -167,24 +161,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(uplink::publish::run(&nats, create_stream.as_deref(), w))?;
         }
         Cmd::Bench {
-            messages,
-            size,
-            mixed,
-            json,
-            nats_server,
-            ingest_max_requests,
-            ingest_idle_timeout,
-            in_flight,
-            via_nginx,
+            mut opts,
             anchor,
             backlog,
             runs,
             chaos,
-            duration,
-            rate,
-            seed,
             dedupe_memory,
-            cloud_cluster,
             open_loop,
             adaptive,
             platforms,
@@ -193,10 +175,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if chaos.is_some()
                     || backlog.is_some()
                     || open_loop.is_some()
-                    || mixed
-                    || via_nginx
+                    || opts.mixed
+                    || opts.via_nginx
                     || anchor.is_some()
-                    || cloud_cluster.is_some()
+                    || opts.cloud_cluster.is_some()
                     || dedupe_memory
                     || adaptive.is_some()
                 {
@@ -208,16 +190,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let o = uplink::bench::fleet::FleetOptions {
                     platforms,
-                    duration: duration.unwrap_or(Duration::from_secs(30)),
-                    rate,
-                    size,
+                    duration: opts.duration.unwrap_or(Duration::from_secs(30)),
+                    rate: opts.rate,
+                    size: opts.size,
                     interval: Duration::from_secs(1),
-                    nats_server,
-                    json,
+                    nats_server: opts.nats_server,
+                    json: opts.json,
                 };
                 o.check()?;
                 let result = until_interrupted(uplink::bench::fleet::run(&o))?;
-                uplink::bench::fleet::print(&result, json);
+                uplink::bench::fleet::print(&result, o.json);
                 return Ok(if result.ok() {
                     ExitCode::SUCCESS
                 } else {
@@ -250,35 +232,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         bad("must be a positive number of messages per second".into()).into(),
                     );
                 }
-                if messages == 0 || runs == 0 {
+                if opts.messages == 0 || runs == 0 {
                     return Err(bad(
                         "needs at least 1 message (--messages) and 1 run (--runs)".into()
                     )
                     .into());
                 }
                 if chaos.is_some()
-                    || duration.is_some()
+                    || opts.duration.is_some()
                     || backlog.is_some()
-                    || mixed
-                    || via_nginx
+                    || opts.mixed
+                    || opts.via_nginx
                     || anchor.is_some()
-                    || cloud_cluster.is_some()
+                    || opts.cloud_cluster.is_some()
                     || dedupe_memory
                 {
                     return Err(bad("runs alone: not with --chaos, --duration, --backlog, --mixed, --via-nginx, --anchor, --cloud-cluster or --dedupe-memory".into()).into());
                 }
                 let o = uplink::bench::latency::LatencyOptions {
                     rate,
-                    messages,
-                    size,
+                    messages: opts.messages,
+                    size: opts.size,
                     runs,
                     modes: modes.unwrap_or_else(|| vec![true, false]),
-                    nats_server,
-                    in_flight,
-                    json,
+                    nats_server: opts.nats_server,
+                    in_flight: opts.in_flight,
+                    json: opts.json,
                 };
                 let result = until_interrupted(uplink::bench::latency::run(&o))?;
-                uplink::bench::latency::print(&result, json);
+                uplink::bench::latency::print(&result, opts.json);
                 return Ok(if result.ok() {
                     ExitCode::SUCCESS
                 } else {
@@ -286,7 +268,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
             }
             let adaptive = modes.map(|m| m[0]);
-            if adaptive.is_some() && (backlog.is_some() || chaos.is_some() || duration.is_some()) {
+            if adaptive.is_some()
+                && (backlog.is_some() || chaos.is_some() || opts.duration.is_some())
+            {
                 return Err(ConfigError::Invalid {
                     key: "--adaptive",
                     reason: "applies to the plain bench and --open-loop (not --backlog, --chaos or --duration)".into(),
@@ -294,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into());
             }
             if dedupe_memory {
-                if messages < uplink::bench::dedupe::MIN_MESSAGES {
+                if opts.messages < uplink::bench::dedupe::MIN_MESSAGES {
                     return Err(ConfigError::Invalid {
                         key: "--messages",
                         reason: format!(
@@ -304,8 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     .into());
                 }
-                let bin = uplink::testbed::find_nats_server(nats_server.as_deref())?;
-                let r = runtime()?.block_on(uplink::bench::dedupe::run(&bin, messages))?;
+                let bin = uplink::testbed::find_nats_server(opts.nats_server.as_deref())?;
+                let r = runtime()?.block_on(uplink::bench::dedupe::run(&bin, opts.messages))?;
                 println!(
                     "{} ids of {} B held by {}: {:.0} B per id (median of {} rounds)",
                     r.messages,
@@ -314,12 +298,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.bytes_per_id,
                     r.rounds.len()
                 );
-                if json {
+                if opts.json {
                     println!("{}", serde_json::to_string(&r)?);
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            if cloud_cluster.is_some_and(|n| !(1..=9).contains(&n)) {
+            if opts.cloud_cluster.is_some_and(|n| !(1..=9).contains(&n)) {
                 return Err(ConfigError::Invalid {
                     key: "--cloud-cluster",
                     reason: "must be a number of nodes from 1 to 9".into(),
@@ -361,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                     });
                 }
-                if chaos.is_some() || duration.is_some() || mixed || via_nginx {
+                if chaos.is_some() || opts.duration.is_some() || opts.mixed || opts.via_nginx {
                     return Err(bad(
                         "runs alone: not with --chaos, --duration, --mixed or --via-nginx".into(),
                     )
@@ -369,15 +353,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 let o = uplink::bench::backlog::BacklogOptions {
                     messages: n,
-                    size,
+                    size: opts.size,
                     runs,
                     anchors: kinds,
-                    nats_server,
-                    in_flight,
-                    json,
+                    nats_server: opts.nats_server,
+                    in_flight: opts.in_flight,
+                    json: opts.json,
                 };
                 let result = until_interrupted(uplink::bench::backlog::run(&o))?;
-                uplink::bench::backlog::print(&result, json);
+                uplink::bench::backlog::print(&result, opts.json);
                 return Ok(if result.ok() {
                     ExitCode::SUCCESS
                 } else {
@@ -407,64 +391,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => Vec::new(),
             };
-            if !(rate > 0.0 && rate.is_finite()) {
+            if !(opts.rate > 0.0 && opts.rate.is_finite()) {
                 return Err(ConfigError::Invalid {
                     key: "--rate",
                     reason: "must be a positive number of messages per second".into(),
                 }
                 .into());
             }
-            let opts = uplink::bench::BenchOptions {
-                adaptive,
-                chaos,
-                duration,
-                rate,
-                seed,
-                cloud_cluster,
-                via_nginx,
-                anchor,
-                messages,
-                size,
-                mixed,
-                json,
-                nats_server,
-                ingest_max_requests,
-                ingest_idle_timeout,
-                in_flight,
-            };
+            opts.adaptive = adaptive;
+            opts.chaos = chaos;
+            opts.anchor = anchor;
             let result = until_interrupted(uplink::bench::run(&opts))?;
-            uplink::bench::print(&result, json);
+            uplink::bench::print(&result, opts.json);
             if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Cmd::Doctor {
-            url,
-            ca,
-            cert,
-            key,
-            method,
-            body,
-            requests,
-            concurrency,
-            idle_wait,
-            time_limit,
-            trace,
-            json,
-        } => {
-            let opts = uplink::doctor::DoctorOptions {
-                url,
-                ca,
-                cert,
-                key,
-                method,
-                body,
-                requests,
-                concurrency,
-                idle_wait,
-                trace,
-                time_limit,
-            };
+        Cmd::Doctor { opts, json } => {
             if !json {
                 eprintln!(
                     "probing {} (up to {} requests per connection, idle wait {})…",
@@ -502,48 +445,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Status {
-            targets,
-            once,
-            json,
-            interval,
-        } => {
-            let opts = uplink::status::StatusOptions {
-                targets,
-                once,
-                json,
-                interval,
-            };
+        Cmd::Status(opts) => {
             uplink::status::run(&opts, &mut std::io::stdout().lock())?;
         }
         Cmd::Tail {
             config: file,
             mut sets,
             nats,
-            platform,
-            subject,
-            since,
-            new,
-            count,
-            json,
-            max_bytes,
+            mut opts,
         } => {
             if let Some(url) = nats {
                 sets.push(format!("nats.url={url}"));
             }
             let cfg = config::ingest(&Sources::from_process(file, sets))?;
-            let opts = uplink::tail::TailOptions {
-                nats: cfg.nats.connect,
-                stream: cfg.nats.stream,
-                subject_prefix: cfg.nats.subject_prefix,
-                platform,
-                subject,
-                since,
-                new_only: new,
-                count,
-                json,
-                max_bytes,
-            };
+            opts.nats = cfg.nats.connect;
+            opts.stream = cfg.nats.stream;
+            opts.subject_prefix = cfg.nats.subject_prefix;
             runtime()?
                 .block_on(async {
                     let mut out = std::io::stdout().lock();

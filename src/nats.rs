@@ -29,7 +29,6 @@ pub enum NatsError {
 /// — and checks each holds what it should, without connecting (the library reads the TLS
 /// files only when it connects, and would only log their errors, retrying forever).
 pub fn check_files(cfg: &NatsConnect) -> Result<(), crate::error::StartError> {
-    cfg.servers()?;
     options(cfg)?;
     let tls = &cfg.tls;
     let named = || {
@@ -129,7 +128,7 @@ pub async fn connect(
     role: Role,
     client_name: &str,
 ) -> Result<Connection, NatsError> {
-    let servers = cfg.servers()?;
+    let servers = cfg.servers();
     let state = Arc::new(EventState {
         role,
         urls: cfg.display_urls(),

@@ -17,13 +17,21 @@ pub const DEFAULT_TARGETS: [&str; 2] = ["127.0.0.1:9101", "127.0.0.1:9102"];
 /// How long one admin request may take: a hung program is down for this view.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `uplink status` was asked.
-#[derive(Clone, Debug)]
+/// What `uplink status` was asked: its flags (the doc comments are their help).
+#[derive(Clone, Debug, clap::Args)]
 pub struct StatusOptions {
+    /// Admin addresses (default: 127.0.0.1:9101, the gateway's, and 127.0.0.1:9102, the
+    /// ingest's).
+    #[arg(value_name = "ADDR")]
     pub targets: Vec<String>,
-    /// Print one view and exit (after two scrapes `interval` apart).
+    /// Print one view and exit (rates over one interval: two scrapes `--interval` apart).
+    #[arg(long)]
     pub once: bool,
+    /// One JSON array per view.
+    #[arg(long)]
     pub json: bool,
+    /// Time between scrapes (and redraws).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 }
 

@@ -42,24 +42,39 @@ impl Since {
     }
 }
 
-/// What `uplink tail` was asked.
-#[derive(Clone, Debug)]
+/// What `uplink tail` was asked: its flags (the doc comments are their help), and where to
+/// read, from the ingest's config.
+#[derive(Clone, Debug, clap::Args)]
 pub struct TailOptions {
-    /// The cloud NATS, as the ingest connects to it.
+    /// The cloud NATS, as the ingest connects to it (from its config).
+    #[arg(skip)]
     pub nats: NatsConnect,
+    /// The ingest's `nats.stream`.
+    #[arg(skip)]
     pub stream: String,
     /// The ingest's `nats.subject_prefix`.
+    #[arg(skip)]
     pub subject_prefix: String,
+    /// Only this platform's messages.
+    #[arg(long)]
     pub platform: Option<String>,
-    /// A cloud subject (pattern), or an edge subject (pattern) put under the prefix.
+    /// A cloud subject pattern (`uplink.edge-1.telemetry.>`) or an edge one (`telemetry.cpu`).
+    #[arg(long)]
     pub subject: Option<String>,
+    /// Start this long ago (`10m`) or at this RFC 3339 time (default: the stream's start).
+    #[arg(long, value_parser = Since::parse)]
     pub since: Option<Since>,
-    /// Only messages stored from now on (default: from the beginning, or `since`).
+    /// Only messages stored from now on.
+    #[arg(long = "new", conflicts_with = "since")]
     pub new_only: bool,
-    /// Stop after this many messages (default: follow until interrupted).
+    /// Stop after this many messages (default: follow until Ctrl-C).
+    #[arg(long)]
     pub count: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
     pub json: bool,
     /// Most payload bytes shown per message.
+    #[arg(long, default_value_t = 256)]
     pub max_bytes: usize,
 }
 
@@ -255,7 +270,7 @@ pub async fn run(
     out: &mut impl Write,
     shutdown: CancellationToken,
 ) -> Result<u64, TailError> {
-    let servers = opts.nats.servers().map_err(crate::nats::NatsError::from)?;
+    let servers = opts.nats.servers();
     let client = crate::nats::options(&opts.nats)?
         .name("uplink-tail")
         .connect(servers)

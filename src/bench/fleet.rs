@@ -520,7 +520,7 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
     let base: http::Uri = p.ingest_url().parse()?;
     let batches_url: http::Uri = format!("{}{}", p.ingest_url(), wire::BATCHES_PATH).parse()?;
     let (addr, server_name) =
-        dial::target_of(&base, "").map_err(|e| anyhow::anyhow!("ingest URL: {e}"))?;
+        dial::target_of(&base, None).map_err(|e| anyhow::anyhow!("ingest URL: {e}"))?;
     let mut platforms = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let tls = crate::tls::client_config(
@@ -540,7 +540,7 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
         let client = Client::with_dialer(
             ClientConfig {
                 url: base.clone(),
-                server_name: String::new(),
+                server_name: None,
                 tls,
                 timeouts: gw.timeouts.clone(),
                 connections: gw.forward.connections,

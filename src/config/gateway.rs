@@ -9,43 +9,72 @@ use std::path::PathBuf;
 
 use super::{AdminConfig, ConfigError, Discard, NatsConnect, StreamLimits, duration, invalid};
 use crate::wire::Encoding;
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GatewayConfig {
-    pub platform: String,
-    /// Log every HTTP/2 frame (`--trace-h2`, `UPLINK_TRACE_H2=1`).
-    pub trace_h2: bool,
-    pub nats: EdgeNats,
-    pub cloud: Cloud,
-    pub batch: BatchConfig,
-    pub forward: ForwardConfig,
-    pub timeouts: ClientTimeouts,
-    pub retry: RetryConfig,
-    pub admin: AdminConfig,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct GatewayConfig {
+        /// Platform name used in message ids and cloud subjects. Empty = the CN of the client certificate.
+        pub platform: String,
+        /// Log every HTTP/2 frame sent and received (target uplink::h2, level info); also --trace-h2
+        /// or UPLINK_TRACE_H2=1. Verbose: for investigations.
+        pub trace_h2: bool,
+        /// Edge NATS JetStream: where the gateway reads from.
+        pub nats: EdgeNats,
+        /// The ingest endpoint and the client's mTLS identity.
+        pub cloud: Cloud,
+        /// How messages are grouped into one request.
+        pub batch: BatchConfig,
+        /// HTTP/2 forwarding.
+        pub forward: ForwardConfig,
+        /// Every client timeout is finite.
+        pub timeouts: ClientTimeouts,
+        /// Backoff for ambiguous failures (exponential, full jitter). Requests the server provably did not
+        /// process are retried at once.
+        pub retry: RetryConfig,
+        /// Admin listener (plain HTTP): /healthz, /readyz, /deliveryz, /metrics, /status, /status.json.
+        pub admin: AdminConfig,
+    }
 }
 
 // `flatten` rules out serde's `deny_unknown_fields` on these two structs; unknown keys are
 // still refused by `load`, which checks every key against the serialized defaults.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct EdgeNats {
-    /// Servers, credentials and TLS (`nats.url`, `nats.creds`, …, `nats.tls.*`).
-    #[serde(flatten)]
-    pub connect: NatsConnect,
-    /// Retention of the edge stream when the gateway creates it.
-    #[serde(flatten)]
-    pub limits: StreamLimits,
-    pub stream: String,
-    pub subjects: Vec<String>,
-    pub create_stream: bool,
-    /// Retention policy of the edge stream when the gateway creates it.
-    pub retention: EdgeRetention,
-    pub consumer: String,
-    #[serde(with = "duration")]
-    pub ack_wait: Duration,
-    pub max_ack_pending: i64,
-    #[serde(with = "duration")]
-    pub recreate_grace: Duration,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    pub struct EdgeNats {
+        /// Servers, credentials and TLS (`nats.url`, `nats.creds`, …, `nats.tls.*`), documented
+        /// on [`NatsConnect`].
+        #[serde(flatten)]
+        pub connect: NatsConnect,
+        /// Retention of the edge stream when it is created (`nats.max_age`, …).
+        #[serde(flatten)]
+        pub limits: StreamLimits,
+        /// Edge stream name.
+        pub stream: String,
+        /// Subjects of the edge stream (used when the stream is created).
+        pub subjects: Vec<String>,
+        /// Create the edge stream when it does not exist: file storage, work-queue retention (a message
+        /// leaves it once the gateway acked it, so the limits below bound the backlog, not the history).
+        pub create_stream: bool,
+        /// Retention of the edge stream the gateway creates: "work_queue" (a message leaves it once
+        /// acked: the stream holds the backlog, the limits bound an outage) or "limits" (acked
+        /// messages stay for other local consumers until max_age/max_bytes/max_msgs — with
+        /// discard = "new" a full stream then refuses publishes although everything was delivered).
+        /// An existing stream keeps its own.
+        pub retention: EdgeRetention,
+        /// Durable pull consumer name; created when missing (explicit ack).
+        pub consumer: String,
+        /// JetStream ack_wait of the consumer (duration). Messages still being retried get
+        /// `in_progress` every third of it, so they are not redelivered meanwhile.
+        #[serde(with = "duration")]
+        pub ack_wait: Duration,
+        /// JetStream max_ack_pending (messages): bounds what the gateway holds unacked.
+        pub max_ack_pending: i64,
+        /// When a bound edge stream disappears, how long to wait for someone else to recreate it before
+        /// creating it ourselves (duration; racing a recreate can leave nats-server 2.9 with a stuck consumer).
+        #[serde(with = "duration")]
+        pub recreate_grace: Duration,
+    }
 }
 
 /// What the edge stream keeps (`nats.retention`).
@@ -60,28 +89,48 @@ pub enum EdgeRetention {
     Limits,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Cloud {
-    pub url: String,
-    pub server_name: String,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Cloud {
+        /// Ingest base URL, https only (mTLS is always on); batches go to <url path>/v1/batches
+        /// (a path such as https://gw.example/ingest is kept, for an ingest behind a proxy route).
+        #[serde(with = "super::text")]
+        pub url: http::Uri,
+        /// TLS server name to verify; empty = the host of cloud.url.
+        #[serde(with = "super::text::optional")]
+        pub server_name: Option<super::TlsName>,
+        /// PEM CA bundle that signs the ingest's certificate.
+        pub ca: PathBuf,
+        /// PEM client certificate chain (its CN is the platform identity).
+        pub cert: PathBuf,
+        /// PEM private key of the client certificate.
+        pub key: PathBuf,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct BatchConfig {
-    pub max_messages: usize,
-    pub max_bytes: usize,
-    #[serde(with = "duration")]
-    pub linger: Duration,
-    /// Send a partial batch as soon as the pipe is idle (a send slot free, no further message
-    /// ready) instead of waiting out `linger`, which stays the upper bound.
-    pub adaptive: bool,
-    pub compression: Encoding,
-    pub zstd_level: i32,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct BatchConfig {
+        /// Most messages in one batch.
+        pub max_messages: usize,
+        /// Most payload+header bytes in one batch (bytes, before compression).
+        pub max_bytes: usize,
+        /// Longest a partial batch waits for more messages (duration): the upper bound. With
+        /// batch.adaptive the batch usually leaves sooner.
+        #[serde(with = "duration")]
+        pub linger: Duration,
+        /// Adaptive linger (true): a partial batch is sent as soon as the pipe is idle, i.e. a send slot
+        /// (forward.max_in_flight) is free and no further message is ready from the edge consumer; under
+        /// load (every slot busy, messages arriving) batches still fill up to max_messages/max_bytes.
+        /// false: a partial batch always waits batch.linger.
+        pub adaptive: bool,
+        /// Body encoding: identity, gzip or zstd.
+        pub compression: Encoding,
+        /// zstd level (1..=22); 1 is fastest.
+        pub zstd_level: i32,
+    }
 }
 
 /// What to do with messages of a batch the ingest rejected (4xx other than 408/429).
@@ -94,49 +143,74 @@ pub enum RejectAction {
     Keep,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ForwardConfig {
-    pub max_in_flight: usize,
-    pub connections: usize,
-    pub max_requests_per_connection: u64,
-    #[serde(with = "duration")]
-    pub max_connection_age: Duration,
-    pub on_rejected: RejectAction,
-    /// Warn when the edge stream would be full within this horizon at the current rates.
-    #[serde(with = "duration")]
-    pub full_warning: Duration,
-    /// How often backlog, lag and the edge stream's limits are sampled.
-    #[serde(with = "duration")]
-    pub sample_interval: Duration,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ForwardConfig {
+        /// Most batches being sent at once (requests); the consumer stops pulling when reached.
+        pub max_in_flight: usize,
+        /// HTTP/2 connections kept to the ingest.
+        pub connections: usize,
+        /// Rotate a connection after this many requests (below nginx's keepalive_requests 1000).
+        pub max_requests_per_connection: u64,
+        /// Rotate a connection older than this (duration).
+        #[serde(with = "duration")]
+        pub max_connection_age: Duration,
+        /// Messages the ingest refuses for their content (its JSON 400/413/415; the batch is split until
+        /// they are alone): "term" = log, count and term them in JetStream (kept in the edge stream, not
+        /// redelivered); "keep" = nak them for redelivery after retry.max_backoff.
+        pub on_rejected: RejectAction,
+        /// Log a warning (once per crossing) when the edge stream would reach its max_bytes or
+        /// max_msgs within this horizon at its current net growth (duration, 1h; "0s" = never warn).
+        #[serde(with = "duration")]
+        pub full_warning: Duration,
+        /// How often the edge consumer's backlog, lag and the edge stream's limit usage are sampled
+        /// for /metrics (duration, 5s; rates are averaged over the last minute).
+        #[serde(with = "duration")]
+        pub sample_interval: Duration,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientTimeouts {
-    #[serde(with = "duration")]
-    pub connect: Duration,
-    #[serde(with = "duration")]
-    pub tls_handshake: Duration,
-    #[serde(with = "duration")]
-    pub request: Duration,
-    #[serde(with = "duration")]
-    pub idle: Duration,
-    #[serde(with = "duration")]
-    pub ping_interval: Duration,
-    #[serde(with = "duration")]
-    pub ping_timeout: Duration,
-    #[serde(with = "duration")]
-    pub shutdown_grace: Duration,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ClientTimeouts {
+        /// TCP connect timeout (duration).
+        #[serde(with = "duration")]
+        pub connect: Duration,
+        /// TLS handshake deadline from accept (duration, 5s): unauthenticated connections hold
+        /// limits.max_handshakes only this long.
+        #[serde(with = "duration")]
+        pub tls_handshake: Duration,
+        /// Whole-request timeout, headers to end of response (duration); must be < nats.ack_wait.
+        #[serde(with = "duration")]
+        pub request: Duration,
+        /// Close a connection unused this long (duration); below nginx's keepalive_timeout 75s.
+        #[serde(with = "duration")]
+        pub idle: Duration,
+        /// HTTP/2 PING interval to detect half-open connections (duration).
+        #[serde(with = "duration")]
+        pub ping_interval: Duration,
+        /// A PING unanswered this long closes the connection (duration).
+        #[serde(with = "duration")]
+        pub ping_timeout: Duration,
+        /// On SIGTERM/SIGINT, how long in-flight batches may finish before the rest are nak'ed (duration).
+        #[serde(with = "duration")]
+        pub shutdown_grace: Duration,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryConfig {
-    #[serde(with = "duration")]
-    pub initial_backoff: Duration,
-    #[serde(with = "duration")]
-    pub max_backoff: Duration,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct RetryConfig {
+        /// First backoff ceiling (duration).
+        #[serde(with = "duration")]
+        pub initial_backoff: Duration,
+        /// Largest backoff ceiling (duration).
+        #[serde(with = "duration")]
+        pub max_backoff: Duration,
+    }
 }
 
 impl Default for GatewayConfig {
@@ -187,8 +261,8 @@ impl Default for EdgeNats {
 impl Default for Cloud {
     fn default() -> Self {
         Cloud {
-            url: "https://127.0.0.1:8443".into(),
-            server_name: String::new(),
+            url: http::Uri::from_static("https://127.0.0.1:8443"),
+            server_name: None,
             ca: "ca.pem".into(),
             cert: "client.pem".into(),
             key: "client-key.pem".into(),
@@ -274,11 +348,7 @@ impl GatewayConfig {
         if self.nats.max_ack_pending < 1 {
             return Err(invalid("nats.max_ack_pending", "must be at least 1"));
         }
-        let url: http::Uri = self
-            .cloud
-            .url
-            .parse()
-            .map_err(|e| invalid("cloud.url", format!("not a URL: {e}")))?;
+        let url = &self.cloud.url;
         if url.scheme_str() != Some("https") || url.host().is_none() {
             return Err(invalid(
                 "cloud.url",

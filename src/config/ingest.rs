@@ -1,7 +1,9 @@
 //! The ingest's settings (`uplink ingest`): listeners, server TLS, cloud NATS, the shared
 //! endpoint's limits, HTTP/2 and timeouts, the trusted proxy, and their validation.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use http::HeaderName;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,140 +13,200 @@ use std::path::PathBuf;
 use super::{
     AdminConfig, ConfigError, Discard, NatsConnect, ServerTls, StreamLimits, duration, invalid,
 };
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestConfig {
-    pub listen: SocketAddr,
-    /// Log every HTTP/2 frame (`--trace-h2`, `UPLINK_TRACE_H2=1`).
-    pub trace_h2: bool,
-    pub tls: ServerTls,
-    pub nats: CloudNats,
-    pub limits: IngestLimits,
-    pub http2: ServerHttp2,
-    pub timeouts: ServerTimeouts,
-    pub admin: AdminConfig,
-    pub proxy: ProxyConfig,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct IngestConfig {
+        /// mTLS listen address (ALPN h2 and http/1.1); port 0 picks a free one.
+        #[serde(with = "super::text")]
+        pub listen: SocketAddr,
+        /// Log every HTTP/2 frame sent and received (target uplink::h2, level info); also --trace-h2
+        /// or UPLINK_TRACE_H2=1. Verbose: for investigations.
+        pub trace_h2: bool,
+        /// Server certificate and the CA that client certificates must chain to.
+        pub tls: ServerTls,
+        /// Cloud NATS JetStream: where accepted messages are persisted.
+        pub nats: CloudNats,
+        /// Request limits.
+        pub limits: IngestLimits,
+        /// HTTP/2 server settings (nginx names in parentheses).
+        pub http2: ServerHttp2,
+        /// Every server timeout is finite.
+        pub timeouts: ServerTimeouts,
+        /// Admin listener (plain HTTP): /healthz, /readyz, /metrics, /status, /status.json.
+        pub admin: AdminConfig,
+        /// Behind a TLS-terminating proxy (nginx) that verifies client certificates itself.
+        pub proxy: ProxyConfig,
+    }
 }
 
-/// Serving behind a TLS-terminating proxy (nginx) that verified the client certificate.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProxyConfig {
-    pub listen: String,
-    pub trusted: Vec<String>,
-    pub identity_header: String,
-    pub verify_header: String,
+settings! {
+    /// Serving behind a TLS-terminating proxy (nginx) that verified the client certificate.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ProxyConfig {
+        /// Plain HTTP/1.1 listener for the proxy; empty = off. Only proxy.trusted peers are served.
+        #[serde(with = "super::text::optional")]
+        pub listen: Option<SocketAddr>,
+        /// IP addresses of trusted proxies; connections from others are closed at once.
+        #[serde(with = "super::text::list")]
+        pub trusted: Vec<IpAddr>,
+        /// Header with the verified client certificate subject DN (nginx: $ssl_client_s_dn); its CN is the platform.
+        #[serde(with = "super::text")]
+        pub identity_header: HeaderName,
+        /// Header with the proxy's verification result (nginx: $ssl_client_verify); must be SUCCESS.
+        #[serde(with = "super::text")]
+        pub verify_header: HeaderName,
+    }
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            listen: String::new(),
-            trusted: vec!["127.0.0.1".into(), "::1".into()],
-            identity_header: "x-uplink-client-dn".into(),
-            verify_header: "x-uplink-client-verify".into(),
+            listen: None,
+            trusted: vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+            identity_header: HeaderName::from_static("x-uplink-client-dn"),
+            verify_header: HeaderName::from_static("x-uplink-client-verify"),
         }
-    }
-}
-
-impl ProxyConfig {
-    /// The plain listener address, when enabled.
-    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        if self.listen.is_empty() {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|e| {
-            invalid(
-                "proxy.listen",
-                format!("{:?} is not an address: {e}", self.listen),
-            )
-        })
-    }
-
-    /// The trusted proxy addresses.
-    pub fn trusted_ips(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
-        self.trusted
-            .iter()
-            .map(|t| {
-                t.parse().map_err(|e| {
-                    invalid("proxy.trusted", format!("{t:?} is not an IP address: {e}"))
-                })
-            })
-            .collect()
     }
 }
 
 // See `EdgeNats` on `flatten` and unknown keys.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct CloudNats {
-    /// Servers, credentials and TLS (`nats.url`, `nats.creds`, …, `nats.tls.*`).
-    #[serde(flatten)]
-    pub connect: NatsConnect,
-    /// Retention of the cloud stream when the ingest creates it.
-    #[serde(flatten)]
-    pub limits: StreamLimits,
-    pub stream: String,
-    pub subjects: Vec<String>,
-    pub subject_prefix: String,
-    pub create_stream: bool,
-    pub replicas: usize,
-    #[serde(with = "duration")]
-    pub duplicate_window: Duration,
-    pub max_pending_acks: usize,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    pub struct CloudNats {
+        /// Servers, credentials and TLS (`nats.url`, `nats.creds`, …, `nats.tls.*`), documented
+        /// on [`NatsConnect`].
+        #[serde(flatten)]
+        pub connect: NatsConnect,
+        /// Retention of the cloud stream when it is created (`nats.max_age`, …).
+        #[serde(flatten)]
+        pub limits: StreamLimits,
+        /// Cloud stream name.
+        pub stream: String,
+        /// Subjects of the cloud stream (used when it is created).
+        pub subjects: Vec<String>,
+        /// Cloud subject = <prefix>.<platform>.<edge subject>.
+        pub subject_prefix: String,
+        /// Create the cloud stream (file storage) when it does not exist.
+        pub create_stream: bool,
+        /// Stream replicas when created (1..=5).
+        pub replicas: usize,
+        /// JetStream duplicate window (duration): retries within it are dropped by Nats-Msg-Id.
+        #[serde(with = "duration")]
+        pub duplicate_window: Duration,
+        /// Most publishes awaiting their PubAck at once (messages); requests wait beyond it.
+        pub max_pending_acks: usize,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestLimits {
-    pub max_body_bytes: usize,
-    pub max_decoded_bytes: usize,
-    pub max_inflight_bytes: usize,
-    pub max_inflight_bytes_per_connection: usize,
-    pub max_inflight_bytes_per_platform: usize,
-    /// Quotas per platform; 0 = none.
-    pub max_messages_per_second_per_platform: f64,
-    pub max_bytes_per_second_per_platform: f64,
-    pub max_requests_in_flight_per_platform: usize,
-    pub max_pending_acks_per_platform: usize,
-    pub max_messages_per_batch: usize,
-    pub max_connections: usize,
-    pub max_handshakes: usize,
-    pub max_handshakes_per_ip: usize,
-    pub listen_backlog: u32,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct IngestLimits {
+        /// Largest request body on the wire (bytes); larger gets 413.
+        pub max_body_bytes: usize,
+        /// Largest decompressed batch (bytes); larger gets 413.
+        pub max_decoded_bytes: usize,
+        /// Most request bytes (bodies as they arrive, decompressed output, decoded messages) held at
+        /// once across all requests: the ingest's memory bound. A request waits for room at most
+        /// until timeouts.request_body from its start, then gets 503 busy.
+        pub max_inflight_bytes: usize,
+        /// Most of limits.max_inflight_bytes one connection may hold (bytes); beyond it its requests
+        /// get 503 busy at once.
+        pub max_inflight_bytes_per_connection: usize,
+        /// Most of limits.max_inflight_bytes one platform may hold over all its connections (bytes);
+        /// beyond it its requests get 503 busy at once.
+        pub max_inflight_bytes_per_platform: usize,
+        /// Quota: messages per second one platform may send (a token bucket holding one second of
+        /// it); over it, 429 rate_limited with Retry-After, which the gateway waits and retries
+        /// (messages kept). 0 = no quota.
+        pub max_messages_per_second_per_platform: f64,
+        /// Quota: request body bytes per second (as received, compressed) one platform may send;
+        /// 429 rate_limited with Retry-After over it. 0 = no quota.
+        pub max_bytes_per_second_per_platform: f64,
+        /// Quota: requests one platform may have in progress at once, over all its connections;
+        /// 429 rate_limited (Retry-After: 1) over it. 0 = no quota.
+        pub max_requests_in_flight_per_platform: usize,
+        /// Fairness: most messages of one platform being persisted (awaiting their PubAck) at once;
+        /// its further requests wait in order for room (503 busy after timeouts.request_body). One
+        /// platform draining a backlog then queues at most this many messages at the cloud server
+        /// ahead of everyone else's. 0 = no share (only nats.max_pending_acks, for all).
+        pub max_pending_acks_per_platform: usize,
+        /// Most messages in one batch; more gets 413.
+        pub max_messages_per_batch: usize,
+        /// Most client connections at once (including those still in the TLS handshake or lingering
+        /// after close); a connection beyond it is accepted and closed at once, counted in
+        /// uplink_ingest_connections_refused_total{reason="max_connections"}.
+        pub max_connections: usize,
+        /// Most connections still in the TLS handshake at once (256): the budget of unauthenticated
+        /// clients, so a flood of bare TCP connections cannot fill limits.max_connections; beyond it a new
+        /// connection is closed at once (reason="max_handshakes").
+        pub max_handshakes: usize,
+        /// Most connections in the TLS handshake from one source address (16); beyond it closed at once
+        /// (reason="max_handshakes_per_ip"). Raise it for many clients behind one NAT address.
+        pub max_handshakes_per_ip: usize,
+        /// Listen backlog of the client (and proxy) listener (connections, 1024; capped by the kernel's
+        /// net.core.somaxconn). The accept loop never stops accepting, so it only absorbs bursts.
+        pub listen_backlog: u32,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerHttp2 {
-    pub max_concurrent_streams: u32,
-    pub max_requests_per_connection: u64,
-    pub max_header_list_bytes: u32,
-    #[serde(with = "duration")]
-    pub goaway_quiet: Duration,
-    #[serde(with = "duration")]
-    pub goaway_max_wait: Duration,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ServerHttp2 {
+        /// SETTINGS_MAX_CONCURRENT_STREAMS (http2_max_concurrent_streams, 128).
+        pub max_concurrent_streams: u32,
+        /// Graceful GOAWAY after this many requests on a connection (keepalive_requests, 1000).
+        pub max_requests_per_connection: u64,
+        /// SETTINGS_MAX_HEADER_LIST_SIZE (bytes).
+        pub max_header_list_bytes: u32,
+        /// Graceful close: the final GOAWAY (with the real last stream id) waits until the client opened
+        /// no new stream for this long after acknowledging the first GOAWAY (duration, 100ms), so streams
+        /// racing the GOAWAY are served, not refused (clients that cannot replay a body).
+        #[serde(with = "duration")]
+        pub goaway_quiet: Duration,
+        /// Upper bound of that wait (duration, 1s), for a client that keeps opening streams.
+        #[serde(with = "duration")]
+        pub goaway_max_wait: Duration,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerTimeouts {
-    #[serde(with = "duration")]
-    pub tls_handshake: Duration,
-    #[serde(with = "duration")]
-    pub idle: Duration,
-    #[serde(with = "duration")]
-    pub max_connection_age: Duration,
-    #[serde(with = "duration")]
-    pub request_body: Duration,
-    #[serde(with = "duration")]
-    pub publish: Duration,
-    #[serde(with = "duration")]
-    pub shutdown_grace: Duration,
-    #[serde(with = "duration")]
-    pub preface: Duration,
-    #[serde(with = "duration")]
-    pub linger: Duration,
+settings! {
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct ServerTimeouts {
+        /// TLS handshake timeout (duration).
+        #[serde(with = "duration")]
+        pub tls_handshake: Duration,
+        /// Close a connection without requests for this long with GOAWAY (keepalive_timeout, 75s).
+        #[serde(with = "duration")]
+        pub idle: Duration,
+        /// GOAWAY a connection older than this (keepalive_time, 1h).
+        #[serde(with = "duration")]
+        pub max_connection_age: Duration,
+        /// Longest time to receive a request body (duration; client_body_timeout): slow-loris guard.
+        #[serde(with = "duration")]
+        pub request_body: Duration,
+        /// Longest wait for JetStream PubAcks of one request before answering 503 (duration).
+        #[serde(with = "duration")]
+        pub publish: Duration,
+        /// On SIGTERM/SIGINT: GOAWAY every connection, then wait this long for in-flight requests (duration).
+        #[serde(with = "duration")]
+        pub shutdown_grace: Duration,
+        /// A TLS connection that has not sent the HTTP/2 client preface (HTTP/1.1: its first request)
+        /// within this long after the handshake is closed (duration, 10s). Only before the first bytes:
+        /// an idle connection after requests is timeouts.idle's.
+        #[serde(with = "duration")]
+        pub preface: Duration,
+        /// Lingering close (nginx lingering_timeout): after ending a connection the ingest half-closes it
+        /// and reads and discards what the client still sends for at most this long, so a TCP reset cannot
+        /// destroy responses already written (duration, 3s).
+        #[serde(with = "duration")]
+        pub linger: Duration,
+    }
 }
 
 impl Default for IngestConfig {
@@ -389,15 +451,6 @@ impl IngestConfig {
                 "http2.max_requests_per_connection",
                 "must be at least 1",
             ));
-        }
-        self.proxy.listen_addr()?;
-        self.proxy.trusted_ips()?;
-        for (key, h) in [
-            ("proxy.identity_header", &self.proxy.identity_header),
-            ("proxy.verify_header", &self.proxy.verify_header),
-        ] {
-            http::HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| invalid(key, format!("{h:?} is not a header name")))?;
         }
         for (key, d) in [
             ("timeouts.tls_handshake", self.timeouts.tls_handshake),

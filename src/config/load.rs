@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::docs::Program;
 use super::{ConfigError, GatewayConfig, IngestConfig};
 /// Where the layers of a configuration come from.
 #[derive(Default, Debug, Clone)]
@@ -97,7 +98,7 @@ where
         set_path(&mut merged, &defaults, key.trim(), value, &origin)?;
         origins.insert(key.trim().to_string(), origin);
     }
-    match T::deserialize(toml::Value::Table(merged)) {
+    match T::deserialize(toml::Value::Table(merged.clone())) {
         Ok(t) => Ok((t, origins)),
         Err(e) => {
             // toml names the key at the end of its message ("…\nin `timeouts.idle`").
@@ -114,9 +115,18 @@ where
                 .iter()
                 .filter(|(k, _)| k.starts_with(&prefix))
                 .collect();
+            // Several: the one whose value alone, over the defaults, fails too.
+            let alone_fails = |k: &str| {
+                let mut t = defaults.clone();
+                set_value(&mut t, k, get_value(&merged, k).cloned());
+                T::deserialize(toml::Value::Table(t)).is_err()
+            };
             let (key, origin) = match under.as_slice() {
                 _ if origins.contains_key(key) => (key, origin_of(&origins, key)),
                 [(only, o)] => (only.as_str(), (*o).clone()),
+                _ if let Some((k, o)) = under.iter().find(|(k, _)| alone_fails(k)) => {
+                    (k.as_str(), (*o).clone())
+                }
                 [(_, o), rest @ ..] if rest.iter().all(|(_, r)| r == o) => (key, (*o).clone()),
                 _ => (key, origin_of(&origins, key)),
             };
@@ -129,6 +139,29 @@ where
                 origin,
                 reason,
             })
+        }
+    }
+}
+
+/// The value at a dotted key.
+fn get_value<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    match key.split_once('.') {
+        None => t.get(key),
+        Some((first, rest)) => get_value(t.get(first)?.as_table()?, rest),
+    }
+}
+
+/// Sets (or, with `None`, removes) the value at a dotted key whose sections exist.
+fn set_value(t: &mut toml::Table, key: &str, v: Option<toml::Value>) {
+    match key.split_once('.') {
+        None => match v {
+            Some(v) => drop(t.insert(key.to_string(), v)),
+            None => drop(t.remove(key)),
+        },
+        Some((first, rest)) => {
+            if let Some(toml::Value::Table(inner)) = t.get_mut(first) {
+                set_value(inner, rest, v)
+            }
         }
     }
 }
@@ -329,15 +362,21 @@ fn set_path(
 }
 
 /// Renders the defaults of a program as a commented TOML document (`uplink config defaults`).
-pub fn render_defaults<T: Serialize + Default>(docs: &[(&str, &str)]) -> String {
+/// Each setting's comment is the doc comment on its field.
+pub fn render_defaults<T: Serialize + Default + Program>() -> String {
     let table = toml::Table::try_from(T::default()).expect("defaults serialize");
-    let docs: BTreeMap<&str, &str> = docs.iter().copied().collect();
+    let docs = super::docs::docs::<T>();
     let mut out = String::new();
     render_table(&table, "", &docs, &mut out);
     out
 }
 
-fn render_table(table: &toml::Table, prefix: &str, docs: &BTreeMap<&str, &str>, out: &mut String) {
+fn render_table(
+    table: &toml::Table,
+    prefix: &str,
+    docs: &BTreeMap<String, String>,
+    out: &mut String,
+) {
     let (scalars, sections): (Vec<_>, Vec<_>) = table.iter().partition(|(_, v)| !v.is_table());
     for (k, v) in scalars {
         let path = format!("{prefix}{k}");
@@ -363,23 +402,20 @@ fn render_table(table: &toml::Table, prefix: &str, docs: &BTreeMap<&str, &str>, 
 /// The settings reference of a program as Markdown (docs/configuration.md): one row per key
 /// with its default and documentation, from the same defaults and docs as
 /// [`render_defaults`], so the two cannot disagree.
-pub fn render_reference<T: Serialize + Default>(
-    program: &str,
-    env_prefix: &str,
-    docs: &[(&str, &str)],
-) -> String {
+pub fn render_reference<T: Serialize + Default + Program>() -> String {
+    let (program, env_prefix) = (T::NAME, T::ENV_PREFIX);
     let table = toml::Table::try_from(T::default()).expect("defaults serialize");
-    let docs: BTreeMap<&str, &str> = docs.iter().copied().collect();
+    let docs = super::docs::docs::<T>();
     let mut out = format!(
         "## `uplink {program}`\n\nEnvironment: `{env_prefix}<KEY>` with nested keys joined by `__` \
          (e.g. `{env_prefix}TIMEOUTS__IDLE`); flags: `--set key=value`.\n\n\
          | key | default | meaning |\n|---|---|---|\n"
     );
-    fn walk(t: &toml::Table, prefix: &str, docs: &BTreeMap<&str, &str>, out: &mut String) {
+    fn walk(t: &toml::Table, prefix: &str, docs: &BTreeMap<String, String>, out: &mut String) {
         let (scalars, sections): (Vec<_>, Vec<_>) = t.iter().partition(|(_, v)| !v.is_table());
         for (k, v) in scalars {
             let path = format!("{prefix}{k}");
-            let doc = docs.get(path.as_str()).copied().unwrap_or("");
+            let doc = docs.get(path.as_str()).map_or("", String::as_str);
             let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
             out.push_str(&format!(
                 "| `{path}` | `{}` | {} |\n",
@@ -411,12 +447,12 @@ pub fn render_reference<T: Serialize + Default>(
 pub fn reference() -> String {
     format!(
         "# Configuration reference\n\nGenerated by `uplink config reference` from the settings' defaults and \
-         their documentation (`src/config/docs.rs`); a test fails when this file is stale. Every \
+         their documentation (the doc comments on the settings' fields, `src/config/*.rs`); a test fails when this file is stale. Every \
          setting can come from the TOML file (`--config`), the environment, or `--set`, in that \
          order of precedence (later wins). `uplink config check PROGRAM FILE` validates a file and \
          reads every file it names.\n\n{}\n{}",
-        render_reference::<GatewayConfig>("gateway", "UPLINK_GATEWAY_", super::GATEWAY_DOCS),
-        render_reference::<IngestConfig>("ingest", "UPLINK_INGEST_", super::INGEST_DOCS)
+        render_reference::<GatewayConfig>(),
+        render_reference::<IngestConfig>()
     )
 }
 

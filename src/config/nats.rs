@@ -37,36 +37,146 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// TLS to NATS (`nats.tls.*`). Empty paths are unset.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub required: bool,
+/// `nats.url`: one NATS server URL or a comma-separated list (the NATS convention, as in
+/// `nats --server`), parsed once when the config loads. Written back as given.
+#[derive(Clone, Debug)]
+pub struct NatsUrls {
+    text: String,
+    servers: Vec<async_nats::ServerAddr>,
 }
 
-/// Connection to a NATS deployment: the part of `nats.*` both programs share.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsConnect {
-    /// One URL or a comma-separated list (the NATS convention, as in `nats --server`).
-    pub url: String,
-    pub creds: PathBuf,
-    pub nkey: PathBuf,
-    pub user: String,
-    pub password: Secret,
-    pub token: Secret,
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    pub tls: NatsTls,
+impl NatsUrls {
+    /// The servers, in the order given.
+    pub fn servers(&self) -> &[async_nats::ServerAddr] {
+        &self.servers
+    }
+    /// The list with any `user:password@` replaced, for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact_urls(&self.text)
+    }
+}
+
+impl PartialEq for NatsUrls {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+/// Why a `nats.url` does not parse: names the bad entry, never the credentials a URL may carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadNatsUrl(String);
+
+impl FromStr for NatsUrls {
+    type Err = BadNatsUrl;
+    fn from_str(text: &str) -> Result<Self, BadNatsUrl> {
+        let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+        let mut servers = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.is_empty() {
+                return Err(BadNatsUrl(format!(
+                    "entry {} of {:?} is empty; write one URL or a comma-separated list",
+                    i + 1,
+                    redact_urls(text)
+                )));
+            }
+            let addr = async_nats::ServerAddr::from_str(entry).map_err(|e| {
+                BadNatsUrl(format!(
+                    "entry {} ({:?}) is not a NATS server URL: {e}",
+                    i + 1,
+                    redact_urls(entry)
+                ))
+            })?;
+            if addr.host().is_empty() {
+                return Err(BadNatsUrl(format!(
+                    "entry {} ({:?}) has no host",
+                    i + 1,
+                    redact_urls(entry)
+                )));
+            }
+            servers.push(addr);
+        }
+        Ok(NatsUrls {
+            text: text.to_string(),
+            servers,
+        })
+    }
+}
+
+impl fmt::Display for NatsUrls {
+    /// As given, credentials included: what the config file holds (use [`NatsUrls::redacted`]
+    /// for logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for NatsUrls {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for NatsUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+settings! {
+    /// TLS to NATS (`nats.tls.*`). Empty paths are unset.
+    #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NatsTls {
+        /// PEM CA bundle that signs the NATS servers' certificates; empty = the system's trusted roots.
+        pub ca: PathBuf,
+        /// PEM client certificate chain, for servers with `verify: true`; empty = none (with nats.tls.key).
+        pub cert: PathBuf,
+        /// PEM private key of nats.tls.cert.
+        pub key: PathBuf,
+        /// Refuse to talk to a NATS server without TLS.
+        pub required: bool,
+    }
+}
+
+settings! {
+    /// Connection to a NATS deployment: the part of `nats.*` both programs share.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NatsConnect {
+        /// {Edge|Cloud} NATS server URL, or several comma-separated (nats://a:4222,nats://b:4222); nats:// or
+        /// tls:// (tls:// = TLS required). Servers the cluster announces are added. Keep credentials out
+        /// of the URL: use the keys below.
+        pub url: NatsUrls,
+        /// Credentials file (user JWT + nkey seed, as `nsc generate creds` writes); empty = none.
+        /// Exclusive with nats.nkey, nats.user/password, nats.token.
+        pub creds: PathBuf,
+        /// File holding a user nkey seed (SU…); empty = none. Exclusive with the other credentials.
+        pub nkey: PathBuf,
+        /// User name for user/password authentication (with nats.password); empty = none.
+        pub user: String,
+        /// Password of nats.user; never printed (logs and Debug show "(set)"). Prefer the environment:
+        /// {UPLINK_GATEWAY_NATS__PASSWORD|UPLINK_INGEST_NATS__PASSWORD}.
+        pub password: Secret,
+        /// Authentication token; empty = none; never printed. Prefer {UPLINK_GATEWAY_NATS__TOKEN|UPLINK_INGEST_NATS__TOKEN}.
+        pub token: Secret,
+        /// Timeout of one connection attempt to a NATS server, TLS and authentication included
+        /// (duration). The {gateway|ingest} retries forever, also when the server refuses the credentials
+        /// (logged at error with the keys to check; /readyz says why).
+        #[serde(with = "duration")]
+        pub connect_timeout: Duration,
+        /// TLS to NATS. Used when the server asks for it (its INFO), a tls:// URL is given, or
+        /// nats.tls.required.
+        pub tls: NatsTls,
+    }
 }
 
 impl Default for NatsConnect {
     fn default() -> Self {
         NatsConnect {
-            url: "nats://127.0.0.1:4222".into(),
+            url: "nats://127.0.0.1:4222".parse().expect("a NATS URL"),
             creds: PathBuf::new(),
             nkey: PathBuf::new(),
             user: String::new(),
@@ -105,44 +215,13 @@ impl Auth<'_> {
 
 impl NatsConnect {
     /// The server list of `nats.url`.
-    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
-        let entries: Vec<&str> = self.url.split(',').map(str::trim).collect();
-        let mut out = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            if entry.is_empty() {
-                return Err(invalid(
-                    "nats.url",
-                    format!(
-                        "entry {} of {:?} is empty; write one URL or a comma-separated list",
-                        i + 1,
-                        redact_urls(&self.url)
-                    ),
-                ));
-            }
-            let addr = async_nats::ServerAddr::from_str(entry).map_err(|e| {
-                invalid(
-                    "nats.url",
-                    format!(
-                        "entry {} ({:?}) is not a NATS server URL: {e}",
-                        i + 1,
-                        redact_urls(entry)
-                    ),
-                )
-            })?;
-            if addr.host().is_empty() {
-                return Err(invalid(
-                    "nats.url",
-                    format!("entry {} ({:?}) has no host", i + 1, redact_urls(entry)),
-                ));
-            }
-            out.push(addr);
-        }
-        Ok(out)
+    pub fn servers(&self) -> Vec<async_nats::ServerAddr> {
+        self.url.servers().to_vec()
     }
 
     /// `nats.url` with any `user:password@` replaced, for logs.
     pub fn display_urls(&self) -> String {
-        redact_urls(&self.url)
+        self.url.redacted()
     }
 
     /// How this connection authenticates (assumes [`NatsConnect::validate`] passed).
@@ -200,7 +279,7 @@ impl NatsConnect {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let servers = self.servers()?;
+        let servers = self.url.servers();
         if self.connect_timeout.is_zero() {
             return Err(invalid("nats.connect_timeout", "must be greater than zero"));
         }
@@ -306,19 +385,31 @@ pub enum Discard {
     New,
 }
 
-/// Retention limits of a stream uplink creates (`nats.max_age`, …). Used only at creation: an
-/// existing stream keeps its own.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamLimits {
-    /// 0 = no age limit.
-    #[serde(with = "duration")]
-    pub max_age: Duration,
-    /// -1 = no size limit.
-    pub max_bytes: i64,
-    /// -1 = no count limit.
-    pub max_msgs: i64,
-    pub discard: Discard,
+settings! {
+    /// Retention limits of a stream uplink creates (`nats.max_age`, …). Used only at creation: an
+    /// existing stream keeps its own.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct StreamLimits {
+        /// {Edge stream retention when the gateway creates it: drop messages older than this (duration;
+        /// "0s" = no limit). Default 7 days. An existing stream keeps its own limits.|
+        /// Cloud stream retention when the ingest creates it (duration; "0s" = no limit, the default:
+        /// downstream consumers own the cloud stream). Must be at least nats.duplicate_window when set.}
+        #[serde(with = "duration")]
+        pub max_age: Duration,
+        /// {Edge stream size limit when created (bytes; -1 = no limit). Default 1 GiB, so a long outage
+        /// cannot fill the disk; JetStream reserves it at creation and refuses more than its storage
+        /// (max_store). Size it to the device: hours of outage × message rate × message size.|
+        /// Cloud stream size limit when created (bytes; -1 = no limit, the default).}
+        pub max_bytes: i64,
+        /// {Edge|Cloud} stream message-count limit when created (messages; -1 = no limit{|, the default}).
+        pub max_msgs: i64,
+        /// {When the edge stream is full: "new" = refuse publishes (collectors see the error; nothing
+        /// buffered is dropped), "old" = drop the oldest messages, forwarded or not. Used when created.|
+        /// When the cloud stream is full: "old" = drop the oldest (default), "new" = refuse publishes
+        /// (the ingest answers 503 and the backlog waits at the edge). Used when created.}
+        pub discard: Discard,
+    }
 }
 
 impl Default for StreamLimits {

@@ -39,26 +39,33 @@ fn defaults_are_valid_and_finite() {
 
 #[test]
 fn every_setting_is_documented_and_no_doc_is_stale() {
-    fn check(keys: Vec<String>, docs: &[(&str, &str)]) {
-        let documented: Vec<&str> = docs.iter().map(|(k, _)| *k).collect();
+    fn check(keys: Vec<String>, docs: std::collections::BTreeMap<String, String>) {
         for k in &keys {
-            assert!(documented.contains(&k.as_str()), "`{k}` has no doc");
+            assert!(docs.contains_key(k), "`{k}` has no doc comment");
         }
-        for d in documented {
-            assert!(keys.iter().any(|k| k == d), "doc for unknown key `{d}`");
+        // A doc under a name serde does not use (a rename) would be lost.
+        for d in docs.keys() {
+            assert!(keys.contains(d), "doc for unknown key `{d}`");
+        }
+        // Every `{gateway|ingest}` alternative was resolved.
+        for (k, d) in &docs {
+            assert!(!d.contains("|ingest}") && !d.contains("{Edge|"), "{k}: {d}");
         }
     }
-    check(default_keys::<GatewayConfig>(), GATEWAY_DOCS);
-    check(default_keys::<IngestConfig>(), INGEST_DOCS);
+    check(
+        default_keys::<GatewayConfig>(),
+        docs::docs::<GatewayConfig>(),
+    );
+    check(default_keys::<IngestConfig>(), docs::docs::<IngestConfig>());
 }
 
 #[test]
 fn rendered_defaults_parse_back_to_the_defaults() {
-    let text = render_defaults::<GatewayConfig>(GATEWAY_DOCS);
+    let text = render_defaults::<GatewayConfig>();
     assert!(text.contains("# Edge stream name.\nstream = \"TELEMETRY\""));
     let back: GatewayConfig = toml::from_str(&text).unwrap();
     assert_eq!(back, GatewayConfig::default());
-    let back: IngestConfig = toml::from_str(&render_defaults::<IngestConfig>(INGEST_DOCS)).unwrap();
+    let back: IngestConfig = toml::from_str(&render_defaults::<IngestConfig>()).unwrap();
     assert_eq!(back, IngestConfig::default());
 }
 
@@ -175,7 +182,7 @@ fn nats_url_takes_a_list_and_names_the_bad_entry() {
         &["nats.url=nats://a.example:4222, tls://b.example:4223,c.example"],
     );
     let c = gateway(&s).unwrap();
-    let servers = c.nats.connect.servers().unwrap();
+    let servers = c.nats.connect.servers();
     assert_eq!(servers.len(), 3);
     assert_eq!(servers[1].host(), "b.example");
     assert!(servers[1].tls_required());
@@ -336,7 +343,7 @@ fn secrets_never_show_in_debug_output() {
         "{shown}"
     );
     // The defaults rendering has no secret to print, whatever the environment holds.
-    let text = render_defaults::<GatewayConfig>(GATEWAY_DOCS);
+    let text = render_defaults::<GatewayConfig>();
     assert!(text.contains("password = \"\""), "{text}");
 }
 
@@ -463,4 +470,128 @@ fn the_configuration_reference_is_current() {
             "{key}"
         );
     }
+}
+
+/// Every typed setting (URL, socket address, IP list, header name, NATS URL list, duration)
+/// is parsed while loading, and its error names the key, the layer that set it and what was
+/// expected — from a file, the environment and `--set` alike.
+#[test]
+fn typed_values_are_parsed_once_and_their_errors_name_key_and_layer() {
+    // (program, key, bad value, what the reason says)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("gateway", "cloud.url", "https://bad host", "is not a URL"),
+        (
+            "gateway",
+            "cloud.server_name",
+            "bad_name!",
+            "is not a TLS server name",
+        ),
+        (
+            "gateway",
+            "admin.listen",
+            "localhost:9101",
+            "is not a socket address",
+        ),
+        ("gateway", "timeouts.idle", "soon", "invalid duration"),
+        ("gateway", "nats.url", "nats://a:4222,http://b", "entry 2"),
+        ("ingest", "listen", "127.0.0.1", "is not a socket address"),
+        ("ingest", "proxy.listen", ":8080", "is not a socket address"),
+        ("ingest", "proxy.trusted", "nothost", "is not an IP address"),
+        (
+            "ingest",
+            "proxy.identity_header",
+            "x bad",
+            "is not an HTTP header name",
+        ),
+        (
+            "ingest",
+            "proxy.verify_header",
+            "a:b",
+            "is not an HTTP header name",
+        ),
+        ("ingest", "nats.url", "nats://a:4222,,b", "is empty"),
+    ];
+    for &(program, key, bad, reason) in cases {
+        let load = |s: &Sources| match program {
+            "gateway" => gateway(s).map(drop),
+            _ => ingest(s).map(drop),
+        };
+        let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+        let toml_value = if key == "proxy.trusted" {
+            format!("[{bad:?}]")
+        } else {
+            format!("{bad:?}")
+        };
+        // Another key of the same (flattened, for nats) section set from another layer: the
+        // error still blames the bad one.
+        let file = if section.is_empty() {
+            format!("{leaf} = {toml_value}\n")
+        } else {
+            format!("[{section}]\n{leaf} = {toml_value}\n")
+        };
+        let env_name = format!(
+            "UPLINK_{}_{}",
+            program.to_uppercase(),
+            key.to_uppercase().replace('.', "__")
+        );
+        let set = format!("{key}={bad}");
+        let other_env = ("UPLINK_GATEWAY_NATS__STREAM", "S");
+        let other_env_ingest = ("UPLINK_INGEST_NATS__STREAM", "S");
+        for (layer, s, _dir) in [
+            {
+                let (s, d) = sources(Some(&file), &[other_env, other_env_ingest], &[]);
+                ("from file ", s, d)
+            },
+            {
+                let (s, d) = sources(None, &[(&env_name, bad)], &["nats.stream=S"]);
+                ("from environment UPLINK_", s, d)
+            },
+            {
+                let (s, d) = sources(None, &[other_env, other_env_ingest], &[&set]);
+                ("from --set ", s, d)
+            },
+        ] {
+            let e = load(&s).expect_err(key).to_string();
+            assert!(
+                e.contains(&format!("setting `{key}` ({layer}")),
+                "{program} {key} {layer}: {e}"
+            );
+            assert!(e.contains(reason), "{program} {key} {layer}: {e}");
+        }
+    }
+    // Loaded once, used typed.
+    let (s, _d) = sources(
+        None,
+        &[],
+        &[
+            "proxy.listen=127.0.0.1:8081",
+            "proxy.trusted=10.0.0.1, ::1",
+            "proxy.identity_header=X-Client-DN",
+        ],
+    );
+    let c = ingest(&s).unwrap();
+    assert_eq!(c.proxy.listen, Some("127.0.0.1:8081".parse().unwrap()));
+    assert_eq!(c.proxy.trusted.len(), 2);
+    assert_eq!(c.proxy.identity_header.as_str(), "x-client-dn");
+    assert_eq!(IngestConfig::default().proxy.listen, None);
+    let (s, _d) = sources(
+        None,
+        &[],
+        &[
+            "cloud.url=https://gw.example/ingest",
+            "cloud.server_name=10.0.0.7",
+        ],
+    );
+    let c = gateway(&s).unwrap();
+    assert_eq!(c.cloud.server_name.unwrap().to_string(), "10.0.0.7");
+    assert_eq!(c.cloud.url.host(), Some("gw.example"));
+    assert_eq!(c.cloud.url.path(), "/ingest");
+    // Written back as given: `config defaults` and the harness's files round-trip.
+    let text = toml::to_string(&IngestConfig::default()).unwrap();
+    assert!(text.contains("listen = \"\""), "{text}");
+    let text = toml::to_string(&GatewayConfig::default()).unwrap();
+    assert!(
+        text.contains("url = \"https://127.0.0.1:8443\"\n"),
+        "{text}"
+    );
 }

@@ -35,8 +35,8 @@ mod tests;
 pub struct ClientConfig {
     /// Base URL (`https://host:port`).
     pub url: Uri,
-    /// TLS server name; empty = host of `url`.
-    pub server_name: String,
+    /// TLS server name; none = host of `url`.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
     pub tls: Arc<rustls::ClientConfig>,
     pub timeouts: ClientTimeouts,
     /// Connections kept in the pool.
@@ -110,7 +110,12 @@ pub type FullResponse = Response<Bytes>;
 impl Client {
     /// A client dialing `cfg.url` over TCP + TLS.
     pub fn new(cfg: ClientConfig) -> Result<Self, String> {
-        let dialer = TlsDialer::new(&cfg.url, &cfg.server_name, cfg.tls.clone(), &cfg.timeouts)?;
+        let dialer = TlsDialer::new(
+            &cfg.url,
+            cfg.server_name.clone(),
+            cfg.tls.clone(),
+            &cfg.timeouts,
+        )?;
         Ok(Self::with_dialer(cfg, Arc::new(dialer)))
     }
 

@@ -51,11 +51,11 @@ pub struct TlsDialer {
 
 impl TlsDialer {
     /// Dials `url`'s host and port (443 by default), checking the certificate against
-    /// `server_name` (empty = the URL's host); `timeouts.connect` and `timeouts.tls_handshake`
+    /// `server_name` (none = the URL's host); `timeouts.connect` and `timeouts.tls_handshake`
     /// bound each dial.
     pub fn new(
         url: &Uri,
-        server_name: &str,
+        server_name: Option<ServerName<'static>>,
         tls: Arc<rustls::ClientConfig>,
         timeouts: &ClientTimeouts,
     ) -> Result<Self, String> {
@@ -154,7 +154,10 @@ pub async fn connect_tls_from(
 }
 
 /// `host:port` to dial and the TLS server name for a URL (`server_name` overrides the host).
-pub fn target_of(url: &Uri, server_name: &str) -> Result<(String, ServerName<'static>), String> {
+pub fn target_of(
+    url: &Uri,
+    server_name: Option<ServerName<'static>>,
+) -> Result<(String, ServerName<'static>), String> {
     let host = url.host().ok_or("URL has no host")?;
     let port = url.port_u16().unwrap_or(443);
     let bare = host
@@ -166,13 +169,11 @@ pub fn target_of(url: &Uri, server_name: &str) -> Result<(String, ServerName<'st
     } else {
         format!("{bare}:{port}")
     };
-    let name = if server_name.is_empty() {
-        bare
-    } else {
-        server_name.to_string()
+    let server_name = match server_name {
+        Some(name) => name,
+        None => ServerName::try_from(bare.clone())
+            .map_err(|e| format!("host {bare:?} is not a TLS server name: {e}"))?,
     };
-    let server_name =
-        ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))?;
     Ok((addr, server_name))
 }
 

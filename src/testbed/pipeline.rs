@@ -207,7 +207,7 @@ impl Pipeline {
             },
             nats: crate::config::CloudNats {
                 connect: crate::config::NatsConnect {
-                    url: cloud_urls,
+                    url: cloud_urls.parse()?,
                     ..defaults.nats.connect.clone()
                 },
                 replicas: match &cluster {
@@ -219,11 +219,11 @@ impl Pipeline {
             ..defaults
         };
         if opts.nginx.is_some() {
-            ingest_cfg.proxy.listen = free_addr().to_string();
+            ingest_cfg.proxy.listen = Some(free_addr());
         }
         let cloud_fault = if opts.cloud_fault_proxy {
             let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], cloud_port))).await?;
-            ingest_cfg.nats.connect.url = format!("nats://127.0.0.1:{}", f.addr.port());
+            ingest_cfg.nats.connect.url = format!("nats://127.0.0.1:{}", f.addr.port()).parse()?;
             Some(f)
         } else {
             None
@@ -242,7 +242,7 @@ impl Pipeline {
         let mut gateway_cfg = GatewayConfig {
             nats: crate::config::EdgeNats {
                 connect: crate::config::NatsConnect {
-                    url: edge.url(),
+                    url: edge.url().parse()?,
                     tls: if opts.nats_tls {
                         crate::config::NatsTls {
                             ca: pki.ca(),
@@ -258,8 +258,8 @@ impl Pipeline {
                 ..defaults.nats.clone()
             },
             cloud: crate::config::Cloud {
-                url: format!("https://localhost:{}", ingest_addr.port()),
-                server_name: String::new(),
+                url: format!("https://localhost:{}", ingest_addr.port()).parse()?,
+                server_name: None,
                 ca: pki.ca(),
                 cert: pki.client_cert(&platform),
                 key: pki.client_key(&platform),
@@ -278,7 +278,7 @@ impl Pipeline {
                 cfg.listen = free_addr();
                 cfg.admin.listen = free_addr();
                 if opts.nginx.is_some() {
-                    cfg.proxy.listen = free_addr().to_string();
+                    cfg.proxy.listen = Some(free_addr());
                 }
                 MoreIngest {
                     name: format!("ingest-{i}"),
@@ -343,7 +343,7 @@ impl Pipeline {
             Some(mut site) => {
                 site.upstreams = cfgs
                     .iter()
-                    .map(|c| c.proxy.listen.parse())
+                    .map(|c| c.proxy.listen.context("proxy.listen is set with nginx"))
                     .collect::<Result<_, _>>()?;
                 Some(Nginx::start(p.dir.path(), &pki, &site).await?)
             }
@@ -354,7 +354,7 @@ impl Pipeline {
             None => None,
         };
         if let Some(n) = &nginx {
-            p.gateway_cfg.cloud.url = n.url();
+            p.gateway_cfg.cloud.url = n.url().parse()?;
         }
         p.nginx = nginx;
         if opts.fault_proxy {
@@ -363,12 +363,10 @@ impl Pipeline {
                 .gateway_cfg
                 .cloud
                 .url
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .port_u16()
                 .context("gateway cloud.url has no port")?;
             let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-            p.gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port());
+            p.gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port()).parse()?;
             p.fault = Some(f);
         }
         for attempt in 1..=3 {

@@ -122,6 +122,35 @@ fn defaults_list_every_setting_with_docs() {
     }
 }
 
+/// docs/configuration.md is what `uplink config reference` prints, from the settings' doc
+/// comments; the typed settings print as they are written (no `/` added to `cloud.url`, an
+/// unset `proxy.listen` as ""). Regenerate with `uplink config reference > docs/configuration.md`.
+#[test]
+fn the_configuration_reference_on_disk_is_what_the_binary_prints() {
+    let out = Command::new(exe())
+        .args(["config", "reference"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let on_disk = std::fs::read_to_string(path).unwrap();
+    assert!(
+        printed == on_disk,
+        "docs/configuration.md is stale: run `uplink config reference > docs/configuration.md`"
+    );
+    for needle in [
+        "| `cloud.url` | `\"https://127.0.0.1:8443\"` |",
+        "| `proxy.listen` | `\"\"` |",
+        "| `proxy.trusted` | `[\"127.0.0.1\", \"::1\"]` |",
+        // A shared setting documented once, worded per program.
+        "| `nats.url` | `\"nats://127.0.0.1:4222\"` | Edge NATS server URL",
+        "| `nats.url` | `\"nats://127.0.0.1:4222\"` | Cloud NATS server URL",
+    ] {
+        assert!(printed.contains(needle), "missing {needle:?}");
+    }
+}
+
 #[test]
 fn pki_dev_writes_the_documented_files() {
     let dir = TempDir::new("uplink-pki").unwrap();

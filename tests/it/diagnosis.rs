@@ -21,7 +21,7 @@ async fn a_wrong_cloud_port_is_named_once_and_deliveryz_says_why() {
     let p = pipeline(
         |_| {},
         |g| {
-            g.cloud.url = format!("https://127.0.0.1:{closed}");
+            g.cloud.url = format!("https://127.0.0.1:{closed}").parse().unwrap();
             g.batch.max_messages = 10;
             g.retry.max_backoff = Duration::from_millis(500);
         },

@@ -273,7 +273,9 @@ async fn half_open_connection_is_detected_by_ping_and_nothing_is_lost() {
     // Re-route the gateway through a proxy that can freeze connections.
     p.gateway.as_mut().unwrap().proc.kill();
     let proxy = FaultProxy::start(p.ingest_cfg.listen).await.unwrap();
-    p.gateway_cfg.cloud.url = format!("https://localhost:{}", proxy.addr.port());
+    p.gateway_cfg.cloud.url = format!("https://localhost:{}", proxy.addr.port())
+        .parse()
+        .unwrap();
     p.gateway_cfg.timeouts.ping_interval = Duration::from_secs(1);
     p.gateway_cfg.timeouts.ping_timeout = Duration::from_secs(1);
     // Long enough that only PING can be what notices.

@@ -210,7 +210,7 @@ fn config(max_requests: u64) -> ClientConfig {
         .with_no_client_auth();
     ClientConfig {
         url: "https://ingest.test".parse().unwrap(),
-        server_name: String::new(),
+        server_name: None,
         tls: Arc::new(tls),
         timeouts: ClientTimeouts::default(),
         connections: 1,

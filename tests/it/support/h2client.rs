@@ -15,7 +15,7 @@ pub fn client(url: &str, ca: &Path, cert: &Path, key: &Path) -> Client {
     let tls = uplink::tls::client_config(ca, cert, key).expect("client TLS config");
     Client::new(ClientConfig {
         url: url.parse().unwrap(),
-        server_name: String::new(),
+        server_name: None,
         tls,
         timeouts: ClientTimeouts {
             request: Duration::from_secs(10),
