@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod dedupe;
 pub mod latency;
 pub mod load;
+pub mod plot;
 pub mod sample;
 
 use std::path::PathBuf;
