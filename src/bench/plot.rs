@@ -82,7 +82,7 @@ const COLORS: [&str; 6] = [
 // Plot area insets inside a panel.
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
-const TOP: f64 = 30.0;
+const TOP: f64 = 46.0;
 const BOTTOM: f64 = 44.0;
 const HEADER_LINE: f64 = 18.0;
 
@@ -349,6 +349,17 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
             y = num(y)
         );
     }
+    // Legend places: text width estimated at 6 px a character (font-size 11, sans-serif).
+    let mut legend_at = Vec::new();
+    let (mut lx, mut ly) = (left, y0 + 33.0);
+    for series in &p.series {
+        let w = 23.0 + 6.0 * series.name.chars().count() as f64 + 14.0;
+        if lx > left && lx + w > left + pw {
+            (lx, ly) = (left, ly + 13.0);
+        }
+        legend_at.push((lx, ly));
+        lx += w;
+    }
     for (k, series) in p.series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
         let _ = writeln!(s, r#"<g data-series="{}">"#, escape(&series.name));
@@ -376,7 +387,7 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
             );
         }
         // Markers (with their value as a tooltip) where points are few enough to tell apart.
-        let markers = placed.len() <= 60;
+        let markers = placed.len() <= 30;
         for (x, y, q) in &placed {
             if let (Some(lo), Some(hi)) = (q.lo.and_then(py), q.hi.and_then(py)) {
                 let _ = writeln!(
@@ -399,14 +410,14 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
                 );
             }
         }
-        // Legend entry, top left inside the plot area.
-        let ly = top + 14.0 + 15.0 * k as f64;
+        // Legend entry, in a row between the title and the plot area (wrapping when full).
+        let (lx, ly) = legend_at[k];
         let _ = writeln!(
             s,
             r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
-            num(left + 8.0),
-            num(left + 26.0),
-            num(left + 31.0),
+            num(lx),
+            num(lx + 18.0),
+            num(lx + 23.0),
             num(ly + 4.0),
             escape(&series.name),
             ly = num(ly)

@@ -126,7 +126,10 @@ fn a_figure_is_well_formed_svg_with_every_series_named_and_inside_its_box() {
         panel(
             Scale::Log2,
             vec![
-                line("uplink", &[(16.0, 30_000.0), (1024.0, 25_000.0), (65536.0, 900.0)]),
+                line(
+                    "uplink",
+                    &[(16.0, 30_000.0), (1024.0, 25_000.0), (65536.0, 900.0)],
+                ),
                 line("p99 <ms>", &[(16.0, 5.0), (65536.0, 80.0)]),
             ],
         ),
@@ -173,7 +176,9 @@ fn log2_axis_puts_powers_of_two_evenly_and_labels_them_in_bytes() {
     let labels: Vec<String> = a.ticks.iter().map(|&t| label(t, Unit::Bytes)).collect();
     assert_eq!(
         labels,
-        ["16 B", "64 B", "256 B", "1 KiB", "4 KiB", "16 KiB", "64 KiB"]
+        [
+            "16 B", "64 B", "256 B", "1 KiB", "4 KiB", "16 KiB", "64 KiB"
+        ]
     );
 }
 
@@ -182,7 +187,10 @@ fn linear_axis_starts_at_zero_and_ends_on_a_round_tick_above_the_data() {
     let a = Axis::fit(Scale::Linear, &[12_300.0, 48_700.0], true).unwrap();
     assert_eq!(a.min, 0.0);
     assert_eq!(a.max, 50_000.0);
-    assert_eq!(a.ticks, [0.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0]);
+    assert_eq!(
+        a.ticks,
+        [0.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0]
+    );
     assert_eq!(a.frac(25_000.0), Some(0.5));
     let labels: Vec<String> = a.ticks.iter().map(|&t| label(t, Unit::Number)).collect();
     assert_eq!(labels, ["0", "10k", "20k", "30k", "40k", "50k"]);
@@ -202,7 +210,10 @@ fn one_point_gets_a_range_around_it_and_a_marker_but_no_line() {
     assert!(z.min == 0.0 && z.max > 0.0, "{z:?}");
     let l = Axis::fit(Scale::Log2, &[64.0], false).unwrap();
     assert_eq!((l.min, l.max), (5.0, 7.0));
-    let svg = render(&figure(vec![panel(Scale::Log2, vec![line("one", &[(64.0, 5.0)])])]));
+    let svg = render(&figure(vec![panel(
+        Scale::Log2,
+        vec![line("one", &[(64.0, 5.0)])],
+    )]));
     let els = elements(&svg);
     assert_eq!(els.iter().filter(|e| e.0 == "polyline").count(), 0);
     assert_eq!(els.iter().filter(|e| e.0 == "circle").count(), 1);
@@ -273,5 +284,8 @@ fn whiskers_widen_the_y_axis_and_are_drawn_around_the_point() {
         .collect();
     assert_eq!(whiskers.len(), 2);
     // The y axis reaches 33 (its top tick is 35 or 40), so 33 is inside the box.
-    assert!(svg.contains(">35</text>") || svg.contains(">40</text>"), "{svg}");
+    assert!(
+        svg.contains(">35</text>") || svg.contains(">40</text>"),
+        "{svg}"
+    );
 }
