@@ -188,12 +188,13 @@ impl Axis {
                 })
             }
             Scale::Log2 => {
-                let (mut first, mut last) = (lo.floor(), hi.ceil());
-                if first == last {
-                    first -= 1.0;
-                    last += 1.0;
+                // A margin so the end points and their whiskers clear the frame.
+                let (mut min, mut max) = (lo - 0.25, hi + 0.25);
+                if hi - lo < 1e-9 {
+                    (min, max) = (lo - 1.0, hi + 1.0);
                 }
-                let span = (last - first) as usize;
+                let (first, last) = (min.ceil(), max.floor());
+                let span = (last - first).max(0.0) as usize;
                 let every = span.div_ceil(10).max(1);
                 let ticks = (0..=span)
                     .step_by(every)
@@ -201,8 +202,8 @@ impl Axis {
                     .collect();
                 Some(Axis {
                     scale,
-                    min: first,
-                    max: last,
+                    min,
+                    max,
                     ticks,
                 })
             }

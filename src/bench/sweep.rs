@@ -352,7 +352,7 @@ pub fn figure(r: &SweepResult) -> Figure {
             (a.min(l), b.max(l))
         });
     Figure {
-        title: "uplink bench --sweep: end-to-end throughput (edge JetStream → gateway → HTTP/2 mTLS → ingest → cloud JetStream), every delivery verified".into(),
+        title: "uplink bench --sweep: msgs/s end to end, edge JetStream → HTTP/2 mTLS → cloud JetStream, verified".into(),
         notes: vec![
             format!(
                 "{} points, {} round{}, {:.0} s; {}; {} cores shared by the 5 processes and the publisher; load average {}",
