@@ -250,6 +250,10 @@ pub enum Cmd {
         duration: Option<Duration>,
         #[arg(long)]
         nats_server: Option<PathBuf>,
+        /// At the end, write throughput and latency per second of the run to one
+        /// self-contained SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
 }
 

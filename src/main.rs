@@ -593,12 +593,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             duration,
             nats_server,
+            plot,
         } => {
+            plot_and_sweep(plot.as_deref(), None, false, || false)?;
             runtime()?.block_on(async {
                 uplink::demo::run(
                     nats_server.as_deref(),
                     rate,
                     duration,
+                    plot.as_deref(),
                     uplink::shutdown::on_signals(),
                 )
                 .await

@@ -177,3 +177,34 @@ fn plot_and_sweep_mistakes_exit_64_naming_the_flag_and_what_was_wrong() {
         assert!(err.contains(key) && err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_demo_with_plot_writes_throughput_and_latency_per_second_at_the_end() {
+    let dir = TempDir::new("uplink-demo-plot").unwrap();
+    let path = dir.path().join("demo.svg");
+    let out = Command::new(exe())
+        .args(["demo", "--duration", "4s", "--rate", "200", "--plot"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("plot written to"), "{stderr}");
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert_self_contained(&svg);
+    assert!(svg.contains("uplink demo: 200 msg/s"), "{svg}");
+    assert_eq!(attrs(&svg, "data-series").len(), 5, "{svg}");
+    // About four 1 s ticks: the delivered line has a point per tick, and the follower saw
+    // the messages (a latency line exists: bins with messages have a p50).
+    let group = |name: &str| {
+        svg.split(&format!("<g data-series=\"{name}\">"))
+            .nth(1)
+            .and_then(|s| s.split("</g>").next())
+            .unwrap()
+            .to_string()
+    };
+    let delivered = group("stored in the cloud stream (delivered)");
+    assert!(delivered.matches("<circle").count() >= 3, "{delivered}");
+    let p50 = group("p50");
+    assert!(p50.matches("<circle").count() >= 2, "{p50}");
+}
