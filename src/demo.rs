@@ -82,8 +82,11 @@ pub async fn run(
         let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
         let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
         if let Some(f) = &follower {
+            // The interval's first tick is at once: no row for an instant.
             let t = started.elapsed().as_secs_f64();
-            rows.push(f.row(last, (t, published, delivered)));
+            if t - last.0 >= 0.1 {
+                rows.push(f.row(last, (t, published, delivered)));
+            }
             last = (t, published, delivered);
         }
         let m = p.gateway_metrics().await.unwrap_or_default();
@@ -98,6 +101,15 @@ pub async fn run(
     }
     publisher.abort();
     let _ = publisher.await;
+    if let Some(f) = &follower {
+        // The part of a second between the last tick and the stop.
+        let t = started.elapsed().as_secs_f64();
+        if t - last.0 >= 0.1 {
+            let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
+            let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+            rows.push(f.row(last, (t, published, delivered)));
+        }
+    }
     // The summary: let what was published arrive (bounded), then say where everything stands.
     eprintln!();
     let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
@@ -210,6 +222,7 @@ impl Follower {
         let dt = (now.0 - last.0).max(1e-3);
         Row {
             t: last.0,
+            len: dt,
             published_per_s: now.1.saturating_sub(last.1) as f64 / dt,
             delivered_per_s: now.2.saturating_sub(last.2) as f64 / dt,
             p50_ms: pct(0.5),

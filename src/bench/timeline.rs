@@ -15,6 +15,8 @@ use crate::testbed::verify::Received;
 pub struct Row {
     /// Start of the bin, seconds since the run started.
     pub t: f64,
+    /// Length of the bin, seconds (the last one ends with the run).
+    pub len: f64,
     /// Messages stored in the edge stream per second during the bin.
     pub published_per_s: f64,
     /// Messages stored in the cloud stream per second during the bin.
@@ -93,6 +95,7 @@ pub fn rows(start_ns: i128, got: &[Received]) -> (f64, Vec<Row>) {
             };
             Row {
                 t,
+                len,
                 published_per_s: published[k] as f64 / len,
                 delivered_per_s: delivered[k] as f64 / len,
                 p50_ms: pct(0.5),
@@ -104,14 +107,15 @@ pub fn rows(start_ns: i128, got: &[Received]) -> (f64, Vec<Row>) {
     (width, rows)
 }
 
-/// Two panels: throughput (edge, cloud) and latency (p50, p99, max) per bin.
+/// Two panels: throughput (edge, cloud) and latency (p50, p99, max) per bin (`width`: the
+/// bins' usual length, seconds, for the axis label).
 pub fn figure(title: &str, notes: Vec<String>, width: f64, rows: &[Row]) -> Figure {
     let series = |name: &str, f: fn(&Row) -> f64| Series {
         name: name.into(),
         // Each bin's value drawn at its middle.
         points: rows
             .iter()
-            .map(|r| Point::new(r.t + width / 2.0, f(r)))
+            .map(|r| Point::new(r.t + r.len / 2.0, f(r)))
             .collect(),
     };
     let x_label = format!(
