@@ -150,8 +150,10 @@ impl Axis {
         Some((a - self.min) / (self.max - self.min))
     }
 
-    /// An axis over `values` (already finite and, for log, positive); `zero` includes 0.
-    fn fit(scale: Scale, values: &[f64], zero: bool) -> Option<Axis> {
+    /// An axis over `values` (non-finite ones, and for log the non-positive ones, skipped);
+    /// `zero` includes 0; a linear axis takes the finer of two round steps when that makes at
+    /// most `max_intervals` intervals (a tighter fit: 0–35 rather than 0–40 for 31).
+    fn fit(scale: Scale, values: &[f64], zero: bool, max_intervals: usize) -> Option<Axis> {
         let mut lo = f64::INFINITY;
         let mut hi = f64::NEG_INFINITY;
         for v in values.iter().filter_map(|&v| Self::to_axis(scale, v)) {
@@ -175,7 +177,12 @@ impl Axis {
                         lo = 0.0;
                     }
                 }
-                let step = nice_step((hi - lo) / 5.0);
+                let mut step = nice_step((hi - lo) / 5.0);
+                let finer = finer_step(step);
+                let intervals = |st: f64| ((hi / st).ceil() - (lo / st).floor()).round() as usize;
+                if intervals(finer) <= max_intervals {
+                    step = finer;
+                }
                 let first = (lo / step).floor() * step;
                 let last = (hi / step).ceil() * step;
                 let n = ((last - first) / step).round() as usize;
@@ -228,6 +235,16 @@ fn nice_step(raw: f64) -> f64 {
         10.0
     };
     nice * mag
+}
+
+/// The round step below `step` (10 → 5 → 2 → 1).
+fn finer_step(step: f64) -> f64 {
+    let mag = 10f64.powf(step.log10().floor());
+    match (step / mag).round() as u32 {
+        1 => mag / 2.0,
+        2 => mag,
+        _ => mag * 2.0,
+    }
 }
 
 /// A tick label.
@@ -311,8 +328,8 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         .filter(|v| v.is_finite())
         .collect();
     let (Some(xa), Some(ya)) = (
-        Axis::fit(p.x_scale, &xs, false),
-        Axis::fit(Scale::Linear, &ys, true),
+        Axis::fit(p.x_scale, &xs, false, 10),
+        Axis::fit(Scale::Linear, &ys, true, 6),
     ) else {
         let _ = writeln!(
             s,

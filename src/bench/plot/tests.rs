@@ -164,7 +164,7 @@ fn a_figure_is_well_formed_svg_with_every_series_named_and_inside_its_box() {
 
 #[test]
 fn log2_axis_puts_powers_of_two_evenly_and_labels_them_in_bytes() {
-    let a = Axis::fit(Scale::Log2, &[16.0, 65536.0], false).unwrap();
+    let a = Axis::fit(Scale::Log2, &[16.0, 65536.0], false, 6).unwrap();
     // 2^4 … 2^16 with a quarter of a doubling of margin each side.
     assert_eq!((a.min, a.max), (3.75, 16.25));
     // 13 powers are too many labels: every second one.
@@ -185,7 +185,7 @@ fn log2_axis_puts_powers_of_two_evenly_and_labels_them_in_bytes() {
 
 #[test]
 fn linear_axis_starts_at_zero_and_ends_on_a_round_tick_above_the_data() {
-    let a = Axis::fit(Scale::Linear, &[12_300.0, 48_700.0], true).unwrap();
+    let a = Axis::fit(Scale::Linear, &[12_300.0, 48_700.0], true, 6).unwrap();
     assert_eq!(a.min, 0.0);
     assert_eq!(a.max, 50_000.0);
     assert_eq!(
@@ -198,18 +198,26 @@ fn linear_axis_starts_at_zero_and_ends_on_a_round_tick_above_the_data() {
     assert_eq!(label(1_500_000.0, Unit::Number), "1.5M");
     assert_eq!(label(0.25, Unit::Number), "0.25");
     // Fractional data get fractional ticks, not a single tick at 0 and 1.
-    let b = Axis::fit(Scale::Linear, &[0.12, 0.47], true).unwrap();
+    let b = Axis::fit(Scale::Linear, &[0.12, 0.47], true, 6).unwrap();
     assert_eq!(b.max, 0.5);
     assert_eq!(b.ticks.len(), 6);
+    // Time axes may take up to 10 intervals for a tighter fit: 0–35 s for a 31 s run.
+    let t = Axis::fit(Scale::Linear, &[0.0, 31.0], false, 10).unwrap();
+    assert_eq!((t.min, t.max, t.ticks.len()), (0.0, 35.0, 8));
+    let t = Axis::fit(Scale::Linear, &[0.0, 31.0], false, 6).unwrap();
+    assert_eq!(t.max, 40.0);
+    assert_eq!(finer_step(10.0), 5.0);
+    assert_eq!(finer_step(5.0), 2.0);
+    assert_eq!(finer_step(0.2), 0.1);
 }
 
 #[test]
 fn one_point_gets_a_range_around_it_and_a_marker_but_no_line() {
-    let a = Axis::fit(Scale::Linear, &[7.0], false).unwrap();
+    let a = Axis::fit(Scale::Linear, &[7.0], false, 6).unwrap();
     assert!(a.min < 7.0 && 7.0 < a.max, "{a:?}");
-    let z = Axis::fit(Scale::Linear, &[0.0], true).unwrap();
+    let z = Axis::fit(Scale::Linear, &[0.0], true, 6).unwrap();
     assert!(z.min == 0.0 && z.max > 0.0, "{z:?}");
-    let l = Axis::fit(Scale::Log2, &[64.0], false).unwrap();
+    let l = Axis::fit(Scale::Log2, &[64.0], false, 6).unwrap();
     assert_eq!((l.min, l.max), (5.0, 7.0));
     assert_eq!(l.ticks, [32.0, 64.0, 128.0]);
     let svg = render(&figure(vec![panel(
