@@ -299,7 +299,7 @@ pub fn figure(r: &SweepResult) -> Figure {
             .map(|d| {
                 let v = r.defaults.get(d.name()).copied().unwrap_or(0);
                 match d {
-                    Dim::Size => format!("{}", super::plot::label(v as f64, Unit::Bytes)),
+                    Dim::Size => super::plot::label(v as f64, Unit::Bytes),
                     _ => format!("{} {v}", d.name()),
                 }
             })
