@@ -109,6 +109,15 @@ pub enum Cmd {
         /// Gateway adaptive linger (`batch.adaptive`): on, off, or (--open-loop only) both.
         #[arg(long, value_name = "on|off|both")]
         adaptive: Option<String>,
+        /// Write throughput and latency over the run's time to one self-contained SVG file (the
+        /// plain bench, --duration, --chaos); with --sweep, throughput against each setting.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// The curve, not one point: the bench at each value of these settings (size: 16 B …
+        /// 64 KiB, batch: batch.max_messages, in-flight, connections; or all), a fresh verified
+        /// pipeline per point, --runs rounds; prints a table (and draws it with --plot).
+        #[arg(long, value_name = "SETTING[,SETTING]")]
+        sweep: Option<String>,
     },
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
@@ -146,6 +155,10 @@ pub enum Cmd {
         duration: Option<Duration>,
         #[arg(long)]
         nats_server: Option<PathBuf>,
+        /// At the end, write throughput and latency per second of the run to one
+        /// self-contained SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
 }
 

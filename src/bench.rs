@@ -11,7 +11,10 @@ pub mod dedupe;
 pub mod fleet;
 pub mod latency;
 pub mod load;
+pub mod plot;
 pub mod sample;
+pub mod sweep;
+pub mod timeline;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -80,6 +83,16 @@ pub struct BenchOptions {
     /// Gateway `batch.adaptive` (`--adaptive on|off`); None: the default.
     #[arg(skip)]
     pub adaptive: Option<bool>,
+    /// Gateway `batch.max_messages` (set by `--sweep batch`).
+    #[arg(skip)]
+    pub batch: Option<usize>,
+    /// Gateway `forward.connections` (set by `--sweep connections`).
+    #[arg(skip)]
+    pub connections: Option<usize>,
+    /// Write throughput and latency over the run's time to this SVG file (`--plot`, checked
+    /// before it is set here).
+    #[arg(skip)]
+    pub plot: Option<PathBuf>,
 }
 
 /// The options of a run, as recorded in its JSON.
@@ -94,6 +107,14 @@ pub struct RunOptions {
     pub ingest_idle_timeout_s: Option<f64>,
     pub chaos: Vec<&'static str>,
     pub cloud_cluster: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plot: Option<PathBuf>,
     /// `nats-server --version` of the binary the run used.
     pub nats_server: String,
 }
@@ -120,6 +141,10 @@ impl RunOptions {
             ingest_idle_timeout_s: o.ingest_idle_timeout.map(|d| d.as_secs_f64()),
             chaos: o.chaos.iter().map(|f| f.name()).collect(),
             cloud_cluster: o.cloud_cluster,
+            adaptive: o.adaptive,
+            batch: o.batch,
+            connections: o.connections,
+            plot: o.plot.clone(),
             nats_server: version,
         }
     }
@@ -192,6 +217,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         if let Some(a) = o.adaptive {
             c.batch.adaptive = a;
         }
+        if let Some(n) = o.batch {
+            c.batch.max_messages = n;
+        }
+        if let Some(n) = o.connections {
+            c.forward.connections = n;
+        }
     };
     let options = PipelineOptions {
         nginx: opts.via_nginx.then(NginxSite::default),
@@ -229,6 +260,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         ..Default::default()
     };
     let started = Instant::now();
+    let started_ns = timeline::now_ns();
     let publisher = tokio::spawn({
         let (edge, w) = (edge.clone(), w.clone());
         async move { verify::publish(&edge, &w).await }
@@ -250,7 +282,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         budget,
     )
     .await?;
-    let report = p.check_delivery(&edge, &cloud, &sent).await?;
+    let (report, got) = p.read_and_check(&edge, &cloud, &sent).await?;
     let gm = p.gateway_metrics().await.unwrap_or_default();
     let im = p.ingest_metrics().await.unwrap_or_default();
     for problem in &report.problems {
@@ -263,7 +295,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     } else {
         None
     };
-    Ok(BenchResult {
+    let result = BenchResult {
         messages: report.messages,
         delivered: report.delivered,
         lost: report.lost,
@@ -286,7 +318,79 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         resources: None,
         problems: Vec::new(),
         cluster,
-    })
+    };
+    if let Some(path) = &opts.plot {
+        write_plot(path, &result, started_ns, &got)?;
+    }
+    Ok(result)
+}
+
+/// `--plot`: the timeline of a run, titled with what it was and its verdict.
+fn write_plot(
+    path: &std::path::Path,
+    r: &BenchResult,
+    started_ns: i128,
+    got: &[verify::Received],
+) -> anyhow::Result<()> {
+    let o = &r.options;
+    let what = match (r.rate, r.duration_s) {
+        (Some(rate), Some(d)) => format!(
+            "steady load {rate:.0} msg/s for {d:.0} s{}",
+            if o.chaos.is_empty() {
+                String::new()
+            } else {
+                format!(", chaos [{}]", o.chaos.join(","))
+            }
+        ),
+        _ => "closed-loop publisher (512 PubAcks in flight)".to_string(),
+    };
+    let title = format!(
+        "uplink bench: {} messages of {}, {what}",
+        r.messages,
+        if o.mixed {
+            "mixed sizes".to_string()
+        } else {
+            format!("{} B", o.size)
+        }
+    );
+    let notes = vec![
+        format!(
+            "{:.0} msgs/s end to end over {:.2} s; latency edge→cloud p50 {:.1} ms, p99 {:.1} ms; delivered {}, lost {}, duplicates {}, corrupted {}",
+            r.msgs_per_sec,
+            r.seconds,
+            r.p50_ms,
+            r.p99_ms,
+            r.delivered,
+            r.lost,
+            r.duplicates,
+            r.corrupted
+        ),
+        format!(
+            "{}; gateway in-flight {}, batch {}, connections {}{}; {} cores, load average {}",
+            o.nats_server,
+            opt(o.in_flight),
+            opt(o.batch),
+            opt(o.connections),
+            if o.via_nginx { ", via nginx" } else { "" },
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average()
+        ),
+    ];
+    timeline::write(path, &title, notes, started_ns, got)?;
+    eprintln!("plot written to {}", path.display());
+    Ok(())
+}
+
+fn opt(v: Option<usize>) -> String {
+    v.map_or_else(|| "default".to_string(), |n| n.to_string())
+}
+
+/// The 1-minute load average (`/proc/loadavg`), for the notes of a plot.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `--chaos` / `--duration`: a steady load for a duration with faults (or none: a soak), then
@@ -346,7 +450,7 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         eprintln!("seed {seed}");
     }
     let verdict = drive_and_verify(&mut p, &lo).await;
-    let (seconds, report, figures) = match verdict {
+    let (seconds, report, figures, started_ns, got) = match verdict {
         Ok(v) => v,
         Err(e) => {
             // Keep the evidence: the logs of a run that did not drain outlive it.
@@ -364,7 +468,7 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     }
     let gm = p.gateway_metrics().await.unwrap_or_default();
     let im = p.ingest_metrics().await.unwrap_or_default();
-    Ok(BenchResult {
+    let result = BenchResult {
         messages: report.messages,
         delivered: report.delivered,
         lost: report.lost,
@@ -387,7 +491,11 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         resources: Some(figures.resources),
         problems: figures.problems,
         cluster: None,
-    })
+    };
+    if let Some(path) = &opts.plot {
+        write_plot(path, &result, started_ns, &got)?;
+    }
+    Ok(result)
 }
 
 /// Prints the result as a human summary, or one JSON line.
@@ -461,10 +569,17 @@ pub fn print(r: &BenchResult, json: bool) {
 async fn drive_and_verify(
     p: &mut Pipeline,
     lo: &chaos::LoadOptions,
-) -> anyhow::Result<(f64, verify::Report, chaos::LoadFigures)> {
+) -> anyhow::Result<(
+    f64,
+    verify::Report,
+    chaos::LoadFigures,
+    i128,
+    Vec<verify::Received>,
+)> {
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
     let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
     let started = Instant::now();
+    let started_ns = timeline::now_ns();
     let (sent, mut figures) = chaos::drive(p, lo, &edge, &cloud).await?;
     let budget = delivery_budget(sent.len());
     // A run that does not drain still gets its verdict: which ids are missing is the point.
@@ -483,6 +598,6 @@ async fn drive_and_verify(
     {
         figures.problems.push(format!("drain: {e}"));
     }
-    let report = p.check_delivery(&edge, &cloud, &sent).await?;
-    Ok((seconds, report, figures))
+    let (report, got) = p.read_and_check(&edge, &cloud, &sent).await?;
+    Ok((seconds, report, figures, started_ns, got))
 }

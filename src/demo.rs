@@ -3,20 +3,27 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::timeline::Row;
 use crate::telemetry::scrape_sum;
 use crate::testbed::pipeline::Pipeline;
 use crate::testbed::verify::{self, Workload};
+use crate::wire::TIME_HEADER;
 
-/// Runs the demo until `shutdown`; `rate` messages per second; `duration` bounds it when set.
+/// Runs the demo until `shutdown`; `rate` messages per second; `duration` bounds it when set;
+/// `plot`: at the end, throughput and latency per second of the run as an SVG file.
 pub async fn run(
     nats_server: Option<&Path>,
     rate: f64,
     duration: Option<Duration>,
+    plot: Option<&Path>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
@@ -44,6 +51,15 @@ pub async fn run(
         rate: Some(rate),
         ..Default::default()
     };
+    // --plot: every message's latency from a follower of the cloud stream (ordered, headers
+    // only, acks nothing), per progress tick.
+    let follower = match plot {
+        Some(_) => Some(Follower::start(&cloud, &p.ingest_cfg.nats.stream).await?),
+        None => None,
+    };
+    let started = tokio::time::Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut last = (0.0f64, 0u64, 0u64);
     let publisher = tokio::spawn({
         let edge = edge.clone();
         async move { verify::publish(&edge, &w).await }
@@ -65,6 +81,14 @@ pub async fn run(
         }
         let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
         let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+        if let Some(f) = &follower {
+            // The interval's first tick is at once: no row for an instant.
+            let t = started.elapsed().as_secs_f64();
+            if t - last.0 >= 0.1 {
+                rows.push(f.row(last, (t, published, delivered)));
+            }
+            last = (t, published, delivered);
+        }
         let m = p.gateway_metrics().await.unwrap_or_default();
         eprint!(
             "\rpublished {published:>8} | delivered {delivered:>8} | in flight {:>6} | retries {:>4} | connections {:>2} open, {:>3} opened   ",
@@ -77,6 +101,15 @@ pub async fn run(
     }
     publisher.abort();
     let _ = publisher.await;
+    if let Some(f) = &follower {
+        // The part of a second between the last tick and the stop.
+        let t = started.elapsed().as_secs_f64();
+        if t - last.0 >= 0.1 {
+            let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
+            let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+            rows.push(f.row(last, (t, published, delivered)));
+        }
+    }
     // The summary: let what was published arrive (bounded), then say where everything stands.
     eprintln!();
     let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
@@ -103,9 +136,100 @@ pub async fn run(
         scrape_sum(&m, "uplink_client_connections_opened_total"),
         scrape_sum(&m, "uplink_gateway_messages_total{result=\"rejected\"}"),
     );
+    if let (Some(path), Some(f)) = (plot, follower) {
+        f.task.abort();
+        let title = format!(
+            "uplink demo: {rate} msg/s of mixed telemetry (0 B … 64 KiB, headers) for {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        let notes = vec![
+            format!(
+                "{published} published at the edge, {delivered} in the cloud stream; {} retries, {} connections opened",
+                scrape_sum(&m, "uplink_gateway_retries_total"),
+                scrape_sum(&m, "uplink_client_connections_opened_total"),
+            ),
+            format!(
+                "per progress tick (1 s); latency = cloud store − edge store, from a headers-only follower of the cloud stream; load average {}",
+                crate::bench::load_average()
+            ),
+        ];
+        let svg =
+            crate::bench::plot::render(&crate::bench::timeline::figure(&title, notes, 1.0, &rows));
+        std::fs::write(path, svg)
+            .with_context(|| format!("writing the plot {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
     eprintln!("stopping; every process and temp dir is removed.");
     drop(p);
     Ok(())
+}
+
+/// Latencies of the messages the cloud stream stored, collected between progress ticks.
+struct Follower {
+    latencies: Arc<Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    async fn start(cloud: &jetstream::Context, stream: &str) -> anyhow::Result<Follower> {
+        use futures_util::StreamExt as _;
+        let consumer = cloud
+            .get_stream(stream)
+            .await?
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                headers_only: true,
+                description: Some(
+                    "uplink demo --plot (ordered, headers only, acks nothing)".into(),
+                ),
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let sink = latencies.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(m)) = messages.next().await {
+                let stored = match m.info() {
+                    Ok(i) => i.published.unix_timestamp_nanos(),
+                    Err(_) => continue,
+                };
+                let edge = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(TIME_HEADER))
+                    .and_then(|v| v.as_str().parse::<i128>().ok());
+                if let Some(edge) = edge {
+                    let ms = (stored - edge) as f64 / 1e6;
+                    sink.lock().expect("not poisoned").push(ms);
+                }
+            }
+        });
+        Ok(Follower { latencies, task })
+    }
+
+    /// The row of the tick from `last` to `now` (seconds, published, delivered).
+    fn row(&self, last: (f64, u64, u64), now: (f64, u64, u64)) -> Row {
+        let mut l = std::mem::take(&mut *self.latencies.lock().expect("not poisoned"));
+        l.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            if l.is_empty() {
+                f64::NAN
+            } else {
+                l[((l.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        let dt = (now.0 - last.0).max(1e-3);
+        Row {
+            t: last.0,
+            len: dt,
+            published_per_s: now.1.saturating_sub(last.1) as f64 / dt,
+            delivered_per_s: now.2.saturating_sub(last.2) as f64 / dt,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            max_ms: pct(1.0),
+        }
+    }
 }
 
 /// How long the demo waits at the end for what was published to arrive.

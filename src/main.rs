@@ -59,6 +59,40 @@ fn until_interrupted<T>(
     })
 }
 
+/// `uplink bench --plot FILE.svg` / `--sweep SETTINGS`: checked before anything starts; the
+/// settings to sweep, if any. `only_plain`: a bench kind neither applies to; `not_sweep()`:
+/// options a sweep point cannot have.
+fn plot_and_sweep(
+    plot: Option<&std::path::Path>,
+    sweep: Option<&str>,
+    only_plain: bool,
+    not_sweep: impl FnOnce() -> bool,
+) -> Result<Option<Vec<uplink::bench::sweep::Dim>>, ConfigError> {
+    if let Some(path) = plot {
+        uplink::bench::timeline::check_path(path).map_err(|reason| ConfigError::Invalid {
+            key: "--plot",
+            reason,
+        })?;
+        if only_plain {
+            return Err(ConfigError::Invalid {
+                key: "--plot",
+                reason: "draws the plain bench, --duration, --chaos and --sweep (not --open-loop, --backlog or --dedupe-memory)".into(),
+            });
+        }
+    }
+    let Some(list) = sweep else {
+        return Ok(None);
+    };
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "--sweep",
+        reason,
+    };
+    if only_plain || not_sweep() {
+        return Err(bad("sweeps the plain bench: not with --open-loop, --backlog, --dedupe-memory, --chaos, --duration, --cloud-cluster, --anchor or --mixed".into()));
+    }
+    uplink::bench::sweep::parse(list).map(Some).map_err(bad)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,7 +204,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             open_loop,
             adaptive,
             platforms,
+            plot,
+            sweep,
         } => {
+            let only_plain = open_loop.is_some() || backlog.is_some() || dedupe_memory;
+            let sweep = plot_and_sweep(plot.as_deref(), sweep.as_deref(), only_plain, || {
+                chaos.is_some()
+                    || opts.duration.is_some()
+                    || opts.cloud_cluster.is_some()
+                    || anchor.is_some()
+                    || opts.mixed
+            })?;
             if let Some(platforms) = platforms {
                 if chaos.is_some()
                     || backlog.is_some()
@@ -181,10 +225,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     || opts.cloud_cluster.is_some()
                     || dedupe_memory
                     || adaptive.is_some()
+                    || plot.is_some()
+                    || sweep.is_some()
                 {
                     return Err(ConfigError::Invalid {
                         key: "--platforms",
-                        reason: "runs alone (with --duration, --rate, --size, --json, --nats-server): not with --chaos, --backlog, --open-loop, --mixed, --via-nginx, --anchor, --cloud-cluster, --dedupe-memory or --adaptive".into(),
+                        reason: "runs alone (with --duration, --rate, --size, --json, --nats-server): not with --chaos, --backlog, --open-loop, --mixed, --via-nginx, --anchor, --cloud-cluster, --dedupe-memory, --adaptive, --plot or --sweep".into(),
                     }
                     .into());
                 }
@@ -401,6 +447,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.adaptive = adaptive;
             opts.chaos = chaos;
             opts.anchor = anchor;
+            opts.plot = plot;
+            if let Some(dims) = sweep {
+                if runs == 0 || opts.messages == 0 {
+                    return Err(ConfigError::Invalid {
+                        key: "--sweep",
+                        reason: "needs at least 1 message (--messages) and 1 run (--runs)".into(),
+                    }
+                    .into());
+                }
+                let o = uplink::bench::sweep::SweepOptions {
+                    dims,
+                    plot: opts.plot.clone(),
+                    json: opts.json,
+                    base: opts,
+                    runs,
+                };
+                let result = until_interrupted(uplink::bench::sweep::run(&o))?;
+                uplink::bench::sweep::print(&result, o.json);
+                return Ok(if result.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
             let result = until_interrupted(uplink::bench::run(&opts))?;
             uplink::bench::print(&result, opts.json);
             if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 {
@@ -476,12 +546,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             duration,
             nats_server,
+            plot,
         } => {
+            plot_and_sweep(plot.as_deref(), None, false, || false)?;
             runtime()?.block_on(async {
                 uplink::demo::run(
                     nats_server.as_deref(),
                     rate,
                     duration,
+                    plot.as_deref(),
                     uplink::shutdown::on_signals(),
                 )
                 .await

@@ -415,6 +415,7 @@ mod tests {
             .into_iter()
             .collect(),
             latency: Some(Duration::from_millis(2)),
+            stored_ns: t0 + 17_000_000,
         };
         let (total, edge, lag) = timings(&g, t0, 1000.0).unwrap();
         assert!((total - 7.0).abs() < 1e-6, "{total}");

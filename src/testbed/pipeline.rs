@@ -616,17 +616,29 @@ impl Pipeline {
         cloud: &async_nats::jetstream::Context,
         sent: &[super::verify::Sent],
     ) -> anyhow::Result<super::verify::Report> {
+        Ok(self.read_and_check(edge, cloud, sent).await?.0)
+    }
+
+    /// [`Pipeline::check_delivery`], also returning what the cloud stream held (the bench's
+    /// `--plot` draws its timeline from the store times and latencies).
+    pub async fn read_and_check(
+        &self,
+        edge: &async_nats::jetstream::Context,
+        cloud: &async_nats::jetstream::Context,
+        sent: &[super::verify::Sent],
+    ) -> anyhow::Result<(super::verify::Report, Vec<super::verify::Received>)> {
         use super::verify;
         let got = verify::read_all(cloud, &self.ingest_cfg.nats.stream).await?;
         let incarnation = verify::incarnation(edge, &self.gateway_cfg.nats.stream).await?;
-        Ok(verify::check(
+        let report = verify::check(
             sent,
             &got,
             &self.platform,
             &self.gateway_cfg.nats.stream,
             incarnation,
             &self.ingest_cfg.nats.subject_prefix,
-        ))
+        );
+        Ok((report, got))
     }
 
     /// Metrics of the gateway.

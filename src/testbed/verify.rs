@@ -159,6 +159,8 @@ pub struct Received {
     pub headers: HashMap<String, Vec<String>>,
     /// Cloud persist time minus edge time.
     pub latency: Option<Duration>,
+    /// Cloud persist time (the cloud JetStream's timestamp), Unix nanoseconds.
+    pub stored_ns: i128,
 }
 
 /// Waits until `stream` holds at least `want` messages, within `within`.
@@ -288,6 +290,7 @@ async fn read_all_once(js: &jetstream::Context, stream: &str) -> anyhow::Result<
             len: m.payload.len(),
             headers,
             latency,
+            stored_ns: published,
         });
     }
     Ok(out)
@@ -420,6 +423,7 @@ mod tests {
             len: payload.len(),
             headers: HashMap::new(),
             latency: Some(Duration::from_millis(seq)),
+            stored_ns: 0,
         }
     }
 

@@ -20,6 +20,7 @@ mod lifecycle;
 mod metrics;
 mod nats_auth;
 mod pipeline;
+mod plot;
 mod readme;
 mod security;
 mod status;
