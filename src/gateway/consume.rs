@@ -28,8 +28,8 @@ const MAX_PULL: usize = 1000;
 /// limited below one message's size would never deliver it). The client keeps at most 1.5
 /// pulls outstanding, so this bounds what the gateway buffers ahead of its batches whatever
 /// the message size: before, 1.5 × 500 messages, 48 MiB of 64 KiB messages (gateway peak RSS
-/// 104–126 MiB in `bench --backlog 8000 --size 65536`, 41–54 MiB with this). One batch per
-/// pull bounded it too, at 0.7–0.9× the drain rate (BENCHMARKS.md, "Memory").
+/// 101–123 MiB in `bench --backlog 8000 --size 65536`, 40–55 MiB with this). One batch per
+/// pull bounded it more, at 0.64–0.83× the drain rate (BENCHMARKS.md, "Memory").
 pub(super) fn pull_max_bytes(batch_max_bytes: usize, max_payload: usize) -> usize {
     batch_max_bytes
         .saturating_mul(PULL_BATCHES)
