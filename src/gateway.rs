@@ -40,6 +40,8 @@ struct Ctx {
     deliverer: Arc<Deliverer>,
     /// The edge consumer delivers nothing though messages are pending (see `PumpError`).
     stalled: Arc<AtomicBool>,
+    /// The edge connection: its server's `max_payload` sizes the pull requests.
+    edge: async_nats::Client,
 }
 
 /// Runs the gateway until `shutdown`, then drains in-flight batches for at most
@@ -130,6 +132,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         cfg: cfg.clone(),
         deliverer,
         stalled: stalled_flag.clone(),
+        edge: nats.clone(),
     });
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.forward.max_in_flight));
@@ -289,7 +292,17 @@ fn batches_url(base: &http::Uri) -> Result<http::Uri, String> {
 #[cfg(test)]
 mod tests {
     use super::batches_url;
+    use super::consume::pull_max_bytes;
     use super::deliver::confirms;
+
+    #[test]
+    fn a_pull_asks_for_four_batches_of_bytes_but_never_less_than_one_message() {
+        // The defaults: a 1 MiB batch, a 1 MiB max_payload.
+        assert_eq!(pull_max_bytes(1 << 20, 1 << 20), 4 << 20);
+        assert_eq!(pull_max_bytes(8 << 20, 1 << 20), 32 << 20);
+        // Batches smaller than the largest possible message still pull that message.
+        assert_eq!(pull_max_bytes(4096, 8 << 20), (8 << 20) + (64 << 10));
+    }
 
     #[test]
     fn the_path_of_cloud_url_is_honoured() {

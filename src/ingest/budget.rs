@@ -77,11 +77,18 @@ pub struct Budget {
     per_connection: usize,
     per_platform: usize,
     platforms: Mutex<HashMap<Arc<str>, Arc<Account>>>,
+    /// `uplink_ingest_inflight_bytes`: what is held now, set at every change (so it shows the
+    /// memory of requests still in progress, not only of those that ended).
+    gauge: metrics::Gauge,
 }
 
 impl Budget {
     pub fn new(total: usize, per_connection: usize, per_platform: usize) -> Self {
+        let gauge = metrics::gauge!("uplink_ingest_inflight_bytes");
+        // Exported from the start, not after the first request.
+        gauge.set(0.0);
         Budget {
+            gauge,
             total,
             free: Arc::new(Semaphore::new(total)),
             per_connection,
@@ -175,6 +182,7 @@ impl Hold {
                 // Held as a count from here on, given back in `drop`.
                 permit.forget();
                 self.held += n;
+                b.gauge.set(b.held() as f64);
                 Ok(())
             }
             Err(e) => {
@@ -192,6 +200,7 @@ impl Hold {
         self.conn.sub(n);
         self.platform.1.sub(n);
         self.budget.free.add_permits(n);
+        self.budget.gauge.set(self.budget.held() as f64);
     }
 }
 

@@ -179,8 +179,6 @@ impl Handler {
             limits.max_inflight_bytes_per_connection,
             limits.max_inflight_bytes_per_platform,
         ));
-        // Exported from the start, not after the first request.
-        metrics::gauge!("uplink_ingest_inflight_bytes").set(0.0);
         for q in super::quota::QUOTAS {
             metrics::counter!("uplink_ingest_quota_refused_total", "quota" => q).increment(0);
         }
@@ -255,7 +253,6 @@ impl Handler {
             .increment(1);
         metrics::histogram!("uplink_ingest_request_seconds", "route" => route)
             .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("uplink_ingest_inflight_bytes").set(self.budget.held() as f64);
         resp
     }
 

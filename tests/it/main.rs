@@ -17,6 +17,7 @@ mod gateways;
 mod hostile;
 mod latency;
 mod lifecycle;
+mod memory;
 mod metrics;
 mod nats_auth;
 mod pipeline;
