@@ -426,8 +426,10 @@ pub struct FleetResult {
     /// What the flooding platform got through, and its rate.
     pub flooder_messages: usize,
     pub flooder_msgs_per_sec: f64,
-    /// The others' p99 while one platform floods ÷ their p99 in the quiet phase.
+    /// The others' p99 while one platform floods ÷ their p99 in the quiet phase: over all
+    /// their requests, and per platform (the median platform's own p99, flood ÷ quiet).
     pub fairness_factor: f64,
+    pub fairness_factor_per_platform: f64,
     /// Requests that waited for room in their platform's share of messages being persisted
     /// (`limits.max_pending_acks_per_platform`) until the restart: the flooder's, the others'.
     pub flooder_share_waits: f64,
@@ -728,6 +730,9 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
     result.flood = Latency::of(&refs, flood_at, restart_at);
     result.restart.latency = Latency::of(&refs, restart_at, end);
     result.fairness_factor = result.flood.p99_ms / result.quiet.p99_ms.max(1e-3);
+    let median_p99 = |l: &Latency| l.per_platform_p99_ms.as_ref().map_or(0.0, |r| r.median);
+    result.fairness_factor_per_platform =
+        median_p99(&result.flood) / median_p99(&result.quiet).max(1e-3);
     result.flooder_messages = flooded
         .iter()
         .filter(|o| o.latency.is_some())
@@ -879,12 +884,13 @@ pub fn print(r: &FleetResult, json: bool) {
     line("quiet", &r.quiet);
     line("flood", &r.flood);
     println!(
-        "  flooding platform: {} messages ({:.0} msg/s), {} of its requests waited for its share (the others': {}); fairness factor (others' p99 flood / quiet) {:.2}",
+        "  flooding platform: {} messages ({:.0} msg/s), {} of its requests waited for its share (the others': {}); fairness factor (others' p99 flood / quiet) {:.2} over all requests, {:.2} per platform (median)",
         r.flooder_messages,
         r.flooder_msgs_per_sec,
         r.flooder_share_waits,
         r.others_share_waits,
-        r.fairness_factor
+        r.fairness_factor,
+        r.fairness_factor_per_platform
     );
     line("restart", &r.restart.latency);
     let s = &r.restart;
