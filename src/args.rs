@@ -69,56 +69,7 @@ pub enum Cmd {
         create_stream: Option<String>,
     },
     /// Run a whole local pipeline and report throughput, latency, lost and duplicated counts.
-    Bench {
-        #[command(flatten)]
-        opts: uplink::bench::BenchOptions,
-        /// Also measure an anchor in the same run, as a ratio. Without a value (or `relay`): a
-        /// direct in-process JetStream-to-JetStream relay on the same servers. With --backlog:
-        /// `leafnode` (the cloud stream sources the edge stream over an mTLS leafnode) and/or
-        /// `leafnode-ws` (over a wss leafnode through nginx, ssl_verify_client on), comma-separated.
-        #[arg(long, value_name = "KIND[,KIND]", num_args = 0..=1, default_missing_value = "relay")]
-        anchor: Option<String>,
-        /// Catching up after an outage: fill the edge stream with N messages first, then start
-        /// the gateway and time the drain until the cloud stream holds them all (verified
-        /// exactly once); --anchor leafnode,leafnode-ws moves the same backlog NATS-natively.
-        #[arg(long, value_name = "N")]
-        backlog: Option<usize>,
-        /// --backlog, --open-loop: rounds (each contender once per round, alternating who goes
-        /// first).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Inject faults under a steady load (SCENARIO[,SCENARIO…] or `all`; see --help).
-        #[arg(long, value_name = "SCENARIOS", long_help = uplink::bench::chaos::help())]
-        chaos: Option<String>,
-        /// Instead of the pipeline: measure the cloud nats-server's memory per message id held
-        /// in its duplicate window (--messages ids, side by side with a server holding none).
-        #[arg(long)]
-        dedupe_memory: bool,
-        /// Latency, open loop: publish --messages at a fixed RATE (msg/s) that never waits for an
-        /// ack before the next send; latency = cloud persist − each message's scheduled send
-        /// time. --runs rounds of one trial per --adaptive mode (default both), alternating.
-        #[arg(long, value_name = "RATE")]
-        open_loop: Option<f64>,
-        /// A fleet: N simulated edge platforms against one ingest from this process, each with
-        /// its own client certificate, connection and loopback address, sending a batch every
-        /// second (--rate msg/s in all) for --duration (default 30s): a cold start of all at
-        /// once, a quiet third, a third with one more platform flooding, a third around an
-        /// ingest restart; every message verified exactly once.
-        #[arg(long, value_name = "N")]
-        platforms: Option<usize>,
-        /// Gateway adaptive linger (`batch.adaptive`): on, off, or (--open-loop only) both.
-        #[arg(long, value_name = "on|off|both")]
-        adaptive: Option<String>,
-        /// Write throughput and latency over the run's time to one self-contained SVG file (the
-        /// plain bench, --duration, --chaos); with --sweep, throughput against each setting.
-        #[arg(long, value_name = "FILE.svg")]
-        plot: Option<PathBuf>,
-        /// The curve, not one point: the bench at each value of these settings (size: 16 B …
-        /// 64 KiB, batch: batch.max_messages, in-flight, connections; or all), a fresh verified
-        /// pipeline per point, --runs rounds; prints a table (and draws it with --plot).
-        #[arg(long, value_name = "SETTING[,SETTING]")]
-        sweep: Option<String>,
-    },
+    Bench(uplink::bench::cli::BenchArgs),
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
         #[command(flatten)]

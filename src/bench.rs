@@ -6,6 +6,7 @@
 pub mod anchor;
 pub mod backlog;
 pub mod chaos;
+pub mod cli;
 pub mod cluster;
 pub mod dedupe;
 pub mod fleet;
