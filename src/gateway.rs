@@ -141,6 +141,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
     // before creating it ourselves (racing them leaves JetStream 2.9 with a consumer that
     // never delivers).
     let mut lost_at: Option<tokio::time::Instant> = None;
+    let mut last_bind_error: Option<String> = None;
     while !shutdown.is_cancelled() {
         let may_create = lost_at.is_none_or(|t| t.elapsed() >= cfg.nats.recreate_grace);
         // Binding waits on JetStream requests, which wait while edge NATS is unreachable or
@@ -154,10 +155,28 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             Err(e) => {
                 // The whole chain: the cause (e.g. JetStream's "insufficient storage resources"
                 // for a nats.max_bytes larger than the server's store) is in the last link.
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cannot bind the edge consumer yet; retrying"
-                );
+                // Each new cause once at warn (with what it most likely means), repeats at debug.
+                let cause = format!("{e:#}");
+                if last_bind_error.as_deref() == Some(cause.as_str()) {
+                    tracing::debug!(
+                        error = cause,
+                        attempts = failures + 1,
+                        "cannot bind the edge consumer yet; retrying"
+                    );
+                } else {
+                    match bind_hint(&cause) {
+                        Some(hint) => tracing::warn!(
+                            error = cause,
+                            hint,
+                            "cannot bind the edge consumer yet; retrying"
+                        ),
+                        None => tracing::warn!(
+                            error = cause,
+                            "cannot bind the edge consumer yet; retrying"
+                        ),
+                    }
+                    last_bind_error = Some(cause);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(crate::backoff::SETUP.delay(failures)) => {}
                     _ = shutdown.cancelled() => break,
@@ -167,6 +186,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             }
         };
         failures = 0;
+        last_bind_error = None;
         bound.store(true, Ordering::Release);
         tracing::info!(consumer = %cfg.nats.consumer, incarnation, "consumer bound");
         let ids = IdMaker {
@@ -261,6 +281,25 @@ pub fn preflight(cfg: &GatewayConfig) -> Result<Preflight, StartError> {
     })
 }
 
+/// What a JetStream refusal to bind the edge consumer most likely means, and what to change.
+fn bind_hint(cause: &str) -> Option<&'static str> {
+    // 10099: a work-queue stream allows one consumer without a filter, and another reads it.
+    if cause.contains("10099") || cause.contains("multiple non-filtered consumers") {
+        return Some(
+            "the edge stream is a work queue (nats.retention = \"work_queue\"): one consumer reads \
+             it and another one does already; give this gateway the other's nats.consumer (they \
+             then share the work), or create the stream with nats.retention = \"limits\" for \
+             several independent readers",
+        );
+    }
+    if cause.contains("insufficient storage") {
+        return Some(
+            "nats.max_bytes is larger than the edge server's JetStream store allows (max_file_store)",
+        );
+    }
+    None
+}
+
 fn invalid(key: &'static str, reason: impl std::fmt::Display) -> StartError {
     StartError::Config(ConfigError::Invalid {
         key,
@@ -320,6 +359,16 @@ mod tests {
                 .contains("query")
         );
         assert!(url("/only/a/path").is_err());
+    }
+
+    #[test]
+    fn a_second_consumer_on_a_work_queue_is_explained() {
+        let hint = super::bind_hint("consumer x on TELEMETRY: JetStream error: multiple non-filtered consumers not allowed on workqueue stream (code 400, error code 10099)").unwrap();
+        assert!(
+            hint.contains("nats.consumer") && hint.contains("nats.retention"),
+            "{hint}"
+        );
+        assert!(super::bind_hint("timed out").is_none());
     }
 
     #[test]
