@@ -355,6 +355,12 @@ impl GatewayConfig {
                 "must be https://host[:port] (mTLS is always on)",
             ));
         }
+        if url.query().is_some() {
+            return Err(invalid(
+                "cloud.url",
+                format!("{url} has a query string; give scheme, host, port and an optional path"),
+            ));
+        }
         if self.batch.max_messages == 0 {
             return Err(invalid("batch.max_messages", "must be at least 1"));
         }

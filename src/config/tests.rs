@@ -595,3 +595,13 @@ fn typed_values_are_parsed_once_and_their_errors_name_key_and_layer() {
         "{text}"
     );
 }
+
+#[test]
+fn a_cloud_url_with_a_query_is_refused_by_validation_naming_the_key() {
+    let mut g = GatewayConfig::default();
+    g.cloud.url = "https://ingest.example:8443/route?x=1".parse().unwrap();
+    let e = g.validate().unwrap_err().to_string();
+    assert!(e.contains("cloud.url") && e.contains("query string"), "{e}");
+    g.cloud.url = "https://ingest.example:8443/route".parse().unwrap();
+    assert!(g.validate().is_ok());
+}
