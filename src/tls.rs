@@ -308,16 +308,9 @@ pub fn dev_pki(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
 /// issued ones (new keys) from the CA already there — a certificate rotation every peer trusting
 /// that CA accepts. Each file is replaced by a rename, the key before its certificate.
 pub fn dev_reissue(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
-    use rcgen::{Issuer, KeyPair};
     check_platforms(platforms)?;
     let pki = DevPki { dir: dir.into() };
-    let key_pem = std::fs::read_to_string(pki.ca_key())
-        .map_err(|err| TlsError::Pki(format!("read {}: {err}", pki.ca_key().display())))?;
-    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pki(e.to_string()))?;
-    // The same subject and usages as the CA certificate on disk, so what is signed now chains
-    // to it (the issuer name and the authority key id come from these and the key).
-    let issuer = Issuer::new(dev_ca_params(), ca_key);
-    dev_issue(dir, &issuer, platforms)?;
+    dev_issue(dir, &dev_issuer(&pki)?, platforms)?;
     Ok(pki)
 }
 
@@ -325,15 +318,20 @@ pub fn dev_reissue(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError>
 /// the server pair and the other platforms' pairs as they are (the fleet bench adds its
 /// platforms to a running pipeline this way).
 pub fn dev_issue_clients(dir: &Path, platforms: &[String]) -> Result<DevPki, TlsError> {
-    use rcgen::{Issuer, KeyPair};
     check_platforms(platforms)?;
     let pki = DevPki { dir: dir.into() };
+    dev_issue_clients_with(dir, &dev_issuer(&pki)?, platforms)?;
+    Ok(pki)
+}
+
+/// The CA of a [`dev_pki`] directory as an issuer, from its key on disk: the same subject and
+/// usages as the CA certificate there, so what it signs chains to it (the issuer name and the
+/// authority key id come from these and the key).
+fn dev_issuer(pki: &DevPki) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, TlsError> {
     let key_pem = std::fs::read_to_string(pki.ca_key())
         .map_err(|err| TlsError::Pki(format!("read {}: {err}", pki.ca_key().display())))?;
-    let ca_key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pki(e.to_string()))?;
-    let issuer = Issuer::new(dev_ca_params(), ca_key);
-    dev_issue_clients_with(dir, &issuer, platforms)?;
-    Ok(pki)
+    let ca_key = rcgen::KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pki(e.to_string()))?;
+    Ok(rcgen::Issuer::new(dev_ca_params(), ca_key))
 }
 
 fn check_platforms(platforms: &[String]) -> Result<(), TlsError> {
