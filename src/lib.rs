@@ -38,3 +38,10 @@ pub mod telemetry;
 pub mod testbed;
 pub mod tls;
 pub mod wire;
+
+/// The multi-threaded tokio runtime every command of the binary runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

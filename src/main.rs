@@ -45,19 +45,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Gateway(a) => {
             // Parse → build → spawn: every config error surfaces before a socket opens.
             let mut cfg = config::gateway(&Sources::from_process(a.config, a.sets))?;
             cfg.trace_h2 |= a.trace_h2 || uplink::http2::tap::trace_from_env();
-            runtime()?.block_on(async {
+            uplink::runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();
                 uplink::gateway::run(cfg, uplink::shutdown::on_signals()).await
             })?;
@@ -65,7 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ingest(a) => {
             let mut cfg = config::ingest(&Sources::from_process(a.config, a.sets))?;
             cfg.trace_h2 |= a.trace_h2 || uplink::http2::tap::trace_from_env();
-            runtime()?.block_on(async {
+            uplink::runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();
                 uplink::ingest::run(cfg, uplink::shutdown::on_signals()).await
             })?;
@@ -144,7 +138,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mixed: false,
                 rate,
             };
-            runtime()?.block_on(uplink::publish::run(&nats, create_stream.as_deref(), w))?;
+            uplink::runtime()?.block_on(uplink::publish::run(
+                &nats,
+                create_stream.as_deref(),
+                w,
+            ))?;
         }
         Cmd::Bench(a) => return uplink::bench::cli::run(a),
         Cmd::Doctor { opts, json } => {
@@ -156,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     humantime::format_duration(opts.idle_wait)
                 );
             }
-            let rt = runtime()?;
+            let rt = uplink::runtime()?;
             let result = rt.block_on(async {
                 tokio::time::timeout(
                     opts.time_limit + Duration::from_secs(30),
@@ -201,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.nats = cfg.nats.connect;
             opts.stream = cfg.nats.stream;
             opts.subject_prefix = cfg.nats.subject_prefix;
-            runtime()?
+            uplink::runtime()?
                 .block_on(async {
                     let mut out = std::io::stdout().lock();
                     uplink::tail::run(&opts, &mut out, uplink::shutdown::on_signals()).await
@@ -219,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plot,
         } => {
             uplink::bench::cli::plot_and_sweep(plot.as_deref(), None, false, || false)?;
-            runtime()?.block_on(async {
+            uplink::runtime()?.block_on(async {
                 uplink::demo::run(
                     nats_server.as_deref(),
                     rate,

@@ -62,18 +62,12 @@ pub struct BenchArgs {
     pub sweep: Option<String>,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// Runs a bench on a fresh runtime; Ctrl-C / SIGTERM ends it (its processes and temp dirs are
 /// dropped, so cleaned up) with an error.
 pub fn until_interrupted<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let shutdown = crate::shutdown::on_signals();
         tokio::select! {
             r = work => r,
@@ -256,7 +250,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
         let bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
-        let r = runtime()?.block_on(crate::bench::dedupe::run(&bin, opts.messages))?;
+        let r = crate::runtime()?.block_on(crate::bench::dedupe::run(&bin, opts.messages))?;
         println!(
             "{} ids of {} B held by {}: {:.0} B per id (median of {} rounds)",
             r.messages,

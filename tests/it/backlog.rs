@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::support::exe;
+use crate::support::{exe, json_of};
 
 #[test]
 fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
@@ -24,13 +24,7 @@ fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = json_of(&out);
     assert_eq!(v["backlog"], 3000);
     assert_eq!(
         (v["lost"].as_u64(), v["duplicates"].as_u64()),

@@ -153,13 +153,7 @@ fn bench_chaos_all_reports_json_and_exits_0() {
         .args(["bench", "--chaos", "all", "--duration", "20s", "--json"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = json_of(&out);
     assert_eq!(
         (
             v["lost"].as_u64(),
@@ -213,13 +207,8 @@ fn bench_dedupe_memory_finds_ids_cost_memory() {
         .args(["bench", "--dedupe-memory", "--messages", "50000", "--json"])
         .output()
         .unwrap();
+    let v = json_of(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let rounds = v["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3, "{v}");
     for r in rounds {

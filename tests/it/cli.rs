@@ -4,7 +4,7 @@ use std::process::Command;
 
 use uplink::testbed::TempDir;
 
-use crate::support::exe;
+use crate::support::{exe, json_of};
 
 #[test]
 fn config_errors_exit_64_naming_the_key() {
@@ -193,13 +193,7 @@ fn bench_proves_delivery_and_reports_json_with_the_anchor() {
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = json_of(&out);
     // Counts are integers, and the line records what the run was asked to do.
     for count in [
         "connections_opened",

@@ -41,17 +41,6 @@ async fn doctor_ingest(p: &uplink::testbed::pipeline::Pipeline, extra: &[&str]) 
     .unwrap()
 }
 
-fn json_of(out: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "doctor failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
 fn assert_schema(v: &serde_json::Value) {
     for key in [
         "alpn",

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::support::exe;
+use crate::support::{exe, json_of};
 
 const PLATFORMS: u64 = 50;
 
@@ -24,10 +24,7 @@ fn a_fleet_of_fifty_platforms_rides_a_flood_and_an_ingest_restart_exactly_once()
         ])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = json_of(&out);
     let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
     assert!(n("messages") > 0, "{v}");
     assert_eq!(n("delivered"), n("messages"), "{v}");

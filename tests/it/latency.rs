@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::exe;
+use crate::support::{exe, json_of};
 
 #[test]
 fn open_loop_bench_runs_both_linger_modes_and_proves_delivery() {
@@ -20,13 +20,7 @@ fn open_loop_bench_runs_both_linger_modes_and_proves_delivery() {
         ])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = json_of(&out);
     let trials = v["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 2, "{v}");
     for t in trials {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use uplink::testbed::TempDir;
 
-use crate::support::exe;
+use crate::support::{exe, json_of};
 
 /// The values of every `name="…"` attribute in `svg`.
 fn attrs<'a>(svg: &'a str, name: &str) -> Vec<&'a str> {
@@ -45,10 +45,8 @@ fn a_bench_with_plot_writes_one_svg_with_throughput_and_latency_over_time() {
         .arg(&path)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = json_of(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(v["lost"], 0, "{v}");
     assert_eq!(v["options"]["plot"], path.to_str().unwrap(), "{v}");
     assert!(stderr.contains("plot written to"), "{stderr}");
@@ -107,10 +105,8 @@ fn a_sweep_of_one_setting_runs_every_value_verified_and_draws_the_curve() {
         .arg(&path)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = json_of(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let points = v["points"].as_array().unwrap();
     let values: Vec<u64> = points
         .iter()

@@ -187,3 +187,16 @@ pub fn ingest_mem_kib(p: &Pipeline, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
         .unwrap_or_else(|| panic!("{field} in {status}"))
 }
+
+/// The JSON object a `uplink … --json` command printed as its last line, after checking it
+/// exited 0 (its stdout and stderr in the failure message).
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("a JSON line on stdout");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
