@@ -319,7 +319,7 @@ impl Handler {
         if let Some(t) = &ticket {
             t.charge(messages.len(), body_len);
         }
-        self.publish(platform, messages).await
+        self.publish(platform, messages, deadline).await
     }
 
     /// Checks everything known before the body: route, method, identity, encoding, type.
@@ -555,10 +555,13 @@ impl Handler {
         )
     }
 
+    /// Publishes the messages of a request; waiting for the platform's share ends at the
+    /// request's `deadline` (its body timeout from the start), as every other wait does.
     async fn publish(
         &self,
         platform: &str,
         messages: Vec<OutMessage>,
+        deadline: Instant,
     ) -> Result<HttpResponse, ApiError> {
         let count = messages.len();
         // A message the cloud server can never store would be refused by every retry and
@@ -581,14 +584,15 @@ impl Handler {
             )
             .at(i));
         }
-        let share = tokio::time::timeout(self.body_timeout, self.shares.acquire(platform, count))
+        let share = tokio::time::timeout_at(deadline, self.shares.acquire(platform, count))
             .await
             .map_err(|_| {
                 ApiError::new(
                     ErrorCode::Busy,
                     format!(
                         "this platform's earlier messages held its share of \
-                         limits.max_pending_acks_per_platform = {} for {:?}; retry later",
+                         limits.max_pending_acks_per_platform = {} until this request's \
+                         timeouts.request_body ({:?}) ran out; retry later",
                         self.limits.max_pending_acks_per_platform, self.body_timeout
                     ),
                 )
