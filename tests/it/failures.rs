@@ -159,6 +159,10 @@ async fn gateway_sigterm_returns_every_undispatched_message_at_once() {
             g.timeouts.shutdown_grace = Duration::from_secs(1);
             g.forward.max_in_flight = 2;
             g.batch.max_messages = 100;
+            // Full batches in flight (the timer closes them): with adaptive linger the first
+            // two leave with a message or two each on the idle pipe, and what the gateway holds
+            // beyond them may stay under the 200 awaited below (seen: 1 run in 3).
+            g.batch.adaptive = false;
         },
     )
     .await;
