@@ -128,10 +128,12 @@ pub async fn relay_rate(
     Ok(count as f64 / secs.max(1e-9))
 }
 
-/// A NATS-native way to move an edge stream's backlog into the cloud, for `uplink bench
-/// --backlog N --anchor leafnode,leafnode-ws`: what a NATS user would deploy instead of uplink.
-/// The cloud stream *sources* the edge stream over a leafnode between two JetStream domains,
-/// on the same nats-server binary as the pipeline.
+/// Another way to move an edge stream's backlog into the cloud, for `uplink bench --backlog N
+/// --anchor KIND,…`, on the same nats-server binary as the pipeline. The NATS-native ones are
+/// what a NATS user would deploy instead of uplink: the cloud stream *sources* the edge stream
+/// over a leafnode between two JetStream domains. The relays are in-process JetStream clients
+/// (no HTTP, TLS, protobuf or second process) that bound what any client-side bridge costs the
+/// two servers: the ladder from uplink's NATS-side protocol down to no guarantees at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Native {
     /// The edge server dials the cloud's leafnode port over mutual TLS (dev PKI, `verify: true`).
@@ -140,6 +142,21 @@ pub enum Native {
     /// on`, HTTP/1.1 upgrade), which relays plain WebSocket to the cloud's websocket listener:
     /// the topology for an edge allowed only HTTPS outbound.
     LeafnodeWs,
+    /// uplink's NATS work and nothing else: the gateway's (work-queue) edge stream and a pull
+    /// durable acked message by message after the cloud's PubAcks; each message published to
+    /// the ingest's cloud stream with the ingest's headers and `Nats-Msg-Id`, every PubAck
+    /// awaited; batches of 500, 8 in flight.
+    Relay,
+    /// As `relay` on a *limits* edge stream (`nats.retention = "limits"`): an ack no longer
+    /// deletes the message, so the difference to `relay` is what the work queue costs.
+    RelayLimits,
+    /// As `relay-limits`, but one ack per batch on an `AckAll` durable (the contiguous-watermark idea)
+    /// — which needs a *limits* edge stream: a work-queue stream refuses any consumer but an
+    /// explicit-ack one (JetStream 10098).
+    RelayAckAll,
+    /// No guarantee left but the PubAck: limits edge stream, `AckNone` consumer, no headers and
+    /// no `Nats-Msg-Id` at the cloud (a retried batch would be stored twice).
+    RelayBare,
 }
 
 impl Native {
@@ -147,7 +164,28 @@ impl Native {
         match self {
             Native::Leafnode => "leafnode",
             Native::LeafnodeWs => "leafnode-ws",
+            Native::Relay => "relay",
+            Native::RelayLimits => "relay-limits",
+            Native::RelayAckAll => "relay-ackall",
+            Native::RelayBare => "relay-bare",
         }
+    }
+
+    /// Every kind, for `--anchor` parsing and its error message.
+    pub const ALL: [Native; 6] = [
+        Native::Leafnode,
+        Native::LeafnodeWs,
+        Native::Relay,
+        Native::RelayLimits,
+        Native::RelayAckAll,
+        Native::RelayBare,
+    ];
+
+    fn is_relay(self) -> bool {
+        matches!(
+            self,
+            Native::Relay | Native::RelayLimits | Native::RelayAckAll | Native::RelayBare
+        )
     }
 }
 
@@ -214,6 +252,8 @@ pub async fn native_drain(
                 "leafnodes {{ remotes [ {{ urls: [\"wss://localhost:{pn}\"], {edge_tls} }} ] }}"
             ),
         ),
+        // Two unconnected servers: the relay is the only link.
+        _ => (String::new(), String::new()),
     };
     let conf = |name: &str, port: u16, extra: &str| {
         format!(
@@ -235,8 +275,8 @@ pub async fn native_drain(
     let cloud = start("cloud", conf("cloud", pc, &cloud_leaf))?;
     wait_port(pc, &cloud).await?;
     let nginx = match kind {
-        Native::Leafnode => None,
         Native::LeafnodeWs => Some(start_ws_nginx(d, &pki, pn, pw).await?),
+        _ => None,
     };
     let edge = start("edge", conf("edge", pe, &edge_remote))?;
     wait_port(pe, &edge).await?;
@@ -246,29 +286,37 @@ pub async fn native_drain(
     let cloud_js = jetstream::new(cloud_nc.clone());
     // The leaf is up when the edge domain's JetStream API answers from the cloud side (for
     // wss, the edge's "connection created" is logged before the upgrade: not enough).
-    crate::testbed::wait_for(
-        || {
-            let nc = cloud_nc.clone();
-            async move {
-                let r = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    nc.request(format!("{EDGE_API}.INFO"), "".into()),
-                )
-                .await;
-                Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
-            }
-        },
-        Duration::from_secs(15),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "{} leafnode did not connect: edge log {}",
-            kind.name(),
-            edge.log_text()
+    if !kind.is_relay() {
+        crate::testbed::wait_for(
+            || {
+                let nc = cloud_nc.clone();
+                async move {
+                    let r = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        nc.request(format!("{EDGE_API}.INFO"), "".into()),
+                    )
+                    .await;
+                    Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
+                }
+            },
+            Duration::from_secs(15),
         )
-    })?;
-    let stream = crate::gateway::consume::stream_config(edge_cfg);
+        .await
+        .with_context(|| {
+            format!(
+                "{} leafnode did not connect: edge log {}",
+                kind.name(),
+                edge.log_text()
+            )
+        })?;
+    }
+    let mut stream = crate::gateway::consume::stream_config(edge_cfg);
+    if matches!(
+        kind,
+        Native::RelayLimits | Native::RelayAckAll | Native::RelayBare
+    ) {
+        stream.retention = jetstream::stream::RetentionPolicy::Limits;
+    }
     edge_js.create_stream(stream.clone()).await?;
     verify::publish(&edge_js, w).await?;
 
@@ -279,8 +327,44 @@ pub async fn native_drain(
     if let Some(n) = &nginx {
         procs.push(("nginx", n.pid().unwrap_or(0)));
     }
+    if kind.is_relay() {
+        procs.push(("relay", std::process::id()));
+    }
     let cpu0 = super::backlog::cpu_of(&procs);
     let started = Instant::now();
+    let want = w.count as u64;
+    let budget = crate::testbed::pipeline::delivery_budget(w.count);
+    if kind.is_relay() {
+        let cloud_cfg = crate::config::IngestConfig::default().nats;
+        let relay = tokio::spawn(relay_backlog(
+            edge_js.clone(),
+            cloud_js.clone(),
+            stream.name.clone(),
+            cloud_cfg.clone(),
+            kind,
+            w.count,
+        ));
+        let held = super::backlog::wait_holds(&cloud_js, &cloud_cfg.stream, want, budget).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu_ms = super::backlog::cpu_since(&procs, &cpu0);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), relay).await;
+        let messages = held?;
+        match outcome {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e.context(format!("{} failed", kind.name()))),
+            Ok(Err(e)) => anyhow::bail!("{} panicked: {e}", kind.name()),
+            Err(_) => anyhow::bail!(
+                "{} did not finish after the cloud held everything",
+                kind.name()
+            ),
+        }
+        drop((edge, nginx, cloud));
+        return Ok(NativeRun {
+            seconds,
+            messages,
+            cpu_ms,
+        });
+    }
     cloud_js
         .create_stream(jetstream::stream::Config {
             name: NATIVE_CLOUD_STREAM.into(),
@@ -297,14 +381,7 @@ pub async fn native_drain(
         })
         .await
         .context("creating the sourcing cloud stream")?;
-    let want = w.count as u64;
-    let messages = super::backlog::wait_holds(
-        &cloud_js,
-        NATIVE_CLOUD_STREAM,
-        want,
-        crate::testbed::pipeline::delivery_budget(w.count),
-    )
-    .await?;
+    let messages = super::backlog::wait_holds(&cloud_js, NATIVE_CLOUD_STREAM, want, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_ms = super::backlog::cpu_since(&procs, &cpu0);
     drop((edge, nginx, cloud));
@@ -313,6 +390,111 @@ pub async fn native_drain(
         messages,
         cpu_ms,
     })
+}
+
+/// The relays of `--backlog --anchor relay…`: drains `count` messages of the edge stream into
+/// the ingest's cloud stream (created here as the ingest would), as the pipeline does it but in
+/// one process — batches of the gateway's 500, up to its 8 in flight, each batch's PubAcks
+/// awaited before its edge acks — with the guarantees `kind` keeps.
+async fn relay_backlog(
+    edge: jetstream::Context,
+    cloud: jetstream::Context,
+    edge_stream: String,
+    cloud_cfg: crate::config::CloudNats,
+    kind: Native,
+    count: usize,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 500;
+    cloud
+        .create_stream(jetstream::stream::Config {
+            name: cloud_cfg.stream.clone(),
+            subjects: cloud_cfg.subjects.clone(),
+            duplicate_window: cloud_cfg.duplicate_window,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating the relay's cloud stream")?;
+    let ack_policy = match kind {
+        Native::RelayAckAll => consumer::AckPolicy::All,
+        Native::RelayBare => consumer::AckPolicy::None,
+        _ => consumer::AckPolicy::Explicit,
+    };
+    let consumer: consumer::PullConsumer = edge
+        .get_stream(&edge_stream)
+        .await?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("relay".into()),
+            ack_policy,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the {} consumer", kind.name()))?;
+    let mut msgs = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await?;
+    let platform = "edge-1";
+    let mut in_flight = std::collections::VecDeque::new();
+    let (mut received, mut moved) = (0, 0);
+    while moved < count {
+        if received < count && in_flight.len() < IN_FLIGHT {
+            let first = msgs.next().await.context("edge ended")??;
+            let mut pending = vec![first];
+            let until = tokio::time::Instant::now() + Duration::from_millis(20);
+            while pending.len() < BATCH && received + pending.len() < count {
+                match tokio::time::timeout_at(until, msgs.next()).await {
+                    Ok(Some(m)) => pending.push(m?),
+                    _ => break,
+                }
+            }
+            received += pending.len();
+            let mut acks = Vec::with_capacity(pending.len());
+            for m in &pending {
+                let mut p = PublishMessage::build().payload(m.payload.clone());
+                if kind != Native::RelayBare {
+                    let seq = m
+                        .info()
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .stream_sequence;
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert(crate::wire::TIME_HEADER, "1796185928813989953");
+                    h.insert(crate::wire::PLATFORM_HEADER, platform);
+                    p = p
+                        .headers(h)
+                        .message_id(format!("{platform}.{edge_stream}.{seq}"));
+                }
+                let subject = format!("{}.{platform}.{}", cloud_cfg.subject_prefix, m.subject);
+                acks.push(cloud.send_publish(subject, p).await?);
+            }
+            in_flight.push_back((pending, acks));
+            continue;
+        }
+        let Some((pending, acks)) = in_flight.pop_front() else {
+            break;
+        };
+        for a in acks {
+            a.await?;
+        }
+        moved += pending.len();
+        match kind {
+            Native::RelayBare => {}
+            // Batches settle in order, so the last of each is the watermark.
+            Native::RelayAckAll => {
+                if let Some(last) = pending.last() {
+                    last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+            _ => {
+                for m in &pending {
+                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn wait_port(port: u16, p: &crate::testbed::Proc) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 //! messages first, with no gateway running; then the gateway starts and the clock runs until
 //! the cloud stream holds all N (then: the edge consumer drained, every id exactly once and
 //! intact, as in the plain bench). `--anchor leafnode,leafnode-ws` moves the same backlog the
-//! NATS-native way (the cloud stream sources the edge stream over a leafnode, see
+//! NATS-native way (the cloud stream sources the edge stream over a leafnode), `--anchor
+//! relay,relay-ackall,relay-bare` with an in-process JetStream client doing less and less (see
 //! [`super::anchor::Native`]) on the same nats-server binary, in the same run: `--runs` rounds,
 //! alternating which goes first, every trial on fresh servers. Per trial, the CPU time each
 //! process spent during the drain (from `/proc/<pid>/stat`) says where the core-seconds went.

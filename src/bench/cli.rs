@@ -15,9 +15,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub opts: BenchOptions,
     /// Also measure an anchor in the same run, as a ratio. Without a value (or `relay`): a
-    /// direct in-process JetStream-to-JetStream relay on the same servers. With --backlog:
-    /// `leafnode` (the cloud stream sources the edge stream over an mTLS leafnode) and/or
-    /// `leafnode-ws` (over a wss leafnode through nginx, ssl_verify_client on), comma-separated.
+    /// direct in-process JetStream-to-JetStream relay on the same servers. With --backlog,
+    /// comma-separated: `leafnode` (the cloud stream sources the edge stream over an mTLS
+    /// leafnode), `leafnode-ws` (over a wss leafnode through nginx, ssl_verify_client on),
+    /// `relay` (uplink's NATS work in one process: explicit acks, Nats-Msg-Id, every PubAck),
+    /// `relay-limits` (the same on a limits edge stream), `relay-ackall` (one AckAll ack per
+    /// batch, limits), `relay-bare` (no edge acks, no Nats-Msg-Id: only the PubAck kept).
     #[arg(long, value_name = "KIND[,KIND]", num_args = 0..=1, default_missing_value = "relay")]
     pub anchor: Option<String>,
     /// Catching up after an outage: fill the edge stream with N messages first, then start
@@ -290,21 +293,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             .into());
         }
+        use crate::bench::anchor::Native;
         let mut kinds = Vec::new();
         for a in &anchors {
-            kinds.push(match a.as_str() {
-                "leafnode" => crate::bench::anchor::Native::Leafnode,
-                "leafnode-ws" => crate::bench::anchor::Native::LeafnodeWs,
-                other => {
+            match Native::ALL.iter().find(|k| k.name() == a) {
+                Some(k) => kinds.push(*k),
+                None => {
+                    let names: Vec<&str> = Native::ALL.iter().map(|k| k.name()).collect();
                     return Err(ConfigError::Invalid {
                         key: "--anchor",
                         reason: format!(
-                            "{other:?} is not an anchor of --backlog (leafnode, leafnode-ws)"
+                            "{a:?} is not an anchor of --backlog ({})",
+                            names.join(", ")
                         ),
                     }
                     .into());
                 }
-            });
+            }
         }
         if chaos.is_some() || opts.duration.is_some() || opts.mixed || opts.via_nginx {
             return Err(bad(

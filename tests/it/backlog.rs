@@ -80,9 +80,56 @@ fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
 }
 
 #[test]
+fn the_relay_ladder_drains_the_same_backlog_in_this_process() {
+    let out = Command::new(exe())
+        .args([
+            "bench",
+            "--backlog",
+            "2000",
+            "--runs",
+            "1",
+            "--anchor",
+            "relay,relay-limits,relay-ackall,relay-bare",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let trials = v["trials"].as_array().unwrap();
+    let order: Vec<&str> = trials.iter().map(|t| t["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        order,
+        [
+            "uplink",
+            "relay",
+            "relay-limits",
+            "relay-ackall",
+            "relay-bare"
+        ]
+    );
+    for t in &trials[1..] {
+        // The relay is this bench process: its CPU is measured beside the two servers'.
+        let cpu = t["cpu_ms"].as_object().unwrap();
+        for p in ["edge-nats", "cloud-nats", "relay"] {
+            assert!(cpu.contains_key(p), "{p}: {t}");
+        }
+        assert!(t["msgs_per_sec"].as_f64().is_some_and(|x| x > 0.0), "{t}");
+        let what = t["what"].as_str().unwrap();
+        assert_eq!(v["ratio_to"][what]["n"], 1, "{v}");
+    }
+}
+
+#[test]
 fn backlog_options_that_make_no_sense_exit_64_naming_them() {
     for (args, key) in [
-        (vec!["--backlog", "10", "--anchor", "relay"], "--anchor"),
+        (
+            vec!["--backlog", "10", "--anchor", "relay,sourcing"],
+            "--anchor",
+        ),
         (vec!["--backlog", "0"], "--backlog"),
         (vec!["--backlog", "10", "--runs", "0"], "--runs"),
         (vec!["--anchor", "leafnode"], "--anchor"),
