@@ -444,13 +444,20 @@ pub async fn run(o: &IngestAloneOptions) -> anyhow::Result<IngestAloneResult> {
     Ok(result)
 }
 
+/// What the timed part of a trial measured.
+struct Timed {
+    seconds: f64,
+    cpu_ms: BTreeMap<String, f64>,
+    retries: u64,
+}
+
 /// Times `bodies` through `g` with `procs` measured (this process is the load generator).
 async fn timed(
     g: &Arc<Generator>,
     bodies: Vec<Bytes>,
     in_flight: usize,
     mut procs: Vec<(&'static str, u32)>,
-) -> anyhow::Result<(f64, BTreeMap<String, f64>, u64)> {
+) -> anyhow::Result<Timed> {
     procs.push(("load-generator", std::process::id()));
     let bodies = Arc::new(bodies);
     if std::env::var_os("UPLINK_BENCH_PERF_CTL").is_some() {
@@ -462,7 +469,11 @@ async fn timed(
     let retries = g.drive(bodies, in_flight).await;
     let seconds = started.elapsed().as_secs_f64();
     super::backlog::perf_control("disable");
-    Ok((seconds, cpu_since(&procs, &cpu0), retries?))
+    Ok(Timed {
+        seconds,
+        cpu_ms: cpu_since(&procs, &cpu0),
+        retries: retries?,
+    })
 }
 
 fn trial(
@@ -470,11 +481,14 @@ fn trial(
     ka: u64,
     what: &'static str,
     requests: usize,
-    seconds: f64,
-    cpu_ms: BTreeMap<String, f64>,
-    retries: u64,
+    t: Timed,
     connections: u64,
 ) -> Trial {
+    let Timed {
+        seconds,
+        cpu_ms,
+        retries,
+    } = t;
     let total: f64 = cpu_ms.values().sum();
     let mut per: BTreeMap<String, f64> = cpu_ms
         .iter()
@@ -544,7 +558,7 @@ async fn ingest_trial(
         ),
     ];
     let work = bodies(&platform, warmup as u64, o.requests, o.size, o.encoding);
-    let (seconds, cpu, retries) = timed(&g, work, o.in_flight, procs)
+    let measured = timed(&g, work, o.in_flight, procs)
         .await
         .context("ingest trial")?;
     // Every 200 came after the persist: the stream holds them all now, and nothing more.
@@ -561,9 +575,7 @@ async fn ingest_trial(
         ka,
         "ingest",
         o.requests,
-        seconds,
-        cpu,
-        retries,
+        measured,
         g.dials.load(Ordering::Relaxed),
     );
     t.persisted = Some(persisted);
@@ -607,7 +619,7 @@ async fn nginx_trial(
     .context("warm-up against nginx")?;
     let procs = vec![("nginx", nginx.proc.pid().unwrap_or(0))];
     let work = bodies(&platform, warmup as u64, o.requests, o.size, o.encoding);
-    let (seconds, cpu, retries) = timed(&g, work, o.in_flight, procs)
+    let measured = timed(&g, work, o.in_flight, procs)
         .await
         .context("nginx trial")?;
     Ok(trial(
@@ -615,9 +627,7 @@ async fn nginx_trial(
         ka,
         "nginx",
         o.requests,
-        seconds,
-        cpu,
-        retries,
+        measured,
         g.dials.load(Ordering::Relaxed),
     ))
 }
