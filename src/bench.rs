@@ -53,7 +53,8 @@ pub struct BenchOptions {
     /// Ingest: idle timeout (e.g. 2s; `timeouts.idle`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ingest_idle_timeout: Option<Duration>,
-    /// Gateway: batches in flight (`forward.max_in_flight`).
+    /// Gateway: batches in flight (`forward.max_in_flight`); with --ingest-alone: requests in
+    /// flight (default 64).
     #[arg(long)]
     pub in_flight: Option<usize>,
     /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
