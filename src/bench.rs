@@ -5,11 +5,13 @@
 
 pub mod anchor;
 pub mod backlog;
+pub mod baseline_go;
 pub mod chaos;
 pub mod cli;
 pub mod cluster;
 pub mod dedupe;
 pub mod fleet;
+pub mod ingest_alone;
 pub mod latency;
 pub mod load;
 pub mod plot;
@@ -51,7 +53,8 @@ pub struct BenchOptions {
     /// Ingest: idle timeout (e.g. 2s; `timeouts.idle`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ingest_idle_timeout: Option<Duration>,
-    /// Gateway: batches in flight (`forward.max_in_flight`).
+    /// Gateway: batches in flight (`forward.max_in_flight`); with --ingest-alone: requests in
+    /// flight (default 64).
     #[arg(long)]
     pub in_flight: Option<usize>,
     /// Route through a real nginx (TLS terminator, ssl_verify_client on, nginx defaults).
@@ -192,6 +195,10 @@ pub struct BenchResult {
     /// `--cloud-cluster` runs without `--chaos`: the leader kill and what it cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<cluster::ClusterFigures>,
+    /// The plain bench: CPU milliseconds per process from the publisher's start until the
+    /// cloud stream holds every message (`publisher` is this process), from `/proc/<pid>/stat`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cpu_ms: std::collections::BTreeMap<String, f64>,
 }
 
 /// Runs the bench; Ok(result) whatever the verdict (the caller decides the exit code).
@@ -260,6 +267,18 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         mixed: opts.mixed,
         ..Default::default()
     };
+    let pid = |u: &Option<crate::testbed::Uplink>| u.as_ref().and_then(|u| u.proc.pid());
+    let procs: Vec<(&str, u32)> = [
+        ("edge-nats", p.edge.proc.pid()),
+        ("gateway", pid(&p.gateway)),
+        ("ingest", pid(&p.ingest)),
+        ("cloud-nats", p.cloud.as_ref().and_then(|c| c.proc.pid())),
+        ("publisher", Some(std::process::id())),
+    ]
+    .into_iter()
+    .filter_map(|(name, pid)| Some((name, pid?)))
+    .collect();
+    let cpu0 = backlog::cpu_of(&procs);
     let started = Instant::now();
     let started_ns = timeline::now_ns();
     let publisher = tokio::spawn({
@@ -276,6 +295,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let budget = delivery_budget(opts.messages);
     verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_ms = backlog::cpu_since(&procs, &cpu0);
     verify::wait_drained(
         &edge,
         &p.gateway_cfg.nats.stream,
@@ -319,6 +339,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         resources: None,
         problems: Vec::new(),
         cluster,
+        cpu_ms,
     };
     if let Some(path) = &opts.plot {
         write_plot(path, &result, started_ns, &got)?;
@@ -492,6 +513,7 @@ async fn run_load(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         resources: Some(figures.resources),
         problems: figures.problems,
         cluster: None,
+        cpu_ms: Default::default(),
     };
     if let Some(path) = &opts.plot {
         write_plot(path, &result, started_ns, &got)?;

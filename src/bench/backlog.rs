@@ -335,7 +335,7 @@ async fn uplink_drain(
 /// Profiling only the drain: with `UPLINK_BENCH_PERF_CTL` naming the control FIFO of a
 /// `perf record --control fifo:PATH -D -1 …`, the uplink drain's start and end are written
 /// there (`enable` / `disable`), so the profile holds the drain and nothing else.
-fn perf_control(command: &str) {
+pub(crate) fn perf_control(command: &str) {
     if let Some(path) = std::env::var_os("UPLINK_BENCH_PERF_CTL") {
         use std::io::Write as _;
         let r = std::fs::OpenOptions::new()

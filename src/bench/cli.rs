@@ -63,6 +63,214 @@ pub struct BenchArgs {
     /// pipeline per point, --runs rounds; prints a table (and draws it with --plot).
     #[arg(long, value_name = "SETTING[,SETTING]")]
     pub sweep: Option<String>,
+    /// The ingest alone against nginx `return 204`, the case study's request shape (one
+    /// one-message POST per message, the ingest answering after the persist), driven by the
+    /// same mTLS HTTP/2 load generator in the same run: --requests per trial, --in-flight
+    /// requests open (default 64), --runs rounds alternating who goes first.
+    #[arg(long)]
+    pub ingest_alone: bool,
+    /// --ingest-alone: requests per trial (default 100000).
+    #[arg(long, value_name = "N")]
+    pub requests: Option<usize>,
+    /// --ingest-alone: each request's body encoding, zstd (the gateway's default
+    /// batch.compression) or identity.
+    #[arg(long, value_name = "zstd|identity")]
+    pub compression: Option<String>,
+    /// --ingest-alone, --compare-baseline: nginx `keepalive_requests` values, one trial each
+    /// per round (with --ingest-alone the ingest's http2.max_requests_per_connection alike);
+    /// default 1000 (nginx's default) and 1000000 (no rotation).
+    #[arg(long, value_name = "N[,N]")]
+    pub keepalive_requests: Option<String>,
+    /// uplink's steady bench (--messages) side by side with the case study's Go gateway
+    /// (built from --baseline-dir with Go; 64 workers, one POST per message into nginx
+    /// `return 204`, draining --messages pre-published), --runs rounds alternating.
+    #[arg(long)]
+    pub compare_baseline: bool,
+    /// --compare-baseline: the case study's baseline directory (default ../shared/baseline).
+    #[arg(long, value_name = "DIR", env = "UPLINK_BASELINE_DIR")]
+    pub baseline_dir: Option<PathBuf>,
+}
+
+/// `--keepalive-requests`: a comma-separated list of positive counts (default 1000, 1000000).
+fn keepalive_list(list: Option<&str>) -> Result<Vec<u64>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(vec![1000, crate::bench::ingest_alone::NO_ROTATION]);
+    };
+    let mut out = Vec::new();
+    for item in list.split(',') {
+        match item.trim().parse::<u64>() {
+            Ok(n) if n > 0 && !out.contains(&n) => out.push(n),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "--keepalive-requests",
+                    reason: format!(
+                        "{item:?}: a comma-separated list of distinct request counts, each at least 1"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The flags `--ingest-alone` and `--compare-baseline` are run with; `Err` names the flag that
+/// does not belong (a bench kind of its own, or an option of another kind).
+fn others(a: &BenchArgs, allowed_in_flight: bool) -> Option<&'static str> {
+    let o = &a.opts;
+    [
+        (a.chaos.is_some(), "--chaos"),
+        (a.backlog.is_some(), "--backlog"),
+        (a.open_loop.is_some(), "--open-loop"),
+        (a.platforms.is_some(), "--platforms"),
+        (a.dedupe_memory, "--dedupe-memory"),
+        (a.anchor.is_some(), "--anchor"),
+        (a.adaptive.is_some(), "--adaptive"),
+        (a.plot.is_some(), "--plot"),
+        (a.sweep.is_some(), "--sweep"),
+        (o.mixed, "--mixed"),
+        (o.via_nginx, "--via-nginx"),
+        (o.duration.is_some(), "--duration"),
+        (o.cloud_cluster.is_some(), "--cloud-cluster"),
+        (o.ingest_max_requests.is_some(), "--ingest-max-requests"),
+        (o.ingest_idle_timeout.is_some(), "--ingest-idle-timeout"),
+        (o.in_flight.is_some() && !allowed_in_flight, "--in-flight"),
+    ]
+    .into_iter()
+    .find_map(|(set, flag)| set.then_some(flag))
+}
+
+/// `--ingest-alone` / `--compare-baseline`, checked and run; None: neither was asked for.
+fn run_anchors(args: &BenchArgs) -> anyhow::Result<Option<ExitCode>> {
+    let runs_ok = || {
+        if args.runs == 0 {
+            Err(ConfigError::Invalid {
+                key: "--runs",
+                reason: "must be at least 1".into(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    if args.ingest_alone {
+        let bad = |reason: String| ConfigError::Invalid {
+            key: "--ingest-alone",
+            reason,
+        };
+        if args.compare_baseline {
+            return Err(bad("runs alone: not with --compare-baseline".into()).into());
+        }
+        if let Some(flag) = others(args, true) {
+            return Err(bad(format!("runs alone (with --requests, --runs, --in-flight, --size, --compression, --keepalive-requests, --json, --nats-server): not with {flag}")).into());
+        }
+        runs_ok()?;
+        let requests = args.requests.unwrap_or(100_000);
+        if requests == 0 {
+            return Err(ConfigError::Invalid {
+                key: "--requests",
+                reason: "must be at least 1".into(),
+            }
+            .into());
+        }
+        let in_flight = args
+            .opts
+            .in_flight
+            .unwrap_or(crate::bench::ingest_alone::DEFAULT_IN_FLIGHT);
+        if in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                key: "--in-flight",
+                reason: "must be at least 1 request".into(),
+            }
+            .into());
+        }
+        let encoding = match args.compression.as_deref() {
+            None | Some("zstd") => crate::wire::Encoding::Zstd,
+            Some("identity") => crate::wire::Encoding::Identity,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "--compression",
+                    reason: format!("{other:?}: zstd or identity"),
+                }
+                .into());
+            }
+        };
+        let o = crate::bench::ingest_alone::IngestAloneOptions {
+            encoding,
+            requests,
+            runs: args.runs,
+            in_flight,
+            size: args.opts.size,
+            keepalive_requests: keepalive_list(args.keepalive_requests.as_deref())?,
+            nats_server: args.opts.nats_server.clone(),
+            json: args.opts.json,
+        };
+        let r = until_interrupted(crate::bench::ingest_alone::run(&o))?;
+        crate::bench::ingest_alone::print(&r, o.json);
+        return Ok(Some(if r.persisted_exactly {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }));
+    }
+    if args.requests.is_some() || args.compression.is_some() {
+        return Err(ConfigError::Invalid {
+            key: if args.requests.is_some() {
+                "--requests"
+            } else {
+                "--compression"
+            },
+            reason: "applies to --ingest-alone only (the other benches count --messages)".into(),
+        }
+        .into());
+    }
+    if !args.compare_baseline {
+        if args.keepalive_requests.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "--keepalive-requests",
+                reason: "applies to --ingest-alone and --compare-baseline only".into(),
+            }
+            .into());
+        }
+        return Ok(None);
+    }
+    if let Some(flag) = others(args, false) {
+        return Err(ConfigError::Invalid {
+            key: "--compare-baseline",
+            reason: format!("runs alone (with --messages, --size, --runs, --keepalive-requests, --baseline-dir, --json, --nats-server): not with {flag}"),
+        }
+        .into());
+    }
+    runs_ok()?;
+    if args.opts.messages == 0 {
+        return Err(ConfigError::Invalid {
+            key: "--messages",
+            reason: "--compare-baseline needs at least 1 message".into(),
+        }
+        .into());
+    }
+    let keepalive_requests = keepalive_list(args.keepalive_requests.as_deref())?;
+    let dir = crate::bench::baseline_go::baseline_dir(args.baseline_dir.as_deref());
+    let go = crate::bench::baseline_go::check(&dir)?;
+    if !args.opts.json {
+        eprintln!(
+            "building the case study's Go gateway from {}",
+            dir.display()
+        );
+    }
+    let bin = crate::bench::baseline_go::build(&go, &dir)?;
+    let o = crate::bench::baseline_go::BaselineOptions {
+        bench: args.opts.clone(),
+        runs: args.runs,
+        keepalive_requests,
+        dir,
+        go,
+    };
+    let r = until_interrupted(crate::bench::baseline_go::run(&o, &bin))?;
+    crate::bench::baseline_go::print(&r, o.bench.json);
+    Ok(Some(if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }))
 }
 
 /// Runs a bench on a fresh runtime; Ctrl-C / SIGTERM ends it (its processes and temp dirs are
@@ -115,6 +323,9 @@ pub fn plot_and_sweep(
 
 /// Runs the bench the flags ask for; its exit code (1 when anything was lost or duplicated).
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(code) = run_anchors(&args)? {
+        return Ok(code);
+    }
     let BenchArgs {
         mut opts,
         anchor,
@@ -127,6 +338,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         platforms,
         plot,
         sweep,
+        ..
     } = args;
     let only_plain = open_loop.is_some() || backlog.is_some() || dedupe_memory;
     let sweep = plot_and_sweep(plot.as_deref(), sweep.as_deref(), only_plain, || {
