@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod complaints;
+pub mod concurrency;
 pub mod consume;
 pub mod deliver;
 pub mod forward;
