@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod chaos;
 pub mod cli;
 pub mod cluster;
+pub mod concurrency;
 pub mod dedupe;
 pub mod fleet;
 pub mod latency;

@@ -60,6 +60,15 @@ pub struct BenchArgs {
     /// pipeline per point, --runs rounds; prints a table (and draws it with --plot).
     #[arg(long, value_name = "SETTING[,SETTING]")]
     pub sweep: Option<String>,
+    /// The gateway's forward.concurrency modes side by side: adaptive and/or fixed, each with an
+    /// optional :MAX_IN_FLIGHT (default --in-flight or 8), e.g. adaptive,fixed,fixed:32. Backlog
+    /// drains of --messages, --runs rounds alternating the order, every one verified.
+    #[arg(long, value_name = "MODE[:MAX],...")]
+    pub concurrency: Option<String>,
+    /// With --concurrency: a slow ingest — this latency added before every 16 KiB chunk
+    /// between the ingest and cloud NATS (e.g. 5ms).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub inject_latency: Option<Duration>,
 }
 
 /// Runs a bench on a fresh runtime; Ctrl-C / SIGTERM ends it (its processes and temp dirs are
@@ -124,7 +133,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         platforms,
         plot,
         sweep,
+        concurrency,
+        inject_latency,
     } = args;
+    if concurrency.is_some() || inject_latency.is_some() {
+        let alone = anchor.is_none()
+            && backlog.is_none()
+            && chaos.is_none()
+            && !dedupe_memory
+            && open_loop.is_none()
+            && adaptive.is_none()
+            && platforms.is_none()
+            && plot.is_none()
+            && sweep.is_none();
+        return crate::bench::concurrency::cli(concurrency, inject_latency, opts, runs, alone);
+    }
     let only_plain = open_loop.is_some() || backlog.is_some() || dedupe_memory;
     let sweep = plot_and_sweep(plot.as_deref(), sweep.as_deref(), only_plain, || {
         chaos.is_some()
