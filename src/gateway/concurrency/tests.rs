@@ -128,7 +128,22 @@ fn a_pipe_bound_by_one_slow_stage_keeps_the_limit_low() {
     let seen = run(&mut a, 500, |l| l as u32 * 10 * MS);
     let top = *seen.iter().max().unwrap();
     assert!(top <= 6, "the limit reached {top}: {seen:?}");
-    assert!(seen.iter().all(|&l| l >= 1));
+    // ... nor fall to 1, where the slow stage idles while the next batch is on its way.
+    assert!(seen[100..].iter().all(|&l| l >= 2), "{seen:?}");
+}
+
+#[test]
+fn after_a_cut_to_one_a_slow_stage_gets_a_second_batch_back() {
+    // Baseline measured at 1 (after a 503 storm), then RTT = limit × 10 ms: 2 is one batch
+    // queued, allowed; 3 would be clearly above.
+    let mut a = Aimd::new(32);
+    for _ in 0..3 {
+        let t = a.start(a.limit());
+        a.finish(t, Verdict::BackPressure, MS);
+    }
+    assert_eq!(a.limit(), 1);
+    let seen = run(&mut a, 200, |l| l as u32 * 10 * MS);
+    assert!(seen[20..].iter().all(|&l| (2..=3).contains(&l)), "{seen:?}");
 }
 
 #[test]
