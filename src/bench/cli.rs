@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// between the ingest and cloud NATS (e.g. 5ms).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub inject_latency: Option<Duration>,
+    /// With --concurrency: the ingest's memory budget per platform in bytes
+    /// (limits.max_inflight_bytes_per_platform and _per_connection; its request size limits
+    /// lowered to 1 MiB body / 2 MiB decoded to fit): beyond it, requests get 503 busy at once.
+    #[arg(long, value_name = "BYTES")]
+    pub ingest_budget: Option<usize>,
 }
 
 /// Runs a bench on a fresh runtime; Ctrl-C / SIGTERM ends it (its processes and temp dirs are
@@ -135,8 +140,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         sweep,
         concurrency,
         inject_latency,
+        ingest_budget,
     } = args;
-    if concurrency.is_some() || inject_latency.is_some() {
+    if concurrency.is_some() || inject_latency.is_some() || ingest_budget.is_some() {
         let alone = anchor.is_none()
             && backlog.is_none()
             && chaos.is_none()
@@ -146,7 +152,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             && platforms.is_none()
             && plot.is_none()
             && sweep.is_none();
-        return crate::bench::concurrency::cli(concurrency, inject_latency, opts, runs, alone);
+        return crate::bench::concurrency::cli(
+            concurrency,
+            (inject_latency, ingest_budget),
+            opts,
+            runs,
+            alone,
+        );
     }
     let only_plain = open_loop.is_some() || backlog.is_some() || dedupe_memory;
     let sweep = plot_and_sweep(plot.as_deref(), sweep.as_deref(), only_plain, || {

@@ -22,6 +22,12 @@ use crate::telemetry::{scrape_sum, scrape_value};
 use crate::testbed::pipeline::{Pipeline, PipelineOptions, delivery_budget};
 use crate::testbed::verify::{self, Workload};
 
+/// `--ingest-budget`'s request size limits: the body and decoded size the ingest accepts then
+/// (a gateway batch is at most 1 MiB before compression), and the least budget they allow.
+const BUDGET_BODY: usize = 1 << 20;
+const BUDGET_DECODED: usize = 2 << 20;
+pub const MIN_BUDGET: usize = BUDGET_BODY + 2 * BUDGET_DECODED;
+
 /// How often the gateway's limit and the ingest's memory are sampled during a drain.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
@@ -86,6 +92,8 @@ pub struct ConcurrencyOptions {
     pub runs: usize,
     /// Added per chunk between the ingest and cloud NATS: a slow ingest.
     pub inject_latency: Option<Duration>,
+    /// The ingest's per-platform memory budget (bytes): 503 busy beyond it.
+    pub ingest_budget: Option<usize>,
     pub nats_server: Option<PathBuf>,
     pub json: bool,
 }
@@ -141,6 +149,7 @@ pub struct Trial {
 #[derive(Debug, serde::Serialize)]
 pub struct ConcurrencyResult {
     pub inject_latency_ms: Option<f64>,
+    pub ingest_budget: Option<usize>,
     pub messages: usize,
     pub size: usize,
     pub trials: Vec<Trial>,
@@ -159,15 +168,29 @@ impl ConcurrencyResult {
 /// exit 1 when any trial lost or duplicated a message. `alone`: no other kind of bench asked.
 pub fn cli(
     modes: Option<String>,
-    inject_latency: Option<Duration>,
+    (inject_latency, ingest_budget): (Option<Duration>, Option<usize>),
     opts: super::BenchOptions,
     runs: usize,
     alone: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     let bad = |key: &'static str, reason: String| crate::config::ConfigError::Invalid { key, reason };
     let Some(list) = modes else {
-        return Err(bad("--inject-latency", "applies to --concurrency only".into()).into());
+        let key = if inject_latency.is_some() {
+            "--inject-latency"
+        } else {
+            "--ingest-budget"
+        };
+        return Err(bad(key, "applies to --concurrency only".into()).into());
     };
+    if let Some(b) = ingest_budget
+        && b < MIN_BUDGET
+    {
+        return Err(bad(
+            "--ingest-budget",
+            format!("{b} bytes: must be at least {MIN_BUDGET} (one largest request while it decodes)"),
+        )
+        .into());
+    }
     if !alone || opts.mixed || opts.via_nginx || opts.duration.is_some() || opts.cloud_cluster.is_some()
     {
         return Err(bad(
@@ -196,6 +219,7 @@ pub fn cli(
         size: opts.size,
         runs,
         inject_latency,
+        ingest_budget,
         nats_server: opts.nats_server,
         json: opts.json,
     };
@@ -244,6 +268,7 @@ pub async fn run(o: &ConcurrencyOptions) -> anyhow::Result<ConcurrencyResult> {
     }
     Ok(ConcurrencyResult {
         inject_latency_ms: o.inject_latency.map(|d| d.as_secs_f64() * 1e3),
+        ingest_budget: o.ingest_budget,
         messages: o.messages,
         size: o.size,
         trials,
@@ -262,11 +287,19 @@ async fn trial(
         cloud_fault_proxy: o.inject_latency.is_some(),
         ..Default::default()
     };
+    let budget = o.ingest_budget;
     let mut p = Pipeline::start_with(
         exe,
         nats_bin,
         options,
-        |_: &mut IngestConfig| {},
+        move |c: &mut IngestConfig| {
+            if let Some(b) = budget {
+                c.limits.max_body_bytes = BUDGET_BODY;
+                c.limits.max_decoded_bytes = BUDGET_DECODED;
+                c.limits.max_inflight_bytes_per_platform = b;
+                c.limits.max_inflight_bytes_per_connection = b;
+            }
+        },
         move |c: &mut GatewayConfig| {
             c.forward.max_in_flight = mode.max_in_flight;
             c.forward.concurrency = if mode.adaptive {
@@ -429,6 +462,9 @@ pub fn print(r: &ConcurrencyResult, json: bool) {
             None => ", fast ingest (no latency injected)".into(),
         }
     );
+    if let Some(b) = r.ingest_budget {
+        println!("ingest memory budget per platform: {:.1} MiB (503 busy beyond)", b as f64 / (1 << 20) as f64);
+    }
     println!(
         "| round | mode | msgs/s | delivery p50 / p99 / mean ms | 503 | 429 | retries | limit min/med/max | in flight min/med/max | ingest bytes max | lost | dup | load |"
     );
