@@ -55,10 +55,9 @@ pub fn parse(list: &str, default_max: usize) -> Result<Vec<Mode>, String> {
         let (mode, max) = match item.split_once(':') {
             Some((m, n)) => (
                 m,
-                n.parse::<usize>()
-                    .ok()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| format!("{item:?}: the max in flight after ':' must be a number ≥ 1"))?,
+                n.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    format!("{item:?}: the max in flight after ':' must be a number ≥ 1")
+                })?,
             ),
             None => (item, default_max),
         };
@@ -173,7 +172,8 @@ pub fn cli(
     runs: usize,
     alone: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let bad = |key: &'static str, reason: String| crate::config::ConfigError::Invalid { key, reason };
+    let bad =
+        |key: &'static str, reason: String| crate::config::ConfigError::Invalid { key, reason };
     let Some(list) = modes else {
         let key = if inject_latency.is_some() {
             "--inject-latency"
@@ -187,11 +187,17 @@ pub fn cli(
     {
         return Err(bad(
             "--ingest-budget",
-            format!("{b} bytes: must be at least {MIN_BUDGET} (one largest request while it decodes)"),
+            format!(
+                "{b} bytes: must be at least {MIN_BUDGET} (one largest request while it decodes)"
+            ),
         )
         .into());
     }
-    if !alone || opts.mixed || opts.via_nginx || opts.duration.is_some() || opts.cloud_cluster.is_some()
+    if !alone
+        || opts.mixed
+        || opts.via_nginx
+        || opts.duration.is_some()
+        || opts.cloud_cluster.is_some()
     {
         return Err(bad(
             "--concurrency",
@@ -211,7 +217,11 @@ pub fn cli(
         .into());
     }
     if inject_latency.is_some_and(|d| d.is_zero()) {
-        return Err(bad("--inject-latency", "must be above 0 (leave it out for a fast ingest)".into()).into());
+        return Err(bad(
+            "--inject-latency",
+            "must be above 0 (leave it out for a fast ingest)".into(),
+        )
+        .into());
     }
     let o = ConcurrencyOptions {
         modes,
@@ -463,7 +473,10 @@ pub fn print(r: &ConcurrencyResult, json: bool) {
         }
     );
     if let Some(b) = r.ingest_budget {
-        println!("ingest memory budget per platform: {:.1} MiB (503 busy beyond)", b as f64 / (1 << 20) as f64);
+        println!(
+            "ingest memory budget per platform: {:.1} MiB (503 busy beyond)",
+            b as f64 / (1 << 20) as f64
+        );
     }
     println!(
         "| round | mode | msgs/s | delivery p50 / p99 / mean ms | 503 | 429 | retries | limit min/med/max | in flight min/med/max | ingest bytes max | lost | dup | load |"

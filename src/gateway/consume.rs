@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Ctx;
-use super::concurrency::Slots;
 use super::batch::Batcher;
+use super::concurrency::Slots;
 use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, deliver, settle};
 use crate::config::GatewayConfig;
 use crate::wire;
@@ -295,8 +295,7 @@ async fn stalled(consumer: &PullConsumer, cfg: &GatewayConfig, slots: &Slots) ->
         .await
         .ok()?
         .ok()?;
-    let room =
-        (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available() > 0;
+    let room = (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available() > 0;
     (info.num_pending > 0 && room).then_some(info.num_pending)
 }
 

@@ -7,6 +7,7 @@ mod certificates;
 mod chaos;
 mod cli;
 mod cluster;
+mod concurrency;
 mod connections;
 mod deploy;
 mod diagnosis;

@@ -165,7 +165,11 @@ fn noise_around_a_flat_latency_still_reaches_max() {
     let late = &seen[200..];
     let mut sorted = late.to_vec();
     sorted.sort();
-    assert!(sorted[sorted.len() / 2] >= 12, "median {}: {late:?}", sorted[sorted.len() / 2]);
+    assert!(
+        sorted[sorted.len() / 2] >= 12,
+        "median {}: {late:?}",
+        sorted[sorted.len() / 2]
+    );
 }
 
 #[tokio::test(start_paused = true)]
