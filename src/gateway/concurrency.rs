@@ -57,8 +57,11 @@ pub const BASELINE_RISE: f64 = 0.25;
 /// Cut on an explicit "too much" from the ingest (503 busy, 429, 408, timeouts): halve, as TCP
 /// on loss — each such answer costs a retry (429 at least its Retry-After).
 pub const BACK_PRESSURE_DECREASE: f64 = 0.5;
-/// Cut on a rising RTT alone, a noisier signal: gently (Vector's `decrease_ratio`).
+/// Cut on a rising RTT alone, a noisier signal: gently (Vector's `decrease_ratio`), and only
+/// after this many windows in a row clearly above the baseline (on a shared 2-core machine a
+/// single window is often slow for reasons of its own).
 pub const LATENCY_DECREASE: f64 = 0.9;
+pub const LATENCY_STRIKES: usize = 2;
 
 /// What one delivery attempt's answer says about the ingest's load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +131,8 @@ pub struct Aimd {
     baseline: Option<f64>,
     /// The limit of the window that last lowered the baseline.
     base_limit: usize,
+    /// Consecutive windows clearly above the baseline so far.
+    above: usize,
     epoch: u64,
     window: Window,
 }
@@ -149,6 +154,7 @@ impl Aimd {
             max,
             baseline: None,
             base_limit: 0,
+            above: 0,
             epoch: 0,
             window: Window::default(),
         }
@@ -202,7 +208,10 @@ impl Aimd {
             return None;
         };
         let tolerance = RTT_TOLERANCE.max(QUEUE_ALLOWANCE / self.base_limit.max(1) as f64);
-        let change = if mean > base * (1.0 + tolerance) {
+        let above = mean > base * (1.0 + tolerance);
+        self.above = if above { self.above + 1 } else { 0 };
+        let change = if above && self.above >= LATENCY_STRIKES {
+            self.above = 0;
             self.cut(LATENCY_DECREASE, Reason::Latency, Some(mean))
         } else if w.full && mean <= base * (1.0 + FLAT) && limit < self.max {
             self.limit = (self.limit.floor() + 1.0).min(self.max as f64);
