@@ -4,7 +4,8 @@
 //! cloud stream holds them all, every id verified exactly once and intact), --runs rounds with
 //! the modes' order alternating. `--inject-latency D` makes the ingest slow: a fault proxy
 //! between the ingest and cloud NATS adds D before every 16 KiB chunk it forwards (both ways),
-//! so the ingest's publishes and PubAcks crawl and batches queue inside it.
+//! so the ingest's publishes and PubAcks crawl and batches queue inside it; `--ingest-budget B`
+//! gives the ingest a per-platform memory budget of B bytes, beyond which it answers 503 busy.
 //!
 //! Per trial: msgs/s, the batch delivery time (first send → confirmation, retries included;
 //! p50/p99 from the gateway's histogram buckets, so bucket bounds), the ingest's 503 and 429
@@ -413,10 +414,10 @@ async fn sample(
                 in_flight.push(v);
             }
         }
-        if let Ok((_, m)) = crate::testbed::http_get(ingest, "/metrics").await {
-            if let Some(v) = scrape_value(&m, "uplink_ingest_inflight_bytes") {
-                bytes.push(v);
-            }
+        if let Ok((_, m)) = crate::testbed::http_get(ingest, "/metrics").await
+            && let Some(v) = scrape_value(&m, "uplink_ingest_inflight_bytes")
+        {
+            bytes.push(v);
         }
     }
     (limits, in_flight, bytes)

@@ -161,8 +161,10 @@ settings! {
         pub max_in_flight: usize,
         /// "fixed": up to forward.max_in_flight batches in flight, always. "adaptive": a limit between 1
         /// and forward.max_in_flight, starting at 2, +1 per round trip while the RTT of the requests stays
-        /// flat and the limit is what holds the gateway back, ×0.9 when the RTT rises clearly above its
-        /// baseline, ×0.5 on 503/429/408 or a timeout (metric uplink_gateway_concurrency_limit).
+        /// flat and the limit is what holds the gateway back, ×0.9 when the RTT stays clearly above its
+        /// baseline, ×0.5 on 503/429/408 or a timeout (metric uplink_gateway_concurrency_limit). Default
+        /// fixed: BENCHMARKS.md "Adaptive concurrency" shows adaptive helps a slow ingest, but not yet that it
+        /// never costs a fast one throughput.
         pub concurrency: Concurrency,
         /// HTTP/2 connections kept to the ingest.
         pub connections: usize,

@@ -18,8 +18,8 @@
 //!   at once, and answers to attempts sent before that cut do not cut again (one cut per round
 //!   trip, like TCP);
 //! - else `mean` clearly above `baseline` (by more than [`RTT_TOLERANCE`], or than one more
-//!   batch queued at the slowest stage, [`QUEUE_ALLOWANCE`]: queueing we cause) → limit ×
-//!   [`LATENCY_DECREASE`];
+//!   batch queued at the slowest stage, [`QUEUE_ALLOWANCE`]: queueing we cause), for
+//!   [`LATENCY_STRIKES`] windows in a row → limit × [`LATENCY_DECREASE`];
 //! - else, when the pipe was full (some attempt started with every slot taken — a limit that
 //!   is not what holds the sender back says nothing) and `mean` is at most [`FLAT`] above
 //!   `baseline` → limit + 1.
@@ -288,11 +288,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.slots.state.lock().expect("slots lock");
         s.held -= 1;
-        if let Some(p) = self.permit.take() {
-            if s.debt > 0 {
-                s.debt -= 1;
-                p.forget();
-            }
+        if let Some(p) = self.permit.take()
+            && s.debt > 0
+        {
+            s.debt -= 1;
+            p.forget();
         }
     }
 }
