@@ -9,6 +9,7 @@ pub mod baseline_go;
 pub mod chaos;
 pub mod cli;
 pub mod cluster;
+pub mod concurrency;
 pub mod dedupe;
 pub mod fleet;
 pub mod ingest_alone;

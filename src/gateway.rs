@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod complaints;
+pub mod concurrency;
 pub mod consume;
 pub mod deliver;
 pub mod forward;
@@ -22,14 +23,14 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::concurrency::Slots;
 use self::consume::{IdMaker, PumpError, bind, pump};
 use self::deliver::{Deliverer, HttpPost, Policy, SETTLE_TIMEOUT};
 use self::retry::Backoff;
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{Concurrency, ConfigError, GatewayConfig};
 use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};
 use crate::wire;
@@ -108,6 +109,10 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         shutdown.clone(),
     ));
 
+    let slots = match cfg.forward.concurrency {
+        Concurrency::Fixed => Slots::fixed(cfg.forward.max_in_flight),
+        Concurrency::Adaptive => Slots::adaptive(cfg.forward.max_in_flight),
+    };
     let deliverer = Arc::new(Deliverer {
         policy: Policy {
             ack_wait: cfg.nats.ack_wait,
@@ -125,6 +130,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             encoding: cfg.batch.compression,
         }),
         complaints: complaints.clone(),
+        slots: slots.clone(),
         soft_stop: shutdown.clone(),
         hard_stop: CancellationToken::new(),
     });
@@ -135,7 +141,6 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         edge: nats.clone(),
     });
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(cfg.forward.max_in_flight));
     let mut failures = 0u32;
     // When a bound stream disappears, someone is probably recreating it: give them time
     // before creating it ourselves (racing them leaves JetStream 2.9 with a consumer that

@@ -89,6 +89,20 @@ pub struct BenchArgs {
     /// --compare-baseline: the case study's baseline directory (default ../shared/baseline).
     #[arg(long, value_name = "DIR", env = "UPLINK_BASELINE_DIR")]
     pub baseline_dir: Option<PathBuf>,
+    /// The gateway's forward.concurrency modes side by side: adaptive and/or fixed, each with an
+    /// optional :MAX_IN_FLIGHT (default --in-flight or 8), e.g. adaptive,fixed,fixed:32. Backlog
+    /// drains of --messages, --runs rounds alternating the order, every one verified.
+    #[arg(long, value_name = "MODE[:MAX],...")]
+    pub concurrency: Option<String>,
+    /// With --concurrency: a slow ingest — this latency added before every 16 KiB chunk
+    /// between the ingest and cloud NATS (e.g. 5ms).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub inject_latency: Option<Duration>,
+    /// With --concurrency: the ingest's memory budget per platform in bytes
+    /// (limits.max_inflight_bytes_per_platform and _per_connection; its request size limits
+    /// lowered to 1 MiB body / 2 MiB decoded to fit): beyond it, requests get 503 busy at once.
+    #[arg(long, value_name = "BYTES")]
+    pub ingest_budget: Option<usize>,
 }
 
 /// `--keepalive-requests`: a comma-separated list of positive counts (default 1000, 1000000).
@@ -127,6 +141,9 @@ fn others(a: &BenchArgs, allowed_in_flight: bool) -> Option<&'static str> {
         (a.adaptive.is_some(), "--adaptive"),
         (a.plot.is_some(), "--plot"),
         (a.sweep.is_some(), "--sweep"),
+        (a.concurrency.is_some(), "--concurrency"),
+        (a.inject_latency.is_some(), "--inject-latency"),
+        (a.ingest_budget.is_some(), "--ingest-budget"),
         (o.mixed, "--mixed"),
         (o.via_nginx, "--via-nginx"),
         (o.duration.is_some(), "--duration"),
@@ -338,8 +355,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         platforms,
         plot,
         sweep,
+        concurrency,
+        inject_latency,
+        ingest_budget,
         ..
     } = args;
+    if concurrency.is_some() || inject_latency.is_some() || ingest_budget.is_some() {
+        let alone = anchor.is_none()
+            && backlog.is_none()
+            && chaos.is_none()
+            && !dedupe_memory
+            && open_loop.is_none()
+            && adaptive.is_none()
+            && platforms.is_none()
+            && plot.is_none()
+            && sweep.is_none();
+        return crate::bench::concurrency::cli(
+            concurrency,
+            (inject_latency, ingest_budget),
+            opts,
+            runs,
+            alone,
+        );
+    }
     let only_plain = open_loop.is_some() || backlog.is_some() || dedupe_memory;
     let sweep = plot_and_sweep(plot.as_deref(), sweep.as_deref(), only_plain, || {
         chaos.is_some()

@@ -67,6 +67,7 @@ values!(
     super::Discard,
     super::EdgeRetention,
     super::RejectAction,
+    super::Concurrency,
     crate::wire::Encoding,
 );
 impl<T> Documented for Vec<T> {}

@@ -143,12 +143,29 @@ pub enum RejectAction {
     Keep,
 }
 
+/// How many batches the gateway sends at once (`forward.concurrency`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Between 1 and `forward.max_in_flight`, by what the ingest's answers show (AIMD).
+    Adaptive,
+    /// Always up to `forward.max_in_flight`.
+    Fixed,
+}
+
 settings! {
     #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
     #[serde(default, deny_unknown_fields)]
     pub struct ForwardConfig {
         /// Most batches being sent at once (requests); the consumer stops pulling when reached.
         pub max_in_flight: usize,
+        /// "fixed": up to forward.max_in_flight batches in flight, always. "adaptive": a limit between 1
+        /// and forward.max_in_flight, starting at 2, +1 per round trip while the RTT of the requests stays
+        /// flat and the limit is what holds the gateway back, ×0.9 when the RTT stays clearly above its
+        /// baseline, ×0.5 on 503/429/408 or a timeout (metric uplink_gateway_concurrency_limit). Default
+        /// fixed: BENCHMARKS.md "Adaptive concurrency" shows adaptive helps a slow ingest, but not yet that it
+        /// never costs a fast one throughput.
+        pub concurrency: Concurrency,
         /// HTTP/2 connections kept to the ingest.
         pub connections: usize,
         /// Rotate a connection after this many requests (below nginx's keepalive_requests 1000).
@@ -287,6 +304,7 @@ impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
             max_in_flight: 8,
+            concurrency: Concurrency::Fixed,
             connections: 1,
             max_requests_per_connection: 900,
             max_connection_age: Duration::from_secs(3600),

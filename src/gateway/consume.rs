@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Ctx;
 use super::batch::Batcher;
+use super::concurrency::Slots;
 use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, deliver, settle};
 use crate::config::GatewayConfig;
 use crate::wire;
@@ -168,12 +168,13 @@ fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, Strin
 }
 
 /// Pulls messages into batches and dispatches each to a delivery task, at most
-/// `forward.max_in_flight` at once (waiting for a slot stops the pulling: backpressure).
+/// `forward.max_in_flight` at once, or fewer (`forward.concurrency`: the adaptive limit);
+/// waiting for a slot stops the pulling: backpressure.
 pub(super) async fn pump(
     consumer: &PullConsumer,
     ids: &IdMaker,
     ctx: &Arc<Ctx>,
-    slots: &Arc<Semaphore>,
+    slots: &Arc<Slots>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), PumpError> {
@@ -202,7 +203,7 @@ pub(super) async fn pump(
         // message is ready — the lowest-priority arm below, reached only when the stream (polled
         // first, then once more after a yield so the client's reader can hand over what already
         // arrived) had nothing. With every slot busy the batch keeps filling as before.
-        let idle = cfg.batch.adaptive && batcher.send_when_idle(slots.available_permits());
+        let idle = cfg.batch.adaptive && batcher.send_when_idle(slots.available());
         let full = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -289,13 +290,12 @@ pub(super) async fn pump(
 
 /// `Some(pending)` when the consumer has messages to deliver and room to deliver them (below
 /// max_ack_pending, a send slot free) — called when it delivered nothing for a while.
-async fn stalled(consumer: &PullConsumer, cfg: &GatewayConfig, slots: &Semaphore) -> Option<u64> {
+async fn stalled(consumer: &PullConsumer, cfg: &GatewayConfig, slots: &Slots) -> Option<u64> {
     let info = tokio::time::timeout(Duration::from_secs(2), consumer.get_info())
         .await
         .ok()?
         .ok()?;
-    let room =
-        (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available_permits() > 0;
+    let room = (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available() > 0;
     (info.num_pending > 0 && room).then_some(info.num_pending)
 }
 
@@ -315,7 +315,7 @@ const PREFETCH_QUIET: Duration = Duration::from_millis(50);
 async fn flush(
     batcher: &mut Batcher<jetstream::Message>,
     ctx: &Arc<Ctx>,
-    slots: &Arc<Semaphore>,
+    slots: &Arc<Slots>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
@@ -326,7 +326,7 @@ async fn flush(
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let permit = loop {
         tokio::select! {
-            p = slots.clone().acquire_owned() => break p.expect("semaphore never closed"),
+            p = slots.acquire() => break p,
             _ = progress.tick() => settle(batcher.handles(), AckKind::Progress).await,
             _ = shutdown.cancelled() => {
                 let (left, _) = batcher.take();

@@ -17,6 +17,7 @@ use http::Request;
 use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 
+use super::concurrency::Verdict;
 use super::forward::{Delivery, send_with_retries};
 use super::retry::Backoff;
 use crate::config::RejectAction;
@@ -153,6 +154,8 @@ pub struct Deliverer {
     pub post: Arc<dyn Post>,
     /// What is logged about failed attempts, across batches.
     pub complaints: Arc<super::complaints::Complaints>,
+    /// The send slots: each attempt's answer is reported to them (`forward.concurrency`).
+    pub slots: Arc<super::concurrency::Slots>,
     /// Ends waiting in backoff (shutdown).
     pub soft_stop: CancellationToken,
     /// Also abandons attempts in progress (the shutdown grace ran out).
@@ -199,7 +202,19 @@ pub fn deliver<S: Settle>(
             }
         };
         let count = msgs.len();
-        let attempt = || d.post.post(body.clone(), count);
+        let attempt = || {
+            let ticket = d.slots.attempt();
+            let sent = tokio::time::Instant::now();
+            let answer = d.post.post(body.clone(), count);
+            let slots = d.slots.clone();
+            async move {
+                let r = answer.await;
+                if let Some(t) = ticket {
+                    slots.answered(t, Verdict::of(&r), sent.elapsed());
+                }
+                r
+            }
+        };
         let work = send_with_retries(
             attempt,
             p.backoff,

@@ -8,6 +8,7 @@ mod certificates;
 mod chaos;
 mod cli;
 mod cluster;
+mod concurrency;
 mod connections;
 mod deploy;
 mod diagnosis;

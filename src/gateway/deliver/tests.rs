@@ -97,6 +97,7 @@ fn setup(
             compression: Encoding::Identity,
             zstd_level: 1,
         },
+        slots: crate::gateway::concurrency::Slots::fixed(8),
         post: Arc::new(FakeIngest {
             answer: Box::new(answer),
             t0,

@@ -1,0 +1,421 @@
+//! Adaptive request concurrency (`forward.concurrency = "adaptive"`): how many batches may be
+//! in flight at once, between 1 and `forward.max_in_flight`, found by AIMD on what the ingest's
+//! answers show — the idea of Vector's adaptive request concurrency, written here for this
+//! pipeline (no crate: the ones that exist limit `tower` services or whole HTTP clients, while
+//! here the unit is a batch holding its slot across retries and backoff, the signal is the RTT
+//! of each delivery attempt and the ingest's own 503/429/408, and the limit must resize the
+//! semaphore that also drives adaptive linger and the stall check).
+//!
+//! [`Aimd`] is the policy, pure (durations in, a new limit out) and unit-tested without a
+//! server or a clock; [`Slots`] is the semaphore it resizes, and what the delivery task
+//! reports each attempt to.
+//!
+//! The policy looks at windows of responses (as many as the limit, at least
+//! [`MIN_WINDOW`]: about one round trip of a full pipe). At a window's end, with `mean` its
+//! mean RTT of 2xx answers and `baseline` what the pipe takes without our own queueing (an
+//! asymmetric EWMA of past windows' means, see [`BASELINE_RISE`]):
+//! - back-pressure in it (503, 429, 408, a request timeout) → limit × [`BACK_PRESSURE_DECREASE`],
+//!   at once, and answers to attempts sent before that cut do not cut again (one cut per round
+//!   trip, like TCP);
+//! - else `mean` clearly above `baseline` (by more than [`RTT_TOLERANCE`], or than one more
+//!   batch queued at the slowest stage, [`QUEUE_ALLOWANCE`]: queueing we cause), for
+//!   [`LATENCY_STRIKES`] windows in a row → limit × [`LATENCY_DECREASE`];
+//! - else, when the pipe was full (some attempt started with every slot taken — a limit that
+//!   is not what holds the sender back says nothing) and `mean` is at most [`FLAT`] above
+//!   `baseline` → limit + 1.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The limit a gateway starts with (or `max_in_flight` if lower): low, so an ingest that is
+/// cold, just restarted or already overloaded by others gets two batches, not the whole
+/// `max_in_flight`, at once; a fast one is at 8 after six windows (a few dozen answers).
+pub const INITIAL_LIMIT: usize = 2;
+/// Fewest responses a window holds (fewer would let one answer's noise decide).
+pub const MIN_WINDOW: usize = 3;
+/// "Flat": a window's mean RTT at most this fraction above the baseline (noise, not queueing).
+pub const FLAT: f64 = 0.1;
+/// "Clearly above": more than this fraction above the baseline (like Vector's
+/// `rtt_deviation_scale`, but relative: a very steady pipe must not cut on a few percent of
+/// noise, a noisy one not on its noise) — or than [`QUEUE_ALLOWANCE`], if more.
+pub const RTT_TOLERANCE: f64 = 0.3;
+/// Batches that may wait behind the others at the slowest stage before the RTT counts as
+/// clearly above: in a pipe bound by one slow stage (a slow ingest) every batch beyond what it
+/// serves at once adds one service time, 1/`base_limit` of the baseline; one such batch keeps
+/// that stage busy while the next is on its way (without it the limit falls to 1 and the slow
+/// stage idles between batches: 12 % slower in `uplink bench --concurrency`).
+pub const QUEUE_ALLOWANCE: f64 = 1.0;
+/// How fast the baseline follows a window faster than it (EWMA weight): it hugs the lows.
+pub const BASELINE_FALL: f64 = 0.5;
+/// How fast it follows a slower window (EWMA weight) — only a window run at no more
+/// concurrency than the baseline was measured at: a pipe slower at the same concurrency got
+/// slower (bigger batches, a busier machine), while a slower pipe at a higher one is queueing
+/// we caused and must not become the new normal (else the limit creeps up to the max).
+pub const BASELINE_RISE: f64 = 0.25;
+/// Cut on an explicit "too much" from the ingest (503 busy, 429, 408, timeouts): halve, as TCP
+/// on loss — each such answer costs a retry (429 at least its Retry-After).
+pub const BACK_PRESSURE_DECREASE: f64 = 0.5;
+/// Cut on a rising RTT alone, a noisier signal: gently (Vector's `decrease_ratio`), and only
+/// after this many windows in a row clearly above the baseline (on a shared 2-core machine a
+/// single window is often slow for reasons of its own).
+pub const LATENCY_DECREASE: f64 = 0.9;
+pub const LATENCY_STRIKES: usize = 2;
+
+/// What one delivery attempt's answer says about the ingest's load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: its RTT is a sample of the pipe's latency.
+    Done,
+    /// 503, 429, 408 or a request timeout: the ingest (or the way to it) has too much.
+    BackPressure,
+    /// Anything else (a transport error, a rejection, a proxy's 502): says nothing about load.
+    Neutral,
+}
+
+impl Verdict {
+    /// Classifies an attempt's result.
+    pub fn of(
+        r: &Result<crate::http2::client::FullResponse, crate::http2::ForwardError>,
+    ) -> Verdict {
+        match r {
+            Ok(resp) if resp.status().is_success() => Verdict::Done,
+            Ok(resp) => match resp.status().as_u16() {
+                503 | 429 | 408 => Verdict::BackPressure,
+                _ => Verdict::Neutral,
+            },
+            Err(crate::http2::ForwardError::RequestTimeout { .. }) => Verdict::BackPressure,
+            Err(_) => Verdict::Neutral,
+        }
+    }
+}
+
+/// Why the limit changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A full pipe with a flat RTT.
+    Flat,
+    /// RTT clearly above the baseline.
+    Latency,
+    /// 503/429/408 or a timeout.
+    BackPressure,
+}
+
+/// A change of the limit, for the log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Change {
+    pub from: usize,
+    pub to: usize,
+    pub reason: Reason,
+    /// The window's mean RTT (s), if it had 2xx answers.
+    pub rtt: Option<f64>,
+    /// The baseline (s) after the window.
+    pub baseline: Option<f64>,
+}
+
+/// What an attempt carries from its start to its answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    /// The cut count when it started: answers to attempts sent before a cut do not cut again.
+    epoch: u64,
+    /// Every slot was taken when it started.
+    full: bool,
+}
+
+/// The AIMD policy: pure, driven by [`Aimd::start`] and [`Aimd::finish`].
+#[derive(Clone, Debug)]
+pub struct Aimd {
+    limit: f64,
+    max: usize,
+    baseline: Option<f64>,
+    /// The limit of the window that last lowered the baseline.
+    base_limit: usize,
+    /// Consecutive windows clearly above the baseline so far.
+    above: usize,
+    epoch: u64,
+    window: Window,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Window {
+    responses: usize,
+    done: usize,
+    rtt_sum: f64,
+    full: bool,
+}
+
+impl Aimd {
+    /// A policy for at most `max` (≥ 1) batches in flight.
+    pub fn new(max: usize) -> Aimd {
+        let max = max.max(1);
+        Aimd {
+            limit: INITIAL_LIMIT.min(max) as f64,
+            max,
+            baseline: None,
+            base_limit: 0,
+            above: 0,
+            epoch: 0,
+            window: Window::default(),
+        }
+    }
+
+    /// The limit in force: at least 1, at most `max`.
+    pub fn limit(&self) -> usize {
+        (self.limit.floor() as usize).clamp(1, self.max)
+    }
+
+    /// The RTT baseline (seconds), once a window gave one.
+    pub fn baseline(&self) -> Option<f64> {
+        self.baseline
+    }
+
+    /// An attempt starts while `in_flight` slots (its own included) are taken.
+    pub fn start(&self, in_flight: usize) -> Ticket {
+        Ticket {
+            epoch: self.epoch,
+            full: in_flight >= self.limit(),
+        }
+    }
+
+    /// The answer to the attempt of `ticket`, `rtt` after it started.
+    pub fn finish(&mut self, ticket: Ticket, verdict: Verdict, rtt: Duration) -> Option<Change> {
+        if verdict == Verdict::Neutral {
+            return None;
+        }
+        if verdict == Verdict::BackPressure {
+            if ticket.epoch < self.epoch {
+                // Sent before the last cut: that cut already answered this round trip.
+                return None;
+            }
+            let rtt = self.window_mean();
+            return self.cut(BACK_PRESSURE_DECREASE, Reason::BackPressure, rtt);
+        }
+        let w = &mut self.window;
+        w.responses += 1;
+        w.done += 1;
+        w.rtt_sum += rtt.as_secs_f64();
+        w.full |= ticket.full;
+        if w.responses < self.limit().max(MIN_WINDOW) {
+            return None;
+        }
+        let w = std::mem::take(&mut self.window);
+        let mean = w.rtt_sum / w.done as f64;
+        let limit = self.limit();
+        let Some(base) = self.baseline else {
+            self.baseline = Some(mean);
+            self.base_limit = limit;
+            return None;
+        };
+        let tolerance = RTT_TOLERANCE.max(QUEUE_ALLOWANCE / self.base_limit.max(1) as f64);
+        let above = mean > base * (1.0 + tolerance);
+        self.above = if above { self.above + 1 } else { 0 };
+        let change = if above && self.above >= LATENCY_STRIKES {
+            self.above = 0;
+            self.cut(LATENCY_DECREASE, Reason::Latency, Some(mean))
+        } else if w.full && mean <= base * (1.0 + FLAT) && limit < self.max {
+            self.limit = (self.limit.floor() + 1.0).min(self.max as f64);
+            Some(Change {
+                from: limit,
+                to: self.limit(),
+                reason: Reason::Flat,
+                rtt: Some(mean),
+                baseline: None,
+            })
+        } else {
+            None
+        };
+        if mean < base {
+            self.baseline = Some(base + BASELINE_FALL * (mean - base));
+            self.base_limit = limit;
+        } else if limit <= self.base_limit {
+            self.baseline = Some(base + BASELINE_RISE * (mean - base));
+        }
+        change.map(|c| Change {
+            baseline: self.baseline,
+            ..c
+        })
+    }
+
+    fn window_mean(&self) -> Option<f64> {
+        (self.window.done > 0).then(|| self.window.rtt_sum / self.window.done as f64)
+    }
+
+    /// Multiplies the limit (never below 1), starts a new window and a new epoch.
+    fn cut(&mut self, ratio: f64, reason: Reason, rtt: Option<f64>) -> Option<Change> {
+        let from = self.limit();
+        self.limit = (self.limit * ratio).max(1.0);
+        self.epoch += 1;
+        self.window = Window::default();
+        Some(Change {
+            from,
+            to: self.limit(),
+            reason,
+            rtt,
+            baseline: self.baseline,
+        })
+        .filter(|c| c.from != c.to)
+    }
+}
+
+/// The send slots: a semaphore of `limit` permits that can be resized while permits are out —
+/// growing adds permits, shrinking takes free ones and forgets as many more as they come back
+/// (`debt`), so no permit is lost or made up. With a policy ([`Slots::adaptive`]), every
+/// delivery attempt reports to it and it resizes the semaphore; without (fixed), the limit is
+/// `max_in_flight` for good.
+pub struct Slots {
+    sem: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Permits that exist: free + held − debt.
+    limit: usize,
+    /// Held permits to forget when they come back.
+    debt: usize,
+    /// Slots taken now.
+    held: usize,
+    aimd: Option<Aimd>,
+}
+
+/// A taken slot; dropping it gives the permit back (or forgets it, if the limit shrank).
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<Slots>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.state.lock().expect("slots lock");
+        s.held -= 1;
+        if let Some(p) = self.permit.take()
+            && s.debt > 0
+        {
+            s.debt -= 1;
+            p.forget();
+        }
+    }
+}
+
+impl Slots {
+    /// `max` slots for good (`forward.concurrency = "fixed"`).
+    pub fn fixed(max: usize) -> Arc<Slots> {
+        Self::with(max.max(1), None)
+    }
+
+    /// Slots sized by [`Aimd`] between 1 and `max` (`forward.concurrency = "adaptive"`).
+    pub fn adaptive(max: usize) -> Arc<Slots> {
+        let aimd = Aimd::new(max);
+        Self::with(aimd.limit(), Some(aimd))
+    }
+
+    fn with(limit: usize, aimd: Option<Aimd>) -> Arc<Slots> {
+        metrics::gauge!("uplink_gateway_concurrency_limit").set(limit as f64);
+        Arc::new(Slots {
+            sem: Arc::new(Semaphore::new(limit)),
+            state: Mutex::new(State {
+                limit,
+                debt: 0,
+                held: 0,
+                aimd,
+            }),
+        })
+    }
+
+    /// Waits for a free slot.
+    pub async fn acquire(self: &Arc<Self>) -> Slot {
+        let permit = self
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        self.state.lock().expect("slots lock").held += 1;
+        Slot {
+            permit: Some(permit),
+            slots: self.clone(),
+        }
+    }
+
+    /// Free slots now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> usize {
+        self.state.lock().expect("slots lock").limit
+    }
+
+    /// A delivery attempt starts (None when the limit is fixed).
+    pub fn attempt(&self) -> Option<Ticket> {
+        let s = self.state.lock().expect("slots lock");
+        s.aimd.as_ref().map(|a| a.start(s.held))
+    }
+
+    /// The answer to an attempt: the policy may resize the slots.
+    pub fn answered(&self, ticket: Ticket, verdict: Verdict, rtt: Duration) {
+        let mut s = self.state.lock().expect("slots lock");
+        let Some(aimd) = s.aimd.as_mut() else {
+            return;
+        };
+        let change = aimd.finish(ticket, verdict, rtt);
+        let (limit, baseline) = (aimd.limit(), aimd.baseline());
+        if let Some(b) = baseline {
+            metrics::gauge!("uplink_gateway_concurrency_rtt_baseline_seconds").set(b);
+        }
+        if let Some(c) = change {
+            tracing::debug!(
+                from = c.from,
+                to = c.to,
+                reason = ?c.reason,
+                rtt_ms = c.rtt.map(|r| r * 1e3),
+                baseline_ms = c.baseline.map(|b| b * 1e3),
+                "concurrency limit changed"
+            );
+            metrics::counter!("uplink_gateway_concurrency_changes_total", "reason" => c.reason.label())
+                .increment(1);
+        }
+        self.resize(&mut s, limit);
+    }
+
+    /// Sets the number of permits that exist to `to`.
+    fn resize(&self, s: &mut State, to: usize) {
+        if to > s.limit {
+            let mut up = to - s.limit;
+            let repaid = up.min(s.debt);
+            s.debt -= repaid;
+            up -= repaid;
+            self.sem.add_permits(up);
+        } else {
+            let mut down = s.limit - to;
+            while down > 0 {
+                match self.sem.try_acquire() {
+                    Ok(p) => {
+                        p.forget();
+                        down -= 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            s.debt += down;
+        }
+        if to != s.limit {
+            metrics::gauge!("uplink_gateway_concurrency_limit").set(to as f64);
+        }
+        s.limit = to;
+    }
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Flat => "increase",
+            Reason::Latency => "latency",
+            Reason::BackPressure => "back_pressure",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
