@@ -127,7 +127,6 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         post: Arc::new(HttpPost {
             client,
             url: batches_url,
-            encoding: cfg.batch.compression,
         }),
         complaints: complaints.clone(),
         slots: slots.clone(),

@@ -72,8 +72,8 @@ pub struct BenchArgs {
     /// --ingest-alone: requests per trial (default 100000).
     #[arg(long, value_name = "N")]
     pub requests: Option<usize>,
-    /// --ingest-alone: each request's body encoding, zstd (the gateway's default
-    /// batch.compression) or identity.
+    /// --ingest-alone: each request's body encoding; by default what the gateway sends for one
+    /// message of --size (identity below 1 KiB encoded, zstd above), or forced zstd / identity.
     #[arg(long, value_name = "zstd|identity")]
     pub compression: Option<String>,
     /// --ingest-alone, --compare-baseline: nginx `keepalive_requests` values, one trial each
@@ -200,7 +200,8 @@ fn run_anchors(args: &BenchArgs) -> anyhow::Result<Option<ExitCode>> {
             .into());
         }
         let encoding = match args.compression.as_deref() {
-            None | Some("zstd") => crate::wire::Encoding::Zstd,
+            None => crate::bench::ingest_alone::gateway_encoding(args.opts.size),
+            Some("zstd") => crate::wire::Encoding::Zstd,
             Some("identity") => crate::wire::Encoding::Identity,
             Some(other) => {
                 return Err(ConfigError::Invalid {

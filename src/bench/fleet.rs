@@ -178,8 +178,9 @@ struct Platform {
 }
 
 impl Platform {
-    /// The next batch of `count` messages: its encoded body and the ids in it.
-    fn next_batch(&self, count: usize, payload: &Bytes) -> (Bytes, Vec<String>) {
+    /// The next batch of `count` messages: its body as the gateway would encode it (and the
+    /// encoding), and the ids in it.
+    fn next_batch(&self, count: usize, payload: &Bytes) -> ((Bytes, Encoding), Vec<String>) {
         let b = self.batches.fetch_add(1, Ordering::Relaxed);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -195,7 +196,7 @@ impl Platform {
             })
             .collect();
         let ids = messages.iter().map(|m| m.id.clone()).collect();
-        let body = wire::encode_batch(&wire::Batch { messages }, Encoding::Zstd, 1)
+        let body = wire::encode_for_wire(&wire::Batch { messages }, Encoding::Zstd, 1)
             .expect("encoding into memory cannot fail");
         (body, ids)
     }
@@ -221,13 +222,13 @@ struct Shared {
 async fn send(
     shared: &Shared,
     p: &Platform,
-    body: Bytes,
+    (body, encoding): (Bytes, Encoding),
     ids: Vec<String>,
     due: Instant,
 ) -> Outcome {
     let count = ids.len();
     let d = send_with_retries(
-        || p.post.post(body.clone(), count),
+        || p.post.post(body.clone(), encoding, count),
         shared.backoff,
         &shared.complaints,
         &shared.stop,
@@ -549,7 +550,6 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
             post: HttpPost {
                 client,
                 url: batches_url.clone(),
-                encoding: Encoding::Zstd,
             },
             stats,
             batches: AtomicU64::new(0),

@@ -4,8 +4,9 @@
 //! TLS (a client certificate from the dev PKI) and the gateway's own retry loop
 //! ([`send_with_retries`]), keeping `--in-flight` requests open at all times until
 //! `--requests` are answered. Each request is what the gateway sends for one message: a
-//! one-message batch in the wire format (protobuf, zstd level 1: the gateway's defaults), the
-//! bodies encoded before the clock starts so the encoding costs neither side.
+//! one-message batch in the wire format (protobuf; uncompressed below `wire::SMALL_BODY`, as
+//! the gateway sends it, or `--compression zstd` forced), the bodies encoded before the clock
+//! starts so the encoding costs neither side.
 //!
 //! * `ingest`: a real `uplink ingest` in front of a real cloud nats-server; the ingest answers
 //!   200 only once the message is persisted in the cloud stream (the generator checks the
@@ -62,7 +63,8 @@ pub struct IngestAloneOptions {
     pub runs: usize,
     pub in_flight: usize,
     pub size: usize,
-    /// Body encoding: zstd (the gateway's default `batch.compression`) or identity.
+    /// Body encoding: by default what the gateway sends for one message of this size
+    /// ([`gateway_encoding`]), or forced zstd / identity.
     pub encoding: Encoding,
     /// One pair of trials per value and round.
     pub keepalive_requests: Vec<u64>,
@@ -311,6 +313,18 @@ impl Generator {
             }
         }
         Ok(retries.load(Ordering::Relaxed))
+    }
+}
+
+/// What the gateway sends a one-message batch of a `size`-byte message in with its default
+/// `batch.compression = "zstd"`: identity below [`wire::SMALL_BODY`] (a 200 B message), zstd
+/// above.
+pub fn gateway_encoding(size: usize) -> Encoding {
+    let raw = &bodies("edge-1", 0, 1, size, Encoding::Identity)[0];
+    if raw.len() < wire::SMALL_BODY {
+        Encoding::Identity
+    } else {
+        Encoding::Zstd
     }
 }
 

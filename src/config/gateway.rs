@@ -126,7 +126,9 @@ settings! {
         /// load (every slot busy, messages arriving) batches still fill up to max_messages/max_bytes.
         /// false: a partial batch always waits batch.linger.
         pub adaptive: bool,
-        /// Body encoding: identity, gzip or zstd.
+        /// Body encoding: identity, gzip or zstd. A batch under 1 KiB encoded (a message or a
+        /// few) is sent uncompressed whatever this says: compressing it would cost both sides
+        /// more CPU than the bytes it saves.
         pub compression: Encoding,
         /// zstd level (1..=22); 1 is fastest.
         pub zstd_level: i32,

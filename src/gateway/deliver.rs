@@ -93,24 +93,33 @@ pub async fn settle(msgs: &[jetstream::Message], kind: AckKind) {
     }
 }
 
-/// Sends an encoded batch body; a 2xx that does not confirm every one of `count` messages is
-/// an error (`Unconfirmed`), never a success.
+/// Sends an encoded batch body (in `encoding`); a 2xx that does not confirm every one of
+/// `count` messages is an error (`Unconfirmed`), never a success.
 pub trait Post: Send + Sync + 'static {
-    fn post(&self, body: Bytes, count: usize) -> BoxFuture<'_, Result<FullResponse, ForwardError>>;
+    fn post(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FullResponse, ForwardError>>;
 }
 
 /// [`Post`] over the HTTP/2 client to `POST /v1/batches`.
 pub struct HttpPost {
     pub client: Client,
     pub url: http::Uri,
-    pub encoding: Encoding,
 }
 
 impl Post for HttpPost {
-    fn post(&self, body: Bytes, count: usize) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
+    fn post(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
         let req = Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
-            .header(http::header::CONTENT_ENCODING, self.encoding.as_str())
+            .header(http::header::CONTENT_ENCODING, encoding.as_str())
             .body(Full::new(body))
             .expect("valid request");
         let send = self.client.send(req);
@@ -193,7 +202,7 @@ pub fn deliver<S: Settle>(
     Box::pin(async move {
         let p = &d.policy;
         let started = std::time::Instant::now();
-        let body = match wire::encode_batch(&batch, p.compression, p.zstd_level) {
+        let (body, encoding) = match wire::encode_for_wire(&batch, p.compression, p.zstd_level) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "encoding a batch failed; naking it");
@@ -205,7 +214,7 @@ pub fn deliver<S: Settle>(
         let attempt = || {
             let ticket = d.slots.attempt();
             let sent = tokio::time::Instant::now();
-            let answer = d.post.post(body.clone(), count);
+            let answer = d.post.post(body.clone(), encoding, count);
             let slots = d.slots.clone();
             async move {
                 let r = answer.await;

@@ -33,6 +33,38 @@ fn every_encoding_round_trips() {
 }
 
 #[test]
+fn small_batches_go_uncompressed_and_say_so() {
+    // One 200 B message, the case study's request shape: below SMALL_BODY.
+    let one = Batch {
+        messages: vec![Message {
+            id: "edge-1.TELEMETRY.1764633600000000000.7".into(),
+            subject: "telemetry.s0".into(),
+            payload: Bytes::from(vec![b'x'; 200]),
+            ..Default::default()
+        }],
+    };
+    for preferred in [Encoding::Zstd, Encoding::Gzip, Encoding::Identity] {
+        let (body, enc) = encode_for_wire(&one, preferred, 1).unwrap();
+        assert_eq!(enc, Encoding::Identity, "{preferred:?}");
+        assert_eq!(decode_batch(&body, enc, 1 << 20).unwrap(), one);
+    }
+    // Ten of them are past it: compressed as asked, and still decode.
+    let ten = Batch {
+        messages: std::iter::repeat_n(one.messages[0].clone(), 10).collect(),
+    };
+    assert!(ten.encoded_len() >= SMALL_BODY);
+    for preferred in [Encoding::Zstd, Encoding::Gzip] {
+        let (body, enc) = encode_for_wire(&ten, preferred, 1).unwrap();
+        assert_eq!(enc, preferred);
+        assert!(
+            body.len() < ten.encoded_len(),
+            "{preferred:?} compressed nothing"
+        );
+        assert_eq!(decode_batch(&body, enc, 1 << 20).unwrap(), ten);
+    }
+}
+
+#[test]
 fn field_numbers_match_the_proto_contract() {
     // Hand-encoded: Batch{messages: [Message{id:"a"(1), subject:"b"(2), payload:"c"(3), time(5)=7}]}
     let inner = [0x0a, 1, b'a', 0x12, 1, b'b', 0x1a, 1, b'c', 0x28, 7];

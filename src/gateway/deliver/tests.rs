@@ -3,7 +3,6 @@
 
 use std::sync::Mutex;
 
-use prost::Message as _;
 use tokio::time::Instant;
 
 use super::*;
@@ -58,8 +57,13 @@ struct FakeIngest {
 }
 
 impl Post for FakeIngest {
-    fn post(&self, body: Bytes, count: usize) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
-        let batch = wire::Batch::decode(body).unwrap();
+    fn post(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        count: usize,
+    ) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
+        let batch = wire::decode_batch(&body, encoding, 1 << 24).unwrap();
         let ids: Vec<String> = batch.messages.into_iter().map(|m| m.id).collect();
         assert_eq!(ids.len(), count);
         let status = (self.answer)(&ids, self.t0.elapsed());
