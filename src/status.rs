@@ -150,6 +150,9 @@ pub struct GatewayStatus {
     pub delivered_per_sec: f64,
     pub rejected: f64,
     pub in_flight_batches: f64,
+    /// The send slots now (`uplink_gateway_concurrency_limit`: `forward.max_in_flight`, or the
+    /// adaptive limit); absent from a gateway that does not export it.
+    pub send_slots: Option<f64>,
     pub retries_now: f64,
     pub retries_backoff: f64,
     pub retries_per_sec: f64,
@@ -254,6 +257,7 @@ fn describe(addr: &str, old: Option<&Scrape>, new: &Result<Scrape, ScrapeError>)
             delivered_per_sec: rate(old, new, "uplink_gateway_messages_total{result=\"acked\"}"),
             rejected: scrape_sum(m, "uplink_gateway_messages_total{result=\"rejected\"}"),
             in_flight_batches: scrape_sum(m, "uplink_gateway_in_flight_batches"),
+            send_slots: scrape_value(m, "uplink_gateway_concurrency_limit"),
             retries_now: scrape_sum(m, "uplink_gateway_retries_total{class=\"now\"}"),
             retries_backoff: scrape_sum(m, "uplink_gateway_retries_total{class=\"backoff\"}"),
             retries_per_sec: rate(old, new, "uplink_gateway_retries_total"),
@@ -432,11 +436,12 @@ pub fn render(statuses: &[TargetStatus]) -> String {
         ));
         if let Some(g) = &s.gateway {
             out.push_str(&format!(
-                "  delivered {} ({})  rejected {}  in flight {} batches  retries {} now / {} backoff ({})  last delivery {}\n",
+                "  delivered {} ({})  rejected {}  in flight {}{} batches  retries {} now / {} backoff ({})  last delivery {}\n",
                 count(g.delivered),
                 per_sec(g.delivered_per_sec),
                 count(g.rejected),
                 g.in_flight_batches,
+                g.send_slots.map(|n| format!(" of {n}")).unwrap_or_default(),
                 count(g.retries_now),
                 count(g.retries_backoff),
                 per_sec(g.retries_per_sec),

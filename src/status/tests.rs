@@ -16,6 +16,8 @@ uplink_gateway_messages_total{result=\"acked\"} 100\n\
 uplink_gateway_retries_total{class=\"now\"} 1\n\
 uplink_gateway_retries_total{class=\"backoff\"} 2\n\
 uplink_gateway_consumer_pending_messages 7\n\
+uplink_gateway_in_flight_batches 3\n\
+uplink_gateway_concurrency_limit 5\n\
 uplink_gateway_edge_stream_max_bytes -1\n\
 uplink_gateway_edge_stream_seconds_to_full 90\n\
 uplink_gateway_last_delivery_timestamp_seconds 0\n";
@@ -38,6 +40,10 @@ fn rates_come_from_two_scrapes() {
     assert_eq!(g.edge_stream_max_bytes, None);
     assert_eq!(g.seconds_to_full, Some(90.0));
     assert_eq!(g.last_delivery_ago, None);
+    // The send slots beside what is in flight (an adaptive limit moves; fixed is max_in_flight).
+    assert_eq!((g.in_flight_batches, g.send_slots), (3.0, Some(5.0)));
+    let text = render(&[describe("127.0.0.1:9101", None, &Ok(scrape(t0, GATEWAY)))]);
+    assert!(text.contains("in flight 3 of 5 batches"), "{text}");
 }
 
 #[test]
