@@ -65,16 +65,7 @@ pub async fn relay_rate(
         let mut received = 0;
         while moved < count {
             if received < count {
-                // A batch: whatever arrives within 20 ms, up to `batch` (the gateway's linger).
-                let first = msgs.next().await.context("edge ended")??;
-                let mut pending = vec![first];
-                let until = tokio::time::Instant::now() + Duration::from_millis(20);
-                while pending.len() < batch && received + pending.len() < count {
-                    match tokio::time::timeout_at(until, msgs.next()).await {
-                        Ok(Some(m)) => pending.push(m?),
-                        _ => break,
-                    }
-                }
+                let pending = next_batch(&mut msgs, batch.min(count - received)).await?;
                 received += pending.len();
                 let mut acks = Vec::with_capacity(pending.len());
                 for m in &pending {
@@ -441,15 +432,7 @@ async fn relay_backlog(
     let (mut received, mut moved) = (0, 0);
     while moved < count {
         if received < count && in_flight.len() < IN_FLIGHT {
-            let first = msgs.next().await.context("edge ended")??;
-            let mut pending = vec![first];
-            let until = tokio::time::Instant::now() + Duration::from_millis(20);
-            while pending.len() < BATCH && received + pending.len() < count {
-                match tokio::time::timeout_at(until, msgs.next()).await {
-                    Ok(Some(m)) => pending.push(m?),
-                    _ => break,
-                }
-            }
+            let pending = next_batch(&mut msgs, BATCH.min(count - received)).await?;
             received += pending.len();
             let mut acks = Vec::with_capacity(pending.len());
             for m in &pending {
@@ -495,6 +478,24 @@ async fn relay_backlog(
         }
     }
     Ok(())
+}
+
+/// The relays' batch, as the gateway's linger makes one: the next message, then whatever else
+/// arrives within 20 ms, `max` (≥ 1) at most.
+async fn next_batch(
+    msgs: &mut consumer::pull::Stream,
+    max: usize,
+) -> anyhow::Result<Vec<jetstream::Message>> {
+    let first = msgs.next().await.context("edge ended")??;
+    let mut pending = vec![first];
+    let until = tokio::time::Instant::now() + Duration::from_millis(20);
+    while pending.len() < max {
+        match tokio::time::timeout_at(until, msgs.next()).await {
+            Ok(Some(m)) => pending.push(m?),
+            _ => break,
+        }
+    }
+    Ok(pending)
 }
 
 async fn wait_port(port: u16, p: &crate::testbed::Proc) -> anyhow::Result<()> {
