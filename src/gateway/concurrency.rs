@@ -23,6 +23,23 @@
 //! - else, when the pipe was full (some attempt started with every slot taken — a limit that
 //!   is not what holds the sender back says nothing) and `mean` is at most [`FLAT`] above
 //!   `baseline` → limit + 1.
+//!
+//! The RTT alone cannot tell a queueing pipe from a CPU-bound one: on a machine whose cores
+//! the gateway, the ingest and both NATS servers share, every batch added makes every other
+//! one slower although more still get through. So the policy also keeps, per limit, the rate
+//! (messages per second) full-pipe windows delivered at it, and judges by that gradient:
+//! - a latency cut to a limit that, measured within [`RATE_FRESH`], delivered clearly less
+//!   (by more than [`RATE_GAIN`]) than the best fresh figure is not made — the RTT rise is the
+//!   price of that throughput; once the lower limit's figure is stale the cut is made again,
+//!   which re-measures it;
+//! - a full window earns + 1 whatever its RTT at a limit below one measured (fresh) to deliver
+//!   clearly more (the way back after a cut that cost throughput), or at one that delivered
+//!   clearly more than one slot less (the pipe still scales: half of what a batch more adds
+//!   to a perfectly scaling pipe, 1/(limit − 1), or [`RATE_GAIN`] if less).
+//!
+//! So the limit can only climb where the RTT is flat or the rate proved better, and a slow
+//! ingest (the same rate at every limit) is cut as before.
+//! Back-pressure cuts are never held back: the ingest said "too much" in words.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,6 +79,14 @@ pub const BACK_PRESSURE_DECREASE: f64 = 0.5;
 /// single window is often slow for reasons of its own).
 pub const LATENCY_DECREASE: f64 = 0.9;
 pub const LATENCY_STRIKES: usize = 2;
+/// "Clearly more throughput": a limit's rate above another's by more than this fraction
+/// (smaller differences are this machine's noise from one window to the next).
+pub const RATE_GAIN: f64 = 0.1;
+/// How long a limit's measured rate stands for it: conditions change (the ingest gets slower,
+/// batches bigger), so an older figure no longer holds a cut back.
+pub const RATE_FRESH: Duration = Duration::from_secs(5);
+/// EWMA weight of a new window's rate in its limit's figure.
+const RATE_WEIGHT: f64 = 0.5;
 
 /// What one delivery attempt's answer says about the ingest's load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +119,7 @@ impl Verdict {
 /// Why the limit changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// A full pipe with a flat RTT.
+    /// A full pipe with a flat RTT, or below a limit measured to deliver clearly more.
     Flat,
     /// RTT clearly above the baseline.
     Latency,
@@ -121,6 +146,8 @@ pub struct Ticket {
     epoch: u64,
     /// Every slot was taken when it started.
     full: bool,
+    /// When it started (the policy's clock: time since the slots were made).
+    at: Duration,
 }
 
 /// The AIMD policy: pure, driven by [`Aimd::start`] and [`Aimd::finish`].
@@ -135,6 +162,8 @@ pub struct Aimd {
     above: usize,
     epoch: u64,
     window: Window,
+    /// Per limit (index = limit): the rate full-pipe windows delivered at it, and when.
+    rates: Vec<Option<Rate>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -143,6 +172,19 @@ struct Window {
     done: usize,
     rtt_sum: f64,
     full: bool,
+    /// Messages its 2xx answers confirmed.
+    messages: usize,
+    /// When it began: the previous window's end, or its first attempt's start.
+    since: Option<Duration>,
+}
+
+/// A limit's measured throughput.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    /// Messages per second (EWMA over its windows).
+    per_s: f64,
+    /// When it was last measured.
+    at: Duration,
 }
 
 impl Aimd {
@@ -157,6 +199,7 @@ impl Aimd {
             above: 0,
             epoch: 0,
             window: Window::default(),
+            rates: vec![None; max + 1],
         }
     }
 
@@ -170,16 +213,36 @@ impl Aimd {
         self.baseline
     }
 
-    /// An attempt starts while `in_flight` slots (its own included) are taken.
-    pub fn start(&self, in_flight: usize) -> Ticket {
+    /// An attempt starts at `at` (the policy's clock) while `in_flight` slots (its own
+    /// included) are taken.
+    pub fn start(&self, in_flight: usize, at: Duration) -> Ticket {
         Ticket {
             epoch: self.epoch,
             full: in_flight >= self.limit(),
+            at,
         }
     }
 
-    /// The answer to the attempt of `ticket`, `rtt` after it started.
-    pub fn finish(&mut self, ticket: Ticket, verdict: Verdict, rtt: Duration) -> Option<Change> {
+    /// The rate measured at `limit` within [`RATE_FRESH`] of `now`.
+    fn fresh_rate(&self, limit: usize, now: Duration) -> Option<f64> {
+        self.rates
+            .get(limit)
+            .copied()
+            .flatten()
+            .filter(|r| now.saturating_sub(r.at) <= RATE_FRESH)
+            .map(|r| r.per_s)
+    }
+
+    /// The answer to the attempt of `ticket`, `rtt` after it started, confirming `messages`
+    /// messages if it is a 2xx.
+    pub fn finish(
+        &mut self,
+        ticket: Ticket,
+        verdict: Verdict,
+        rtt: Duration,
+        messages: usize,
+    ) -> Option<Change> {
+        let now = ticket.at + rtt;
         if verdict == Verdict::Neutral {
             return None;
         }
@@ -196,12 +259,51 @@ impl Aimd {
         w.done += 1;
         w.rtt_sum += rtt.as_secs_f64();
         w.full |= ticket.full;
+        w.messages += messages;
+        let since = *w.since.get_or_insert(ticket.at);
         if w.responses < self.limit().max(MIN_WINDOW) {
             return None;
         }
-        let w = std::mem::take(&mut self.window);
+        let w = std::mem::replace(
+            &mut self.window,
+            Window {
+                since: Some(now),
+                ..Window::default()
+            },
+        );
         let mean = w.rtt_sum / w.done as f64;
         let limit = self.limit();
+        // The window's throughput, kept for its limit when the limit was what held it back.
+        let span = now.saturating_sub(since).as_secs_f64();
+        let rate = (w.full && span > 0.0).then(|| w.messages as f64 / span);
+        if let Some(r) = rate {
+            let per_s = match self.fresh_rate(limit, now) {
+                Some(old) => old + RATE_WEIGHT * (r - old),
+                None => r,
+            };
+            self.rates[limit] = Some(Rate { per_s, at: now });
+        }
+        // Measured rates, fresh: `limit`'s is clearly below `best`.
+        let fresh = |l: usize| self.fresh_rate(l, now);
+        let short_of = |l: usize, best: f64| fresh(l).is_some_and(|r| r < best * (1.0 - RATE_GAIN));
+        let best = (1..=self.max).filter_map(fresh).fold(0.0, f64::max);
+        let best_above = (limit + 1..=self.max).filter_map(fresh).fold(0.0, f64::max);
+        // Below a limit measured to deliver clearly more (where a cut came from).
+        let better_above = rate.is_some() && short_of(limit, best_above);
+        // Still scaling: this limit delivers clearly more than one slot less did — by at least
+        // half of what one more batch in flight would add to a pipe that scales perfectly
+        // (1/(limit-1)), or RATE_GAIN if less.
+        let scaling = rate.is_some()
+            && limit > 1
+            && match (fresh(limit), fresh(limit - 1)) {
+                (Some(here), Some(below)) => {
+                    here > below * (1.0 + RATE_GAIN.min(0.5 / (limit - 1) as f64))
+                }
+                _ => false,
+            };
+        // What a latency cut would leave, and whether that limit was measured clearly slower.
+        let cut_to = ((self.limit * LATENCY_DECREASE).max(1.0).floor() as usize).max(1);
+        let cut_costs = cut_to < limit && short_of(cut_to, best);
         let Some(base) = self.baseline else {
             self.baseline = Some(mean);
             self.base_limit = limit;
@@ -210,10 +312,19 @@ impl Aimd {
         let tolerance = RTT_TOLERANCE.max(QUEUE_ALLOWANCE / self.base_limit.max(1) as f64);
         let above = mean > base * (1.0 + tolerance);
         self.above = if above { self.above + 1 } else { 0 };
-        let change = if above && self.above >= LATENCY_STRIKES {
+        let change = if above && self.above >= LATENCY_STRIKES && cut_costs {
+            // The RTT rose, but the lower limit delivered clearly less: keep this one.
             self.above = 0;
-            self.cut(LATENCY_DECREASE, Reason::Latency, Some(mean))
-        } else if w.full && mean <= base * (1.0 + FLAT) && limit < self.max {
+            None
+        } else if above && self.above >= LATENCY_STRIKES {
+            self.above = 0;
+            let c = self.cut(LATENCY_DECREASE, Reason::Latency, Some(mean));
+            self.window.since = Some(now);
+            c
+        } else if w.full
+            && limit < self.max
+            && (mean <= base * (1.0 + FLAT) || better_above || scaling)
+        {
             self.limit = (self.limit.floor() + 1.0).min(self.max as f64);
             Some(Change {
                 from: limit,
@@ -266,6 +377,8 @@ impl Aimd {
 pub struct Slots {
     sem: Arc<Semaphore>,
     state: Mutex<State>,
+    /// The policy's clock starts here.
+    origin: tokio::time::Instant,
 }
 
 struct State {
@@ -319,6 +432,7 @@ impl Slots {
                 held: 0,
                 aimd,
             }),
+            origin: tokio::time::Instant::now(),
         })
     }
 
@@ -350,16 +464,17 @@ impl Slots {
     /// A delivery attempt starts (None when the limit is fixed).
     pub fn attempt(&self) -> Option<Ticket> {
         let s = self.state.lock().expect("slots lock");
-        s.aimd.as_ref().map(|a| a.start(s.held))
+        let at = self.origin.elapsed();
+        s.aimd.as_ref().map(|a| a.start(s.held, at))
     }
 
-    /// The answer to an attempt: the policy may resize the slots.
-    pub fn answered(&self, ticket: Ticket, verdict: Verdict, rtt: Duration) {
+    /// The answer to an attempt that carried `messages`: the policy may resize the slots.
+    pub fn answered(&self, ticket: Ticket, verdict: Verdict, rtt: Duration, messages: usize) {
         let mut s = self.state.lock().expect("slots lock");
         let Some(aimd) = s.aimd.as_mut() else {
             return;
         };
-        let change = aimd.finish(ticket, verdict, rtt);
+        let change = aimd.finish(ticket, verdict, rtt, messages);
         let (limit, baseline) = (aimd.limit(), aimd.baseline());
         if let Some(b) = baseline {
             metrics::gauge!("uplink_gateway_concurrency_rtt_baseline_seconds").set(b);

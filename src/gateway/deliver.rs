@@ -219,7 +219,7 @@ pub fn deliver<S: Settle>(
             async move {
                 let r = answer.await;
                 if let Some(t) = ticket {
-                    slots.answered(t, Verdict::of(&r), sent.elapsed());
+                    slots.answered(t, Verdict::of(&r), sent.elapsed(), count);
                 }
                 r
             }

@@ -6,12 +6,29 @@ use tokio::time::Instant;
 use super::*;
 
 const MS: Duration = Duration::from_millis(1);
+/// Messages in each simulated batch.
+const BATCH: usize = 100;
+
+thread_local! {
+    /// The simulated clock of the pure-policy tests (starts late enough that `now - rtt` fits).
+    static NOW: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::from_secs(1000)) };
+}
+
+/// One answer of `verdict` to an attempt sent `rtt` ago with `in_flight` slots taken,
+/// confirming [`BATCH`] messages; the clock then moves on by `rtt / in_flight` (a full pipe of
+/// `in_flight` batches answers that often), so the rate at a limit is `limit × BATCH / rtt`.
+fn answer(a: &mut Aimd, in_flight: usize, verdict: Verdict, rtt: Duration) -> Option<Change> {
+    let now = NOW.get();
+    let t = a.start(in_flight, now - rtt);
+    let c = a.finish(t, verdict, rtt, BATCH);
+    NOW.set(now + rtt / in_flight.max(1) as u32);
+    c
+}
 
 /// One window of `n` answers of `verdict` after `rtt`, each sent with `in_flight` taken.
 fn window(a: &mut Aimd, n: usize, in_flight: usize, verdict: Verdict, rtt: Duration) {
     for _ in 0..n {
-        let t = a.start(in_flight);
-        a.finish(t, verdict, rtt);
+        answer(a, in_flight, verdict, rtt);
     }
 }
 
@@ -62,15 +79,16 @@ fn a_503_halves_the_limit_once_per_round_trip_never_below_one() {
     run(&mut a, 20, |_| 5 * MS);
     assert_eq!(a.limit(), 16);
     // 16 attempts out at once; all answer 503: one cut (those sent before it do not cut again).
-    let tickets: Vec<_> = (0..16).map(|_| a.start(16)).collect();
+    let at = NOW.get();
+    let tickets: Vec<_> = (0..16).map(|_| a.start(16, at)).collect();
     for t in tickets {
-        a.finish(t, Verdict::BackPressure, MS);
+        a.finish(t, Verdict::BackPressure, MS, BATCH);
     }
     assert_eq!(a.limit(), 8);
     // Attempts sent after the cut that still get 503 cut again, down to 1 and no further.
     for want in [4, 2, 1, 1, 1] {
-        let t = a.start(a.limit());
-        a.finish(t, Verdict::BackPressure, MS);
+        let l = a.limit();
+        answer(&mut a, l, Verdict::BackPressure, MS);
         assert_eq!(a.limit(), want);
     }
 }
@@ -141,8 +159,8 @@ fn after_a_cut_to_one_a_slow_stage_gets_a_second_batch_back() {
     // queued, allowed; 3 would be clearly above.
     let mut a = Aimd::new(32);
     for _ in 0..3 {
-        let t = a.start(a.limit());
-        a.finish(t, Verdict::BackPressure, MS);
+        let l = a.limit();
+        answer(&mut a, l, Verdict::BackPressure, MS);
     }
     assert_eq!(a.limit(), 1);
     let seen = run(&mut a, 200, |l| l as u32 * 10 * MS);
@@ -160,8 +178,7 @@ fn noise_around_a_flat_latency_still_reaches_max() {
         for _ in 0..l.max(MIN_WINDOW) {
             i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
             let jitter = (i >> 16) % 41; // 0..=40
-            let t = a.start(l);
-            a.finish(t, Verdict::Done, MS * 10 * (80 + jitter) / 100);
+            answer(&mut a, l, Verdict::Done, MS * 10 * (80 + jitter) / 100);
         }
         seen.push(a.limit());
     }
@@ -233,7 +250,7 @@ async fn simulate(
             let (rtt, verdict) = serve(now);
             tokio::time::sleep(rtt).await;
             in_server.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            slots.answered(ticket, verdict, started.elapsed());
+            slots.answered(ticket, verdict, started.elapsed(), BATCH);
             drop(slot);
         });
     }
@@ -266,4 +283,58 @@ async fn end_to_end_a_fast_ingest_gets_every_slot() {
     assert_eq!(*limits.last().unwrap(), 8, "{limits:?}");
     assert!(limits.iter().all(|&l| (1..=8).contains(&l)));
     assert_eq!(slots.available(), 8);
+}
+
+#[test]
+fn a_cpu_bound_pipe_that_still_delivers_more_with_more_in_flight_keeps_its_slots() {
+    // The loopback case: every batch added slows every other one (the RTT climbs far past the
+    // tolerance: 5 ms at 2, 8 ms at 8, ±20 % noise) but more still get through (40k → 100k
+    // msgs/s). The RTT rule alone cuts this pipe again and again; the rates measured at each
+    // limit hold it near the top.
+    let mut a = Aimd::new(8);
+    let mut i = 0u32;
+    let mut seen = Vec::new();
+    for _ in 0..2000 {
+        let l = a.limit();
+        for _ in 0..l.max(MIN_WINDOW) {
+            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let jitter = (i >> 16) % 41; // 0..=40
+            let rtt = (4 * MS + MS * l as u32 / 2) * (80 + jitter) / 100;
+            answer(&mut a, l, Verdict::Done, rtt);
+        }
+        seen.push(a.limit());
+    }
+    let late = &seen[500..];
+    let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
+    let low = late.iter().filter(|&&l| l <= 4).count();
+    eprintln!("mean {mean:.2}, at 4 or below {low} of {}", late.len());
+    assert!(mean >= 7.0, "mean limit {mean:.2}: {late:?}");
+    assert!(
+        low * 100 <= late.len(),
+        "{low} windows at 4 or below: {late:?}"
+    );
+}
+
+#[test]
+fn a_noisy_slow_stage_is_still_kept_low() {
+    // The slow-stage pipe of `a_pipe_bound_by_one_slow_stage_keeps_the_limit_low` on a noisy
+    // machine (±20 %): the same rate at every limit, so noise must not read as "still scaling"
+    // often enough to walk the limit up.
+    let mut a = Aimd::new(32);
+    let mut i = 7u32;
+    let mut seen = Vec::new();
+    for _ in 0..2000 {
+        let l = a.limit();
+        for _ in 0..l.max(MIN_WINDOW) {
+            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let jitter = (i >> 16) % 41;
+            answer(&mut a, l, Verdict::Done, MS * 10 * l as u32 * (80 + jitter) / 100);
+        }
+        seen.push(a.limit());
+    }
+    let late = &seen[200..];
+    let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
+    let top = *late.iter().max().unwrap();
+    eprintln!("mean {mean:.2}, top {top}");
+    assert!(mean <= 4.0 && top <= 8, "mean {mean:.2}, top {top}: {late:?}");
 }
