@@ -164,9 +164,10 @@ settings! {
         /// "fixed": up to forward.max_in_flight batches in flight, always. "adaptive": a limit between 1
         /// and forward.max_in_flight, starting at 2, +1 per round trip while the RTT of the requests stays
         /// flat and the limit is what holds the gateway back, ×0.9 when the RTT stays clearly above its
-        /// baseline, ×0.5 on 503/429/408 or a timeout (metric uplink_gateway_concurrency_limit). Default
-        /// fixed: BENCHMARKS.md "Adaptive concurrency" shows adaptive helps a slow ingest, but not yet that it
-        /// never costs a fast one throughput.
+        /// baseline — unless a lower limit was measured to deliver clearly fewer messages per second —,
+        /// ×0.5 on 503/429/408 or a timeout (metric uplink_gateway_concurrency_limit). Default adaptive:
+        /// BENCHMARKS.md "Adaptive concurrency" shows it keeps a slow ingest free of 503s at a third of the
+        /// delivery time, and sits at forward.max_in_flight on a fast one.
         pub concurrency: Concurrency,
         /// HTTP/2 connections kept to the ingest.
         pub connections: usize,
@@ -306,7 +307,7 @@ impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
             max_in_flight: 8,
-            concurrency: Concurrency::Fixed,
+            concurrency: Concurrency::Adaptive,
             connections: 1,
             max_requests_per_connection: 900,
             max_connection_age: Duration::from_secs(3600),

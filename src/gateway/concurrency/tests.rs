@@ -328,7 +328,12 @@ fn a_noisy_slow_stage_is_still_kept_low() {
         for _ in 0..l.max(MIN_WINDOW) {
             i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
             let jitter = (i >> 16) % 41;
-            answer(&mut a, l, Verdict::Done, MS * 10 * l as u32 * (80 + jitter) / 100);
+            answer(
+                &mut a,
+                l,
+                Verdict::Done,
+                MS * 10 * l as u32 * (80 + jitter) / 100,
+            );
         }
         seen.push(a.limit());
     }
@@ -336,5 +341,8 @@ fn a_noisy_slow_stage_is_still_kept_low() {
     let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
     let top = *late.iter().max().unwrap();
     eprintln!("mean {mean:.2}, top {top}");
-    assert!(mean <= 4.0 && top <= 8, "mean {mean:.2}, top {top}: {late:?}");
+    assert!(
+        mean <= 4.0 && top <= 8,
+        "mean {mean:.2}, top {top}: {late:?}"
+    );
 }
