@@ -393,6 +393,20 @@ pub fn decompress(body: &[u8], encoding: Encoding, limit: usize) -> Result<Bytes
     }
 }
 
+/// Whether the NATS subject pattern `pattern` (`*` one token, `>` the rest) matches `subject`.
+pub fn subject_covers(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 /// Checks an edge subject: dot-separated tokens, none empty, no wildcards or whitespace,
 /// at most [`MAX_SUBJECT_LEN`] bytes.
 pub fn validate_subject(subject: &str) -> Result<(), WireError> {

@@ -139,7 +139,8 @@ settings! {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectAction {
-    /// `term` them in JetStream: never redelivered (they stay in the edge stream for inspection).
+    /// `term` them in JetStream: never redelivered (copied to `forward.dead_letter` first; a
+    /// limits edge stream also keeps them, a work queue deletes them).
     Term,
     /// Leave them for redelivery after `retry.max_backoff` (`nak` with delay).
     Keep,
@@ -180,6 +181,14 @@ settings! {
         /// they are alone): "term" = log, count and term them in JetStream (kept in the edge stream, not
         /// redelivered); "keep" = nak them for redelivery after retry.max_backoff.
         pub on_rejected: RejectAction,
+        /// Subject prefix of the dead letters (on_rejected = "term"): a message the ingest refuses for
+        /// good, or that cannot be forwarded, is first copied to `<prefix>.<its subject>` on the edge
+        /// JetStream — payload and headers, plus Uplink-Dead-Reason, -Status, -Subject, -Stream and
+        /// -Sequence — and termed only once the copy is stored (a copy that fails keeps the message:
+        /// nak after retry.max_backoff). With nats.create_stream the gateway creates the stream
+        /// `<nats.stream>_DEAD` for `<prefix>.>` (file, limits retention, 1 GiB, oldest dropped first).
+        /// "" = no copy: on a work-queue edge a termed message is then gone (only logged and counted).
+        pub dead_letter: String,
         /// Log a warning (once per crossing) when the edge stream would reach its max_bytes or
         /// max_msgs within this horizon at its current net growth (duration, 1h; "0s" = never warn).
         #[serde(with = "duration")]
@@ -312,6 +321,7 @@ impl Default for ForwardConfig {
             max_requests_per_connection: 900,
             max_connection_age: Duration::from_secs(3600),
             on_rejected: RejectAction::Term,
+            dead_letter: "uplink.dead".into(),
             full_warning: Duration::from_secs(3600),
             sample_interval: Duration::from_secs(5),
         }
@@ -359,6 +369,25 @@ impl GatewayConfig {
                 "nats.consumer",
                 "must be a non-empty name without '.', '*', '>' or spaces",
             ));
+        }
+        let dead = &self.forward.dead_letter;
+        if !dead.is_empty() {
+            crate::wire::validate_subject(dead)
+                .map_err(|e| invalid("forward.dead_letter", e.to_string()))?;
+            let probe = format!("{dead}.x");
+            if let Some(s) = self
+                .nats
+                .subjects
+                .iter()
+                .find(|s| crate::wire::subject_covers(s, &probe))
+            {
+                return Err(invalid(
+                    "forward.dead_letter",
+                    format!(
+                        "{dead}.> overlaps nats.subjects \"{s}\": dead letters would be forwarded again"
+                    ),
+                ));
+            }
         }
         if self.forward.sample_interval < Duration::from_millis(100) {
             return Err(invalid("forward.sample_interval", "must be at least 100ms"));

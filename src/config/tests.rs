@@ -605,3 +605,31 @@ fn a_cloud_url_with_a_query_is_refused_by_validation_naming_the_key() {
     g.cloud.url = "https://ingest.example:8443/route".parse().unwrap();
     assert!(g.validate().is_ok());
 }
+
+#[test]
+fn a_dead_letter_prefix_the_edge_stream_would_capture_is_refused_naming_both() {
+    let mut g = GatewayConfig::default();
+    assert_eq!(g.forward.dead_letter, "uplink.dead");
+    assert!(g.validate().is_ok());
+    // Dead letters the edge stream takes in would be forwarded, refused and copied again.
+    g.nats.subjects = vec!["telemetry.>".into(), "uplink.>".into()];
+    let e = g.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("forward.dead_letter") && e.contains("uplink.>"),
+        "{e}"
+    );
+    g.forward.dead_letter = "telemetry.dead".into();
+    assert!(g.validate().is_err());
+    g.forward.dead_letter = "ops.dead".into();
+    assert!(g.validate().is_ok());
+    g.forward.dead_letter = "ops.*".into();
+    let e = g.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("forward.dead_letter") && e.contains("wildcard"),
+        "{e}"
+    );
+    // "" turns the copy off.
+    g.forward.dead_letter = String::new();
+    g.nats.subjects = vec![">".into()];
+    assert!(g.validate().is_ok());
+}

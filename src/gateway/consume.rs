@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::Ctx;
 use super::batch::Batcher;
 use super::concurrency::Slots;
-use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, deliver, settle};
+use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, dead_letter_then, deliver, settle};
 use crate::config::GatewayConfig;
 use crate::wire;
 
@@ -93,6 +93,21 @@ pub fn stream_config(cfg: &GatewayConfig) -> jetstream::stream::Config {
     config
 }
 
+/// The dead-letter stream a gateway creates (`forward.dead_letter`, with `nats.create_stream`):
+/// `<nats.stream>_DEAD` on `<prefix>.>`, file storage, limits retention, at most 1 GiB with the
+/// oldest dropped first — refused messages wait there for an operator, bounded.
+pub fn dead_letter_stream_config(cfg: &GatewayConfig) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("{}_DEAD", cfg.nats.stream),
+        subjects: vec![format!("{}.>", cfg.forward.dead_letter)],
+        storage: jetstream::stream::StorageType::File,
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        max_bytes: 1 << 30,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
 /// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
 /// stream incarnation (creation time, ns since the epoch).
 pub(super) async fn bind(
@@ -111,6 +126,14 @@ pub(super) async fn bind(
         }
         Err(e) => return Err(e).with_context(|| format!("edge stream {}", n.stream)),
     };
+    if n.create_stream && may_create && !cfg.forward.dead_letter.is_empty() {
+        // Where refused messages go (`forward.dead_letter`); a failure here is not fatal: the
+        // copy fails later and the message is kept, with the error in the log.
+        let dead = dead_letter_stream_config(cfg);
+        if let Err(e) = js.get_or_create_stream(dead.clone()).await {
+            tracing::warn!(error = %e, stream = %dead.name, subjects = ?dead.subjects, "cannot create the dead-letter stream; refused messages will be kept in the edge stream instead");
+        }
+    }
     let incarnation = stream.info().await?.created.unix_timestamp_nanos();
     let consumer: PullConsumer = stream
         .get_or_create_consumer(&n.consumer, consumer_config(cfg))
@@ -232,9 +255,12 @@ pub(super) async fn pump(
                         batcher.push(m, w)
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, subject = %m.subject, "message cannot be forwarded; terminating it (it stays in the edge stream)");
+                        tracing::error!(error = %e, subject = %m.subject, dead_letter = %cfg.forward.dead_letter, "message cannot be forwarded; terminating it");
                         metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(1);
-                        let _ = tokio::time::timeout(SETTLE_TIMEOUT, m.ack_with(AckKind::Term)).await;
+                        let one = vec![m];
+                        let keep = AckKind::Nak(Some(cfg.retry.max_backoff));
+                        let kind = dead_letter_then(&one, &cfg.forward.dead_letter, None, &e, keep).await;
+                        settle(&one, kind).await;
                         false
                     }
                 },

@@ -47,6 +47,14 @@ pub trait Settle: Send + Sync + Sized + 'static {
     fn split_off(&mut self, at: usize) -> Self;
     /// The edge stream sequence of the first message (for logs).
     fn first_sequence(&self) -> u64;
+    /// Copies every message to the dead letters under `prefix` (`forward.dead_letter`) with
+    /// why (`reason`, the ingest's `status`); Ok once every copy is stored.
+    fn dead_letter<'a>(
+        &'a self,
+        prefix: &'a str,
+        status: Option<u16>,
+        reason: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 impl Settle for Vec<jetstream::Message> {
@@ -66,6 +74,85 @@ impl Settle for Vec<jetstream::Message> {
         self.first()
             .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
             .unwrap_or(0)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        prefix: &'a str,
+        status: Option<u16>,
+        reason: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            for m in self {
+                copy_to_dead_letter(m, prefix, status, reason).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Headers a dead letter carries besides the message's own: why it was refused, the ingest's
+/// HTTP status (absent when the gateway itself could not forward it), and where it came from.
+pub const DEAD_REASON: &str = "Uplink-Dead-Reason";
+pub const DEAD_STATUS: &str = "Uplink-Dead-Status";
+pub const DEAD_SUBJECT: &str = "Uplink-Dead-Subject";
+pub const DEAD_STREAM: &str = "Uplink-Dead-Stream";
+pub const DEAD_SEQUENCE: &str = "Uplink-Dead-Sequence";
+
+/// Copies `m` to `<prefix>.<its subject>` on the edge JetStream: its payload, its headers
+/// (without the edge JetStream's own `Nats-*` and the ingest's `Uplink-*`) and why; Ok once
+/// the copy is stored (PubAck), within [`SETTLE_TIMEOUT`]. A copy retried after a restart is
+/// stored once (`Nats-Msg-Id`: edge stream, sequence and publish time).
+pub async fn copy_to_dead_letter(
+    m: &jetstream::Message,
+    prefix: &str,
+    status: Option<u16>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let info = m
+        .info()
+        .map_err(|e| anyhow::anyhow!("reading the message's info: {e}"))?;
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(h) = &m.headers {
+        for (name, values) in h.iter() {
+            let n: &str = name.as_ref();
+            if wire::is_reserved_header(n) {
+                continue;
+            }
+            for v in values {
+                headers.append(n, v.as_str());
+            }
+        }
+    }
+    let reason: String = reason.chars().take(200).collect();
+    headers.insert(DEAD_REASON, reason.as_str());
+    if let Some(s) = status {
+        headers.insert(DEAD_STATUS, s.to_string().as_str());
+    }
+    headers.insert(DEAD_SUBJECT, m.subject.as_str());
+    headers.insert(DEAD_STREAM, info.stream);
+    headers.insert(DEAD_SEQUENCE, info.stream_sequence.to_string().as_str());
+    let id = format!(
+        "{}:{}:{}",
+        info.stream,
+        info.stream_sequence,
+        info.published.unix_timestamp_nanos()
+    );
+    headers.insert("Nats-Msg-Id", id.as_str());
+    let subject = format!("{prefix}.{}", m.subject);
+    let store = async {
+        m.context
+            .publish_with_headers(subject.clone(), headers, m.payload.clone())
+            .await?
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    match tokio::time::timeout(SETTLE_TIMEOUT, store).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.context(format!("storing the dead letter on {subject}"))),
+        Err(_) => anyhow::bail!(
+            "storing the dead letter on {subject}: no PubAck within {SETTLE_TIMEOUT:?}"
+        ),
     }
 }
 
@@ -153,6 +240,8 @@ pub struct Policy {
     pub ack_wait: Duration,
     pub backoff: Backoff,
     pub on_rejected: RejectAction,
+    /// `forward.dead_letter`: where refused messages are copied before they are termed ("" = not).
+    pub dead_letter: String,
     pub compression: Encoding,
     pub zstd_level: i32,
 }
@@ -268,9 +357,12 @@ pub fn deliver<S: Settle>(
                 );
                 metrics::counter!("uplink_gateway_messages_total", "result" => "rejected")
                     .increment(n);
+                let keep = AckKind::Nak(Some(p.backoff.max));
                 let kind = match p.on_rejected {
-                    RejectAction::Term => AckKind::Term,
-                    RejectAction::Keep => AckKind::Nak(Some(p.backoff.max)),
+                    RejectAction::Term => {
+                        dead_letter_then(&msgs, &p.dead_letter, Some(status), &detail, keep).await
+                    }
+                    RejectAction::Keep => keep,
                 };
                 msgs.send(kind).await;
             }
@@ -281,6 +373,37 @@ pub fn deliver<S: Settle>(
             }
         }
     })
+}
+
+/// What a message refused for good gets: `Term` once its dead letter is stored (or at once with
+/// none configured), `otherwise` when the copy failed — it stays, nothing is lost.
+pub async fn dead_letter_then<S: Settle>(
+    msgs: &S,
+    prefix: &str,
+    status: Option<u16>,
+    reason: &str,
+    otherwise: AckKind,
+) -> AckKind {
+    if prefix.is_empty() {
+        return AckKind::Term;
+    }
+    match msgs.dead_letter(prefix, status, reason).await {
+        Ok(()) => {
+            metrics::counter!("uplink_gateway_dead_letters_total", "result" => "stored")
+                .increment(msgs.len() as u64);
+            AckKind::Term
+        }
+        Err(e) => {
+            metrics::counter!("uplink_gateway_dead_letters_total", "result" => "failed")
+                .increment(msgs.len() as u64);
+            tracing::error!(
+                error = format!("{e:#}"),
+                edge_sequence = msgs.first_sequence(),
+                "could not store the dead letter; keeping the message for another try"
+            );
+            otherwise
+        }
+    }
 }
 
 #[cfg(test)]

@@ -557,3 +557,25 @@ mod multi_valued_headers {
         );
     }
 }
+
+#[test]
+fn subject_patterns_cover_what_nats_would_route_to_them() {
+    for (pattern, subject, covers) in [
+        ("telemetry.>", "telemetry.a", true),
+        ("telemetry.>", "telemetry.a.b", true),
+        ("telemetry.>", "telemetry", false),
+        ("telemetry.*", "telemetry.a", true),
+        ("telemetry.*", "telemetry.a.b", false),
+        ("*.dead.*", "uplink.dead.x", true),
+        (">", "uplink.dead.x", true),
+        ("uplink.dead.x", "uplink.dead.x", true),
+        ("uplink.dead", "uplink.dead.x", false),
+        ("telemetry.>", "uplink.dead.x", false),
+    ] {
+        assert_eq!(
+            subject_covers(pattern, subject),
+            covers,
+            "{pattern} / {subject}"
+        );
+    }
+}

@@ -137,6 +137,69 @@ async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_work_queue_edge_a_refused_message_is_kept_as_a_dead_letter() {
+    // The default edge (work-queue retention) removes a termed message: before terming it the
+    // gateway copies it to forward.dead_letter, into the stream it created for them.
+    let p = pipeline(
+        |i| {
+            i.limits.max_body_bytes = 16 * 1024;
+            i.limits.max_decoded_bytes = 16 * 1024;
+        },
+        fast_recovery,
+    )
+    .await;
+    assert_eq!(
+        p.gateway_cfg.nats.retention,
+        uplink::config::EdgeRetention::WorkQueue
+    );
+    let edge = edge_js(&p).await;
+    let mut sent = publish(&edge, 20).await;
+    let mut big = vec![0u8; 40 * 1024];
+    fastrand::fill(&mut big);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Sensor", "lidar-3");
+    let ack = edge
+        .publish_with_headers("telemetry.big", headers, big.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    sent.extend(publish(&edge, 20).await);
+
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 40);
+    let dead_name = format!("{}_DEAD", p.gateway_cfg.nats.stream);
+    let mut dead = edge.get_stream(&dead_name).await.unwrap();
+    // The copy is stored before the term, and the term before the edge stream empties, which
+    // verify_delivery waited for: it is there now.
+    assert_eq!(dead.info().await.unwrap().state.messages, 1, "{dead_name}");
+    let m = dead.get_raw_message(1).await.unwrap();
+    assert_eq!(m.subject.as_str(), "uplink.dead.telemetry.big");
+    assert_eq!(m.payload.as_ref(), big.as_slice(), "the payload, intact");
+    let h = m.headers;
+    let get = |name: &str| h.get(name).map(|v| v.as_str().to_string());
+    assert_eq!(get("Sensor").as_deref(), Some("lidar-3"), "its own headers");
+    assert_eq!(get("Uplink-Dead-Status").as_deref(), Some("413"));
+    assert_eq!(get("Uplink-Dead-Subject").as_deref(), Some("telemetry.big"));
+    assert_eq!(
+        get("Uplink-Dead-Sequence"),
+        Some(ack.sequence.to_string()),
+        "where it came from"
+    );
+    assert!(get("Uplink-Dead-Reason").is_some_and(|r| !r.is_empty()));
+    // Then, and only then, termed: gone from the work queue, nothing left pending.
+    let stream = edge.get_stream(&p.gateway_cfg.nats.stream).await.unwrap();
+    assert!(stream.get_raw_message(ack.sequence).await.is_err());
+    let m = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        uplink::telemetry::scrape_value(&m, "uplink_gateway_dead_letters_total{result=\"stored\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(consumer_counts(&p).await, (0, 0));
+}
+
 /// The edge consumer's pending and unacked counts.
 async fn consumer_counts(p: &uplink::testbed::pipeline::Pipeline) -> (u64, usize) {
     let edge = edge_js(p).await;

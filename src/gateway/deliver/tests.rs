@@ -21,6 +21,8 @@ struct Msgs {
     ids: Vec<String>,
     log: Log,
     t0: Instant,
+    /// Storing a dead letter fails (the dead-letter stream is missing).
+    dead_fails: bool,
 }
 
 impl Settle for Msgs {
@@ -40,10 +42,30 @@ impl Settle for Msgs {
             ids: self.ids.split_off(at),
             log: self.log.clone(),
             t0: self.t0,
+            dead_fails: self.dead_fails,
         }
     }
     fn first_sequence(&self) -> u64 {
         0
+    }
+    fn dead_letter<'a>(
+        &'a self,
+        prefix: &'a str,
+        status: Option<u16>,
+        _reason: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.log.lock().unwrap().push(Event {
+            at: self.t0.elapsed(),
+            ids: self.ids.clone(),
+            kind: format!("DeadLetter({prefix}, {status:?})"),
+        });
+        let fails = self.dead_fails;
+        Box::pin(async move {
+            if fails {
+                anyhow::bail!("no stream for {prefix}.s");
+            }
+            Ok(())
+        })
     }
 }
 
@@ -80,6 +102,8 @@ impl Post for FakeIngest {
 }
 
 struct Setup {
+    /// Dead letters fail to store.
+    dead_fails: bool,
     d: Arc<Deliverer>,
     log: Log,
     t0: Instant,
@@ -87,6 +111,16 @@ struct Setup {
 
 fn setup(
     on_rejected: RejectAction,
+    answer: impl Fn(&[String], Duration) -> u16 + Send + Sync + 'static,
+) -> Setup {
+    setup_dead(on_rejected, "", false, answer)
+}
+
+/// [`setup`] with `forward.dead_letter = dead_letter`, whose copies fail if `dead_fails`.
+fn setup_dead(
+    on_rejected: RejectAction,
+    dead_letter: &str,
+    dead_fails: bool,
     answer: impl Fn(&[String], Duration) -> u16 + Send + Sync + 'static,
 ) -> Setup {
     let t0 = Instant::now();
@@ -98,6 +132,7 @@ fn setup(
                 max: Duration::from_secs(2),
             },
             on_rejected,
+            dead_letter: dead_letter.into(),
             compression: Encoding::Identity,
             zstd_level: 1,
         },
@@ -114,6 +149,7 @@ fn setup(
         d,
         log: Log::default(),
         t0,
+        dead_fails,
     }
 }
 
@@ -123,6 +159,7 @@ impl Setup {
             ids: ids.iter().map(|s| s.to_string()).collect(),
             log: self.log.clone(),
             t0: self.t0,
+            dead_fails: self.dead_fails,
         };
         let batch = wire::Batch {
             messages: ids
@@ -145,7 +182,7 @@ impl Setup {
     fn finals(&self) -> Vec<(String, String)> {
         self.events()
             .into_iter()
-            .filter(|e| e.kind != "Progress")
+            .filter(|e| e.kind != "Progress" && !e.kind.starts_with("DeadLetter"))
             .flat_map(|e| e.ids.into_iter().map(move |id| (id, e.kind.clone())))
             .collect()
     }
@@ -196,6 +233,56 @@ async fn a_refused_message_is_termed_alone_and_its_batch_mates_acked() {
         let want = if id == "bad" { "Term" } else { "Ack" };
         assert_eq!(kind, want, "{id}: {finals:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_message_is_termed_only_after_its_dead_letter_is_stored() {
+    let s = setup_dead(RejectAction::Term, "uplink.dead", false, |ids, _| {
+        if ids.iter().any(|i| i == "bad") {
+            400
+        } else {
+            200
+        }
+    });
+    let (msgs, batch) = s.batch(&["a", "bad", "c"]);
+    deliver(s.d.clone(), msgs, batch).await;
+    let events: Vec<(Vec<String>, String)> = s
+        .events()
+        .into_iter()
+        .filter(|e| e.kind != "Progress")
+        .map(|e| (e.ids, e.kind))
+        .collect();
+    let dead = events
+        .iter()
+        .position(|(ids, k)| ids == &["bad"] && k == "DeadLetter(uplink.dead, Some(400))")
+        .expect("copied to the dead letters with the ingest's status");
+    let term = events
+        .iter()
+        .position(|(ids, k)| ids == &["bad"] && k == "Term")
+        .expect("termed");
+    assert!(dead < term, "{events:?}");
+    // Only the refused one is copied; its batch-mates are acked.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(_, k)| k.starts_with("DeadLetter"))
+            .count(),
+        1,
+        "{events:?}"
+    );
+    settled_once(&s.finals(), &["a", "bad", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_message_whose_dead_letter_fails_is_kept_not_termed() {
+    let s = setup_dead(RejectAction::Term, "uplink.dead", true, |_, _| 400);
+    let (msgs, batch) = s.batch(&["bad"]);
+    deliver(s.d.clone(), msgs, batch).await;
+    // Nothing is lost: no term without a stored copy; it comes back after the backoff ceiling.
+    assert_eq!(
+        s.finals(),
+        [("bad".to_string(), "Nak(Some(2s))".to_string())]
+    );
 }
 
 #[tokio::test(start_paused = true)]
