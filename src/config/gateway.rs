@@ -187,7 +187,9 @@ settings! {
         /// -Sequence — and termed only once the copy is stored (a copy that fails keeps the message:
         /// nak after retry.max_backoff). With nats.create_stream the gateway creates the stream
         /// `<nats.stream>_DEAD` for `<prefix>.>` (file, limits retention, 1 GiB, oldest dropped first).
-        /// "" = no copy: on a work-queue edge a termed message is then gone (only logged and counted).
+        /// A message too large for a copy (within a few hundred bytes of the edge's max_payload) is
+        /// termed without one, logged and counted. "" = no copy: on a work-queue edge a termed message
+        /// is then gone (only logged and counted).
         pub dead_letter: String,
         /// Log a warning (once per crossing) when the edge stream would reach its max_bytes or
         /// max_msgs within this horizon at its current net growth (duration, 1h; "0s" = never warn).

@@ -54,7 +54,18 @@ pub trait Settle: Send + Sync + Sized + 'static {
         prefix: &'a str,
         status: Option<u16>,
         reason: &'a str,
-    ) -> BoxFuture<'a, anyhow::Result<()>>;
+    ) -> BoxFuture<'a, Result<(), DeadLetterError>>;
+}
+
+/// Why a dead letter was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The copy (the message plus why) exceeds the edge server's `max_payload`: it never will fit.
+    #[error("the dead letter would exceed the edge server's max_payload: {0}")]
+    TooLarge(String),
+    /// Anything else (no stream for the subject, edge NATS away, a timeout): worth another try.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
 }
 
 impl Settle for Vec<jetstream::Message> {
@@ -81,7 +92,7 @@ impl Settle for Vec<jetstream::Message> {
         prefix: &'a str,
         status: Option<u16>,
         reason: &'a str,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    ) -> BoxFuture<'a, Result<(), DeadLetterError>> {
         Box::pin(async move {
             for m in self {
                 copy_to_dead_letter(m, prefix, status, reason).await?;
@@ -108,7 +119,7 @@ pub async fn copy_to_dead_letter(
     prefix: &str,
     status: Option<u16>,
     reason: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), DeadLetterError> {
     let info = m
         .info()
         .map_err(|e| anyhow::anyhow!("reading the message's info: {e}"))?;
@@ -140,19 +151,32 @@ pub async fn copy_to_dead_letter(
     );
     headers.insert("Nats-Msg-Id", id.as_str());
     let subject = format!("{prefix}.{}", m.subject);
+    let too_large = |e: &dyn std::fmt::Display| DeadLetterError::TooLarge(e.to_string());
     let store = async {
-        m.context
+        use async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded;
+        let ack = m
+            .context
             .publish_with_headers(subject.clone(), headers, m.payload.clone())
-            .await?
             .await
-            .map_err(anyhow::Error::from)
+            .map_err(|e| match e.kind() {
+                MaxPayloadExceeded => too_large(&e),
+                _ => anyhow::Error::from(e).into(),
+            })?;
+        ack.await.map_err(|e| match e.kind() {
+            MaxPayloadExceeded => too_large(&e),
+            _ => DeadLetterError::from(anyhow::Error::from(e)),
+        })
     };
     match tokio::time::timeout(SETTLE_TIMEOUT, store).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.context(format!("storing the dead letter on {subject}"))),
-        Err(_) => anyhow::bail!(
+        Ok(Err(DeadLetterError::Failed(e))) => Err(e
+            .context(format!("storing the dead letter on {subject}"))
+            .into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(anyhow::anyhow!(
             "storing the dead letter on {subject}: no PubAck within {SETTLE_TIMEOUT:?}"
-        ),
+        )
+        .into()),
     }
 }
 
@@ -376,7 +400,10 @@ pub fn deliver<S: Settle>(
 }
 
 /// What a message refused for good gets: `Term` once its dead letter is stored (or at once with
-/// none configured), `otherwise` when the copy failed — it stays, nothing is lost.
+/// none configured), `otherwise` when the copy failed — it stays, nothing is lost. A message
+/// too large for a copy (within a few hundred bytes of the edge's `max_payload`) could only
+/// cycle between the ingest's refusal and a failed copy forever: it is termed without one,
+/// logged as an error and counted (`result="too_large"`) — on a work-queue edge it is gone.
 pub async fn dead_letter_then<S: Settle>(
     msgs: &S,
     prefix: &str,
@@ -393,7 +420,13 @@ pub async fn dead_letter_then<S: Settle>(
                 .increment(msgs.len() as u64);
             AckKind::Term
         }
-        Err(e) => {
+        Err(DeadLetterError::TooLarge(e)) => {
+            metrics::counter!("uplink_gateway_dead_letters_total", "result" => "too_large")
+                .increment(msgs.len() as u64);
+            tracing::error!(error = %e, edge_sequence = msgs.first_sequence(), reason, "a refused message is too large to keep as a dead letter; terminating it without a copy");
+            AckKind::Term
+        }
+        Err(DeadLetterError::Failed(e)) => {
             metrics::counter!("uplink_gateway_dead_letters_total", "result" => "failed")
                 .increment(msgs.len() as u64);
             tracing::error!(

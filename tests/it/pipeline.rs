@@ -279,8 +279,23 @@ async fn a_message_the_cloud_cannot_store_is_set_aside_and_the_rest_flow_on() {
         3.0,
         "{m}"
     );
+    // Each is within a few hundred bytes of the edge's max_payload too: no dead letter fits, so
+    // it is termed without one, and says so.
+    assert_eq!(
+        uplink::telemetry::scrape_sum(
+            &m,
+            "uplink_gateway_dead_letters_total{result=\"too_large\"}"
+        ),
+        3.0,
+        "{m}"
+    );
     let log = p.log("gateway");
     assert!(log.contains("max_payload is 1048576"), "{}", tail(&log));
+    assert!(
+        log.contains("too large to keep as a dead letter"),
+        "{}",
+        tail(&log)
+    );
 }
 
 /// The edge stream the gateway creates holds the backlog, not the history: with `nats.max_bytes`

@@ -53,7 +53,7 @@ impl Settle for Msgs {
         prefix: &'a str,
         status: Option<u16>,
         _reason: &'a str,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    ) -> BoxFuture<'a, Result<(), DeadLetterError>> {
         self.log.lock().unwrap().push(Event {
             at: self.t0.elapsed(),
             ids: self.ids.clone(),
@@ -62,7 +62,7 @@ impl Settle for Msgs {
         let fails = self.dead_fails;
         Box::pin(async move {
             if fails {
-                anyhow::bail!("no stream for {prefix}.s");
+                return Err(anyhow::anyhow!("no stream for {prefix}.s").into());
             }
             Ok(())
         })
