@@ -84,7 +84,9 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         admin = %admin.local_addr().map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?,
         nats = %cfg.nats.connect.display_urls(),
         stream = %cfg.nats.stream,
-        cloud = %cfg.cloud.url,
+        cloud = %cfg.cloud.url.to_string().trim_end_matches('/'),
+        dead_letter = %cfg.forward.dead_letter,
+        concurrency = ?cfg.forward.concurrency,
         "gateway started"
     );
     let complaints = Arc::new(complaints::Complaints::new(complaints::CloudFiles {
