@@ -149,6 +149,8 @@ pub struct GatewayStatus {
     pub delivered: f64,
     pub delivered_per_sec: f64,
     pub rejected: f64,
+    /// Of those, copies stored in the dead letters (`forward.dead_letter`).
+    pub dead_letters: f64,
     pub in_flight_batches: f64,
     /// The send slots now (`uplink_gateway_concurrency_limit`: `forward.max_in_flight`, or the
     /// adaptive limit); absent from a gateway that does not export it.
@@ -256,6 +258,7 @@ fn describe(addr: &str, old: Option<&Scrape>, new: &Result<Scrape, ScrapeError>)
             delivered: scrape_sum(m, "uplink_gateway_messages_total{result=\"acked\"}"),
             delivered_per_sec: rate(old, new, "uplink_gateway_messages_total{result=\"acked\"}"),
             rejected: scrape_sum(m, "uplink_gateway_messages_total{result=\"rejected\"}"),
+            dead_letters: scrape_sum(m, "uplink_gateway_dead_letters_total{result=\"stored\"}"),
             in_flight_batches: scrape_sum(m, "uplink_gateway_in_flight_batches"),
             send_slots: scrape_value(m, "uplink_gateway_concurrency_limit"),
             retries_now: scrape_sum(m, "uplink_gateway_retries_total{class=\"now\"}"),
@@ -436,10 +439,15 @@ pub fn render(statuses: &[TargetStatus]) -> String {
         ));
         if let Some(g) = &s.gateway {
             out.push_str(&format!(
-                "  delivered {} ({})  rejected {}  in flight {}{} batches  retries {} now / {} backoff ({})  last delivery {}\n",
+                "  delivered {} ({})  rejected {}{}  in flight {}{} batches  retries {} now / {} backoff ({})  last delivery {}\n",
                 count(g.delivered),
                 per_sec(g.delivered_per_sec),
                 count(g.rejected),
+                if g.dead_letters > 0.0 {
+                    format!(" ({} in dead letters)", count(g.dead_letters))
+                } else {
+                    String::new()
+                },
                 g.in_flight_batches,
                 g.send_slots.map(|n| format!(" of {n}")).unwrap_or_default(),
                 count(g.retries_now),

@@ -137,3 +137,22 @@ fn connections_are_listed_with_age_requests_and_goaways_the_rest_counted() {
     assert_eq!(json["connections"][0]["id"], 9);
     assert_eq!(json["connections_total"], 6);
 }
+
+#[test]
+fn rejected_messages_say_how_many_are_in_the_dead_letters() {
+    let t0 = Instant::now();
+    let text = render(&[describe("127.0.0.1:9101", None, &Ok(scrape(t0, GATEWAY)))]);
+    assert!(text.contains("rejected 0  in flight"), "{text}");
+    let m = format!(
+        "{GATEWAY}uplink_gateway_messages_total{{result=\"rejected\"}} 3\n\
+         uplink_gateway_dead_letters_total{{result=\"stored\"}} 2\n\
+         uplink_gateway_dead_letters_total{{result=\"too_large\"}} 1\n"
+    );
+    let s = describe("127.0.0.1:9101", None, &Ok(scrape(t0, &m)));
+    assert_eq!(s.gateway.as_ref().unwrap().dead_letters, 2.0);
+    let text = render(&[s]);
+    assert!(
+        text.contains("rejected 3 (2 in dead letters)  in flight"),
+        "{text}"
+    );
+}
