@@ -188,6 +188,7 @@ async fn the_status_page_renders_the_pipeline_in_a_browser() {
     assert!(dom.contains("class=\"state ready\""), "{dom}");
     assert!(renders(&dom) >= 2, "did not refresh itself:\n{dom}");
     assert!(field(&dom, "delivered").starts_with("250 ("), "{dom}");
+    assert_eq!(field(&dom, "rejected"), "0", "{dom}");
     assert_eq!(field(&dom, "connections"), "1 open, 1 opened", "{dom}");
     assert!(
         field(&dom, "goaways").starts_with("0 (last never)"),
