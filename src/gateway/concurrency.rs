@@ -302,7 +302,7 @@ impl Aimd {
                 _ => false,
             };
         // What a latency cut would leave, and whether that limit was measured clearly slower.
-        let cut_to = ((self.limit * LATENCY_DECREASE).max(1.0).floor() as usize).max(1);
+        let cut_to = self.after_cut(LATENCY_DECREASE).floor() as usize;
         let cut_costs = cut_to < limit && short_of(cut_to, best);
         let Some(base) = self.baseline else {
             self.baseline = Some(mean);
@@ -352,10 +352,15 @@ impl Aimd {
         (self.window.done > 0).then(|| self.window.rtt_sum / self.window.done as f64)
     }
 
+    /// The limit a cut by `ratio` leaves (never below 1).
+    fn after_cut(&self, ratio: f64) -> f64 {
+        (self.limit * ratio).max(1.0)
+    }
+
     /// Multiplies the limit (never below 1), starts a new window and a new epoch.
     fn cut(&mut self, ratio: f64, reason: Reason, rtt: Option<f64>) -> Option<Change> {
         let from = self.limit();
-        self.limit = (self.limit * ratio).max(1.0);
+        self.limit = self.after_cut(ratio);
         self.epoch += 1;
         self.window = Window::default();
         Some(Change {

@@ -68,6 +68,18 @@ pub enum DeadLetterError {
     Failed(#[from] anyhow::Error),
 }
 
+impl DeadLetterError {
+    /// Sorts a publish error: too large for the server is for good, the rest worth a retry.
+    fn of(e: jetstream::context::PublishError) -> DeadLetterError {
+        match e.kind() {
+            jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                DeadLetterError::TooLarge(e.to_string())
+            }
+            _ => DeadLetterError::Failed(e.into()),
+        }
+    }
+}
+
 impl Settle for Vec<jetstream::Message> {
     fn len(&self) -> usize {
         Vec::len(self)
@@ -151,21 +163,13 @@ pub async fn copy_to_dead_letter(
     );
     headers.insert("Nats-Msg-Id", id.as_str());
     let subject = format!("{prefix}.{}", m.subject);
-    let too_large = |e: &dyn std::fmt::Display| DeadLetterError::TooLarge(e.to_string());
     let store = async {
-        use async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded;
-        let ack = m
-            .context
+        m.context
             .publish_with_headers(subject.clone(), headers, m.payload.clone())
             .await
-            .map_err(|e| match e.kind() {
-                MaxPayloadExceeded => too_large(&e),
-                _ => anyhow::Error::from(e).into(),
-            })?;
-        ack.await.map_err(|e| match e.kind() {
-            MaxPayloadExceeded => too_large(&e),
-            _ => DeadLetterError::from(anyhow::Error::from(e)),
-        })
+            .map_err(DeadLetterError::of)?
+            .await
+            .map_err(DeadLetterError::of)
     };
     match tokio::time::timeout(SETTLE_TIMEOUT, store).await {
         Ok(Ok(_)) => Ok(()),

@@ -90,20 +90,21 @@ async fn cloud_nats_down_gives_503_and_nothing_is_lost() {
     assert_exactly_once(&p, &r, COUNT / 2);
 }
 
+/// An ingest that refuses any body over 16 KiB (compressed or not): a 40 KiB random message is
+/// refused for good.
+fn refuse_over_16_kib(i: &mut uplink::config::IngestConfig) {
+    i.limits.max_body_bytes = 16 * 1024;
+    i.limits.max_decoded_bytes = 16 * 1024;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
-    let p = pipeline(
-        |i| {
-            i.limits.max_body_bytes = 16 * 1024;
-            i.limits.max_decoded_bytes = 16 * 1024;
-        },
-        |g| {
-            fast_recovery(g);
-            // Limits retention keeps the termed message for inspection (a work queue removes
-            // it once termed; the log line and the counter remain).
-            g.nats.retention = uplink::config::EdgeRetention::Limits;
-        },
-    )
+    let p = pipeline(refuse_over_16_kib, |g| {
+        fast_recovery(g);
+        // Limits retention keeps the termed message for inspection (a work queue removes
+        // it once termed; the log line and the counter remain).
+        g.nats.retention = uplink::config::EdgeRetention::Limits;
+    })
     .await;
     let edge = edge_js(&p).await;
     let mut sent = publish(&edge, 50).await;
@@ -141,14 +142,7 @@ async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
 async fn on_a_work_queue_edge_a_refused_message_is_kept_as_a_dead_letter() {
     // The default edge (work-queue retention) removes a termed message: before terming it the
     // gateway copies it to forward.dead_letter, into the stream it created for them.
-    let p = pipeline(
-        |i| {
-            i.limits.max_body_bytes = 16 * 1024;
-            i.limits.max_decoded_bytes = 16 * 1024;
-        },
-        fast_recovery,
-    )
-    .await;
+    let p = pipeline(refuse_over_16_kib, fast_recovery).await;
     assert_eq!(
         p.gateway_cfg.nats.retention,
         uplink::config::EdgeRetention::WorkQueue

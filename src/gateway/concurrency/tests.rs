@@ -32,6 +32,28 @@ fn window(a: &mut Aimd, n: usize, in_flight: usize, verdict: Verdict, rtt: Durat
     }
 }
 
+/// Answers `rounds` full windows of 2xx after `rtt(limit)` with ±20 % noise (a fixed LCG from
+/// `seed`: the same sequence every run), returning the limits seen.
+fn noisy_run(
+    a: &mut Aimd,
+    rounds: usize,
+    seed: u32,
+    rtt: impl Fn(usize) -> Duration,
+) -> Vec<usize> {
+    let mut i = seed;
+    let mut seen = Vec::new();
+    for _ in 0..rounds {
+        let l = a.limit();
+        for _ in 0..l.max(MIN_WINDOW) {
+            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let jitter = (i >> 16) % 41; // 0..=40
+            answer(a, l, Verdict::Done, rtt(l) * (80 + jitter) / 100);
+        }
+        seen.push(a.limit());
+    }
+    seen
+}
+
 /// Answers `rounds` full windows of 2xx after `rtt(limit)`, returning the limits seen.
 fn run(a: &mut Aimd, rounds: usize, rtt: impl Fn(usize) -> Duration) -> Vec<usize> {
     let mut seen = Vec::new();
@@ -171,17 +193,7 @@ fn after_a_cut_to_one_a_slow_stage_gets_a_second_batch_back() {
 fn noise_around_a_flat_latency_still_reaches_max() {
     // ±20 % jitter, independent of the limit: a fast ingest with a noisy machine.
     let mut a = Aimd::new(16);
-    let mut i = 0u32;
-    let mut seen = Vec::new();
-    for _ in 0..300 {
-        let l = a.limit();
-        for _ in 0..l.max(MIN_WINDOW) {
-            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let jitter = (i >> 16) % 41; // 0..=40
-            answer(&mut a, l, Verdict::Done, MS * 10 * (80 + jitter) / 100);
-        }
-        seen.push(a.limit());
-    }
+    let seen = noisy_run(&mut a, 300, 0, |_| MS * 10);
     let late = &seen[200..];
     let mut sorted = late.to_vec();
     sorted.sort();
@@ -292,18 +304,7 @@ fn a_cpu_bound_pipe_that_still_delivers_more_with_more_in_flight_keeps_its_slots
     // msgs/s). The RTT rule alone cuts this pipe again and again; the rates measured at each
     // limit hold it near the top.
     let mut a = Aimd::new(8);
-    let mut i = 0u32;
-    let mut seen = Vec::new();
-    for _ in 0..2000 {
-        let l = a.limit();
-        for _ in 0..l.max(MIN_WINDOW) {
-            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let jitter = (i >> 16) % 41; // 0..=40
-            let rtt = (4 * MS + MS * l as u32 / 2) * (80 + jitter) / 100;
-            answer(&mut a, l, Verdict::Done, rtt);
-        }
-        seen.push(a.limit());
-    }
+    let seen = noisy_run(&mut a, 2000, 0, |l| 4 * MS + MS * l as u32 / 2);
     let late = &seen[500..];
     let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
     let low = late.iter().filter(|&&l| l <= 4).count();
@@ -321,22 +322,7 @@ fn a_noisy_slow_stage_is_still_kept_low() {
     // machine (±20 %): the same rate at every limit, so noise must not read as "still scaling"
     // often enough to walk the limit up.
     let mut a = Aimd::new(32);
-    let mut i = 7u32;
-    let mut seen = Vec::new();
-    for _ in 0..2000 {
-        let l = a.limit();
-        for _ in 0..l.max(MIN_WINDOW) {
-            i = i.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let jitter = (i >> 16) % 41;
-            answer(
-                &mut a,
-                l,
-                Verdict::Done,
-                MS * 10 * l as u32 * (80 + jitter) / 100,
-            );
-        }
-        seen.push(a.limit());
-    }
+    let seen = noisy_run(&mut a, 2000, 7, |l| MS * 10 * l as u32);
     let late = &seen[200..];
     let mean = late.iter().sum::<usize>() as f64 / late.len() as f64;
     let top = *late.iter().max().unwrap();
