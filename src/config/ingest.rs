@@ -136,16 +136,22 @@ settings! {
         pub max_pending_acks_per_platform: usize,
         /// Most messages in one batch; more gets 413.
         pub max_messages_per_batch: usize,
-        /// Most client connections at once (including those still in the TLS handshake or lingering
-        /// after close); a connection beyond it is accepted and closed at once, counted in
-        /// uplink_ingest_connections_refused_total{reason="max_connections"}.
+        /// Most client connections at once (10000), including those not yet past their TLS handshake
+        /// and those lingering after close. When full, the oldest connection that has said nothing
+        /// makes room for a new one (first one without a complete ClientHello, then one authenticated
+        /// but without its HTTP/2 preface), counted in uplink_ingest_connections_evicted_total{stage};
+        /// only when none is left is a new connection closed at once
+        /// (uplink_ingest_connections_refused_total{reason="max_connections"}).
         pub max_connections: usize,
-        /// Most connections still in the TLS handshake at once (256): the budget of unauthenticated
-        /// clients, so a flood of bare TCP connections cannot fill limits.max_connections; beyond it a new
-        /// connection is closed at once (reason="max_handshakes").
+        /// Most TLS handshakes in progress at once (256): connections whose ClientHello arrived and
+        /// whose handshake costs CPU. A silent socket does not take one. Beyond it a connection waits
+        /// in arrival order (within timeouts.tls_handshake from its accept); when full, a handshake
+        /// waiting on its client for over a fifth of timeouts.tls_handshake makes room. Closed only if
+        /// no slot came within its deadline (reason="max_handshakes").
         pub max_handshakes: usize,
-        /// Most connections in the TLS handshake from one source address (16); beyond it closed at once
-        /// (reason="max_handshakes_per_ip"). Raise it for many clients behind one NAT address.
+        /// Most TLS handshakes in progress from one source address (64): bounds one address's share of
+        /// the handshake budget. Beyond it a connection waits as above (reason="max_handshakes_per_ip"
+        /// if none came in time), so a fleet behind one NAT address dialing at once gets through.
         pub max_handshakes_per_ip: usize,
         /// Listen backlog of the client (and proxy) listener (connections, 1024; capped by the kernel's
         /// net.core.somaxconn). The accept loop never stops accepting, so it only absorbs bursts.
@@ -178,7 +184,11 @@ settings! {
     #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
     #[serde(default, deny_unknown_fields)]
     pub struct ServerTimeouts {
-        /// TLS handshake timeout (duration).
+        /// A complete ClientHello must arrive within this long after accept (duration, 3s): a silent
+        /// or trickling socket holds a connection slot no longer.
+        #[serde(with = "duration")]
+        pub client_hello: Duration,
+        /// TLS handshake timeout from accept, waits for a handshake slot included (duration, 5s).
         #[serde(with = "duration")]
         pub tls_handshake: Duration,
         /// Close a connection without requests for this long with GOAWAY (keepalive_timeout, 75s).
@@ -270,7 +280,7 @@ impl Default for IngestLimits {
             max_messages_per_batch: 10_000,
             max_connections: 10_000,
             max_handshakes: 256,
-            max_handshakes_per_ip: 16,
+            max_handshakes_per_ip: 64,
             listen_backlog: 1024,
         }
     }
@@ -291,6 +301,7 @@ impl Default for ServerHttp2 {
 impl Default for ServerTimeouts {
     fn default() -> Self {
         ServerTimeouts {
+            client_hello: Duration::from_secs(3),
             tls_handshake: Duration::from_secs(5),
             idle: Duration::from_secs(75),
             max_connection_age: Duration::from_secs(3600),
@@ -425,6 +436,12 @@ impl IngestConfig {
                 "must be 1..=limits.max_handshakes",
             ));
         }
+        if self.timeouts.client_hello > self.timeouts.tls_handshake {
+            return Err(invalid(
+                "timeouts.client_hello",
+                "must not exceed timeouts.tls_handshake (the ClientHello is part of the handshake)",
+            ));
+        }
         if !(1..=65_535).contains(&self.limits.listen_backlog) {
             return Err(invalid("limits.listen_backlog", "must be 1..=65535"));
         }
@@ -453,6 +470,7 @@ impl IngestConfig {
             ));
         }
         for (key, d) in [
+            ("timeouts.client_hello", self.timeouts.client_hello),
             ("timeouts.tls_handshake", self.timeouts.tls_handshake),
             ("timeouts.idle", self.timeouts.idle),
             (

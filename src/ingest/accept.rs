@@ -1,10 +1,12 @@
 //! Accepting connections: the accept loop never stops (a full budget must not leave connections
-//! in the kernel backlog, where honest clients wait behind a flood); a connection over a budget —
-//! all connections, those still in the TLS handshake, those in the handshake from one address —
-//! is closed at once and counted. TLS handshakes and the HTTP/2 preface have short deadlines,
-//! ALPN picks HTTP/2 or HTTP/1.1, and each connection is ended with a graceful GOAWAY when it
-//! reaches nginx-like limits (requests, idle time, age) or the server shuts down, then closed
-//! lingering ([`super::closing`]).
+//! in the kernel backlog, where honest clients wait behind a flood). Admission
+//! ([`super::preauth`]) budgets what costs: a silent socket holds a connection slot for at most
+//! `timeouts.client_hello`, and is the first to make room when the budget is full; a TLS
+//! handshake holds a handshake slot, waited for (globally and per address) within
+//! `timeouts.tls_handshake`. The HTTP/2 preface has a short deadline too, ALPN picks HTTP/2 or
+//! HTTP/1.1, and each connection is ended with a graceful GOAWAY when it reaches nginx-like
+//! limits (requests, idle time, age) or the server shuts down, then closed lingering
+//! ([`super::closing`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,14 +19,14 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::closing::Lingering;
 use super::final_goaway::Gate;
 use super::handler::Handler;
-use super::preauth::{Budgets, HandshakeSlot, TlsFailure, first_byte};
+use super::preauth::{Admission, Refusal, Stage, Ticket, TlsFailure, first_byte};
 pub use super::proxy::{ProxyTrust, common_name};
 use crate::config::{ServerHttp2, ServerTimeouts};
 use crate::http2::tap::{ConnInfo, Direction, Side, Tap, TapConfig, error_code_name};
@@ -35,7 +37,7 @@ pub struct ServerLimits {
     pub http2: ServerHttp2,
     pub timeouts: ServerTimeouts,
     pub max_connections: usize,
-    /// Connections still in the TLS handshake, in all and from one source address.
+    /// TLS handshakes in progress, in all and from one source address.
     pub max_handshakes: usize,
     pub max_handshakes_per_ip: usize,
     /// Log every frame of every connection (`trace_h2`).
@@ -119,7 +121,7 @@ pub async fn serve(
 ) {
     let limits = Arc::new(limits);
     let tracker = TaskTracker::new();
-    let budgets = Budgets::new(&limits);
+    let admission = Admission::new(&limits);
     let mut next_id: u64 = 0;
     loop {
         let (tcp, peer) = tokio::select! {
@@ -134,56 +136,38 @@ pub async fn serve(
                 }
             },
         };
-        let tls = matches!(mode, Mode::Tls(_));
-        let slots = budgets.connection().and_then(|c| {
-            // Only TLS connections are unauthenticated until their handshake ends; the proxy
-            // listener serves trusted peers (or closes the others at once).
-            let hs = if tls {
-                Some(budgets.handshake(peer.ip())?)
-            } else {
-                None
-            };
-            Ok((c, hs))
-        });
-        let (permit, handshake) = match slots {
-            Ok(s) => s,
+        next_id += 1;
+        let id = next_id;
+        let accepted = Instant::now();
+        let ticket = match admission.connection(id) {
+            Ok(t) => t,
             Err(refusal) => {
-                metrics::counter!("uplink_ingest_connections_refused_total", "reason" => refusal.label())
-                    .increment(1);
-                REFUSED_LOG.log(|suppressed| {
-                    tracing::warn!(%peer, reason = refusal.label(), suppressed, "connection over budget; closed at once");
-                });
-                // A RST, not a FIN: nothing was said, and no TIME_WAIT is left behind. (The
-                // deprecation is about a non-zero linger blocking on drop; zero never blocks.)
-                #[allow(deprecated)]
-                let _ = tcp.set_linger(Some(Duration::ZERO));
-                drop(tcp);
+                refuse(&tcp, peer, refusal, None);
                 continue;
             }
         };
-        next_id += 1;
-        let id = next_id;
-        let (mode, handler, limits, shutdown, closer) = (
+        let (mode, handler, limits, shutdown, closer, admission) = (
             mode.clone(),
             handler.clone(),
             limits.clone(),
             shutdown.clone(),
             tracker.clone(),
+            admission.clone(),
         );
         tracker.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let linger = limits.timeouts.linger;
-            let guard: Box<dyn Send> = Box::new(permit);
+            let ctx = ConnCtx { id, peer, handler, limits, shutdown, closer };
             match mode {
                 Mode::Tls(tls) => {
-                    let ctx = ConnCtx { id, peer, handler, limits, shutdown, closer };
-                    tls_connection(tcp, ctx, tls, handshake, guard).await
+                    tls_connection(tcp, ctx, tls, admission, ticket, accepted).await
                 }
                 Mode::Proxy(trust) => {
                     if trust.trusts(peer.ip()) {
-                        let io = Lingering::new(tcp, linger, closer.clone(), guard);
-                        let ctx = ConnCtx { id, peer, handler, limits, shutdown, closer };
-                        ctx.serve(TokioIo::new(io), false, Who::Proxy(trust), None, None).await;
+                        // The proxy listener serves trusted peers only: nothing to evict.
+                        let guard: Box<dyn Send> = Box::new(ticket);
+                        let io = Lingering::new(tcp, linger, ctx.closer.clone(), guard);
+                        Box::pin(ctx.serve(TokioIo::new(io), false, Who::Proxy(trust), None, None, None)).await;
                     } else {
                         metrics::counter!("uplink_ingest_untrusted_proxy_total").increment(1);
                         tracing::warn!(conn = id, %peer, "connection to the proxy listener from an untrusted address; closed");
@@ -216,10 +200,37 @@ fn chain(e: &hyper::Error) -> String {
     s
 }
 
+/// Closes a connection that could not be served, counted and said in one rate-limited line:
+/// with a RST, not a FIN (nothing was said, and no TIME_WAIT is left behind). `waited` is how
+/// long it waited for a handshake slot.
+fn refuse(tcp: &TcpStream, peer: SocketAddr, refusal: Refusal, waited: Option<Duration>) {
+    metrics::counter!("uplink_ingest_connections_refused_total", "reason" => refusal.label())
+        .increment(1);
+    REFUSED_LOG.log(|suppressed| match waited {
+        None => tracing::warn!(
+            %peer,
+            reason = refusal.label(),
+            suppressed,
+            "connection over budget and no silent connection to make room; closed at once"
+        ),
+        Some(waited) => tracing::warn!(
+            %peer,
+            reason = refusal.label(),
+            ?waited,
+            suppressed,
+            "no handshake slot free within timeouts.tls_handshake; closed"
+        ),
+    });
+    // The deprecation is about a non-zero linger blocking on drop; zero never blocks.
+    #[allow(deprecated)]
+    let _ = tcp.set_linger(Some(Duration::ZERO));
+}
+
 /// Log lines about refused connections and protocol errors, rate-limited: a flood of either
 /// must not become a flood of log lines.
 static REFUSED_LOG: RateLimited = RateLimited::new(5);
 static PROTOCOL_LOG: RateLimited = RateLimited::new(10);
+static EVICTED_LOG: RateLimited = RateLimited::new(1);
 
 /// At most `per_second` lines per second; the first line after a suppressed stretch says how
 /// many were left out.
@@ -268,43 +279,128 @@ struct ConnCtx {
     closer: TaskTracker,
 }
 
+/// Says nothing back, sends a RST, and counts the eviction on the victim's side.
+fn evicted(conn: u64, peer: SocketAddr, tcp: Option<&TcpStream>, stage: Stage) {
+    tracing::debug!(conn, %peer, stage = stage.label(), "evicted to make room for a new connection");
+    EVICTED_LOG.log(|suppressed| {
+        tracing::info!(
+            conn,
+            %peer,
+            stage = stage.label(),
+            suppressed,
+            "budget full: the oldest silent connection was closed to make room for a new one"
+        );
+    });
+    if let Some(tcp) = tcp {
+        #[allow(deprecated)]
+        let _ = tcp.set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// Counts and logs a failed handshake.
+fn tls_failed(id: u64, peer: SocketAddr, timeouts: &ServerTimeouts, f: TlsFailure) {
+    metrics::counter!("uplink_ingest_tls_failures_total", "reason" => f.label()).increment(1);
+    match f {
+        TlsFailure::Aborted => {
+            tracing::debug!(conn = id, %peer, "closed before the TLS handshake")
+        }
+        TlsFailure::ClientHelloTimeout => {
+            tracing::debug!(conn = id, %peer, timeout = ?timeouts.client_hello, "no complete ClientHello in time; closed")
+        }
+        TlsFailure::Timeout => {
+            tracing::info!(conn = id, %peer, timeout = ?timeouts.tls_handshake, "TLS handshake timed out")
+        }
+        _ => {}
+    }
+}
+
 async fn tls_connection(
     tcp: TcpStream,
     ctx: ConnCtx,
     tls: Arc<rustls::ServerConfig>,
-    handshake: Option<HandshakeSlot>,
-    guard: Box<dyn Send>,
+    admission: Arc<Admission>,
+    mut ticket: Ticket,
+    accepted: Instant,
 ) {
     let (id, peer) = (ctx.id, ctx.peer);
-    let acceptor = TlsAcceptor::from(tls);
-    let deadline = ctx.limits.timeouts.tls_handshake;
-    let handshaken = tokio::time::timeout(deadline, async {
-        first_byte(&tcp).await?;
-        acceptor.accept(tcp).await.map_err(|e| (TlsFailure::of(&e), e))
-            .map_err(|(f, e)| {
+    let timeouts = &ctx.limits.timeouts;
+    let evict = ticket.evicted();
+    let failed = |f: TlsFailure| tls_failed(id, peer, timeouts, f);
+    // 1. The ClientHello: a socket and nothing more (no handshake slot, no crypto), evictable.
+    ticket.enter(Stage::ClientHello, None);
+    let hello_deadline = accepted + timeouts.client_hello;
+    // Peek first: a dial closed before its first byte is not a protocol failure.
+    let first = tokio::select! {
+        r = tokio::time::timeout_at(hello_deadline, first_byte(&tcp)) => Some(r),
+        _ = evict.cancelled() => None,
+    };
+    match first {
+        None => return evicted(id, peer, Some(&tcp), Stage::ClientHello),
+        Some(Err(_)) => return failed(TlsFailure::ClientHelloTimeout),
+        Some(Ok(Err(f))) => return failed(f),
+        Some(Ok(Ok(()))) => {}
+    }
+    let mut hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let read = tokio::select! {
+        r = tokio::time::timeout_at(hello_deadline, &mut hello) => Some(r),
+        _ = evict.cancelled() => None,
+    };
+    let start = match read {
+        None => return evicted(id, peer, hello.take_io().as_ref(), Stage::ClientHello),
+        Some(Err(_)) => return failed(TlsFailure::ClientHelloTimeout),
+        Some(Ok(Err(e))) => {
+            let f = TlsFailure::of(&e);
+            tracing::info!(conn = id, %peer, reason = f.label(), error = %e, "TLS handshake failed");
+            return failed(f);
+        }
+        Some(Ok(Ok(start))) => start,
+    };
+    // The rest is most of this task's state: boxed, so a connection that never completes its
+    // ClientHello costs only the small future above.
+    Box::pin(authenticate(start, ctx, tls, admission, ticket, accepted)).await
+}
+
+/// The rest of a TLS connection once its ClientHello is in.
+async fn authenticate(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    ctx: ConnCtx,
+    tls: Arc<rustls::ServerConfig>,
+    admission: Arc<Admission>,
+    mut ticket: Ticket,
+    accepted: Instant,
+) {
+    let (id, peer) = (ctx.id, ctx.peer);
+    let timeouts = &ctx.limits.timeouts;
+    let evict = ticket.evicted();
+    let failed = |f: TlsFailure| tls_failed(id, peer, timeouts, f);
+    // 2. The handshake: waits for its slots (not evictable meanwhile: it has spoken), then
+    //    computes; a handshake waiting on a slow client is evictable.
+    ticket.leave();
+    let deadline = accepted + timeouts.tls_handshake;
+    let slot = match admission.handshake(peer.ip(), deadline).await {
+        Ok(s) => s,
+        Err(refusal) => {
+            return refuse(&start.io, peer, refusal, Some(accepted.elapsed()));
+        }
+    };
+    ticket.enter(Stage::Handshake, Some(slot.global()));
+    let handshaken = tokio::select! {
+        r = tokio::time::timeout_at(deadline, start.into_stream(tls)) => match r {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                let f = TlsFailure::of(&e);
                 tracing::info!(conn = id, %peer, reason = f.label(), error = %e, "TLS handshake failed");
-                f
-            })
-    })
-    .await
-    .unwrap_or(Err(TlsFailure::Timeout));
-    drop(handshake);
+                Err(f)
+            }
+            Err(_) => Err(TlsFailure::Timeout),
+        },
+        _ = evict.cancelled() => return evicted(id, peer, None, Stage::Handshake),
+    };
+    ticket.leave();
+    drop(slot);
     let tls = match handshaken {
         Ok(s) => s,
-        Err(f) => {
-            metrics::counter!("uplink_ingest_tls_failures_total", "reason" => f.label())
-                .increment(1);
-            match f {
-                TlsFailure::Aborted => {
-                    tracing::debug!(conn = id, %peer, "closed before the TLS handshake")
-                }
-                TlsFailure::Timeout => {
-                    tracing::info!(conn = id, %peer, timeout = ?deadline, "TLS handshake timed out")
-                }
-                _ => {}
-            }
-            return;
-        }
+        Err(f) => return failed(f),
     };
     let (_, session) = tls.get_ref();
     let identity: Option<Arc<str>> = session
@@ -314,29 +410,42 @@ async fn tls_connection(
         .map(Arc::from);
     let h2 = session.alpn_protocol() == Some(b"h2");
     tracing::debug!(conn = id, %peer, identity = identity.as_deref(), h2, "connection accepted");
-    let info = Arc::new(ConnInfo::default());
+    // 3. Authenticated, silent until its preface (or first request): evictable.
+    ticket.enter(Stage::Preface, None);
+    let guard: Box<dyn Send> = Box::new(ticket.slot());
     let io = Lingering::new(tls, ctx.limits.timeouts.linger, ctx.closer.clone(), guard);
-    let http2 = &ctx.limits.http2;
-    let io = Gate::new(io, http2.goaway_quiet, http2.goaway_max_wait);
-    let io = Tap::new(
-        io,
-        TapConfig::new(id, Side::Server, ctx.limits.trace_h2),
-        info.clone(),
-    );
     let platform = identity.clone();
-    ctx.serve(
-        TokioIo::new(io),
-        h2,
-        Who::Cert(identity),
-        Some(info),
-        platform,
-    )
-    .await;
+    if h2 {
+        let info = Arc::new(ConnInfo::default());
+        let http2 = &ctx.limits.http2;
+        let io = Gate::new(io, http2.goaway_quiet, http2.goaway_max_wait);
+        let io = Tap::new(
+            io,
+            TapConfig::new(id, Side::Server, ctx.limits.trace_h2),
+            info.clone(),
+        );
+        let io = TokioIo::new(io);
+        ctx.serve(
+            io,
+            h2,
+            Who::Cert(identity),
+            Some(info),
+            platform,
+            Some(ticket),
+        )
+        .await;
+    } else {
+        // HTTP/1.1 has no frames to tap nor a GOAWAY to gate.
+        let io = TokioIo::new(io);
+        ctx.serve(io, h2, Who::Cert(identity), None, platform, Some(ticket))
+            .await;
+    }
 }
 
 impl ConnCtx {
     /// Serves one connection, whatever its transport. `info` is the frame tap's view of an
-    /// HTTP/2 connection (`None` for HTTP/1.1 without a tap); `platform` names it in log lines.
+    /// HTTP/2 connection (`None` for HTTP/1.1); `platform` names it in log lines; `ticket`
+    /// keeps the connection evictable until it speaks.
     async fn serve<I>(
         self,
         io: TokioIo<I>,
@@ -344,6 +453,7 @@ impl ConnCtx {
         who: Who,
         info: Option<Arc<ConnInfo>>,
         platform: Option<Arc<str>>,
+        ticket: Option<Ticket>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -405,14 +515,14 @@ impl ConnCtx {
                 .keep_alive_interval(SERVER_PING_INTERVAL)
                 .keep_alive_timeout(SERVER_PING_TIMEOUT)
                 .max_header_list_size(limits.http2.max_header_list_bytes);
-            conn.run(builder.serve_connection(io, svc)).await;
+            conn.run(builder.serve_connection(io, svc), ticket).await;
         } else {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .keep_alive(true)
                 .header_read_timeout(limits.timeouts.idle);
-            conn.run(builder.serve_connection(io, svc)).await;
+            conn.run(builder.serve_connection(io, svc), ticket).await;
         }
         metrics::gauge!("uplink_ingest_connections_open").decrement(1.0);
         metrics::histogram!("uplink_ingest_requests_per_connection")
@@ -443,7 +553,7 @@ impl Drive<'_> {
 
     /// Runs a connection to its end, starting a graceful shutdown (GOAWAY for HTTP/2) at the
     /// first limit reached. Requests already accepted complete.
-    async fn run<C>(self, conn: C)
+    async fn run<C>(self, conn: C, mut ticket: Option<Ticket>)
     where
         C: GracefulConnection<Error = hyper::Error>,
     {
@@ -465,9 +575,15 @@ impl Drive<'_> {
         let mut hard_deadline = Instant::now();
         // Whether this close's GOAWAY has been counted (once the tap saw it written).
         let mut counted = false;
+        let evict = ticket.as_ref().map(Ticket::evicted).unwrap_or_default();
         loop {
             let polled = std::future::poll_fn(|cx| {
                 let r = conn.as_mut().poll(cx);
+                // Reads happen while being polled: once the client has spoken it is no longer
+                // evictable.
+                if ticket.is_some() && self.client_spoke() {
+                    ticket = None;
+                }
                 // hyper writes the GOAWAY while being polled: count it as soon as it is out.
                 if let Some(reason) = closing {
                     self.count_goaway(reason, &mut counted);
@@ -494,6 +610,15 @@ impl Drive<'_> {
                     // Authenticated but silent: it holds a connection slot and nothing else.
                     metrics::counter!("uplink_ingest_preface_timeouts_total").increment(1);
                     tracing::info!(conn = id, peer = %self.peer, timeout = ?limits.timeouts.preface, "no HTTP/2 preface (or first request) in time; closed");
+                    return;
+                }
+                _ = evict.cancelled(), if preface_pending => {
+                    preface_pending = false;
+                    if self.client_spoke() {
+                        // It spoke just as it was picked: serve it (one over the budget).
+                        continue;
+                    }
+                    evicted(id, self.peer, None, Stage::Preface);
                     return;
                 }
                 _ = state.limit_reached.notified(), if closing.is_none() => CloseReason::MaxRequests,

@@ -1,21 +1,41 @@
-//! Before a client is authenticated: the connection budgets the accept loop takes without
-//! waiting (all connections, those in the TLS handshake, those in the handshake from one
-//! address), and what a failed handshake means (a metric label by cause).
+//! Before a client is authenticated: admission. What is budgeted is what costs.
+//!
+//! - A connection that has sent nothing (or not yet a whole ClientHello) costs a socket: it
+//!   holds a slot of `limits.max_connections` and nothing else, for at most
+//!   `timeouts.client_hello`.
+//! - A TLS handshake in progress (ClientHello received, the server's CPU being spent) holds a
+//!   slot of `limits.max_handshakes` and of `limits.max_handshakes_per_ip`. A connection that
+//!   finds either full **waits** for one (in arrival order) within `timeouts.tls_handshake` from
+//!   its accept; only one that could not be served within that deadline anyway is closed.
+//! - When `limits.max_connections` is full, the oldest connection that has not said anything
+//!   makes room for the newcomer (evicted): first those still without a ClientHello, then
+//!   those authenticated but silent (no HTTP/2 preface yet). When `limits.max_handshakes` is
+//!   full and a handshake has been waiting on its client for longer than a fifth of
+//!   `timeouts.tls_handshake`, the oldest such handshake makes room. A connection is refused
+//!   at once only when nothing is evictable.
+//!
+//! Also here: what a failed handshake means (a metric label by cause).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::accept::ServerLimits;
 
-/// Why a connection was closed right after accept (a metric label).
+/// Why a connection was closed without being served (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// `limits.max_connections` full and no silent connection to evict.
     MaxConnections,
+    /// No handshake slot within `timeouts.tls_handshake`.
     MaxHandshakes,
+    /// No slot of its address within `timeouts.tls_handshake`.
     MaxHandshakesPerIp,
 }
 
@@ -29,68 +49,261 @@ impl Refusal {
     }
 }
 
-/// The connection budgets, taken without waiting: a connection gets its slots or is refused.
-pub(super) struct Budgets {
+/// Where a connection stands before it has spoken; an evictable connection is in one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Accepted, its ClientHello not complete yet.
+    ClientHello,
+    /// In the TLS handshake (holding a handshake slot).
+    Handshake,
+    /// Authenticated, but no HTTP/2 preface (HTTP/1.1: no request) yet.
+    Preface,
+}
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::ClientHello => "client_hello",
+            Stage::Handshake => "handshake",
+            Stage::Preface => "preface",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A permit that whoever evicts its holder can give back at once, without waiting for the
+/// holder's task to wind down (or its socket's lingering close).
+#[derive(Clone, Default)]
+pub(super) struct Releasable(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Releasable {
+    fn new(p: OwnedSemaphorePermit) -> Self {
+        Releasable(Arc::new(Mutex::new(Some(p))))
+    }
+
+    fn release(&self) {
+        drop(lock(&self.0).take());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update below is a single insert or remove: the state stays consistent after a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Entry {
+    since: Instant,
+    evict: CancellationToken,
+    /// The slot the eviction frees: the connection slot, or for a handshake its global slot.
+    slot: Releasable,
+}
+
+/// Per-address handshake slots, and how many connections hold or wait for one.
+struct PerIp {
+    slots: Arc<Semaphore>,
+    users: usize,
+}
+
+/// The admission budgets of one listener.
+pub(super) struct Admission {
     connections: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip: Mutex<HashMap<IpAddr, PerIp>>,
     max_per_ip: usize,
+    /// A handshake waiting on its client this long may be evicted for a newcomer.
+    slow_handshake: Duration,
+    /// Evictable connections by stage, oldest (lowest id) first.
+    stages: Mutex<[BTreeMap<u64, Entry>; 3]>,
 }
 
-/// A connection's share of the handshake budget; returned when the handshake ends either way.
+/// A connection's handshake slots; given back when the handshake ends either way.
 pub(super) struct HandshakeSlot {
-    _global: OwnedSemaphorePermit,
-    ip: IpAddr,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    global: Releasable,
+    _ip: OwnedSemaphorePermit,
+    _user: PerIpUser,
 }
 
-impl Drop for HandshakeSlot {
+/// Counts a connection as a user of its address's entry (holding or waiting for a slot), so
+/// the entry lives exactly as long as someone needs it.
+struct PerIpUser {
+    ip: IpAddr,
+    admission: Arc<Admission>,
+}
+
+impl Drop for PerIpUser {
     fn drop(&mut self) {
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        let mut m = lock(&self.admission.per_ip);
+        if let Some(e) = m.get_mut(&self.ip) {
+            e.users -= 1;
+            if e.users == 0 {
                 m.remove(&self.ip);
             }
         }
     }
 }
 
-impl Budgets {
-    pub(super) fn new(limits: &ServerLimits) -> Self {
-        Budgets {
+/// A connection's place among the evictable ones; it leaves when dropped.
+pub(super) struct Ticket {
+    id: u64,
+    stage: Option<Stage>,
+    admission: Arc<Admission>,
+    evict: CancellationToken,
+    /// The connection's slot of `limits.max_connections`.
+    slot: Releasable,
+}
+
+impl Ticket {
+    /// Moves the connection to `stage` (evictable there); `slot` is what its eviction frees.
+    pub(super) fn enter(&mut self, stage: Stage, slot: Option<&Releasable>) {
+        self.leave();
+        let entry = Entry {
+            since: Instant::now(),
+            evict: self.evict.clone(),
+            slot: slot.unwrap_or(&self.slot).clone(),
+        };
+        lock(&self.admission.stages)[stage.index()].insert(self.id, entry);
+        self.stage = Some(stage);
+    }
+
+    /// No longer evictable (it spoke, or it is waiting for a handshake slot).
+    pub(super) fn leave(&mut self) {
+        if let Some(s) = self.stage.take() {
+            lock(&self.admission.stages)[s.index()].remove(&self.id);
+        }
+    }
+
+    /// Cancelled when the connection is evicted.
+    pub(super) fn evicted(&self) -> CancellationToken {
+        self.evict.clone()
+    }
+
+    /// The connection's slot, for whoever keeps it until the socket is closed.
+    pub(super) fn slot(&self) -> Releasable {
+        self.slot.clone()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+impl Admission {
+    pub(super) fn new(limits: &ServerLimits) -> Arc<Self> {
+        Arc::new(Admission {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
-            per_ip: Arc::default(),
+            per_ip: Mutex::default(),
             max_per_ip: limits.max_handshakes_per_ip,
-        }
-    }
-
-    pub(super) fn connection(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        self.connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxConnections)
-    }
-
-    pub(super) fn handshake(&self, ip: IpAddr) -> Result<HandshakeSlot, Refusal> {
-        let ip = unmapped(ip);
-        let global = self
-            .handshakes
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxHandshakes)?;
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(Refusal::MaxHandshakesPerIp);
-        }
-        *n += 1;
-        Ok(HandshakeSlot {
-            _global: global,
-            ip,
-            per_ip: self.per_ip.clone(),
+            slow_handshake: limits.timeouts.tls_handshake / 5,
+            stages: Mutex::default(),
         })
+    }
+
+    /// A slot of `limits.max_connections` for a new connection, evicting the oldest silent
+    /// connection when full; `Err` when there is none to evict.
+    pub(super) fn connection(self: &Arc<Self>, id: u64) -> Result<Ticket, Refusal> {
+        let permit = match self.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // The victim's slot is given back synchronously, so the retry cannot lose it
+                // to anyone (nothing else waits on this semaphore).
+                self.evict([Stage::ClientHello, Stage::Preface], None)
+                    .ok_or(Refusal::MaxConnections)?;
+                self.connections
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Refusal::MaxConnections)?
+            }
+        };
+        Ok(Ticket {
+            id,
+            stage: None,
+            admission: self.clone(),
+            evict: CancellationToken::new(),
+            slot: Releasable::new(permit),
+        })
+    }
+
+    /// Evicts the oldest connection of the first of `stages` that has one (older than
+    /// `min_age` if given); returns its stage.
+    fn evict<const N: usize>(
+        &self,
+        stages: [Stage; N],
+        min_age: Option<Duration>,
+    ) -> Option<Stage> {
+        let mut all = lock(&self.stages);
+        for stage in stages {
+            let map = &mut all[stage.index()];
+            let Some((&id, e)) = map.first_key_value() else {
+                continue;
+            };
+            if min_age.is_some_and(|min| e.since.elapsed() < min) {
+                continue;
+            }
+            let e = map.remove(&id).expect("just seen");
+            e.slot.release();
+            e.evict.cancel();
+            metrics::counter!("uplink_ingest_connections_evicted_total", "stage" => stage.label())
+                .increment(1);
+            return Some(stage);
+        }
+        None
+    }
+
+    /// Handshake slots for a connection from `ip` whose ClientHello is complete: its address's
+    /// slot, then a global one, each waited for in arrival order until `deadline`. When the
+    /// global budget is full, a handshake waiting on its client for longer than the slow
+    /// threshold is evicted to make room.
+    pub(super) async fn handshake(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        deadline: Instant,
+    ) -> Result<HandshakeSlot, Refusal> {
+        let ip = unmapped(ip);
+        let slots = {
+            let mut m = lock(&self.per_ip);
+            let e = m.entry(ip).or_insert_with(|| PerIp {
+                slots: Arc::new(Semaphore::new(self.max_per_ip)),
+                users: 0,
+            });
+            e.users += 1;
+            e.slots.clone()
+        };
+        let user = PerIpUser {
+            ip,
+            admission: self.clone(),
+        };
+        let ip_permit = tokio::time::timeout_at(deadline, slots.acquire_owned())
+            .await
+            .map_err(|_| Refusal::MaxHandshakesPerIp)?
+            .expect("never closed");
+        let global = match self.handshakes.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.evict([Stage::Handshake], Some(self.slow_handshake));
+                tokio::time::timeout_at(deadline, self.handshakes.clone().acquire_owned())
+                    .await
+                    .map_err(|_| Refusal::MaxHandshakes)?
+                    .expect("never closed")
+            }
+        };
+        Ok(HandshakeSlot {
+            global: Releasable::new(global),
+            _ip: ip_permit,
+            _user: user,
+        })
+    }
+}
+
+impl HandshakeSlot {
+    /// What evicting this handshake frees.
+    pub(super) fn global(&self) -> &Releasable {
+        &self.global
     }
 }
 
@@ -112,6 +325,8 @@ pub enum TlsFailure {
     BadCertificate,
     /// Anything else the TLS layer refused: not TLS, no common version or cipher, bad records.
     Protocol,
+    /// No complete ClientHello within `timeouts.client_hello`: a silent or trickling socket.
+    ClientHelloTimeout,
     /// No completed handshake within `timeouts.tls_handshake`.
     Timeout,
 }
@@ -122,6 +337,7 @@ impl TlsFailure {
             TlsFailure::Aborted => "aborted",
             TlsFailure::BadCertificate => "bad_certificate",
             TlsFailure::Protocol => "protocol",
+            TlsFailure::ClientHelloTimeout => "client_hello_timeout",
             TlsFailure::Timeout => "timeout",
         }
     }
@@ -186,34 +402,104 @@ mod tests {
         assert_eq!(TlsFailure::of(&eof), TlsFailure::Protocol);
     }
 
-    #[test]
-    fn handshake_budgets_are_per_address_and_global() {
-        let limits = ServerLimits {
+    fn admission(connections: usize, handshakes: usize, per_ip: usize) -> Arc<Admission> {
+        Admission::new(&ServerLimits {
             http2: ServerHttp2::default(),
             timeouts: ServerTimeouts::default(),
-            max_connections: 10,
-            max_handshakes: 3,
-            max_handshakes_per_ip: 2,
+            max_connections: connections,
+            max_handshakes: handshakes,
+            max_handshakes_per_ip: per_ip,
             trace_h2: false,
-        };
-        let b = Budgets::new(&limits);
+        })
+    }
+
+    fn in_a(d: u64) -> Instant {
+        Instant::now() + Duration::from_millis(d)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_from_one_address_waits_for_its_slots_in_order() {
+        let b = admission(100, 3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = b.handshake(a).unwrap();
-        let s2 = b.handshake(mapped).unwrap();
-        assert_eq!(b.handshake(a).err(), Some(Refusal::MaxHandshakesPerIp));
-        let s3 = b.handshake(other).unwrap();
-        assert_eq!(b.handshake(other).err(), Some(Refusal::MaxHandshakes));
+        let s1 = b.handshake(a, in_a(10)).await.unwrap();
+        let s2 = b.handshake(mapped, in_a(10)).await.unwrap();
+        // The third from the same address waits for one of them, and gets it.
+        let third = tokio::spawn({
+            let b = b.clone();
+            async move {
+                b.handshake(a, in_a(1_000))
+                    .await
+                    .map(|s| (s, Instant::now()))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let freed = Instant::now();
         drop(s1);
-        let s4 = b.handshake(a).unwrap();
-        drop((s2, s3, s4));
-        assert!(
-            b.per_ip.lock().unwrap().is_empty(),
-            "no entry outlives its handshakes"
+        let (s3, served) = third.await.unwrap().expect("served once a slot was free");
+        assert_eq!(served, freed, "at once, not after its deadline");
+        // One that cannot get a slot before its deadline is refused then, naming the budget.
+        let t = Instant::now();
+        assert_eq!(
+            b.handshake(a, in_a(200)).await.err(),
+            Some(Refusal::MaxHandshakesPerIp)
         );
-        let held: Vec<_> = (0..10).map(|_| b.connection().unwrap()).collect();
-        assert_eq!(b.connection().err(), Some(Refusal::MaxConnections));
-        drop(held);
+        assert_eq!(t.elapsed(), Duration::from_millis(200));
+        drop((s2, s3));
+        assert!(lock(&b.per_ip).is_empty(), "no entry outlives its users");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_global_budget_waits_and_evicts_only_slow_handshakes() {
+        let b = admission(100, 2, 2);
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        let mut t1 = b.connection(1).unwrap();
+        let s1 = b.handshake(ip(1), in_a(10)).await.unwrap();
+        t1.enter(Stage::Handshake, Some(s1.global()));
+        let mut t2 = b.connection(2).unwrap();
+        let s2 = b.handshake(ip(2), in_a(10)).await.unwrap();
+        t2.enter(Stage::Handshake, Some(s2.global()));
+        // Both are young: a newcomer waits, and gets nothing within 100 ms.
+        assert_eq!(
+            b.handshake(ip(3), in_a(100)).await.err(),
+            Some(Refusal::MaxHandshakes)
+        );
+        assert!(!t1.evicted().is_cancelled());
+        // Once the oldest has waited on its client for a fifth of tls_handshake (1 s), a
+        // newcomer evicts it and gets its slot at once.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let t = Instant::now();
+        let s3 = b.handshake(ip(3), in_a(10)).await.expect("room made");
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert!(t1.evicted().is_cancelled(), "the oldest went");
+        assert!(!t2.evicted().is_cancelled());
+        drop((s1, s2, s3, t1, t2));
+        assert!(lock(&b.per_ip).is_empty());
+        assert!(lock(&b.stages).iter().all(|m| m.is_empty()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_connection_budget_evicts_the_oldest_silent_connection() {
+        let b = admission(3, 3, 3);
+        let mut silent = b.connection(1).unwrap();
+        silent.enter(Stage::ClientHello, None);
+        let mut unspoken = b.connection(2).unwrap();
+        unspoken.enter(Stage::Preface, None);
+        let mut talking = b.connection(3).unwrap();
+        talking.enter(Stage::ClientHello, None);
+        talking.leave();
+        // Full: the newcomer evicts the one still without a ClientHello first…
+        let mut t4 = b.connection(4).expect("room made");
+        assert!(silent.evicted().is_cancelled());
+        t4.enter(Stage::Preface, None);
+        // …then the oldest authenticated one without a preface…
+        let _t5 = b.connection(5).expect("room made");
+        assert!(unspoken.evicted().is_cancelled());
+        assert!(!t4.evicted().is_cancelled());
+        let _t6 = b.connection(6).expect("room made");
+        assert!(t4.evicted().is_cancelled());
+        // …and never one that spoke: with nothing evictable the newcomer is refused.
+        assert_eq!(b.connection(7).err(), Some(Refusal::MaxConnections));
+        assert!(!talking.evicted().is_cancelled());
     }
 }

@@ -1,5 +1,6 @@
 //! The one integration-test binary: real nats-server, real TLS, the real `uplink` binary.
 
+mod admission;
 mod anchors;
 mod api;
 mod backlog;
