@@ -246,12 +246,14 @@ fn check_expr(what: &str, expr: &str, exported: &BTreeMap<String, BTreeSet<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
-    // Connections rotate every 5 requests (GOAWAYs, closes, rotations); one address may have
-    // only one connection in the TLS handshake (refusals).
+    // Connections rotate every 5 requests (GOAWAYs, closes, rotations); 8 connection slots,
+    // so silent connections are evicted and, once every slot holds one that spoke, refused.
     let p = pipeline(
         |i| {
             i.http2.max_requests_per_connection = 5;
-            i.limits.max_handshakes_per_ip = 1;
+            i.limits.max_connections = 8;
+            i.limits.max_handshakes = 8;
+            i.limits.max_handshakes_per_ip = 8;
         },
         |g| {
             g.forward.max_requests_per_connection = 5;
@@ -268,15 +270,38 @@ async fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    // From 127.0.0.2: one bare connection held in the handshake, a second one refused; then
-    // both closed without a byte (a TLS failure, `aborted`).
+    // Bare connections (silent: evictable) and TLS connections that spoke their HTTP/2 preface
+    // (not evictable), one of each at a time: the spoken ones evict the bare ones until every
+    // slot holds one that spoke; then a new connection is refused.
     let bare = || async {
         let s = tokio::net::TcpSocket::new_v4().unwrap();
         s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         // A connection the ingest refuses may be reset before connect returns.
         s.connect(p.ingest_cfg.listen).await.ok()
     };
-    let held = bare().await;
+    let spoken = || async {
+        use tokio::io::AsyncWriteExt as _;
+        let pki = p.pki();
+        let cfg = uplink::tls::client_config(
+            &pki.ca(),
+            &pki.client_cert("edge-1"),
+            &pki.client_key("edge-1"),
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(p.ingest_cfg.listen)
+            .await
+            .ok()?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        // The client preface and an empty SETTINGS frame.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .ok()?;
+        Some(tls)
+    };
     let ingest_has = |family: &'static str| {
         let p = &p;
         async move {
@@ -291,23 +316,35 @@ async fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
             .unwrap_or_else(|_| panic!("{family} never appeared"));
         }
     };
-    // The first is in the handshake once the ingest accepted it; the second is over budget.
-    let mut refused = Vec::new();
+    let (mut silent, mut spoke) = (Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        refused.push(bare().await);
         let m = p.ingest_metrics().await.unwrap();
-        if m.contains("# TYPE uplink_ingest_connections_refused_total ") {
+        if m.contains("# TYPE uplink_ingest_connections_refused_total ")
+            && m.contains("# TYPE uplink_ingest_connections_evicted_total ")
+        {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nothing refused:\n{m}"
+            "nothing refused or evicted:\n{m}"
         );
+        silent.push(bare().await);
+        spoke.push(spoken().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(held);
-    drop(refused);
+    drop((silent, spoke));
+    // A dial closed before its first byte: a TLS failure (`aborted`), once slots are free again.
+    let closed = uplink::testbed::wait_for(
+        || async {
+            drop(bare().await);
+            let m = p.ingest_metrics().await.unwrap_or_default();
+            Ok(m.contains("# TYPE uplink_ingest_tls_failures_total "))
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(closed.is_ok(), "no aborted dial counted");
     ingest_has("uplink_ingest_tls_failures_total").await;
 
     let gateway = p.gateway_metrics().await.unwrap();
