@@ -209,8 +209,7 @@ settings! {
         /// TCP connect timeout (duration).
         #[serde(with = "duration")]
         pub connect: Duration,
-        /// TLS handshake deadline from accept (duration, 5s): unauthenticated connections hold
-        /// limits.max_handshakes only this long.
+        /// TLS handshake deadline after the TCP connect (duration, 5s).
         #[serde(with = "duration")]
         pub tls_handshake: Duration,
         /// Whole-request timeout, headers to end of response (duration); must be < nats.ack_wait.
