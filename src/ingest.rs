@@ -33,6 +33,7 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> Result<(), S
         proxy_listen,
         proxy_trust,
     } = preflight(&cfg)?;
+    warn_if_files_are_short(cfg.limits.max_connections);
     let backlog = cfg.limits.listen_backlog;
     let listener = bind(cfg.listen, backlog).map_err(StartError::listen(cfg.listen, "listen"))?;
     let admin = TcpListener::bind(cfg.admin.listen)
@@ -91,6 +92,32 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> Result<(), S
     Ok(())
 }
 
+/// Every connection is a file descriptor: says so once at start when the process's open-file
+/// limit (`ulimit -n`, systemd `LimitNOFILE`) is below `limits.max_connections` plus what the
+/// ingest needs besides (listeners, NATS, logs), since accepts then fail with EMFILE long
+/// before the budget is full.
+fn warn_if_files_are_short(max_connections: usize) {
+    const OWN: usize = 64;
+    let Some(soft) =
+        open_file_limit(&std::fs::read_to_string("/proc/self/limits").unwrap_or_default())
+    else {
+        return;
+    };
+    if soft < max_connections + OWN {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections,
+            "the open-file limit is below limits.max_connections + {OWN}: connections beyond it fail to be accepted; raise it (ulimit -n, systemd LimitNOFILE) or lower limits.max_connections"
+        );
+    }
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text (`None` when unlimited or absent).
+fn open_file_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// What the ingest needs before it opens a socket.
 pub struct Preflight {
     pub deny: Option<Arc<crate::tls::reload::Watched<crate::tls::reload::DenyList>>>,
@@ -147,4 +174,19 @@ pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpList
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             63391                63391                processes \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(super::open_file_limit(text), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files     \n";
+        assert_eq!(super::open_file_limit(unlimited), None);
+        assert_eq!(super::open_file_limit(""), None);
+    }
 }
