@@ -27,6 +27,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
+    // Ctrl-C must stop the demo, not its servers under it: the summary reads them.
+    crate::testbed::keep_children_apart();
     let nats_bin = crate::testbed::find_nats_server(nats_server)?;
     eprintln!("starting: dev PKI, edge and cloud nats-server, uplink ingest, uplink gateway …");
     let p = Pipeline::start(&exe, &nats_bin, |_| {}, |_| {}).await?;
@@ -79,8 +81,10 @@ pub async fn run(
             _ = &mut stop => break,
             _ = tick.tick() => {}
         }
-        let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
+        // Delivered first: read later, published can only be larger (never "delivered 4503
+        // of 4501 published").
         let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+        let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
         if let Some(f) = &follower {
             // The interval's first tick is at once: no row for an instant.
             let t = started.elapsed().as_secs_f64();
@@ -105,8 +109,8 @@ pub async fn run(
         // The part of a second between the last tick and the stop.
         let t = started.elapsed().as_secs_f64();
         if t - last.0 >= 0.1 {
-            let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
             let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+            let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
             rows.push(f.row(last, (t, published, delivered)));
         }
     }

@@ -71,6 +71,10 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
+        if CHILDREN_APART.load(std::sync::atomic::Ordering::Relaxed) {
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+        }
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -146,6 +150,18 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether processes started from now on get a process group of their own.
+static CHILDREN_APART: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, start every process in a process group of its own, so a Ctrl-C at the terminal
+/// (SIGINT to the whole foreground group) reaches only this program, which then stops its
+/// processes itself, in order, after reading what it needs from them (the demo's summary).
+/// Only for programs that handle SIGINT; a test binary killed by Ctrl-C would leave them
+/// running.
+pub fn keep_children_apart() {
+    CHILDREN_APART.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// `kill(pid, sig)`; with [`send_signal_group`] the one place this crate calls into libc.

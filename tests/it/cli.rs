@@ -1,6 +1,7 @@
 //! The binary's command line: config errors name the key and exit 64; defaults are printed.
 
 use std::process::Command;
+use std::time::Duration;
 
 use uplink::testbed::TempDir;
 
@@ -337,6 +338,91 @@ async fn publish_without_a_stream_names_the_subject_and_the_way_out() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("published 5 messages"));
 }
 
+/// The summary's first two numbers: published at the edge, in the cloud stream.
+fn summary_counts(err: &str) -> (String, u64, u64) {
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary: {err}"));
+    // "summary: N published at the edge, N in the cloud stream; …"
+    let n: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (summary.to_string(), n[0], n[1])
+}
+
+/// Stopped the documented way, Ctrl-C at a terminal (SIGINT to the whole foreground process
+/// group: the demo and every process it started), the demo still ends with a true summary:
+/// its servers are not in its group, so they are still there to be read.
+#[test]
+fn the_demo_stopped_with_ctrl_c_ends_with_a_true_summary() {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut child = Command::new(exe())
+        .args(["demo", "--rate", "200"])
+        .process_group(0)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pgid = child.id();
+    let mut stderr = child.stderr.take().unwrap();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = std::thread::spawn({
+        let text = text.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                text.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    // The event: a live line showing deliveries (at most 60 s).
+    let delivering = |t: &str| {
+        t.rsplit('\r').any(|line| {
+            line.split("delivered")
+                .nth(1)
+                .and_then(|r| r.split('|').next())
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n >= 200)
+        })
+    };
+    let started = std::time::Instant::now();
+    while !delivering(&text.lock().unwrap()) {
+        if started.elapsed() > Duration::from_secs(60) {
+            uplink::testbed::send_signal_group(pgid, 9);
+            panic!("no deliveries shown: {}", text.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    uplink::testbed::send_signal_group(pgid, 2);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            uplink::testbed::send_signal_group(pgid, 9);
+            panic!("the demo did not stop: {}", text.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    let err = text.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {err}");
+    let (summary, published, delivered) = summary_counts(&err);
+    assert!(published >= 200 && published == delivered, "{summary}");
+    assert!(!summary.contains("still on their way"), "{summary}");
+    assert!(!summary.contains(" 0 connections opened"), "{summary}");
+}
+
 /// README's first command: the demo runs the pipeline, shows where everything is, and ends
 /// with a summary in which everything published arrived.
 #[test]
@@ -356,17 +442,7 @@ fn the_demo_prints_its_addresses_and_ends_with_a_summary() {
     ] {
         assert!(err.contains(shown), "{shown}: {err}");
     }
-    let summary = err
-        .lines()
-        .find(|l| l.starts_with("summary: "))
-        .unwrap_or_else(|| panic!("no summary: {err}"));
-    // "summary: N published at the edge, N in the cloud stream; …"
-    let n: Vec<u64> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .take(2)
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert!(n[0] >= 200 && n[0] == n[1], "{summary}");
+    let (summary, published, delivered) = summary_counts(&err);
+    assert!(published >= 200 && published == delivered, "{summary}");
     assert!(summary.contains(" 0 rejected"), "{summary}");
 }
