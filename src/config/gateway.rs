@@ -186,7 +186,8 @@ settings! {
         /// JetStream — payload and headers, plus Uplink-Dead-Reason, -Status, -Subject, -Stream and
         /// -Sequence — and termed only once the copy is stored (a copy that fails keeps the message:
         /// nak after retry.max_backoff). With nats.create_stream the gateway creates the stream
-        /// `<nats.stream>_DEAD` for `<prefix>.>` (file, limits retention, 1 GiB, oldest dropped first).
+        /// `<nats.stream>_DEAD` for `<prefix>.>` (file, limits retention, 1 GiB, oldest dropped first, as
+        /// many replicas as the edge stream).
         /// A message too large for a copy (within a few hundred bytes of the edge's max_payload) is
         /// termed without one, logged and counted. "" = no copy: on a work-queue edge a termed message
         /// is then gone (only logged and counted).

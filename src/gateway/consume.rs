@@ -95,16 +95,35 @@ pub fn stream_config(cfg: &GatewayConfig) -> jetstream::stream::Config {
 
 /// The dead-letter stream a gateway creates (`forward.dead_letter`, with `nats.create_stream`):
 /// `<nats.stream>_DEAD` on `<prefix>.>`, file storage, limits retention, at most 1 GiB with the
-/// oldest dropped first — refused messages wait there for an operator, bounded.
-pub fn dead_letter_stream_config(cfg: &GatewayConfig) -> jetstream::stream::Config {
+/// oldest dropped first — refused messages wait there for an operator, bounded. It has as many
+/// replicas as the edge stream (`edge_replicas`): a message is not less safe once refused.
+pub fn dead_letter_stream_config(
+    cfg: &GatewayConfig,
+    edge_replicas: usize,
+) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: format!("{}_DEAD", cfg.nats.stream),
+        num_replicas: edge_replicas.max(1),
         subjects: vec![format!("{}.>", cfg.forward.dead_letter)],
         storage: jetstream::stream::StorageType::File,
         retention: jetstream::stream::RetentionPolicy::Limits,
         max_bytes: 1 << 30,
         discard: jetstream::stream::DiscardPolicy::Old,
         ..Default::default()
+    }
+}
+
+/// Creates the dead-letter stream (where refused messages go, `forward.dead_letter`) if missing,
+/// with the edge stream's replicas; a failure is not fatal: the copy fails later and the
+/// message is kept, with the error in the log. An existing stream keeps its own settings.
+pub async fn create_dead_letter_stream(
+    js: &jetstream::Context,
+    cfg: &GatewayConfig,
+    edge_replicas: usize,
+) {
+    let dead = dead_letter_stream_config(cfg, edge_replicas);
+    if let Err(e) = js.get_or_create_stream(dead.clone()).await {
+        tracing::warn!(error = %e, stream = %dead.name, subjects = ?dead.subjects, replicas = dead.num_replicas, "cannot create the dead-letter stream; refused messages will be kept in the edge stream instead");
     }
 }
 
@@ -126,15 +145,11 @@ pub(super) async fn bind(
         }
         Err(e) => return Err(e).with_context(|| format!("edge stream {}", n.stream)),
     };
+    let info = stream.info().await?.clone();
     if n.create_stream && may_create && !cfg.forward.dead_letter.is_empty() {
-        // Where refused messages go (`forward.dead_letter`); a failure here is not fatal: the
-        // copy fails later and the message is kept, with the error in the log.
-        let dead = dead_letter_stream_config(cfg);
-        if let Err(e) = js.get_or_create_stream(dead.clone()).await {
-            tracing::warn!(error = %e, stream = %dead.name, subjects = ?dead.subjects, "cannot create the dead-letter stream; refused messages will be kept in the edge stream instead");
-        }
+        create_dead_letter_stream(js, cfg, info.config.num_replicas).await;
     }
-    let incarnation = stream.info().await?.created.unix_timestamp_nanos();
+    let incarnation = info.created.unix_timestamp_nanos();
     let consumer: PullConsumer = stream
         .get_or_create_consumer(&n.consumer, consumer_config(cfg))
         .await

@@ -254,3 +254,35 @@ fn a_cloud_cluster_of_no_nodes_is_a_usage_error_naming_the_flag() {
         );
     }
 }
+
+/// The dead-letter stream a gateway creates has the edge stream's replicas: on an R3 edge a
+/// refused message is as safe as the others (issue: an R3 edge got an R1 dead-letter stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_stream_has_the_edge_streams_replicas() {
+    let dir = uplink::testbed::TempDir::new("uplink-edge-cluster").unwrap();
+    let c = Cluster::start(&nats_bin(), dir.path(), "edge", 3)
+        .await
+        .expect("edge cluster");
+    let js = jetstream::new(async_nats::connect(c.addrs()).await.unwrap());
+    for (stream, replicas) in [("EDGE3", 3), ("EDGE1", 1)] {
+        let mut cfg = uplink::config::GatewayConfig::default();
+        cfg.nats.stream = stream.into();
+        cfg.nats.subjects = vec![format!("{}.>", stream.to_lowercase())];
+        cfg.forward.dead_letter = format!("dead{}", stream.to_lowercase());
+        js.create_stream(jetstream::stream::Config {
+            num_replicas: replicas,
+            ..uplink::gateway::consume::stream_config(&cfg)
+        })
+        .await
+        .expect("edge stream");
+        uplink::gateway::consume::create_dead_letter_stream(&js, &cfg, replicas).await;
+        let mut dead = js
+            .get_stream(format!("{stream}_DEAD"))
+            .await
+            .expect("the dead-letter stream exists");
+        let info = dead.info().await.unwrap();
+        assert_eq!(info.config.num_replicas, replicas, "{stream}");
+        let peers = info.cluster.as_ref().map(|c| c.replicas.len()).unwrap_or(0);
+        assert_eq!(peers, replicas - 1, "{stream}: {:?}", info.cluster);
+    }
+}
