@@ -8,6 +8,7 @@ pub mod accept;
 pub mod budget;
 pub mod closing;
 pub mod decode;
+pub mod fast_batch;
 pub mod final_goaway;
 pub mod handler;
 pub mod leader;

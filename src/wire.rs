@@ -26,6 +26,12 @@ pub const PUBLISH_PATH_PREFIX: &str = "/v1/publish/";
 pub const TIME_HEADER: &str = "Uplink-Time-Unix-Nano";
 /// Header carrying the sending platform into the cloud stream (set by the ingest).
 pub const PLATFORM_HEADER: &str = "Uplink-Platform";
+/// Request header (value `1`) by which the gateway says that no message of the batch was sent
+/// before — its first attempt, every message delivered by the edge for the first time — so
+/// none can already be in the cloud stream: the ingest may then publish the batch in a way
+/// whose acks do not tell duplicates apart (fast batch publish). Without it (retries, other
+/// clients) the ingest publishes message by message and reports duplicates exactly.
+pub const FIRST_SEND_HEADER: &str = "uplink-first-send";
 /// Longest accepted message id (bytes).
 pub const MAX_ID_LEN: usize = 512;
 

@@ -228,7 +228,7 @@ async fn send(
 ) -> Outcome {
     let count = ids.len();
     let d = send_with_retries(
-        || p.post.post(body.clone(), encoding, count),
+        || p.post.post(body.clone(), encoding, count, false),
         shared.backoff,
         &shared.complaints,
         &shared.stop,

@@ -47,6 +47,9 @@ pub trait Settle: Send + Sync + Sized + 'static {
     fn split_off(&mut self, at: usize) -> Self;
     /// The edge stream sequence of the first message (for logs).
     fn first_sequence(&self) -> u64;
+    /// Whether the edge delivers every message for the first time (none can have reached the
+    /// cloud through an earlier delivery).
+    fn first_delivery(&self) -> bool;
     /// Copies every message to the dead letters under `prefix` (`forward.dead_letter`) with
     /// why (`reason`, the ingest's `status`); Ok once every copy is stored.
     fn dead_letter<'a>(
@@ -91,6 +94,11 @@ impl Settle for Vec<jetstream::Message> {
 
     fn split_off(&mut self, at: usize) -> Self {
         Vec::split_off(self, at)
+    }
+
+    fn first_delivery(&self) -> bool {
+        self.iter()
+            .all(|m| m.info().is_ok_and(|i| i.delivered == 1))
     }
 
     fn first_sequence(&self) -> u64 {
@@ -209,13 +217,15 @@ pub async fn settle(msgs: &[jetstream::Message], kind: AckKind) {
 }
 
 /// Sends an encoded batch body (in `encoding`); a 2xx that does not confirm every one of
-/// `count` messages is an error (`Unconfirmed`), never a success.
+/// `count` messages is an error (`Unconfirmed`), never a success. `first_send`: no message of
+/// it was sent before (`wire::FIRST_SEND_HEADER`).
 pub trait Post: Send + Sync + 'static {
     fn post(
         &self,
         body: Bytes,
         encoding: Encoding,
         count: usize,
+        first_send: bool,
     ) -> BoxFuture<'_, Result<FullResponse, ForwardError>>;
 }
 
@@ -231,12 +241,15 @@ impl Post for HttpPost {
         body: Bytes,
         encoding: Encoding,
         count: usize,
+        first_send: bool,
     ) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
-        let req = Request::post(self.url.clone())
+        let mut req = Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
-            .header(http::header::CONTENT_ENCODING, encoding.as_str())
-            .body(Full::new(body))
-            .expect("valid request");
+            .header(http::header::CONTENT_ENCODING, encoding.as_str());
+        if first_send {
+            req = req.header(wire::FIRST_SEND_HEADER, "1");
+        }
+        let req = req.body(Full::new(body)).expect("valid request");
         let send = self.client.send(req);
         Box::pin(async move {
             let resp = send.await?;
@@ -328,10 +341,15 @@ pub fn deliver<S: Settle>(
             }
         };
         let count = msgs.len();
+        // Only the first attempt, of messages the edge delivers for the first time, can say
+        // that nothing of it reached the cloud before. (A half of a rejected batch was refused
+        // before anything was published: still a first send.)
+        let mut first_send = msgs.first_delivery();
         let attempt = || {
             let ticket = d.slots.attempt();
             let sent = tokio::time::Instant::now();
-            let answer = d.post.post(body.clone(), encoding, count);
+            let answer = d.post.post(body.clone(), encoding, count, first_send);
+            first_send = false;
             let slots = d.slots.clone();
             async move {
                 let r = answer.await;

@@ -286,6 +286,11 @@ impl Handler {
             .read_body(&parts.headers, body, &mut hold, deadline)
             .await?;
         let body_len = body.len();
+        let first_send = matches!(route, Route::Batches)
+            && parts
+                .headers
+                .get(wire::FIRST_SEND_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"1");
         let messages = match route {
             Route::Batches => {
                 self.decode_batch(platform, body, body_paid, encoding, &mut hold, deadline)
@@ -319,7 +324,7 @@ impl Handler {
         if let Some(t) = &ticket {
             t.charge(messages.len(), body_len);
         }
-        self.publish(platform, messages, deadline).await
+        self.publish(platform, messages, first_send, deadline).await
     }
 
     /// Checks everything known before the body: route, method, identity, encoding, type.
@@ -561,6 +566,7 @@ impl Handler {
         &self,
         platform: &str,
         messages: Vec<OutMessage>,
+        first_send: bool,
         deadline: Instant,
     ) -> Result<HttpResponse, ApiError> {
         let count = messages.len();
@@ -597,7 +603,7 @@ impl Handler {
                     ),
                 )
             })?;
-        let outcome = self.sink.publish(messages).await;
+        let outcome = self.sink.publish(messages, first_send).await;
         drop(share);
         let outcome = outcome?;
         metrics::counter!("uplink_ingest_messages_total", "result" => "accepted")

@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+use super::fast_batch::{BatchError, FastBatches};
 use super::leader::{LeaderWatch, Loss};
 use crate::config::CloudNats;
 
@@ -70,8 +71,14 @@ pub enum SinkError {
 
 /// Where the ingest persists messages. The real one is JetStream; unit tests use a fake.
 pub trait Sink: Send + Sync + 'static {
-    /// Persists every message, or fails; 2xx is answered only after `Ok`.
-    fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>>;
+    /// Persists every message, or fails; 2xx is answered only after `Ok`. `first_send`: the
+    /// client says none of these messages was sent before (so none can be a duplicate), which
+    /// lets the sink publish them as one batch whose acks do not tell duplicates apart.
+    fn publish(
+        &self,
+        messages: Vec<OutMessage>,
+        first_send: bool,
+    ) -> BoxFuture<'_, Result<Outcome, SinkError>>;
     /// `Ok` when the sink can take messages now.
     fn ready(&self) -> Result<(), String>;
     /// The largest message (in [`OutMessage::nats_size`] bytes) the sink can ever store; a
@@ -117,7 +124,12 @@ pub struct JetStreamSink {
     /// takes the permits for a whole chunk at once, so concurrent requests can never each hold
     /// part of what they need and wait on each other.
     pending: Arc<tokio::sync::Semaphore>,
+    max_pending: usize,
     chunk: usize,
+    /// Fast batches ([`super::fast_batch`]), when the server (2.14+) and the stream
+    /// (`allow_batched`) have them: decided once the stream is checked.
+    fast: Arc<tokio::sync::OnceCell<Arc<FastBatches>>>,
+    fast_off: std::sync::atomic::AtomicBool,
 }
 
 /// Most publishes of one request in flight at once.
@@ -153,16 +165,40 @@ impl JetStreamSink {
             stream_ready: stream_ready.clone(),
             leader: leader.clone(),
             pending: Arc::new(tokio::sync::Semaphore::new(cfg.max_pending_acks)),
+            max_pending: cfg.max_pending_acks,
             chunk: MAX_CHUNK.min(cfg.max_pending_acks),
+            fast: Arc::default(),
+            fast_off: std::sync::atomic::AtomicBool::new(false),
         });
+        for mode in ["fast_batch", "per_message"] {
+            metrics::counter!("uplink_ingest_publish_requests_total", "mode" => mode).increment(0);
+        }
         let cfg = cfg.clone();
+        let fast = sink.fast.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
-                match ensure_stream(&js, &cfg).await {
+                match ensure_stream(&js, &client, &cfg).await {
                     Ok(()) => {
+                        let batching = match batching(&client, &cfg.stream).await {
+                            Ok(true) => match FastBatches::start(client.clone()).await {
+                                Ok(f) => {
+                                    let _ = fast.set(f);
+                                    "fast batches"
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "fast batches unavailable; publishing message by message");
+                                    "message by message"
+                                }
+                            },
+                            Ok(false) => "message by message",
+                            Err(why) => {
+                                tracing::info!(stream = %cfg.stream, "{why}: publishing message by message");
+                                "message by message"
+                            }
+                        };
                         stream_ready.store(true, std::sync::atomic::Ordering::Release);
-                        tracing::info!(stream = %cfg.stream, "cloud stream ready");
+                        tracing::info!(stream = %cfg.stream, publish = batching, "cloud stream ready");
                         leader.probe_forever(js, publish_timeout).await;
                         return;
                     }
@@ -183,15 +219,48 @@ impl JetStreamSink {
 enum StreamError {
     #[error("stream {0} does not exist and nats.create_stream = false")]
     Missing(String),
-    #[error("creating stream {stream}: {source}")]
-    Create {
-        stream: String,
-        source: jetstream::context::CreateStreamError,
-    },
+    #[error("creating stream {stream}: {reason}")]
+    Create { stream: String, reason: String },
 }
 
-/// Creates the cloud stream when missing (and allowed), or checks that it exists.
-async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> Result<(), StreamError> {
+/// Whether the connected server is 2.14 or later (fast batch publish, ADR-50).
+fn server_batches(client: &async_nats::Client) -> bool {
+    let version = client.server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 14)
+}
+
+/// Whether requests can go as fast batches: the server has them and the stream allows them
+/// (`Err` says why not, once, in the log). The stream's config as the server reports it,
+/// read raw: async-nats's `Config` has the field only behind a feature we do not build.
+async fn batching(client: &async_nats::Client, stream: &str) -> Result<bool, String> {
+    if !server_batches(client) {
+        return Ok(false);
+    }
+    let info = client
+        .request(format!("$JS.API.STREAM.INFO.{stream}"), Bytes::new())
+        .await
+        .map_err(|e| format!("reading stream {stream}'s config: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&info.payload)
+        .map_err(|e| format!("reading stream {stream}'s config: {e}"))?;
+    if v["config"]["allow_batched"] == serde_json::Value::Bool(true) {
+        Ok(true)
+    } else {
+        Err(format!(
+            "nats-server {} has fast batch publish but stream {stream} was created without allow_batched (recreate it with allow_batched to have requests published as batches)",
+            client.server_info().version
+        ))
+    }
+}
+
+/// Creates the cloud stream when missing (and allowed), or checks that it exists. On a server
+/// with fast batch publish (2.14+) it is created with `allow_batched`.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    cfg: &CloudNats,
+) -> Result<(), StreamError> {
     if js.get_stream(&cfg.stream).await.is_ok() {
         return Ok(());
     }
@@ -207,17 +276,57 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &CloudNats) -> Result<(), S
         ..Default::default()
     };
     cfg.limits.apply(&mut config);
+    if server_batches(client) {
+        return create_batched(client, &config).await;
+    }
     js.create_stream(config)
         .await
-        .map_err(|source| StreamError::Create {
+        .map_err(|e| StreamError::Create {
             stream: cfg.stream.clone(),
-            source,
+            reason: e.to_string(),
         })?;
     Ok(())
 }
 
+/// `$JS.API.STREAM.CREATE` with `allow_batched` added to the config async-nats serializes.
+async fn create_batched(
+    client: &async_nats::Client,
+    config: &jetstream::stream::Config,
+) -> Result<(), StreamError> {
+    let fail = |reason: String| StreamError::Create {
+        stream: config.name.clone(),
+        reason,
+    };
+    let mut v = serde_json::to_value(config).map_err(|e| fail(e.to_string()))?;
+    v["allow_batched"] = serde_json::Value::Bool(true);
+    let body = serde_json::to_vec(&v).map_err(|e| fail(e.to_string()))?;
+    let resp = client
+        .request(
+            format!("$JS.API.STREAM.CREATE.{}", config.name),
+            body.into(),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let r: serde_json::Value =
+        serde_json::from_slice(&resp.payload).map_err(|e| fail(e.to_string()))?;
+    if let Some(e) = r.get("error") {
+        // Created meanwhile by another ingest: as good as created.
+        if e["err_code"] == 10058 {
+            return Ok(());
+        }
+        return Err(fail(
+            e["description"].as_str().unwrap_or("refused").to_string(),
+        ));
+    }
+    Ok(())
+}
+
 impl Sink for JetStreamSink {
-    fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>> {
+    fn publish(
+        &self,
+        messages: Vec<OutMessage>,
+        first_send: bool,
+    ) -> BoxFuture<'_, Result<Outcome, SinkError>> {
         Box::pin(async move {
             self.conn.ready().map_err(SinkError::NotReady)?;
             if !self.stream_ready.load(std::sync::atomic::Ordering::Acquire) {
@@ -226,6 +335,45 @@ impl Sink for JetStreamSink {
                 ));
             }
             let started = std::time::Instant::now();
+            let n = messages.len();
+            if let Some(fast) = self.fast.get()
+                && first_send
+                && n >= 2
+                && n <= self.max_pending
+                && !self.fast_off.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                metrics::counter!("uplink_ingest_publish_requests_total", "mode" => "fast_batch")
+                    .increment(1);
+                let _permits = self
+                    .pending
+                    .acquire_many(n as u32)
+                    .await
+                    .expect("semaphore never closed");
+                let mut lost = self.leader.losses();
+                let sent_at = std::time::Instant::now();
+                return match fast
+                    .publish(messages, self.timeout, &mut lost, sent_at)
+                    .await
+                {
+                    Ok(accepted) => {
+                        metrics::histogram!(PUBLISH_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        Ok(Outcome {
+                            accepted,
+                            duplicates: 0,
+                        })
+                    }
+                    Err(BatchError::Sink(e)) => Err(e),
+                    Err(BatchError::Refused(why)) => {
+                        tracing::warn!(%why, "fast batches refused; publishing message by message from now on");
+                        self.fast_off
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        Err(SinkError::Publish(why))
+                    }
+                };
+            }
+            metrics::counter!("uplink_ingest_publish_requests_total", "mode" => "per_message")
+                .increment(1);
             let mut outcome = Outcome::default();
             let mut messages = messages.into_iter().peekable();
             while messages.peek().is_some() {

@@ -5,6 +5,7 @@ mod anchors;
 mod api;
 mod backlog;
 mod balancer;
+mod batch_publish;
 mod certificates;
 mod chaos;
 mod cli;

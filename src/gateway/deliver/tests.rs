@@ -48,6 +48,9 @@ impl Settle for Msgs {
     fn first_sequence(&self) -> u64 {
         0
     }
+    fn first_delivery(&self) -> bool {
+        true
+    }
     fn dead_letter<'a>(
         &'a self,
         prefix: &'a str,
@@ -76,6 +79,8 @@ type Answer = Box<dyn Fn(&[String], Duration) -> u16 + Send + Sync>;
 struct FakeIngest {
     answer: Answer,
     t0: Instant,
+    /// The `first_send` of every post, in order.
+    first_sends: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Post for FakeIngest {
@@ -84,7 +89,9 @@ impl Post for FakeIngest {
         body: Bytes,
         encoding: Encoding,
         count: usize,
+        first_send: bool,
     ) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
+        self.first_sends.lock().unwrap().push(first_send);
         let batch = wire::decode_batch(&body, encoding, 1 << 24).unwrap();
         let ids: Vec<String> = batch.messages.into_iter().map(|m| m.id).collect();
         assert_eq!(ids.len(), count);
@@ -107,6 +114,7 @@ struct Setup {
     d: Arc<Deliverer>,
     log: Log,
     t0: Instant,
+    first_sends: Arc<Mutex<Vec<bool>>>,
 }
 
 fn setup(
@@ -124,6 +132,7 @@ fn setup_dead(
     answer: impl Fn(&[String], Duration) -> u16 + Send + Sync + 'static,
 ) -> Setup {
     let t0 = Instant::now();
+    let first_sends: Arc<Mutex<Vec<bool>>> = Arc::default();
     let d = Arc::new(Deliverer {
         policy: Policy {
             ack_wait: Duration::from_secs(3),
@@ -140,6 +149,7 @@ fn setup_dead(
         post: Arc::new(FakeIngest {
             answer: Box::new(answer),
             t0,
+            first_sends: first_sends.clone(),
         }),
         complaints: Default::default(),
         soft_stop: CancellationToken::new(),
@@ -150,6 +160,7 @@ fn setup_dead(
         log: Log::default(),
         t0,
         dead_fails,
+        first_sends,
     }
 }
 
@@ -214,6 +225,11 @@ async fn a_batch_is_acked_once_and_only_after_the_ingest_confirmed_it() {
     }
     settled_once(&s.finals(), &["a", "b", "c"]);
     assert!(s.finals().iter().all(|(_, k)| k == "Ack"));
+    // Only the first attempt says nothing of it was sent before: a retry may find some of it
+    // stored, so the ingest must count duplicates for it.
+    let sends = s.first_sends.lock().unwrap().clone();
+    assert!(sends.len() >= 3, "{sends:?}");
+    assert!(sends[0] && sends[1..].iter().all(|f| !f), "{sends:?}");
 }
 
 #[tokio::test(start_paused = true)]

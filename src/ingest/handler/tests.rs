@@ -16,7 +16,11 @@ struct FakeSink {
 }
 
 impl Sink for FakeSink {
-    fn publish(&self, messages: Vec<OutMessage>) -> BoxFuture<'_, Result<Outcome, SinkError>> {
+    fn publish(
+        &self,
+        messages: Vec<OutMessage>,
+        _first_send: bool,
+    ) -> BoxFuture<'_, Result<Outcome, SinkError>> {
         Box::pin(async move {
             if self.down {
                 return Err(SinkError::NotConnected);

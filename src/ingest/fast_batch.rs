@@ -1,0 +1,338 @@
+//! Fast batch publish (nats-server 2.14+, a stream with `allow_batched`): a request's messages
+//! go to the cloud stream as one batch, flow-controlled, with one reply every N messages and one
+//! PubAck at the end instead of one PubAck per message.
+//!
+//! The protocol (nats-server `server/stream.go` `getFastBatch`, `server/jetstream_batching.go`;
+//! ADR-50): the batch travels in each message's reply subject,
+//! `<inbox>.<batch id>.<flow>.<gap mode>.<batch seq>.<op>.$FI` (op 0 start, 1 append, 2 commit).
+//! The server answers the first message with `{"type":"ack","seq":0,"msgs":N}`, then
+//! `{"type":"ack","seq":S,"msgs":N}` once every message up to S is persisted (gap mode `fail`),
+//! and the commit with a PubAck `{"stream":…,"seq":…,"batch":id,"count":n}`. A gap or a failed
+//! message (`"type":"gap"` / `"err"`) ends the batch: the request fails (503) and its retry is
+//! published message by message, where the duplicate window drops what this attempt stored.
+//!
+//! `Nats-Msg-Id` is on every message, and the server drops duplicates inside a fast batch — but
+//! silently: the PubAck does not say how many. So the ingest uses this path only for requests
+//! the gateway marks as sent for the first time (`Uplink-First-Send`), where no message can be
+//! in the stream already, and keeps `accepted` / `duplicates` exact; retries go message by
+//! message. No crate implements this client side (async-nats 0.51 has only the config types,
+//! behind a feature), hence our own, on plain publishes and one inbox subscription.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::leader::Loss;
+use super::publish::{OutMessage, SinkError};
+
+/// The most messages the server may let us send per flow ack (it caps it at 500).
+const FLOW: u64 = 500;
+
+/// Batches in progress on one connection, and the inbox their replies come to.
+pub(super) struct FastBatches {
+    client: async_nats::Client,
+    inbox: String,
+    waiting: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>>,
+    next: AtomicU64,
+    /// Distinguishes this process's batch ids from another ingest's on the same stream.
+    nonce: u64,
+}
+
+/// One reply of the server to a fast batch (flow ack, gap, error, or the final PubAck).
+#[derive(Debug, Deserialize)]
+struct Reply {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    seq: Option<u64>,
+    msgs: Option<u64>,
+    last_seq: Option<u64>,
+    batch: Option<String>,
+    count: Option<u64>,
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// JetStream error: fast batch publish is not enabled on the stream.
+const BATCHING_DISABLED: u64 = 10205;
+
+/// Why a fast batch did not complete. Every case fails the request (503, retried); `Refused`
+/// also tells the sink to stop using fast batches.
+#[derive(Debug)]
+pub(super) enum BatchError {
+    Sink(SinkError),
+    /// The server or the stream does not do fast batches after all.
+    Refused(String),
+}
+
+impl FastBatches {
+    /// Subscribes to the batches' inbox (re-subscribed by the client after a reconnect).
+    pub(super) async fn start(client: async_nats::Client) -> Result<Arc<Self>, String> {
+        let inbox = client.new_inbox();
+        let mut sub = client
+            .subscribe(format!("{inbox}.>"))
+            .await
+            .map_err(|e| format!("subscribing to the batch inbox: {e}"))?;
+        let waiting: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>> = Arc::default();
+        let routes = waiting.clone();
+        let skip = inbox.len() + 1;
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(id) = m.subject.get(skip..).and_then(|s| s.split('.').next()) else {
+                    continue;
+                };
+                let tx = routes.lock().expect("not poisoned").get(id).cloned();
+                if let Some(tx) = tx {
+                    let _ = tx.send(m.payload);
+                }
+            }
+        });
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()).rotate_left(40);
+        Ok(Arc::new(FastBatches {
+            client,
+            inbox,
+            waiting,
+            next: AtomicU64::new(0),
+            nonce,
+        }))
+    }
+
+    /// Publishes `messages` (at least 2) as one fast batch; `Ok(n)` once the PubAck says all n
+    /// are persisted. Each wait for the server is bounded by `timeout`; a `lost` connection or
+    /// leader (after `sent_at`) ends it at once.
+    pub(super) async fn publish(
+        &self,
+        messages: Vec<OutMessage>,
+        timeout: Duration,
+        lost: &mut tokio::sync::watch::Receiver<Loss>,
+        sent_at: std::time::Instant,
+    ) -> Result<usize, BatchError> {
+        let n = messages.len() as u64;
+        debug_assert!(n >= 2, "a single message is an ordinary publish");
+        let id = format!(
+            "u{:x}x{:x}",
+            self.nonce,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.waiting
+            .lock()
+            .expect("not poisoned")
+            .insert(id.clone(), tx);
+        let _unregister = Unregister(&self.waiting, &id);
+        let mut waiter = Waiter {
+            rx: &mut rx,
+            timeout,
+            lost,
+            sent_at,
+            watching: true,
+        };
+        // Persisted up to this batch sequence, and how many more the server lets us send.
+        let (mut acked, mut window) = (0u64, 0u64);
+        for (i, m) in messages.into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            // The first message opens the batch; send more only within the server's window.
+            while seq > 1 && (window == 0 || seq > acked + 2 * window) {
+                match waiter.next(&id).await? {
+                    Step::Ack { seq, msgs } => {
+                        acked = acked.max(seq);
+                        window = msgs.max(1);
+                    }
+                    Step::Done(_) => {
+                        return Err(BatchError::Sink(SinkError::Publish(format!(
+                            "fast batch {id} ended at message {seq} of {n}"
+                        ))));
+                    }
+                }
+            }
+            let op = if seq == n {
+                2
+            } else if seq == 1 {
+                0
+            } else {
+                1
+            };
+            let reply = format!("{}.{id}.{FLOW}.fail.{seq}.{op}.$FI", self.inbox);
+            let mut headers = m.headers;
+            headers.insert("Nats-Msg-Id", m.id.as_str());
+            self.client
+                .publish_with_reply_and_headers(m.subject, reply, headers, m.payload)
+                .await
+                .map_err(|e| BatchError::Sink(SinkError::Publish(e.to_string())))?;
+        }
+        loop {
+            match waiter.next(&id).await? {
+                Step::Ack { .. } => continue,
+                Step::Done(count) if count == n => return Ok(n as usize),
+                Step::Done(count) => {
+                    return Err(BatchError::Sink(SinkError::Publish(format!(
+                        "fast batch {id}: the server committed {count} of {n} messages"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// Removes a batch's reply route when its publish ends, however it ends.
+struct Unregister<'a>(
+    &'a Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>,
+    &'a str,
+);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("not poisoned").remove(self.1);
+    }
+}
+
+/// What a reply meant for the batch.
+enum Step {
+    /// Persisted up to `seq`; the window is now `msgs`.
+    Ack { seq: u64, msgs: u64 },
+    /// The commit's PubAck: this many messages accepted.
+    Done(u64),
+}
+
+struct Waiter<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<Bytes>,
+    timeout: Duration,
+    lost: &'a mut tokio::sync::watch::Receiver<Loss>,
+    sent_at: std::time::Instant,
+    watching: bool,
+}
+
+impl Waiter<'_> {
+    async fn next(&mut self, id: &str) -> Result<Step, BatchError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            tokio::select! {
+                r = self.rx.recv() => {
+                    let Some(body) = r else {
+                        return Err(BatchError::Sink(SinkError::Publish("batch inbox closed".into())));
+                    };
+                    return interpret(id, &body);
+                }
+                changed = self.lost.changed(), if self.watching => {
+                    let loss = self.lost.borrow_and_update().clone();
+                    self.watching = changed.is_ok();
+                    if self.watching && loss.condemns(self.sent_at) {
+                        return Err(BatchError::Sink(SinkError::Lost(loss.reason)));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(BatchError::Sink(SinkError::Timeout(self.timeout)));
+                }
+            }
+        }
+    }
+}
+
+/// Reads one reply of batch `id`.
+fn interpret(id: &str, body: &[u8]) -> Result<Step, BatchError> {
+    let r: Reply = serde_json::from_slice(body).map_err(|e| {
+        BatchError::Sink(SinkError::Publish(format!(
+            "fast batch {id}: unreadable reply {:?}: {e}",
+            String::from_utf8_lossy(body)
+        )))
+    })?;
+    if let Some(e) = r.error {
+        if e.err_code == BATCHING_DISABLED {
+            return Err(BatchError::Refused(e.description));
+        }
+        return Err(BatchError::Sink(SinkError::Publish(format!(
+            "fast batch {id}: {} (JetStream error {})",
+            e.description, e.err_code
+        ))));
+    }
+    match r.kind.as_deref() {
+        Some("ack") => Ok(Step::Ack {
+            seq: r.seq.unwrap_or(0),
+            msgs: r.msgs.unwrap_or(1),
+        }),
+        Some("gap") => Err(BatchError::Sink(SinkError::Publish(format!(
+            "fast batch {id}: messages {}..{} did not reach the server",
+            r.last_seq.unwrap_or(0),
+            r.seq.unwrap_or(0)
+        )))),
+        Some("err") => Err(BatchError::Sink(SinkError::Publish(format!(
+            "fast batch {id}: message {} refused",
+            r.seq.unwrap_or(0)
+        )))),
+        Some(other) => Err(BatchError::Sink(SinkError::Publish(format!(
+            "fast batch {id}: unknown reply type {other:?}"
+        )))),
+        // A PubAck. One without `batch` is an ordinary publish's: the server did not take the
+        // reply subject as a batch (older than 2.14), so the first message was stored alone.
+        None => match (r.batch.as_deref(), r.count) {
+            (Some(b), Some(count)) if b == id => Ok(Step::Done(count)),
+            _ => Err(BatchError::Refused(format!(
+                "the server answered the batch {id} like an ordinary publish"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(body: &str) -> Result<Step, BatchError> {
+        interpret("b1", body.as_bytes())
+    }
+
+    #[test]
+    fn replies_are_read_as_the_server_writes_them() {
+        // Shapes captured from nats-server 2.15.1.
+        assert!(matches!(
+            step(r#"{"type":"ack","seq":0,"msgs":2}"#),
+            Ok(Step::Ack { seq: 0, msgs: 2 })
+        ));
+        assert!(matches!(
+            step(r#"{"type":"ack","seq":4,"msgs":2}"#),
+            Ok(Step::Ack { seq: 4, msgs: 2 })
+        ));
+        assert!(matches!(
+            step(r#"{"stream":"FB","seq":7,"batch":"b1","count":7}"#),
+            Ok(Step::Done(7))
+        ));
+        assert!(matches!(
+            step(r#"{"type":"gap","last_seq":2,"seq":3}"#),
+            Err(BatchError::Sink(SinkError::Publish(_)))
+        ));
+        assert!(matches!(
+            step(
+                r#"{"type":"err","seq":2,"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 9"}}"#
+            ),
+            Err(BatchError::Sink(_))
+        ));
+        assert!(matches!(
+            step(
+                r#"{"error":{"code":400,"err_code":10205,"description":"batch publish is disabled"},"stream":"FB","seq":0}"#
+            ),
+            Err(BatchError::Refused(_))
+        ));
+        // An old server stores the first message as an ordinary publish.
+        assert!(matches!(
+            step(r#"{"stream":"FB","seq":1}"#),
+            Err(BatchError::Refused(_))
+        ));
+        assert!(step("not json").is_err());
+    }
+}

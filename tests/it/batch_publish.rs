@@ -1,0 +1,133 @@
+//! How the ingest publishes a request: a batch the gateway marks as sent for the first time
+//! (`uplink-first-send: 1`) goes to nats-server 2.14+ as one fast batch, the cloud stream
+//! created with `allow_batched`; everything else, and every request on older servers, goes
+//! message by message with exact duplicates. Either way, nothing is stored twice.
+
+use bytes::Bytes;
+use uplink::telemetry::scrape_value;
+use uplink::wire::{self, Batch, Encoding, Message};
+
+use crate::support::h2client::{self, json};
+use crate::support::*;
+
+/// Whether the nats-server under test has fast batch publish (2.14+).
+fn server_batches() -> bool {
+    let out = std::process::Command::new(nats_bin())
+        .arg("--version")
+        .output()
+        .expect("nats-server --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or("").to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 14)
+}
+
+fn mode_count(m: &str, mode: &str) -> f64 {
+    let series = format!("uplink_ingest_publish_requests_total{{mode=\"{mode}\"}}");
+    scrape_value(m, &series).unwrap_or_else(|| panic!("no {series} in:\n{m}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_send_is_one_fast_batch_where_the_server_has_them_and_a_resend_counts_duplicates() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let batching = server_batches();
+    // The stream as the server has it: allow_batched exactly where the server knows it.
+    let nats = async_nats::connect(p.cloud_url()).await.unwrap();
+    let stream = &p.ingest_cfg.nats.stream;
+    wait_stream_len(&cloud_js(&p).await, stream, 0).await;
+    let info = nats
+        .request(format!("$JS.API.STREAM.INFO.{stream}"), Bytes::new())
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(
+        info["config"]["allow_batched"] == serde_json::Value::Bool(true),
+        batching,
+        "{info}"
+    );
+
+    let n = 1_200; // more than the server's largest flow window (500), so flow acks are awaited
+    let batch = Batch {
+        messages: (0..n)
+            .map(|i| Message {
+                id: format!("edge-1.fb.1.{i}"),
+                subject: "fb.x".into(),
+                payload: Bytes::from(format!("m{i}")),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let body = wire::encode_batch(&batch, Encoding::Identity, 1).unwrap();
+    let c = edge_client(&p);
+    let post = |first: bool| {
+        let mut headers = vec![("content-type", wire::CONTENT_TYPE_PROTOBUF)];
+        if first {
+            headers.push((wire::FIRST_SEND_HEADER, "1"));
+        }
+        let (c, body) = (&c, body.clone());
+        async move {
+            let r = h2client::post(c, "/v1/batches", &headers, body)
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{:?}", String::from_utf8_lossy(r.body()));
+            json(&r)
+        }
+    };
+    let first = post(true).await;
+    assert_eq!(first["accepted"], n, "{first}");
+    assert_eq!(first["duplicates"], 0, "{first}");
+    let m = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        mode_count(&m, "fast_batch"),
+        if batching { 1.0 } else { 0.0 },
+        "{m}"
+    );
+    assert_eq!(
+        mode_count(&m, "per_message"),
+        if batching { 0.0 } else { 1.0 },
+        "{m}"
+    );
+
+    // A resend (no first-send mark) goes message by message: every message a duplicate.
+    let again = post(false).await;
+    assert_eq!(again["accepted"], 0, "{again}");
+    assert_eq!(again["duplicates"], n, "{again}");
+    let m = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        mode_count(&m, "per_message"),
+        if batching { 1.0 } else { 2.0 },
+        "{m}"
+    );
+
+    // Even a wrong first-send mark stores nothing twice (the server drops duplicates inside a
+    // fast batch too; only the answer's split cannot be exact then).
+    let wrong = post(true).await;
+    assert_eq!(
+        wrong["accepted"].as_u64().unwrap() + wrong["duplicates"].as_u64().unwrap(),
+        n as u64
+    );
+    let cloud = cloud_js(&p).await;
+    assert_eq!(stream_len(&cloud, stream).await, n as u64);
+    // One more fresh batch lands after them, whole.
+    let next = Batch {
+        messages: (0..n)
+            .map(|i| Message {
+                id: format!("edge-1.fb.2.{i}"),
+                subject: "fb.y".into(),
+                payload: Bytes::from_static(b"y"),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let body = wire::encode_batch(&next, Encoding::Identity, 1).unwrap();
+    let headers = [
+        ("content-type", wire::CONTENT_TYPE_PROTOBUF),
+        (wire::FIRST_SEND_HEADER, "1"),
+    ];
+    let r = h2client::post(&c, "/v1/batches", &headers, body)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["accepted"], n);
+    assert_eq!(stream_len(&cloud, stream).await, 2 * n as u64);
+}
