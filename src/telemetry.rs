@@ -106,6 +106,25 @@ pub fn scrape_sum(text: &str, name: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// [`scrape_sum`], but `None` when no sample matches: a check that something is 0 must fail
+/// when the family or label was renamed, not pass.
+pub fn scrape_sum_present(text: &str, name: &str) -> Option<f64> {
+    let (family, wanted) = parse_series(name)?;
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((base, labels)) = parse_series(series) else {
+            continue;
+        };
+        if base == family && wanted.iter().all(|w| labels.contains(w)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
+}
+
 /// The values a label takes in the samples of a family, in order of first appearance.
 pub fn scrape_label_values(text: &str, family: &str, label: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -162,6 +181,17 @@ mod tests {
         // A label set selects the samples that carry it.
         assert_eq!(super::scrape_sum(text, "uplink_b{class=\"now\"}"), 2.0);
         assert_eq!(super::scrape_sum(text, "uplink_b{class=\"never\"}"), 0.0);
+        // The strict form tells "0" from "no such series".
+        assert_eq!(super::scrape_sum_present(text, "uplink_b"), Some(7.0));
+        assert_eq!(
+            super::scrape_sum_present(text, "uplink_b{class=\"never\"}"),
+            None
+        );
+        assert_eq!(super::scrape_sum_present(text, "uplink_c"), None);
+        assert_eq!(
+            super::scrape_sum_present("uplink_c 0\n", "uplink_c"),
+            Some(0.0)
+        );
         let text =
             "x{a=\"1\",b=\"p,q\\\"r\"} 4\nx{a=\"1\",b=\"s\"} 1\nx{a=\"2\"} 8\nxy{a=\"1\"} 16\n";
         assert_eq!(super::scrape_sum(text, "x{a=\"1\"}"), 5.0);

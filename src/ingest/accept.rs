@@ -122,6 +122,16 @@ pub async fn serve(
     let limits = Arc::new(limits);
     let tracker = TaskTracker::new();
     let admission = Admission::new(&limits);
+    // Exported from the start, so "none sent" reads as 0, not as a missing series.
+    for reason in [
+        CloseReason::MaxRequests,
+        CloseReason::Idle,
+        CloseReason::MaxAge,
+        CloseReason::Shutdown,
+    ] {
+        metrics::counter!("uplink_ingest_goaway_sent_total", "reason" => reason.label())
+            .increment(0);
+    }
     let mut next_id: u64 = 0;
     loop {
         let (tcp, peer) = tokio::select! {

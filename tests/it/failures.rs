@@ -320,7 +320,10 @@ async fn a_platform_over_its_quota_is_slowed_not_dropped() {
         "{gm}"
     );
     assert_eq!(
-        uplink::telemetry::scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
-        0.0
+        uplink::telemetry::scrape_sum_present(
+            &gm,
+            "uplink_gateway_messages_total{result=\"rejected\"}"
+        ),
+        Some(0.0)
     );
 }

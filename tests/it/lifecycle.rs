@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uplink::gateway::forward::{Delivery, send_with_retries};
 use uplink::gateway::retry::Backoff;
-use uplink::telemetry::{scrape_sum, scrape_value};
+use uplink::telemetry::{scrape_sum, scrape_sum_present, scrape_value};
 use uplink::testbed::nginx::NginxSite;
 use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
 use uplink::testbed::verify::{self, Workload};
@@ -129,7 +129,11 @@ async fn case_study_goaway_after_1000_requests_is_a_non_event() {
         rotations + 1.0,
         "one dial per rotation, no herd:\n{gm}"
     );
-    assert_eq!(scrape_sum(&gm, "uplink_gateway_retries_total"), 0.0, "{gm}");
+    assert_eq!(
+        scrape_sum_present(&gm, "uplink_gateway_retries_total"),
+        Some(0.0),
+        "{gm}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,8 +157,8 @@ async fn goaway_every_10_requests_loses_nothing() {
         "the client should rotate before the server's limit: {server_goaways} server GOAWAYs vs {rotations} rotations"
     );
     assert_eq!(
-        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
-        0.0
+        scrape_sum_present(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        Some(0.0)
     );
 }
 
@@ -220,8 +224,8 @@ async fn client_idle_timeout_below_the_servers_closes_first() {
     );
     let im = p.ingest_metrics().await.unwrap();
     assert_eq!(
-        scrape_sum(&im, "uplink_ingest_goaway_sent_total"),
-        0.0,
+        scrape_sum_present(&im, "uplink_ingest_goaway_sent_total"),
+        Some(0.0),
         "{im}"
     );
 }
@@ -255,8 +259,8 @@ async fn server_idle_goaway_is_absorbed() {
         "{gm}"
     );
     assert_eq!(
-        scrape_value(&gm, "uplink_gateway_retries_total{class=\"backoff\"}").unwrap_or(0.0),
-        0.0,
+        scrape_value(&gm, "uplink_gateway_retries_total{class=\"backoff\"}"),
+        Some(0.0),
         "{gm}"
     );
     let im = p.ingest_metrics().await.unwrap();
@@ -322,8 +326,8 @@ async fn ingest_sigterm_under_load_drains_and_restarts_cleanly() {
     assert_exactly_once(&p, &r, 20_000);
     let gm = p.gateway_metrics().await.unwrap();
     assert_eq!(
-        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
-        0.0,
+        scrape_sum_present(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        Some(0.0),
         "{gm}"
     );
 }
@@ -366,8 +370,8 @@ async fn through_real_nginx_as_in_the_case_study() {
     assert_exactly_once(&p, &r, 50_000);
     let gm = p.gateway_metrics().await.unwrap();
     assert_eq!(
-        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
-        0.0,
+        scrape_sum_present(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        Some(0.0),
         "{gm}"
     );
     // The platform identity came from nginx's verified certificate, through the proxy header.
@@ -423,7 +427,7 @@ async fn nginx_idle_closes_between_bursts_do_not_lower_the_learned_limit() {
         "{gm}"
     );
     assert_eq!(
-        scrape_sum(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
-        0.0
+        scrape_sum_present(&gm, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        Some(0.0)
     );
 }

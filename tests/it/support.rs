@@ -140,12 +140,18 @@ pub fn publish_in_background(
     })
 }
 
-/// Number of messages in a stream.
+/// Messages in `stream`; fails the test when the stream is missing or cannot be read (a check
+/// that a stream holds 0 must not pass because it is not there).
 pub async fn stream_len(js: &jetstream::Context, stream: &str) -> u64 {
-    match js.get_stream(stream).await {
-        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    }
+    let mut s = js
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+    s.info()
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream} info: {e}"))
+        .state
+        .messages
 }
 
 /// Waits until `stream` holds at least `n` messages (an event, polled), at most 60 s.
