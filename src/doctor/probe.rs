@@ -243,6 +243,9 @@ pub struct RequestsProbe {
     /// Concurrent phase: completed on the connection, refused by GOAWAY, replayed fine.
     pub concurrent_completed: u64,
     pub refused: u64,
+    /// Concurrent phase: failed after being sent (a reset stream, a cut connection): lost for a
+    /// client that cannot replay a body — the case study's failure.
+    pub failed: u64,
     pub replayed_ok: u64,
     pub ping_rtt: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
@@ -332,7 +335,10 @@ pub async fn requests_per_connection(
                         r.refused += 1;
                         done = true;
                     }
-                    Outcome::Failed(..) => done = true,
+                    Outcome::Failed(..) => {
+                        r.failed += 1;
+                        done = true;
+                    }
                 }
             }
             done |= b.info.goaway_received().is_some();
@@ -340,8 +346,9 @@ pub async fn requests_per_connection(
         if r.refused > 0 {
             let (c, _) = open(t, 3, None).await?;
             for _ in 0..r.refused {
+                // Replayed fine: answered as the endpoint answers (its first status, or 2xx).
                 if let Outcome::Status(s) = c.request(t).await
-                    && !s.is_server_error()
+                    && (s.is_success() || Some(s.as_u16()) == r.first_status)
                 {
                     r.replayed_ok += 1;
                 }

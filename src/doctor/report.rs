@@ -39,6 +39,8 @@ pub struct Concurrency {
     pub in_flight: usize,
     pub completed_before_goaway: u64,
     pub refused_by_goaway: u64,
+    /// Failed after being sent (reset): lost to a client that cannot replay.
+    pub failed_after_sent: u64,
     pub replayed_ok: u64,
     pub lost: u64,
 }
@@ -201,8 +203,9 @@ pub fn findings(
             in_flight: o.concurrency,
             completed_before_goaway: r.concurrent_completed,
             refused_by_goaway: r.refused,
+            failed_after_sent: r.failed,
             replayed_ok: r.replayed_ok,
-            lost: r.refused - r.replayed_ok,
+            lost: r.refused - r.replayed_ok + r.failed,
         }),
         idle_wait_seconds: idle_wait.as_secs_f64(),
         idle_timeout_seconds: idle.idle_closed_after.map(|d| d.as_secs_f64()),
@@ -300,8 +303,12 @@ impl Findings {
             rows.push((
                 format!("with {} in flight", c.in_flight),
                 format!(
-                    "{} completed, {} refused above last_stream_id, {} replayed on a new connection, {} lost",
-                    c.completed_before_goaway, c.refused_by_goaway, c.replayed_ok, c.lost
+                    "{} completed, {} refused above last_stream_id, {} replayed on a new connection, {} failed after being sent, {} lost",
+                    c.completed_before_goaway,
+                    c.refused_by_goaway,
+                    c.replayed_ok,
+                    c.failed_after_sent,
+                    c.lost
                 ),
             ));
         }

@@ -91,6 +91,7 @@ async fn finds_the_ingests_request_limit_and_idle_timeout() {
     // Whatever the ingest refused when it closed the connection came back on a new one.
     let c = &v["concurrency"];
     assert_eq!(c["lost"], 0, "{v}");
+    assert_eq!(c["failed_after_sent"], 0, "{v}");
     assert_eq!(c["replayed_ok"], c["refused_by_goaway"], "{v}");
     assert!(c["completed_before_goaway"].as_u64().unwrap() > 0, "{v}");
     assert!(v["ping_rtt_ms"].as_f64().is_some());
@@ -138,6 +139,7 @@ async fn finds_nginx_keepalive_requests_and_timeout() {
     let c = &v["concurrency"];
     assert!(c["refused_by_goaway"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(c["replayed_ok"], c["refused_by_goaway"], "{v}");
+    assert_eq!(c["failed_after_sent"], 0, "{v}");
     assert_eq!(c["lost"], 0, "{v}");
     drop(n);
 }
