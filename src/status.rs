@@ -191,6 +191,8 @@ pub struct IngestStatus {
     pub goaways_sent: f64,
     pub last_goaway_ago: Option<f64>,
     pub inflight_bytes: f64,
+    /// Whether first-send requests go to the cloud as fast batches (`None`: not said yet).
+    pub fast_batches: Option<bool>,
     pub platforms: Vec<PlatformStatus>,
 }
 
@@ -339,6 +341,8 @@ fn describe(addr: &str, old: Option<&Scrape>, new: &Result<Scrape, ScrapeError>)
                 now,
             ),
             inflight_bytes: scrape_sum(m, "uplink_ingest_inflight_bytes"),
+            fast_batches: crate::telemetry::scrape_value(m, "uplink_ingest_fast_batches")
+                .map(|v| v > 0.0),
             platforms,
         });
     } else {
@@ -497,6 +501,13 @@ pub fn render(statuses: &[TargetStatus]) -> String {
                 count(i.goaways_sent),
                 ago_text(i.last_goaway_ago),
             ));
+            if let Some(fast) = i.fast_batches {
+                out.push_str(if fast {
+                    "  publish: fast batches (nats-server 2.14+, stream with allow_batched)\n"
+                } else {
+                    "  publish: message by message (no fast batches: server before 2.14, or stream without allow_batched)\n"
+                });
+            }
             connection_lines(&mut out, s);
             for p in &i.platforms {
                 out.push_str(&format!(

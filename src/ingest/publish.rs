@@ -110,6 +110,9 @@ pub fn count_rejected(platform: Option<&str>, code: &'static str) {
     .increment(1);
 }
 
+/// 1 while first-send requests go to the cloud as fast batches, 0 while message by message.
+const FAST_BATCHES: &str = "uplink_ingest_fast_batches";
+
 /// Seconds from a request's first publish to its last PubAck (`uplink_ingest_publish_seconds`).
 const PUBLISH_SECONDS: &str = "uplink_ingest_publish_seconds";
 
@@ -170,6 +173,7 @@ impl JetStreamSink {
             fast: Arc::default(),
             fast_off: std::sync::atomic::AtomicBool::new(false),
         });
+        metrics::gauge!(FAST_BATCHES).set(0.0);
         for mode in ["fast_batch", "per_message"] {
             metrics::counter!("uplink_ingest_publish_requests_total", "mode" => mode).increment(0);
         }
@@ -184,6 +188,7 @@ impl JetStreamSink {
                             Ok(true) => match FastBatches::start(client.clone()).await {
                                 Ok(f) => {
                                     let _ = fast.set(f);
+                                    metrics::gauge!(FAST_BATCHES).set(1.0);
                                     "fast batches"
                                 }
                                 Err(e) => {
@@ -368,6 +373,7 @@ impl Sink for JetStreamSink {
                         tracing::warn!(%why, "fast batches refused; publishing message by message from now on");
                         self.fast_off
                             .store(true, std::sync::atomic::Ordering::Relaxed);
+                        metrics::gauge!(FAST_BATCHES).set(0.0);
                         Err(SinkError::Publish(why))
                     }
                 };
