@@ -15,6 +15,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
+    /// Log format: "text" (for people) or "json" (one object per line, for log pipelines);
+    /// overrides UPLINK_LOG_FORMAT and the program's log.format.
+    #[arg(long, global = true, value_name = "text|json")]
+    pub log_format: Option<uplink::config::LogFormat>,
 }
 
 #[derive(clap::Args)]

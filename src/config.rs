@@ -228,6 +228,41 @@ settings! {
     }
 }
 
+/// How log lines are written (`log.format`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event (colored only at a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg` and each field of the event as a
+    /// key (docs/logs.md).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?}: must be \"text\" or \"json\"")),
+        }
+    }
+}
+
+settings! {
+    /// Logs (to stderr; levels by `UPLINK_LOG`).
+    #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct LogConfig {
+        /// "text" (one line per event, for people) or "json" (one object per line with stable keys:
+        /// ts, level, target, msg and the event's fields; for log pipelines). --log-format and
+        /// UPLINK_LOG_FORMAT override it.
+        pub format: LogFormat,
+    }
+}
+
 /// Paths of a PEM CA bundle, certificate chain and private key.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

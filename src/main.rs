@@ -16,9 +16,19 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    uplink::telemetry::init_logging();
+    let log_format = match uplink::telemetry::requested_log_format(cli.log_format) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("uplink: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Gateway and ingest start logging once their config (log.format) is read.
+    if !matches!(cli.command, Cmd::Gateway(_) | Cmd::Ingest(_)) {
+        uplink::telemetry::init_logging(log_format.unwrap_or_default());
+    }
     uplink::tls::install_crypto_provider();
-    match run(cli) {
+    match run(cli, log_format) {
         Ok(code) => code,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigError>() {
@@ -45,11 +55,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, log_format: Option<config::LogFormat>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Gateway(a) => {
             // Parse → build → spawn: every config error surfaces before a socket opens.
             let mut cfg = config::gateway(&Sources::from_process(a.config, a.sets))?;
+            uplink::telemetry::init_logging(log_format.unwrap_or(cfg.log.format));
             cfg.trace_h2 |= a.trace_h2 || uplink::http2::tap::trace_from_env();
             uplink::runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();
@@ -58,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Ingest(a) => {
             let mut cfg = config::ingest(&Sources::from_process(a.config, a.sets))?;
+            uplink::telemetry::init_logging(log_format.unwrap_or(cfg.log.format));
             cfg.trace_h2 |= a.trace_h2 || uplink::http2::tap::trace_from_env();
             uplink::runtime()?.block_on(async {
                 let _ = uplink::telemetry::metrics();

@@ -5,21 +5,114 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Sets up the tracing subscriber once per process.
-pub fn init_logging() {
+/// Sets up the tracing subscriber once per process, writing `format`.
+pub fn init_logging(format: crate::config::LogFormat) {
     let filter = std::env::var("UPLINK_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         // `uplink::nats` logs every NATS connection event once, with the settings to check;
         // async-nats itself would repeat a refused login at error on every retry, forever.
         // `UPLINK_LOG=info,async_nats=debug` shows the library's own lines.
         .unwrap_or_else(|_| "info,async_nats=off".into());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        // Colors only for a person at a terminal, never in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => builder
+            // Colors only for a person at a terminal, never in log files.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .try_init(),
+        crate::config::LogFormat::Json => {
+            builder.with_ansi(false).event_format(JsonLines).try_init()
+        }
+    };
+}
+
+/// The log format the command line or the environment asks for: `--log-format` (`flag`), else
+/// `UPLINK_LOG_FORMAT`; `None` when neither says (the program's `log.format` decides).
+pub fn requested_log_format(
+    flag: Option<crate::config::LogFormat>,
+) -> Result<Option<crate::config::LogFormat>, String> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    match std::env::var("UPLINK_LOG_FORMAT") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("UPLINK_LOG_FORMAT={e}")),
+        _ => Ok(None),
+    }
+}
+
+/// One JSON object per event and line: `ts` (RFC 3339, UTC, µs), `level` (lower case),
+/// `target` (the module), `msg`, then every field of the event under its own name — numbers
+/// and booleans as JSON numbers and booleans, everything else as the text the text format
+/// shows. Written here rather than with tracing-subscriber's `json` feature, whose keys
+/// (`timestamp`, `fields.message`) are not the ones docs/logs.md promises.
+struct JsonLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut line = serde_json::Map::new();
+        line.insert(
+            "ts".into(),
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        line.insert(
+            "level".into(),
+            meta.level().as_str().to_ascii_lowercase().into(),
+        );
+        line.insert("target".into(), meta.target().into());
+        event.record(&mut JsonFields(&mut line));
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// Collects an event's fields into a JSON object (`message` becomes `msg`).
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl JsonFields<'_> {
+    fn put(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
+        let key = match field.name() {
+            "message" => "msg",
+            other => other,
+        };
+        self.0.insert(key.to_string(), value);
+    }
+}
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.put(field, value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.put(field, value.into());
+    }
 }
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -167,6 +260,46 @@ pub fn unix_now() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_lines_carry_the_promised_keys_and_typed_fields() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .event_format(super::JsonLines)
+            .finish();
+        let peer: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(conn = 7u64, h2 = true, ratio = 0.5, %peer, waited = ?std::time::Duration::from_millis(1500), platform = "edge-1", "budget \"full\"");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["msg"], "budget \"full\"");
+        assert_eq!(v["target"], module_path!());
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+        assert_eq!(v["conn"], 7);
+        assert_eq!(v["h2"], true);
+        assert_eq!(v["ratio"], 0.5);
+        assert_eq!(v["peer"], "127.0.0.1:9");
+        assert_eq!(v["waited"], "1.5s");
+        assert_eq!(v["platform"], "edge-1");
+    }
+
     #[test]
     fn scraping() {
         let text =

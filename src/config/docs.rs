@@ -68,6 +68,7 @@ values!(
     super::EdgeRetention,
     super::RejectAction,
     super::Concurrency,
+    super::LogFormat,
     crate::wire::Encoding,
 );
 impl<T> Documented for Vec<T> {}

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use std::path::PathBuf;
 
-use super::{AdminConfig, ConfigError, Discard, NatsConnect, StreamLimits, duration, invalid};
+use super::{
+    AdminConfig, ConfigError, Discard, LogConfig, NatsConnect, StreamLimits, duration, invalid,
+};
 use crate::wire::Encoding;
 settings! {
     #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -33,6 +35,8 @@ settings! {
         pub retry: RetryConfig,
         /// Admin listener (plain HTTP): /healthz, /readyz, /deliveryz, /metrics, /status, /status.json.
         pub admin: AdminConfig,
+        /// Logs.
+        pub log: LogConfig,
     }
 }
 
@@ -258,6 +262,7 @@ impl Default for GatewayConfig {
             admin: AdminConfig {
                 listen: "127.0.0.1:9101".parse().unwrap(),
             },
+            log: LogConfig::default(),
         }
     }
 }

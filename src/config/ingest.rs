@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use super::{
-    AdminConfig, ConfigError, Discard, NatsConnect, ServerTls, StreamLimits, duration, invalid,
+    AdminConfig, ConfigError, Discard, LogConfig, NatsConnect, ServerTls, StreamLimits, duration,
+    invalid,
 };
 settings! {
     #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -37,6 +38,8 @@ settings! {
         pub admin: AdminConfig,
         /// Behind a TLS-terminating proxy (nginx) that verifies client certificates itself.
         pub proxy: ProxyConfig,
+        /// Logs.
+        pub log: LogConfig,
     }
 }
 
@@ -238,6 +241,7 @@ impl Default for IngestConfig {
                 listen: "127.0.0.1:9102".parse().unwrap(),
             },
             proxy: ProxyConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -446,3 +446,22 @@ fn the_demo_prints_its_addresses_and_ends_with_a_summary() {
     assert!(published >= 200 && published == delivered, "{summary}");
     assert!(summary.contains(" 0 rejected"), "{summary}");
 }
+
+/// A log format nobody knows is a usage error naming where it came from, before anything runs.
+#[test]
+fn an_unknown_log_format_is_refused_naming_its_source() {
+    let out = Command::new(exe())
+        .args(["config", "defaults"])
+        .env("UPLINK_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("UPLINK_LOG_FORMAT=\"xml\""), "{err}");
+    let out = Command::new(exe())
+        .args(["--log-format", "yaml", "config", "defaults"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-format"));
+}

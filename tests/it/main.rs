@@ -21,6 +21,7 @@ mod gateways;
 mod hostile;
 mod latency;
 mod lifecycle;
+mod logs;
 mod memory;
 mod metrics;
 mod nats_auth;

@@ -1,0 +1,73 @@
+//! Logs a log pipeline can read (docs/logs.md): with `log.format = "json"` every line either
+//! program writes is one JSON object with `ts`, `level`, `target`, `msg` and each event field
+//! as its own key.
+
+use uplink::config::LogFormat;
+
+use crate::support::*;
+
+/// Parses every line of a log as a JSON object with the promised keys; returns them.
+fn json_lines(program: &str, log: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let mut out = Vec::new();
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{program}: not JSON ({e}): {line}"));
+        let o = v
+            .as_object()
+            .unwrap_or_else(|| panic!("{program}: not an object: {line}"))
+            .clone();
+        for key in ["ts", "level", "target", "msg"] {
+            assert!(o[key].is_string(), "{program}: no string {key:?} in {line}");
+        }
+        assert!(
+            humantime::parse_rfc3339(o["ts"].as_str().unwrap()).is_ok(),
+            "{program}: ts is RFC 3339: {line}"
+        );
+        assert!(
+            ["error", "warn", "info", "debug", "trace"].contains(&o["level"].as_str().unwrap()),
+            "{line}"
+        );
+        out.push(o);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_json_mode_every_line_of_both_programs_is_an_object_with_stable_keys() {
+    let p = pipeline(
+        |i| i.log.format = LogFormat::Json,
+        |g| g.log.format = LogFormat::Json,
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, 200).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 200);
+    let gateway = json_lines("gateway", &p.log("gateway"));
+    let ingest = json_lines("ingest", &p.log("ingest"));
+    // The start lines, with their fields as keys of their own.
+    let started = |lines: &[serde_json::Map<String, serde_json::Value>], msg: &str| {
+        lines
+            .iter()
+            .find(|o| o["msg"] == msg)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {msg:?} line in {lines:?}"))
+    };
+    let g = started(&gateway, "gateway started");
+    assert!(g["target"].as_str().unwrap().starts_with("uplink"), "{g:?}");
+    assert!(
+        g.contains_key("cloud") && g.contains_key("platform"),
+        "{g:?}"
+    );
+    let i = started(&ingest, "ingest started");
+    assert!(
+        i.contains_key("listen") && i.contains_key("stream"),
+        "{i:?}"
+    );
+    assert_eq!(i["level"], "info");
+    let ready = started(&ingest, "cloud stream ready");
+    assert_eq!(ready["stream"], p.ingest_cfg.nats.stream.as_str());
+    if std::env::var_os("UPLINK_SHOW_LOGS").is_some() {
+        eprintln!("{}\n{}", p.log("gateway"), p.log("ingest"));
+    }
+}
