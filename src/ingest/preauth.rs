@@ -318,8 +318,10 @@ pub(super) fn unmapped(ip: IpAddr) -> IpAddr {
 /// Why a TLS handshake failed (a metric label), by cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsFailure {
-    /// Closed or reset before sending a single byte: a dial abandoned (port scan, health check,
-    /// a client that gave up) — not a certificate problem.
+    /// Closed or reset by the client before the handshake completed, without a TLS alert: a
+    /// dial abandoned (port scan, health check, a client that gave up, or — most of them — an
+    /// HTTP/2 client such as Go's closing the extra connections it dialed in a herd once one
+    /// was up). Not a certificate problem, nor a protocol one.
     Aborted,
     /// The certificate was refused, by us (rustls) or by the client (an alert).
     BadCertificate,
@@ -345,6 +347,14 @@ impl TlsFailure {
     /// Classifies a failed `accept` by the rustls error in its cause chain.
     pub fn of(e: &std::io::Error) -> Self {
         use rustls::{AlertDescription as A, Error as E};
+        use std::io::ErrorKind as K;
+        if matches!(
+            e.kind(),
+            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+        ) && e.get_ref().is_none_or(|i| i.downcast_ref::<E>().is_none())
+        {
+            return TlsFailure::Aborted;
+        }
         match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
             Some(E::InvalidCertificate(_) | E::NoCertificatesPresented) => {
                 TlsFailure::BadCertificate
@@ -398,8 +408,18 @@ mod tests {
         ] {
             assert_eq!(TlsFailure::of(&io(e)), TlsFailure::Protocol);
         }
-        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
-        assert_eq!(TlsFailure::of(&eof), TlsFailure::Protocol);
+        // The client went away mid-handshake without an alert: an abandoned dial.
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionReset,
+        ] {
+            assert_eq!(
+                TlsFailure::of(&std::io::Error::from(kind)),
+                TlsFailure::Aborted
+            );
+        }
+        let garbage = std::io::Error::new(std::io::ErrorKind::InvalidData, "not TLS");
+        assert_eq!(TlsFailure::of(&garbage), TlsFailure::Protocol);
     }
 
     fn admission(connections: usize, handshakes: usize, per_ip: usize) -> Arc<Admission> {
