@@ -309,6 +309,21 @@ pub async fn drive(
     stop.cancel();
     let sent = load.await.context("the load task")??;
     take_samples(p, &mut figures);
+    // A run that claims a scenario must have injected it: one never reached within the
+    // duration fails the run rather than passing unexercised.
+    let missed: Vec<&str> = opts
+        .faults
+        .iter()
+        .map(|f| f.name())
+        .filter(|n| figures.faults.get(*n).is_none_or(|f| f.injected == 0))
+        .collect();
+    if !missed.is_empty() {
+        figures.problems.push(format!(
+            "not injected within --duration {:?}: {} (raise --duration; each scenario takes 2–4 s)",
+            opts.duration,
+            missed.join(", ")
+        ));
+    }
     Ok((sent, figures))
 }
 

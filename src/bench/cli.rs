@@ -642,8 +642,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let result = until_interrupted(crate::bench::run(&opts))?;
     crate::bench::print(&result, opts.json);
+    // --chaos: a scenario asked for and never injected fails the run (said in `problems`).
+    let unexercised = result
+        .faults
+        .as_ref()
+        .is_some_and(|f| f.values().any(|f| f.injected == 0));
     Ok(
-        if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 {
+        if result.lost > 0 || result.duplicates > 0 || result.corrupted > 0 || unexercised {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

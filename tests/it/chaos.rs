@@ -150,7 +150,7 @@ async fn cert_rotate() {
 #[test]
 fn bench_chaos_all_reports_json_and_exits_0() {
     let out = Command::new(exe())
-        .args(["bench", "--chaos", "all", "--duration", "20s", "--json"])
+        .args(["bench", "--chaos", "all", "--duration", "75s", "--json"])
         .output()
         .unwrap();
     let v = json_of(&out);
@@ -163,22 +163,23 @@ fn bench_chaos_all_reports_json_and_exits_0() {
         (Some(0), Some(0), Some(0)),
         "{v}"
     );
-    // 2,000 msg/s for 20 s, less what a loaded 2-core machine could not keep up with.
-    assert!(v["messages"].as_u64().unwrap() >= 15_000, "{v}");
+    // 2,000 msg/s for 75 s, less what a loaded 2-core machine could not keep up with.
+    assert!(v["messages"].as_u64().unwrap() >= 60_000, "{v}");
     assert_eq!(v["delivered"], v["messages"]);
-    assert!(v["seed"].is_u64() && v["duration_s"] == 20.0 && v["rate"] == 2000.0);
+    assert!(v["seed"].is_u64() && v["duration_s"] == 75.0 && v["rate"] == 2000.0);
     let faults = v["faults"].as_object().unwrap();
     assert_eq!(faults.len(), chaos::SCENARIOS.len(), "{v}");
-    let mut injected = 0;
+    // Every scenario was injected (a run that misses one exits 1 and names it), and bit.
     for s in chaos::SCENARIOS {
         let f = &faults[s.name];
-        injected += f["injected"].as_u64().unwrap();
+        assert!(f["injected"].as_u64().unwrap() >= 1, "{}: {v}", s.name);
+        assert!(f["max_recovery_ms"].is_number(), "{f}");
         assert!(
-            f["max_recovery_ms"].is_number() && f["evidence"].is_number(),
-            "{f}"
+            f["evidence"].as_u64().unwrap() >= 1,
+            "{}: no evidence: {v}",
+            s.name
         );
     }
-    assert!(injected >= 3, "faults were injected: {v}");
     for program in ["gateway", "ingest"] {
         let r = &v["resources"][program];
         for when in ["start", "peak", "end"] {
