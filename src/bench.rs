@@ -279,7 +279,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     .into_iter()
     .filter_map(|(name, pid)| Some((name, pid?)))
     .collect();
-    let cpu0 = backlog::cpu_of(&procs);
+    let cpu0 = sample::cpu_of(&procs);
     let started = Instant::now();
     let started_ns = timeline::now_ns();
     let publisher = tokio::spawn({
@@ -296,7 +296,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     let budget = delivery_budget(opts.messages);
     verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, sent.len() as u64, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_ms = backlog::cpu_since(&procs, &cpu0);
+    let cpu_ms = sample::cpu_since(&procs, &cpu0);
     verify::wait_drained(
         &edge,
         &p.gateway_cfg.nats.stream,

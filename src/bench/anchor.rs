@@ -321,7 +321,7 @@ pub async fn native_drain(
     if kind.is_relay() {
         procs.push(("relay", std::process::id()));
     }
-    let cpu0 = super::backlog::cpu_of(&procs);
+    let cpu0 = super::sample::cpu_of(&procs);
     let started = Instant::now();
     let want = w.count as u64;
     let budget = crate::testbed::pipeline::delivery_budget(w.count);
@@ -337,7 +337,7 @@ pub async fn native_drain(
         ));
         let held = super::backlog::wait_holds(&cloud_js, &cloud_cfg.stream, want, budget).await;
         let seconds = started.elapsed().as_secs_f64();
-        let cpu_ms = super::backlog::cpu_since(&procs, &cpu0);
+        let cpu_ms = super::sample::cpu_since(&procs, &cpu0);
         let outcome = tokio::time::timeout(Duration::from_secs(10), relay).await;
         let messages = held?;
         match outcome {
@@ -374,7 +374,7 @@ pub async fn native_drain(
         .context("creating the sourcing cloud stream")?;
     let messages = super::backlog::wait_holds(&cloud_js, NATIVE_CLOUD_STREAM, want, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_ms = super::backlog::cpu_since(&procs, &cpu0);
+    let cpu_ms = super::sample::cpu_since(&procs, &cpu0);
     drop((edge, nginx, cloud));
     Ok(NativeRun {
         seconds,

@@ -8,6 +8,7 @@
 //! alternating which goes first, every trial on fresh servers. Per trial, the CPU time each
 //! process spent during the drain (from `/proc/<pid>/stat`) says where the core-seconds went.
 
+use super::sample::{cpu_of, cpu_since, peak_rss};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -372,59 +373,6 @@ pub async fn wait_holds(
     }
 }
 
-/// Linux's `USER_HZ`: the unit of `/proc/<pid>/stat`'s CPU times (100 on every architecture
-/// Linux exports it for; fixed ABI, independent of the kernel's HZ).
-const USER_HZ: f64 = 100.0;
-
-/// CPU milliseconds (user + system, all threads) a process has used so far.
-pub fn cpu_ms(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces), starting with field 3 (state).
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1000.0 / USER_HZ)
-}
-
-/// Peak resident set (VmHWM, KiB) of a process.
-pub fn peak_rss(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmHWM:")
-}
-
-/// Resident set now (VmRSS, KiB) of a process.
-pub fn rss(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmRSS:")
-}
-
-/// A `<field> N kB` line of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// CPU so far of each named process.
-pub fn cpu_of(procs: &[(&str, u32)]) -> BTreeMap<String, f64> {
-    procs
-        .iter()
-        .filter_map(|(name, pid)| Some((name.to_string(), cpu_ms(*pid)?)))
-        .collect()
-}
-
-/// CPU each process used since `before` (a process missing there started since: all of it).
-pub fn cpu_since(procs: &[(&str, u32)], before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    cpu_of(procs)
-        .into_iter()
-        .map(|(name, now)| {
-            let was = before.get(&name).copied().unwrap_or(0.0);
-            (name, now - was)
-        })
-        .collect()
-}
-
 /// Prints the rounds and the ratios, or one JSON line.
 pub fn print(r: &BacklogResult, json: bool) {
     if json {
@@ -464,15 +412,5 @@ mod tests {
         let r = Range::of(vec![4.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!(r.median, 2.5);
         assert!(Range::of(vec![]).is_none());
-    }
-
-    #[test]
-    fn this_process_has_used_cpu_and_memory() {
-        let pid = std::process::id();
-        let spin: u64 = (0..2_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
-        assert!(spin > 0);
-        assert!(cpu_ms(pid).is_some_and(|ms| ms >= 0.0));
-        assert!(peak_rss(pid).is_some_and(|kib| kib > 0));
-        assert!(cpu_ms(u32::MAX).is_none());
     }
 }

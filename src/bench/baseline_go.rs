@@ -21,7 +21,8 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 
 use super::BenchOptions;
-use super::backlog::{Range, cpu_ms, cpu_of, cpu_since};
+use super::backlog::Range;
+use super::sample::{cpu_ms, cpu_of, cpu_since};
 use crate::config::ConfigError;
 use crate::testbed::nginx::{Nginx, NginxSite};
 use crate::testbed::{Nats, Proc, TempDir};

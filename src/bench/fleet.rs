@@ -37,7 +37,8 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::backlog::{Range, cpu_ms, peak_rss, rss};
+use super::backlog::Range;
+use super::sample::{cpu_ms, peak_rss, rss};
 use crate::config::{ClientTimeouts, GatewayConfig};
 use crate::gateway::complaints::{CloudFiles, Complaints};
 use crate::gateway::deliver::{HttpPost, Post};

@@ -34,7 +34,8 @@ use http_body_util::Full;
 use rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
-use super::backlog::{Range, cpu_of, cpu_since};
+use super::backlog::Range;
+use super::sample::{cpu_of, cpu_since};
 use crate::config::{ClientTimeouts, GatewayConfig, IngestConfig};
 use crate::gateway::complaints::{CloudFiles, Complaints};
 use crate::gateway::forward::{Delivery, send_with_retries};
