@@ -73,7 +73,7 @@ pub enum Cmd {
         create_stream: Option<String>,
     },
     /// Run a whole local pipeline and report throughput, latency, lost and duplicated counts.
-    Bench(uplink::bench::cli::BenchArgs),
+    Bench(uplink_tools::bench::cli::BenchArgs),
     /// Probe an HTTP/2 endpoint's connection lifecycle and recommend gateway settings.
     Doctor {
         #[command(flatten)]

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use crate::config::{GatewayConfig, IngestConfig};
-use crate::telemetry::scrape_sum;
 use crate::testbed::nginx::NginxSite;
 use crate::testbed::pipeline::{Pipeline, PipelineOptions, delivery_budget};
 use crate::testbed::verify::{self, Workload};
+use uplink::config::{GatewayConfig, IngestConfig};
+use uplink::telemetry::scrape_sum;
 
 /// What to run: `uplink bench`'s pipeline flags (the doc comments are their help); `anchor`,
 /// `chaos` and `adaptive` are set from their flags once checked.

@@ -12,10 +12,10 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::timeline::Row;
-use crate::telemetry::scrape_sum;
 use crate::testbed::pipeline::Pipeline;
 use crate::testbed::verify::{self, Workload};
-use crate::wire::TIME_HEADER;
+use uplink::telemetry::scrape_sum;
+use uplink::wire::TIME_HEADER;
 
 /// Runs the demo until `shutdown`; `rate` messages per second; `duration` bounds it when set;
 /// `plot`: at the end, throughput and latency per second of the run as an SVG file.

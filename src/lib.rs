@@ -13,29 +13,28 @@
 //! - [`http2`]: HTTP/2 connection lifecycle (client pool, dial + handshake, failure
 //!   classification, frame parser and tap).
 //! - [`gateway`], [`ingest`]: the two programs; they never import each other.
-//! - [`testbed`]: real nats-servers and uplink processes for bench, demo and tests.
 //! - [`doctor`]: probes any HTTP/2 endpoint's lifecycle (uses [`http2`]'s tap and dialer).
-//! - [`bench`], [`demo`], [`publish`]: the user-facing tools built on the testbed.
 //! - [`status`], [`tail`]: operator tools: the programs' admin listeners at a glance; the cloud
 //!   stream as a downstream consumer sees it.
+//! - [`scratch`]: a directory removed on drop (the dev PKI's home in tests and tools).
+//!
+//! The harness, the benches, the demo and the `uplink` binary are another crate, `uplink_tools`
+//! (`tools/Cargo.toml`, root `src/tools.rs`): they see only what this crate makes public.
 
 pub mod admin;
 pub mod backoff;
-pub mod bench;
 pub mod config;
-pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod gateway;
 pub mod http2;
 pub mod ingest;
 pub mod nats;
-pub mod publish;
+pub mod scratch;
 pub mod shutdown;
 pub mod status;
 pub mod tail;
 pub mod telemetry;
-pub mod testbed;
 pub mod tls;
 pub mod wire;
 

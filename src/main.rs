@@ -142,7 +142,7 @@ fn run(cli: Cli, log_format: Option<config::LogFormat>) -> anyhow::Result<ExitCo
                 key: "--subject",
                 reason: e.to_string(),
             })?;
-            let w = uplink::testbed::verify::Workload {
+            let w = uplink_tools::testbed::verify::Workload {
                 count,
                 subjects,
                 subject_prefix: subject,
@@ -150,13 +150,13 @@ fn run(cli: Cli, log_format: Option<config::LogFormat>) -> anyhow::Result<ExitCo
                 mixed: false,
                 rate,
             };
-            uplink::runtime()?.block_on(uplink::publish::run(
+            uplink::runtime()?.block_on(uplink_tools::publish::run(
                 &nats,
                 create_stream.as_deref(),
                 w,
             ))?;
         }
-        Cmd::Bench(a) => return uplink::bench::cli::run(a),
+        Cmd::Bench(a) => return uplink_tools::bench::cli::run(a),
         Cmd::Doctor { opts, json } => {
             if !json {
                 eprintln!(
@@ -228,9 +228,9 @@ fn run(cli: Cli, log_format: Option<config::LogFormat>) -> anyhow::Result<ExitCo
             nats_server,
             plot,
         } => {
-            uplink::bench::cli::plot_and_sweep(plot.as_deref(), None, false, || false)?;
+            uplink_tools::bench::cli::plot_and_sweep(plot.as_deref(), None, false, || false)?;
             uplink::runtime()?.block_on(async {
-                uplink::demo::run(
+                uplink_tools::demo::run(
                     nats_server.as_deref(),
                     rate,
                     duration,

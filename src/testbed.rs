@@ -11,35 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A directory removed (recursively) on drop, unless kept.
-pub struct TempDir(PathBuf, bool);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> std::io::Result<Self> {
-        let p = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p, false))
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-    /// Leaves the directory in place on drop (the logs of a failed run are the evidence).
-    pub fn keep(&mut self) {
-        self.1 = true;
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.1 {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+pub use uplink::scratch::TempDir;
 
 /// A free TCP port on 127.0.0.1, outside the ephemeral range (bound, released, then used).
 pub fn free_port() -> u16 {
@@ -236,7 +208,7 @@ pub struct NatsServerTls {
 
 impl NatsServerTls {
     /// The dev PKI's server pair and CA.
-    pub fn dev(pki: &crate::tls::DevPki) -> Self {
+    pub fn dev(pki: &uplink::tls::DevPki) -> Self {
         NatsServerTls {
             cert: pki.server_cert(),
             key: pki.server_key(),

@@ -201,12 +201,12 @@ pub async fn native_drain(
     nats_bin: &std::path::Path,
     kind: Native,
     w: &Workload,
-    edge_cfg: &crate::config::GatewayConfig,
+    edge_cfg: &uplink::config::GatewayConfig,
 ) -> anyhow::Result<NativeRun> {
     use crate::testbed::{Proc, TempDir, free_port};
     let dir = TempDir::new("uplink-anchor")?;
     let d = dir.path();
-    let pki = crate::tls::dev_pki(&d.join("pki"), &["edge-1".to_string()])?;
+    let pki = uplink::tls::dev_pki(&d.join("pki"), &["edge-1".to_string()])?;
     let q = |p: std::path::PathBuf| {
         serde_json::to_string(&p.to_string_lossy()).expect("string serializes")
     };
@@ -301,7 +301,7 @@ pub async fn native_drain(
             )
         })?;
     }
-    let mut stream = crate::gateway::consume::stream_config(edge_cfg);
+    let mut stream = uplink::gateway::consume::stream_config(edge_cfg);
     if matches!(
         kind,
         Native::RelayLimits | Native::RelayAckAll | Native::RelayBare
@@ -326,7 +326,7 @@ pub async fn native_drain(
     let want = w.count as u64;
     let budget = crate::testbed::pipeline::delivery_budget(w.count);
     if kind.is_relay() {
-        let cloud_cfg = crate::config::IngestConfig::default().nats;
+        let cloud_cfg = uplink::config::IngestConfig::default().nats;
         let relay = tokio::spawn(relay_backlog(
             edge_js.clone(),
             cloud_js.clone(),
@@ -391,7 +391,7 @@ async fn relay_backlog(
     edge: jetstream::Context,
     cloud: jetstream::Context,
     edge_stream: String,
-    cloud_cfg: crate::config::CloudNats,
+    cloud_cfg: uplink::config::CloudNats,
     kind: Native,
     count: usize,
 ) -> anyhow::Result<()> {
@@ -443,8 +443,8 @@ async fn relay_backlog(
                         .map_err(|e| anyhow::anyhow!("{e}"))?
                         .stream_sequence;
                     let mut h = async_nats::HeaderMap::new();
-                    h.insert(crate::wire::TIME_HEADER, "1796185928813989953");
-                    h.insert(crate::wire::PLATFORM_HEADER, platform);
+                    h.insert(uplink::wire::TIME_HEADER, "1796185928813989953");
+                    h.insert(uplink::wire::PLATFORM_HEADER, platform);
                     p = p
                         .headers(h)
                         .message_id(format!("{platform}.{edge_stream}.{seq}"));
@@ -516,7 +516,7 @@ async fn wait_port(port: u16, p: &crate::testbed::Proc) -> anyhow::Result<()> {
 /// One process (`master_process off`), so its pid is all of its CPU and its kill ends it.
 async fn start_ws_nginx(
     dir: &std::path::Path,
-    pki: &crate::tls::DevPki,
+    pki: &uplink::tls::DevPki,
     port: u16,
     upstream: u16,
 ) -> anyhow::Result<crate::testbed::Proc> {

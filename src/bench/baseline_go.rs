@@ -23,9 +23,9 @@ use async_nats::jetstream;
 use super::BenchOptions;
 use super::backlog::Range;
 use super::sample::{cpu_ms, cpu_of, cpu_since};
-use crate::config::ConfigError;
 use crate::testbed::nginx::{Nginx, NginxSite};
 use crate::testbed::{Nats, Proc, TempDir};
+use uplink::config::ConfigError;
 
 /// The Debian packages that build the Go gateway offline.
 pub const GO_PACKAGES: &str = "golang-go golang-github-nats-io-go-nats-dev";
@@ -42,7 +42,7 @@ pub fn baseline_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();
     }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/baseline");
+    let beside = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("../shared/baseline");
     if beside.is_dir() {
         return beside;
     }
@@ -216,7 +216,7 @@ fn key(ka: u64) -> String {
 
 /// Runs the rounds (the Go program already built: `bin`).
 pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResult> {
-    crate::tls::install_crypto_provider();
+    uplink::tls::install_crypto_provider();
     let nats_bin = crate::testbed::find_nats_server(o.bench.nats_server.as_deref())?;
     let mut result = BaselineResult {
         messages: o.bench.messages,
@@ -360,7 +360,7 @@ async fn go_trial(
     let dir = TempDir::new("uplink-baseline")?;
     let d = dir.path();
     let platform = "bench-gateway".to_string();
-    let pki = crate::tls::dev_pki(&d.join("pki"), std::slice::from_ref(&platform))?;
+    let pki = uplink::tls::dev_pki(&d.join("pki"), std::slice::from_ref(&platform))?;
     let nats = Nats::start(nats_bin, d, "baseline").await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     prepublish(&js, n, o.bench.size).await?;

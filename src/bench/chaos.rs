@@ -12,9 +12,9 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::GatewayConfig;
 use crate::testbed::pipeline::{Pipeline, PipelineOptions};
 use crate::testbed::verify::{Sent, Workload};
+use uplink::config::GatewayConfig;
 
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -411,7 +411,7 @@ fn fault_proxy(p: &Pipeline) -> anyhow::Result<&crate::testbed::fault::FaultProx
 
 async fn metric(up: &Option<crate::testbed::Uplink>, series: &str) -> f64 {
     match up {
-        Some(u) => crate::telemetry::scrape_sum(&u.metrics().await.unwrap_or_default(), series),
+        Some(u) => uplink::telemetry::scrape_sum(&u.metrics().await.unwrap_or_default(), series),
         None => 0.0,
     }
 }
@@ -609,10 +609,10 @@ async fn inject(
         Fault::CertRotate => {
             let reloaded = "uplink_tls_reloads_total{result=\"ok\"}";
             let before = metric(&p.gateway, reloaded).await + metric(&p.ingest, reloaded).await;
-            crate::tls::dev_reissue(&p.pki().dir, std::slice::from_ref(&p.platform))?;
+            uplink::tls::dev_reissue(&p.pki().dir, std::slice::from_ref(&p.platform))?;
             // Pairs are looked at on handshakes at most once per CHECK_EVERY: let that pass,
             // then make both sides handshake again with the new pairs.
-            tokio::time::sleep(crate::tls::reload::CHECK_EVERY + Duration::from_millis(100)).await;
+            tokio::time::sleep(uplink::tls::reload::CHECK_EVERY + Duration::from_millis(100)).await;
             fault_proxy(p)?.reset_existing();
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {

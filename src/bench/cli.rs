@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::BenchOptions;
-use crate::config::ConfigError;
+use uplink::config::ConfigError;
 
 /// `uplink bench` flags: the plain bench's options, and the kinds of bench beside it.
 #[derive(clap::Args, Debug)]
@@ -201,8 +201,8 @@ fn run_anchors(args: &BenchArgs) -> anyhow::Result<Option<ExitCode>> {
         }
         let encoding = match args.compression.as_deref() {
             None => crate::bench::ingest_alone::gateway_encoding(args.opts.size),
-            Some("zstd") => crate::wire::Encoding::Zstd,
-            Some("identity") => crate::wire::Encoding::Identity,
+            Some("zstd") => uplink::wire::Encoding::Zstd,
+            Some("identity") => uplink::wire::Encoding::Identity,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     key: "--compression",
@@ -296,8 +296,8 @@ fn run_anchors(args: &BenchArgs) -> anyhow::Result<Option<ExitCode>> {
 pub fn until_interrupted<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    crate::runtime()?.block_on(async {
-        let shutdown = crate::shutdown::on_signals();
+    uplink::runtime()?.block_on(async {
+        let shutdown = uplink::shutdown::on_signals();
         tokio::select! {
             r = work => r,
             _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
@@ -504,7 +504,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .into());
         }
         let bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
-        let r = crate::runtime()?.block_on(crate::bench::dedupe::run(&bin, opts.messages))?;
+        let r = uplink::runtime()?.block_on(crate::bench::dedupe::run(&bin, opts.messages))?;
         println!(
             "{} ids of {} B held by {}: {:.0} B per id (median of {} rounds)",
             r.messages,

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream;
 
-use crate::telemetry::scrape_sum;
 use crate::testbed::cluster::Cluster;
 use crate::testbed::pipeline::Pipeline;
+use uplink::telemetry::scrape_sum;
 
 /// The cluster run: its shape and what each fault cost.
 #[derive(Debug, Clone, serde::Serialize)]

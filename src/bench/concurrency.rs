@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream;
 
-use crate::config::{Concurrency, GatewayConfig, IngestConfig};
-use crate::telemetry::{scrape_sum, scrape_value};
 use crate::testbed::pipeline::{Pipeline, PipelineOptions, delivery_budget};
 use crate::testbed::verify::{self, Workload};
+use uplink::config::{Concurrency, GatewayConfig, IngestConfig};
+use uplink::telemetry::{scrape_sum, scrape_value};
 
 /// `--ingest-budget`'s request size limits: the body and decoded size the ingest accepts then
 /// (a gateway batch is at most 1 MiB before compression), and the least budget they allow.
@@ -174,7 +174,7 @@ pub fn cli(
     alone: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
     let bad =
-        |key: &'static str, reason: String| crate::config::ConfigError::Invalid { key, reason };
+        |key: &'static str, reason: String| uplink::config::ConfigError::Invalid { key, reason };
     let Some(list) = modes else {
         let key = if inject_latency.is_some() {
             "--inject-latency"
@@ -323,7 +323,7 @@ async fn trial(
     .await?;
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
     let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
-    edge.create_stream(crate::gateway::consume::stream_config(&p.gateway_cfg))
+    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
         .await
         .context("creating the edge stream")?;
     let w = Workload {

@@ -39,17 +39,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::backlog::Range;
 use super::sample::{cpu_ms, peak_rss, rss};
-use crate::config::{ClientTimeouts, GatewayConfig};
-use crate::gateway::complaints::{CloudFiles, Complaints};
-use crate::gateway::deliver::{HttpPost, Post};
-use crate::gateway::forward::{Delivery, send_with_retries};
-use crate::gateway::retry::Backoff;
-use crate::http2::classify::ForwardError;
-use crate::http2::client::{Client, ClientConfig};
-use crate::http2::dial::{self, BoxIo, Dial};
 use crate::testbed::pipeline::{Pipeline, PipelineOptions};
 use crate::testbed::verify;
-use crate::wire::{self, Encoding};
+use uplink::config::{ClientTimeouts, GatewayConfig};
+use uplink::gateway::complaints::{CloudFiles, Complaints};
+use uplink::gateway::deliver::{HttpPost, Post};
+use uplink::gateway::forward::{Delivery, send_with_retries};
+use uplink::gateway::retry::Backoff;
+use uplink::http2::classify::ForwardError;
+use uplink::http2::client::{Client, ClientConfig};
+use uplink::http2::dial::{self, BoxIo, Dial};
+use uplink::wire::{self, Encoding};
 
 /// The largest fleet one run simulates: each platform needs a loopback address of its own
 /// (`127.1.0.1` …) and a few file descriptors.
@@ -87,9 +87,9 @@ mod humantime_serde_secs {
 
 impl FleetOptions {
     /// Checks the options, naming the flag that is wrong.
-    pub fn check(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn check(&self) -> Result<(), uplink::config::ConfigError> {
         let bad = |key: &'static str, reason: String| {
-            Err(crate::config::ConfigError::Invalid { key, reason })
+            Err(uplink::config::ConfigError::Invalid { key, reason })
         };
         if !(1..=MAX_PLATFORMS).contains(&self.platforms) {
             return bad(
@@ -508,7 +508,7 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
     let issued = {
         let dir = pki_dir.clone();
         let names = names.clone();
-        tokio::task::spawn_blocking(move || crate::tls::dev_issue_clients(&dir, &names)).await??
+        tokio::task::spawn_blocking(move || uplink::tls::dev_issue_clients(&dir, &names)).await??
     };
     progress(o, &format!("{} client certificates issued", names.len()));
 
@@ -519,7 +519,7 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
         dial::target_of(&base, None).map_err(|e| anyhow::anyhow!("ingest URL: {e}"))?;
     let mut platforms = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
-        let tls = crate::tls::client_config(
+        let tls = uplink::tls::client_config(
             &issued.ca(),
             &issued.client_cert(name),
             &issued.client_key(name),
@@ -684,9 +684,9 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
     if let Ok(m) = p.ingest_metrics().await {
         let waits = "uplink_ingest_share_waits_total";
         result.flooder_share_waits =
-            crate::telemetry::scrape_sum(&m, &format!("{waits}{{platform=\"{}\"}}", flooder.name));
+            uplink::telemetry::scrape_sum(&m, &format!("{waits}{{platform=\"{}\"}}", flooder.name));
         result.others_share_waits =
-            crate::telemetry::scrape_sum(&m, waits) - result.flooder_share_waits;
+            uplink::telemetry::scrape_sum(&m, waits) - result.flooder_share_waits;
     }
 
     progress(
@@ -768,8 +768,8 @@ pub async fn run(o: &FleetOptions) -> anyhow::Result<FleetResult> {
 
     if let Ok(m) = p.ingest_metrics().await {
         result.ingest_refused =
-            crate::telemetry::scrape_sum(&m, "uplink_ingest_admission_refused_total")
-                + crate::telemetry::scrape_sum(&m, "uplink_ingest_quota_refused_total");
+            uplink::telemetry::scrape_sum(&m, "uplink_ingest_admission_refused_total")
+                + uplink::telemetry::scrape_sum(&m, "uplink_ingest_quota_refused_total");
     }
     result.ingest.peak_rss_kib = peak_rss(pid).unwrap_or_default();
 

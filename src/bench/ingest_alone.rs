@@ -36,16 +36,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::backlog::Range;
 use super::sample::{cpu_of, cpu_since};
-use crate::config::{ClientTimeouts, GatewayConfig, IngestConfig};
-use crate::gateway::complaints::{CloudFiles, Complaints};
-use crate::gateway::forward::{Delivery, send_with_retries};
-use crate::gateway::retry::Backoff;
-use crate::http2::classify::ForwardError;
-use crate::http2::client::{Client, ClientConfig, FullResponse};
-use crate::http2::dial::{self, BoxIo, Dial};
 use crate::testbed::nginx::{Nginx, NginxSite};
 use crate::testbed::pipeline::{Pipeline, PipelineOptions};
-use crate::wire::{self, Encoding};
+use uplink::config::{ClientTimeouts, GatewayConfig, IngestConfig};
+use uplink::gateway::complaints::{CloudFiles, Complaints};
+use uplink::gateway::forward::{Delivery, send_with_retries};
+use uplink::gateway::retry::Backoff;
+use uplink::http2::classify::ForwardError;
+use uplink::http2::client::{Client, ClientConfig, FullResponse};
+use uplink::http2::dial::{self, BoxIo, Dial};
+use uplink::wire::{self, Encoding};
 
 /// Requests in flight by default: the case study's 64 worker goroutines, each with one POST
 /// open. Below both servers' 128 concurrent streams per connection (nginx's
@@ -180,7 +180,7 @@ struct Generator {
 impl Generator {
     fn new(
         base: &str,
-        pki: &crate::tls::DevPki,
+        pki: &uplink::tls::DevPki,
         platform: &str,
         ka: u64,
         expect: Expect,
@@ -190,7 +190,7 @@ impl Generator {
         let base_uri: http::Uri = base.parse()?;
         let (addr, server_name) =
             dial::target_of(&base_uri, None).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
-        let tls = crate::tls::client_config(
+        let tls = uplink::tls::client_config(
             &pki.ca(),
             &pki.client_cert(platform),
             &pki.client_key(platform),
@@ -250,7 +250,8 @@ impl Generator {
             let resp = send.await?;
             let ok = match expect {
                 Expect::Confirmed => {
-                    !resp.status().is_success() || crate::gateway::deliver::confirms(resp.body(), 1)
+                    !resp.status().is_success()
+                        || uplink::gateway::deliver::confirms(resp.body(), 1)
                 }
                 Expect::NoContent => {
                     !resp.status().is_success() || resp.status() == http::StatusCode::NO_CONTENT
@@ -362,7 +363,7 @@ fn bodies(platform: &str, first: u64, count: usize, size: usize, encoding: Encod
 
 /// Runs the rounds.
 pub async fn run(o: &IngestAloneOptions) -> anyhow::Result<IngestAloneResult> {
-    crate::tls::install_crypto_provider();
+    uplink::tls::install_crypto_provider();
     let exe = std::env::current_exe()?;
     let nats_bin = crate::testbed::find_nats_server(o.nats_server.as_deref())?;
     let version = |cmd: &std::path::Path, arg: &str| {
@@ -612,7 +613,7 @@ async fn nginx_trial(
 ) -> anyhow::Result<Trial> {
     let dir = crate::testbed::TempDir::new("uplink-ingest-alone")?;
     let platform = "edge-1".to_string();
-    let pki = crate::tls::dev_pki(&dir.path().join("pki"), std::slice::from_ref(&platform))?;
+    let pki = uplink::tls::dev_pki(&dir.path().join("pki"), std::slice::from_ref(&platform))?;
     let site = NginxSite {
         keepalive_requests: ka,
         ..Default::default()

@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::Bytes;
 
-use crate::config::GatewayConfig;
-use crate::telemetry::scrape_sum;
 use crate::testbed::pipeline::{Pipeline, PipelineOptions, delivery_budget};
 use crate::testbed::verify::{self, Sent, Workload};
-use crate::wire::TIME_HEADER;
+use uplink::config::GatewayConfig;
+use uplink::telemetry::scrape_sum;
+use uplink::wire::TIME_HEADER;
 
 /// The header carrying a message's index in the schedule.
 const INDEX_HEADER: &str = "Bench-Index";

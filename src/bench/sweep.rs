@@ -51,7 +51,7 @@ impl Dim {
 
     /// What the setting is when not swept: the command line's, else the default.
     fn base(self, o: &BenchOptions) -> usize {
-        let g = crate::config::GatewayConfig::default();
+        let g = uplink::config::GatewayConfig::default();
         match self {
             Dim::Size => o.size,
             Dim::Batch => o.batch.unwrap_or(g.batch.max_messages),
@@ -114,7 +114,7 @@ const PER_BATCH: usize = 2_000;
 pub fn count(o: &BenchOptions) -> usize {
     let batch = o
         .batch
-        .unwrap_or(crate::config::GatewayConfig::default().batch.max_messages);
+        .unwrap_or(uplink::config::GatewayConfig::default().batch.max_messages);
     o.messages
         .min(MAX_BYTES / o.size.max(1))
         .min(PER_BATCH.saturating_mul(batch))

@@ -8,8 +8,8 @@ fn sources(
     file: Option<&str>,
     env: &[(&str, &str)],
     sets: &[&str],
-) -> (Sources, Option<crate::testbed::TempDir>) {
-    let dir = file.map(|_| crate::testbed::TempDir::new("uplink-cfg").unwrap());
+) -> (Sources, Option<crate::scratch::TempDir>) {
+    let dir = file.map(|_| crate::scratch::TempDir::new("uplink-cfg").unwrap());
     let path = file.zip(dir.as_ref()).map(|(text, dir)| {
         let p = dir.path().join("c.toml");
         std::fs::File::create(&p)
@@ -168,7 +168,7 @@ fn missing_file_is_an_error_naming_it() {
 }
 
 /// A file in a fresh temp dir.
-fn file_with(dir: &crate::testbed::TempDir, name: &str, text: &str) -> String {
+fn file_with(dir: &crate::scratch::TempDir, name: &str, text: &str) -> String {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
@@ -209,7 +209,7 @@ fn nats_url_takes_a_list_and_names_the_bad_entry() {
 
 #[test]
 fn nats_credentials_are_exclusive_and_named_in_pairs() {
-    let dir = crate::testbed::TempDir::new("uplink-cfg").unwrap();
+    let dir = crate::scratch::TempDir::new("uplink-cfg").unwrap();
     let seed = nkeys::KeyPair::new_user().seed().unwrap();
     let nkey = file_with(&dir, "user.nk", &format!("{seed}\n"));
     for (sets, a, b) in [
@@ -257,7 +257,7 @@ fn nats_credentials_are_exclusive_and_named_in_pairs() {
 
 #[test]
 fn nats_files_are_read_at_config_time_naming_key_and_file() {
-    let dir = crate::testbed::TempDir::new("uplink-cfg").unwrap();
+    let dir = crate::scratch::TempDir::new("uplink-cfg").unwrap();
     for key in ["nats.creds", "nats.nkey", "nats.tls.ca"] {
         let (s, _d) = sources(None, &[], &[&format!("{key}=/nonexistent/f.pem")]);
         let e = ingest(&s).unwrap_err().to_string();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use super::{Proc, free_port, wait_for};
-use crate::tls::DevPki;
+use uplink::tls::DevPki;
 
 /// What the generated nginx does.
 #[derive(Clone, Debug)]
@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn the_harness_config_is_the_deployed_one_with_test_values() {
         let dir = crate::testbed::TempDir::new("uplink-nginx-render").unwrap();
-        let pki = crate::tls::dev_pki(dir.path(), &["edge-1".into()]).unwrap();
+        let pki = uplink::tls::dev_pki(dir.path(), &["edge-1".into()]).unwrap();
         let proxied = NginxSite {
             upstreams: vec!["127.0.0.1:7777".parse().unwrap()],
             keepalive_requests: 5,

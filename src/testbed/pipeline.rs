@@ -11,7 +11,7 @@ use super::cluster::Cluster;
 use super::fault::FaultProxy;
 use super::nginx::{Nginx, NginxSite};
 use super::{Nats, NatsSecurity, NatsServerTls, TempDir, Uplink, free_addr, free_port};
-use crate::config::{GatewayConfig, IngestConfig};
+use uplink::config::{GatewayConfig, IngestConfig};
 
 /// Optional parts of a pipeline.
 #[derive(Clone, Debug, Default)]
@@ -142,7 +142,7 @@ impl Pipeline {
         if opts.nats_tls {
             names.push(INGEST_NATS_CLIENT.to_string());
         }
-        let pki = crate::tls::dev_pki(&dir.path().join("pki"), &names)?;
+        let pki = uplink::tls::dev_pki(&dir.path().join("pki"), &names)?;
         if opts.nats_tls {
             edge_security.tls = Some(NatsServerTls::dev(&pki));
             cloud_security.tls = Some(NatsServerTls::dev(&pki));
@@ -196,17 +196,17 @@ impl Pipeline {
         let defaults = IngestConfig::default();
         let mut ingest_cfg = IngestConfig {
             listen: ingest_addr,
-            admin: crate::config::AdminConfig {
+            admin: uplink::config::AdminConfig {
                 listen: free_addr(),
             },
-            tls: crate::config::ServerTls {
+            tls: uplink::config::ServerTls {
                 ca: pki.ca(),
                 cert: pki.server_cert(),
                 key: pki.server_key(),
                 deny_list: Default::default(),
             },
-            nats: crate::config::CloudNats {
-                connect: crate::config::NatsConnect {
+            nats: uplink::config::CloudNats {
+                connect: uplink::config::NatsConnect {
                     url: cloud_urls.parse()?,
                     ..defaults.nats.connect.clone()
                 },
@@ -229,7 +229,7 @@ impl Pipeline {
             None
         };
         if opts.nats_tls {
-            ingest_cfg.nats.connect.tls = crate::config::NatsTls {
+            ingest_cfg.nats.connect.tls = uplink::config::NatsTls {
                 ca: pki.ca(),
                 cert: pki.client_cert(INGEST_NATS_CLIENT),
                 key: pki.client_key(INGEST_NATS_CLIENT),
@@ -240,11 +240,11 @@ impl Pipeline {
 
         let defaults = GatewayConfig::default();
         let mut gateway_cfg = GatewayConfig {
-            nats: crate::config::EdgeNats {
-                connect: crate::config::NatsConnect {
+            nats: uplink::config::EdgeNats {
+                connect: uplink::config::NatsConnect {
                     url: edge.url().parse()?,
                     tls: if opts.nats_tls {
-                        crate::config::NatsTls {
+                        uplink::config::NatsTls {
                             ca: pki.ca(),
                             cert: pki.client_cert(&platform),
                             key: pki.client_key(&platform),
@@ -257,14 +257,14 @@ impl Pipeline {
                 },
                 ..defaults.nats.clone()
             },
-            cloud: crate::config::Cloud {
+            cloud: uplink::config::Cloud {
                 url: format!("https://localhost:{}", ingest_addr.port()).parse()?,
                 server_name: None,
                 ca: pki.ca(),
                 cert: pki.client_cert(&platform),
                 key: pki.client_key(&platform),
             },
-            admin: crate::config::AdminConfig {
+            admin: uplink::config::AdminConfig {
                 listen: free_addr(),
             },
             ..defaults
@@ -387,8 +387,8 @@ impl Pipeline {
     }
 
     /// The dev PKI of this pipeline (CA, server and `edge-1` client certificates).
-    pub fn pki(&self) -> crate::tls::DevPki {
-        crate::tls::DevPki {
+    pub fn pki(&self) -> uplink::tls::DevPki {
+        uplink::tls::DevPki {
             dir: self.dir.path().join("pki"),
         }
     }

@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::ingest::handler::TIME_HEADER;
+use uplink::ingest::handler::TIME_HEADER;
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -330,7 +330,7 @@ pub fn check(
         .iter()
         .map(|s| {
             (
-                crate::wire::message_id(platform, edge_stream, incarnation, s.sequence),
+                uplink::wire::message_id(platform, edge_stream, incarnation, s.sequence),
                 s,
             )
         })
@@ -417,7 +417,7 @@ mod tests {
 
     fn got(seq: u64, subject: &str, payload: &[u8]) -> Received {
         Received {
-            id: crate::wire::message_id("p", "S", 1, seq),
+            id: uplink::wire::message_id("p", "S", 1, seq),
             subject: format!("uplink.p.{subject}"),
             hash: hash(payload),
             len: payload.len(),

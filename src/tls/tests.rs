@@ -1,7 +1,7 @@
 use super::*;
 
-fn tmp() -> crate::testbed::TempDir {
-    crate::testbed::TempDir::new("uplink-tls").unwrap()
+fn tmp() -> crate::scratch::TempDir {
+    crate::scratch::TempDir::new("uplink-tls").unwrap()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use uplink::telemetry::scrape_value;
-use uplink::testbed::pipeline::Pipeline;
+use uplink_tools::testbed::pipeline::Pipeline;
 
 use crate::support::*;
 
@@ -161,7 +161,7 @@ fn counter(m: &str, series: &str) -> f64 {
 
 /// Waits (an event, polled; at most 30 s) until an ingest counter reaches `at_least`.
 async fn wait_counter(p: &Pipeline, series: &str, at_least: f64) -> f64 {
-    let r = uplink::testbed::wait_for(
+    let r = uplink_tools::testbed::wait_for(
         || async {
             Ok(scrape_value(&p.ingest_metrics().await?, series).unwrap_or(0.0) >= at_least)
         },

@@ -66,7 +66,7 @@ fn ingest_alone_and_compare_baseline_flags_are_checked_before_anything_starts() 
     );
     // Without Go: a clear message naming the Debian packages to install, before any server
     // starts (PATH holds nothing at all here).
-    let empty = uplink::testbed::TempDir::new("uplink-no-go").unwrap();
+    let empty = uplink_tools::testbed::TempDir::new("uplink-no-go").unwrap();
     refused(
         &["--compare-baseline", "--messages", "100"],
         &[

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use uplink::telemetry::{scrape_sum, scrape_sum_present, scrape_value};
-use uplink::testbed::nginx::NginxSite;
-use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
-use uplink::testbed::verify;
+use uplink_tools::testbed::nginx::NginxSite;
+use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+use uplink_tools::testbed::verify;
 
 use crate::support::*;
 

@@ -10,8 +10,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use uplink::testbed::TempDir;
-use uplink::testbed::pipeline::Pipeline;
+use uplink_tools::testbed::TempDir;
+use uplink_tools::testbed::pipeline::Pipeline;
 
 use crate::support::*;
 
@@ -200,7 +200,7 @@ async fn a_platform_on_the_deny_list_is_refused_without_restart_and_keeps_its_me
     );
 
     std::fs::write(&deny, "# nobody\n").unwrap();
-    uplink::testbed::wait_for(
+    uplink_tools::testbed::wait_for(
         || async { Ok(probe(&open).await.status() == 400) },
         Duration::from_secs(15),
     )
@@ -268,7 +268,7 @@ async fn expired_and_not_yet_valid_client_certificates_are_refused_with_the_reas
             let _ = request(&p, c.clone()).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        uplink::testbed::wait_for(
+        uplink_tools::testbed::wait_for(
             || async { Ok(p.log("ingest").to_lowercase().contains(reason)) },
             Duration::from_secs(10),
         )

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use uplink::bench::chaos::{self, Fault, LoadOptions};
+use uplink_tools::bench::chaos::{self, Fault, LoadOptions};
 
 use crate::support::*;
 
@@ -22,7 +22,7 @@ async fn run_on(fault: Fault, evidence: f64, cluster: Option<usize>) {
     let mut p = chaos::start_pipeline(&exe(), &nats_bin(), cluster)
         .await
         .expect("pipeline starts");
-    let pids = |p: &uplink::testbed::pipeline::Pipeline| -> Vec<Option<u32>> {
+    let pids = |p: &uplink_tools::testbed::pipeline::Pipeline| -> Vec<Option<u32>> {
         p.cluster
             .as_ref()
             .map(|c| c.nodes.iter().map(|n| n.pid()).collect())

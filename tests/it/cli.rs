@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use uplink::testbed::TempDir;
+use uplink_tools::testbed::TempDir;
 
 use crate::support::{exe, json_of};
 
@@ -134,7 +134,7 @@ fn the_configuration_reference_on_disk_is_what_the_binary_prints() {
         .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
     let on_disk = std::fs::read_to_string(path).unwrap();
     assert!(
         printed == on_disk,
@@ -312,7 +312,7 @@ fn secrets_set_in_the_environment_are_never_printed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_without_a_stream_names_the_subject_and_the_way_out() {
     let dir = TempDir::new("uplink-publish").unwrap();
-    let nats = uplink::testbed::Nats::start(&crate::support::nats_bin(), dir.path(), "edge")
+    let nats = uplink_tools::testbed::Nats::start(&crate::support::nats_bin(), dir.path(), "edge")
         .await
         .unwrap();
     let publish = |args: &[&str]| {
@@ -398,18 +398,18 @@ fn the_demo_stopped_with_ctrl_c_ends_with_a_true_summary() {
     let started = std::time::Instant::now();
     while !delivering(&text.lock().unwrap()) {
         if started.elapsed() > Duration::from_secs(60) {
-            uplink::testbed::send_signal_group(pgid, 9);
+            uplink_tools::testbed::send_signal_group(pgid, 9);
             panic!("no deliveries shown: {}", text.lock().unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    uplink::testbed::send_signal_group(pgid, 2);
+    uplink_tools::testbed::send_signal_group(pgid, 2);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         if started.elapsed() > Duration::from_secs(120) {
-            uplink::testbed::send_signal_group(pgid, 9);
+            uplink_tools::testbed::send_signal_group(pgid, 9);
             panic!("the demo did not stop: {}", text.lock().unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));

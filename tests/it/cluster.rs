@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use uplink::testbed::cluster::Cluster;
-use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
-use uplink::testbed::{http_get, wait_for};
+use uplink_tools::testbed::cluster::Cluster;
+use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+use uplink_tools::testbed::{http_get, wait_for};
 
 use crate::support::*;
 
@@ -259,7 +259,7 @@ fn a_cloud_cluster_of_no_nodes_is_a_usage_error_naming_the_flag() {
 /// refused message is as safe as the others (issue: an R3 edge got an R1 dead-letter stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_stream_has_the_edge_streams_replicas() {
-    let dir = uplink::testbed::TempDir::new("uplink-edge-cluster").unwrap();
+    let dir = uplink_tools::testbed::TempDir::new("uplink-edge-cluster").unwrap();
     let c = Cluster::start(&nats_bin(), dir.path(), "edge", 3)
         .await
         .expect("edge cluster");

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use uplink::config::{Concurrency, GatewayConfig, IngestConfig};
 use uplink::telemetry::{scrape_sum, scrape_value};
-use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
-use uplink::testbed::verify::{self, Workload};
+use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+use uplink_tools::testbed::verify::{self, Workload};
 
 use crate::support::{assert_exactly_once, exe, json_of, nats_bin, verify_delivery};
 

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use uplink::http2::tap::{ConnInfo, Side, Tap, TapConfig};
 use uplink::telemetry::{scrape_sum, scrape_value};
-use uplink::testbed::pipeline::Pipeline;
+use uplink_tools::testbed::pipeline::Pipeline;
 
 use crate::support::*;
 
@@ -28,7 +28,7 @@ async fn wait_ingest_metric(p: &Pipeline, series: &str, at_least: f64) -> f64 {
             scrape_sum(m, series)
         }
     };
-    let r = uplink::testbed::wait_for(
+    let r = uplink_tools::testbed::wait_for(
         || async { Ok(read(&p.ingest_metrics().await?) >= at_least) },
         Duration::from_secs(30),
     )
@@ -460,7 +460,7 @@ impl RawClient {
         });
         // Like Go (which assumes 100 until told), never open more streams than the server allows:
         // wait (bounded) for its SETTINGS, or h2 would open all of them and see REFUSED_STREAM.
-        let settled = uplink::testbed::wait_for(
+        let settled = uplink_tools::testbed::wait_for(
             || async { Ok(info.remote_max_concurrent_streams().is_some()) },
             Duration::from_secs(5),
         )

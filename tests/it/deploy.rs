@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::support::{self, edge_js, pipeline, publish, wait_delivered};
 
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn read(rel: &str) -> String {
@@ -73,7 +73,7 @@ fn the_dashboard_queries_are_valid_promql() {
             serde_json::to_string(&e).unwrap()
         ));
     }
-    let dir = uplink::testbed::TempDir::new("uplink-dashboard-promql").unwrap();
+    let dir = uplink_tools::testbed::TempDir::new("uplink-dashboard-promql").unwrap();
     let file = dir.path().join("dashboard-rules.yml");
     std::fs::write(&file, &rules).unwrap();
     let out = Command::new(promtool())
@@ -305,7 +305,7 @@ async fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
     let ingest_has = |family: &'static str| {
         let p = &p;
         async move {
-            uplink::testbed::wait_for(
+            uplink_tools::testbed::wait_for(
                 || async {
                     let m = p.ingest_metrics().await.unwrap_or_default();
                     Ok(m.contains(&format!("# TYPE {family} ")))
@@ -335,7 +335,7 @@ async fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
     }
     drop((silent, spoke));
     // A dial closed before its first byte: a TLS failure (`aborted`), once slots are free again.
-    let closed = uplink::testbed::wait_for(
+    let closed = uplink_tools::testbed::wait_for(
         || async {
             drop(bare().await);
             let m = p.ingest_metrics().await.unwrap_or_default();
@@ -446,7 +446,7 @@ fn the_expression_scanner_finds_metrics_labels_and_grouping() {
 /// real files (the environment overrides the file, as in a deployment's EnvironmentFile).
 #[test]
 fn the_example_configs_pass_config_check() {
-    let dir = uplink::testbed::TempDir::new("uplink-deploy-config").unwrap();
+    let dir = uplink_tools::testbed::TempDir::new("uplink-deploy-config").unwrap();
     let pki = uplink::tls::dev_pki(dir.path(), &["edge-1".into()]).unwrap();
     let p = |f: PathBuf| f.display().to_string();
     let cases = [
@@ -515,7 +515,7 @@ fn exec_start(unit: &str) -> (String, Vec<String>) {
 /// real subcommand with the config flag, naming the example config of that program.
 #[test]
 fn the_systemd_units_verify_and_are_hardened() {
-    let dir = uplink::testbed::TempDir::new("uplink-deploy-systemd").unwrap();
+    let dir = uplink_tools::testbed::TempDir::new("uplink-deploy-systemd").unwrap();
     let exe = crate::support::exe();
     for program in ["gateway", "ingest"] {
         let name = format!("uplink-{program}.service");

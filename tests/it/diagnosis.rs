@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use uplink::testbed::{http_get, wait_for};
+use uplink_tools::testbed::{http_get, wait_for};
 
 use crate::support::*;
 
@@ -17,7 +17,7 @@ fn count(log: &str, needle: &str) -> usize {
 /// is not delivering, and why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cloud_port_is_named_once_and_deliveryz_says_why() {
-    let closed = uplink::testbed::free_port();
+    let closed = uplink_tools::testbed::free_port();
     let p = pipeline(
         |_| {},
         |g| {
@@ -60,7 +60,7 @@ async fn a_wrong_cloud_port_is_named_once_and_deliveryz_says_why() {
 /// file; fixing nothing, nothing is delivered and nothing is lost (the messages wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_cloud_ca_names_the_ca_file() {
-    let other = uplink::testbed::TempDir::new("uplink-other-ca").unwrap();
+    let other = uplink_tools::testbed::TempDir::new("uplink-other-ca").unwrap();
     let pki = uplink::tls::dev_pki(other.path(), &["edge-1".to_string()]).unwrap();
     let wrong_ca = pki.ca();
     let p = pipeline(|_| {}, |g| g.cloud.ca = wrong_ca.clone()).await;

@@ -4,9 +4,9 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use uplink::testbed::TempDir;
-use uplink::testbed::nginx::{Nginx, NginxSite};
 use uplink::tls::DevPki;
+use uplink_tools::testbed::TempDir;
+use uplink_tools::testbed::nginx::{Nginx, NginxSite};
 
 use crate::support::*;
 
@@ -25,7 +25,7 @@ fn doctor(url: &str, pki: Option<(&DevPki, bool)>, extra: &[&str]) -> Output {
 
 /// `uplink doctor` against a pipeline's ingest (POSTs to its publish API, with the `edge-1`
 /// certificate), run off the async runtime.
-async fn doctor_ingest(p: &uplink::testbed::pipeline::Pipeline, extra: &[&str]) -> Output {
+async fn doctor_ingest(p: &uplink_tools::testbed::pipeline::Pipeline, extra: &[&str]) -> Output {
     let pki = p.pki();
     let url = format!("{}/v1/publish/doctor.probe", p.ingest_url());
     let args: Vec<String> = ["--method", "POST", "--body", "x"]
@@ -202,7 +202,7 @@ async fn failures_get_a_one_line_diagnosis() {
     let other = TempDir::new("uplink-doctor-other").unwrap();
     let other_pki = uplink::tls::dev_pki(other.path(), &["edge-1".to_string()]).unwrap();
     let (url, h1_url) = (n.url(), h1.url());
-    let nobody = format!("https://127.0.0.1:{}/", uplink::testbed::free_port());
+    let nobody = format!("https://127.0.0.1:{}/", uplink_tools::testbed::free_port());
     tokio::task::spawn_blocking(move || {
         one_line_failure(&doctor(&nobody, Some((&pki, true)), &[]), "cannot reach");
         one_line_failure(&doctor(&url, Some((&other_pki, true)), &[]), "not trusted");

@@ -55,8 +55,13 @@ async fn cloud_nats_down_gives_503_and_nothing_is_lost() {
 
     // The ingest says so: not ready, and 503 + Retry-After to a direct request.
     let ingest = p.ingest.as_ref().unwrap();
-    uplink::testbed::wait_for(
-        || async { Ok(uplink::testbed::http_get(ingest.admin, "/readyz").await?.0 == 503) },
+    uplink_tools::testbed::wait_for(
+        || async {
+            Ok(uplink_tools::testbed::http_get(ingest.admin, "/readyz")
+                .await?
+                .0
+                == 503)
+        },
         Duration::from_secs(10),
     )
     .await
@@ -75,7 +80,7 @@ async fn cloud_nats_down_gives_503_and_nothing_is_lost() {
     assert_eq!(h2client::json(&resp)["error"], "unavailable");
 
     // Let the gateway hit the outage for a while, then bring NATS back on the same store.
-    uplink::testbed::wait_for(
+    uplink_tools::testbed::wait_for(
         || async {
             let m = p.gateway_metrics().await?;
             Ok(uplink::telemetry::scrape_sum(&m, "uplink_gateway_retries_total") >= 3.0)
@@ -195,7 +200,7 @@ async fn on_a_work_queue_edge_a_refused_message_is_kept_as_a_dead_letter() {
 }
 
 /// The edge consumer's pending and unacked counts.
-async fn consumer_counts(p: &uplink::testbed::pipeline::Pipeline) -> (u64, usize) {
+async fn consumer_counts(p: &uplink_tools::testbed::pipeline::Pipeline) -> (u64, usize) {
     let edge = edge_js(p).await;
     let c: async_nats::jetstream::consumer::PullConsumer = edge
         .get_consumer_from_stream(&p.gateway_cfg.nats.consumer, &p.gateway_cfg.nats.stream)
@@ -228,7 +233,7 @@ async fn gateway_sigterm_returns_every_undispatched_message_at_once() {
     let edge = edge_js(&p).await;
     publish(&edge, 3_000).await;
     // Wait until the gateway holds more than its in-flight batches (prefetched ones too).
-    uplink::testbed::wait_for(
+    uplink_tools::testbed::wait_for(
         || async { Ok(consumer_counts(&p).await.1 > 200) },
         Duration::from_secs(20),
     )
@@ -268,7 +273,7 @@ async fn a_frozen_cloud_nats_gives_503_after_timeouts_publish_and_nothing_is_los
     let edge = edge_js(&p).await;
     let cloud_pid = p.cloud.as_ref().unwrap().proc.pid().unwrap();
     // Frozen, not dead: sockets stay open and PubAcks simply never come (SIGSTOP).
-    uplink::testbed::send_signal(cloud_pid, libc::SIGSTOP);
+    uplink_tools::testbed::send_signal(cloud_pid, libc::SIGSTOP);
     let client = edge_client(&p);
     let started = std::time::Instant::now();
     let resp = crate::support::h2client::post(
@@ -287,7 +292,7 @@ async fn a_frozen_cloud_nats_gives_503_after_timeouts_publish_and_nothing_is_los
         "answered after {took:?} (timeouts.publish = 1 s)"
     );
     let sent = publish(&edge, 500).await;
-    uplink::testbed::send_signal(cloud_pid, libc::SIGCONT);
+    uplink_tools::testbed::send_signal(cloud_pid, libc::SIGCONT);
     let r = verify_delivery(&p, &sent).await;
     // The 503'd single message may have been persisted after all (its PubAck was late): the
     // batch messages must each be there exactly once.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use uplink::testbed::{Uplink, wait_for};
+use uplink_tools::testbed::{Uplink, wait_for};
 
 use crate::support::*;
 

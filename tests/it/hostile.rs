@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use uplink::testbed::pipeline::Pipeline;
+use uplink_tools::testbed::pipeline::Pipeline;
 
 use crate::support::h2client::post;
 use crate::support::*;

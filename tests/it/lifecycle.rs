@@ -6,12 +6,12 @@ use std::time::Duration;
 use uplink::gateway::forward::{Delivery, send_with_retries};
 use uplink::gateway::retry::Backoff;
 use uplink::telemetry::{scrape_sum, scrape_sum_present, scrape_value};
-use uplink::testbed::nginx::NginxSite;
-use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
-use uplink::testbed::verify::{self, Workload};
+use uplink_tools::testbed::nginx::NginxSite;
+use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+use uplink_tools::testbed::verify::{self, Workload};
 
 use crate::support::*;
-use uplink::testbed::fault::FaultProxy;
+use uplink_tools::testbed::fault::FaultProxy;
 
 fn small_batches(g: &mut uplink::config::GatewayConfig) {
     fast_recovery(g);
@@ -19,7 +19,7 @@ fn small_batches(g: &mut uplink::config::GatewayConfig) {
 }
 
 async fn wait_metric(p: &Pipeline, gateway: bool, series: &str, at_least: f64) {
-    let r = uplink::testbed::wait_for(
+    let r = uplink_tools::testbed::wait_for(
         || async {
             let m = if gateway {
                 p.gateway_metrics().await?

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use uplink::telemetry::scrape_value;
-use uplink::testbed::pipeline::Pipeline;
+use uplink_tools::testbed::pipeline::Pipeline;
 
 use crate::support::*;
 
@@ -144,7 +144,7 @@ async fn a_thousand_open_streams_cost_what_the_limits_allow() {
     // The event: the ingest has paid for every stream's first bytes, so 1,000 requests are
     // in progress at once.
     let want = (STREAMS * FIRST) as f64;
-    uplink::testbed::wait_for(
+    uplink_tools::testbed::wait_for(
         || async { Ok(inflight_bytes(&p).await >= want) },
         Duration::from_secs(30),
     )

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use uplink::telemetry::scrape_value;
-use uplink::testbed::wait_for;
+use uplink_tools::testbed::wait_for;
 
 use crate::support::{self, edge_js, pipeline, publish, publish_in_background, wait_delivered};
 
 /// Waits until a gauge of the gateway satisfies `ok`, returning the scrape it did in.
 async fn wait_gauge(
-    p: &uplink::testbed::pipeline::Pipeline,
+    p: &uplink_tools::testbed::pipeline::Pipeline,
     name: &str,
     ok: impl Fn(f64) -> bool,
 ) -> String {
@@ -130,7 +130,7 @@ struct Documented {
 }
 
 fn documented() -> Vec<Documented> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
     let text = std::fs::read_to_string(path).unwrap();
     let mut section = String::new();
     let mut out = Vec::new();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use uplink::config::Secret;
 use uplink::telemetry::scrape_value;
-use uplink::testbed::pipeline::{Pipeline, PipelineOptions};
-use uplink::testbed::{NatsSecurity, TempDir, Uplink, free_addr, wait_for};
+use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+use uplink_tools::testbed::{NatsSecurity, TempDir, Uplink, free_addr, wait_for};
 
 use crate::support::{assert_exactly_once, edge_js, exe, nats_bin, publish, tail, verify_delivery};
 
@@ -159,7 +159,7 @@ async fn losing_and_regaining_cloud_nats_is_logged_once_each() {
     // The ingest notices (an event, not a guess), and says so at /readyz.
     wait_for(
         || async {
-            let (status, body) = uplink::testbed::http_get(admin, "/readyz").await?;
+            let (status, body) = uplink_tools::testbed::http_get(admin, "/readyz").await?;
             Ok(status == 503 && body.contains("cloud NATS not connected"))
         },
         Duration::from_secs(20),
@@ -250,11 +250,11 @@ async fn wrong_password_is_logged_with_the_keys_to_check_and_retried() {
         users: vec![("gateway".into(), EDGE_PASSWORD.into())],
         ..Default::default()
     };
-    let nats = uplink::testbed::Nats::start_secured(
+    let nats = uplink_tools::testbed::Nats::start_secured(
         &nats_bin(),
         dir.path(),
         "edge",
-        uplink::testbed::free_port(),
+        uplink_tools::testbed::free_port(),
         dir.path().join("edge-js"),
         &security,
     )
@@ -292,7 +292,7 @@ async fn wrong_password_is_logged_with_the_keys_to_check_and_retried() {
         // The admin listener may not be up yet: not answering is "not yet".
         || async {
             Ok(matches!(
-                uplink::testbed::http_get(admin, "/readyz").await,
+                uplink_tools::testbed::http_get(admin, "/readyz").await,
                 Ok((503, body)) if body.contains("authorization violation")
             ))
         },
@@ -336,7 +336,7 @@ async fn wrong_password_is_logged_with_the_keys_to_check_and_retried() {
 /// JetStream, and the gateway with a creds file (user JWT + seed) for that account.
 #[tokio::test]
 async fn creds_file_on_an_operator_mode_edge_delivers_exactly_once() {
-    let op = std::sync::Arc::new(uplink::testbed::nats_jwt::Operator::new().unwrap());
+    let op = std::sync::Arc::new(uplink_tools::testbed::nats_jwt::Operator::new().unwrap());
     let keys = TempDir::new("uplink-creds").unwrap();
     let creds = keys.path().join("gateway.creds");
     std::fs::write(&creds, &op.user_creds).unwrap();
@@ -394,7 +394,7 @@ async fn a_wrong_nats_port_is_named_with_its_cause_and_setting_once() {
     let dir = TempDir::new("uplink-wrongport").unwrap();
     let pki = uplink::tls::dev_pki(&dir.path().join("pki"), &["edge-1".to_string()]).unwrap();
     // A port nothing listens on.
-    let port = uplink::testbed::free_port();
+    let port = uplink_tools::testbed::free_port();
     let admin = free_addr();
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(
@@ -452,7 +452,9 @@ async fn a_wrong_nats_port_is_named_with_its_cause_and_setting_once() {
             && line.contains("check=\"nats.url\""),
         "{line}"
     );
-    let (status, body) = uplink::testbed::http_get(admin, "/readyz").await.unwrap();
+    let (status, body) = uplink_tools::testbed::http_get(admin, "/readyz")
+        .await
+        .unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("edge NATS not connected"), "{body}");
     assert_eq!(gw.proc.terminate(Duration::from_secs(20)).await, Some(0));

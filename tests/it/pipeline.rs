@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use uplink::testbed::verify::{self, Workload};
+use uplink_tools::testbed::verify::{self, Workload};
 
 use crate::support::*;
 
@@ -138,7 +138,7 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     // Whoever recreated it (this test or the gateway), publish only once the server serves it:
     // right after a recreate, nats-server 2.9 can answer a publish with "no responders".
     let stream = p.gateway_cfg.nats.stream.clone();
-    uplink::testbed::wait_for(
+    uplink_tools::testbed::wait_for(
         || {
             let (edge, stream) = (edge.clone(), stream.clone());
             async move {
@@ -190,12 +190,12 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     }
     let cloud = cloud_js(&p).await;
     let admin = p.gateway.as_ref().unwrap().admin;
-    let outcome = uplink::testbed::wait_for(
+    let outcome = uplink_tools::testbed::wait_for(
         || async {
             if stream_len(&cloud, &p.ingest_cfg.nats.stream).await >= 500 {
                 return Ok(true);
             }
-            let (status, body) = uplink::testbed::http_get(admin, "/readyz").await?;
+            let (status, body) = uplink_tools::testbed::http_get(admin, "/readyz").await?;
             Ok(status == 503 && body.contains("stalled"))
         },
         Duration::from_secs(60),
@@ -244,17 +244,22 @@ async fn messages_of_the_edge_servers_maximum_size_arrive_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_cloud_cannot_store_is_set_aside_and_the_rest_flow_on() {
     uplink::tls::install_crypto_provider();
-    let opts = uplink::testbed::pipeline::PipelineOptions {
-        cloud_security: uplink::testbed::NatsSecurity {
+    let opts = uplink_tools::testbed::pipeline::PipelineOptions {
+        cloud_security: uplink_tools::testbed::NatsSecurity {
             max_payload: Some(1 << 20),
             ..Default::default()
         },
         ..Default::default()
     };
-    let p =
-        uplink::testbed::pipeline::Pipeline::start_with(&exe(), &nats_bin(), opts, |_| {}, |_| {})
-            .await
-            .expect("pipeline starts");
+    let p = uplink_tools::testbed::pipeline::Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        opts,
+        |_| {},
+        |_| {},
+    )
+    .await
+    .expect("pipeline starts");
     let edge = edge_js(&p).await;
     let small = Workload {
         count: 50,

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use uplink::testbed::TempDir;
+use uplink_tools::testbed::TempDir;
 
 use crate::support::{exe, json_of};
 

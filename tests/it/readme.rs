@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use uplink::testbed::{TempDir, free_port, wait_for};
+use uplink_tools::testbed::{TempDir, free_port, wait_for};
 
 use crate::support::{exe, nats_bin};
 
@@ -55,7 +55,7 @@ impl Terminal {
 
     fn signal(&self, sig: i32) {
         // The group this test created for the block: the shell and what it started.
-        uplink::testbed::send_signal_group(self.child.id(), sig);
+        uplink_tools::testbed::send_signal_group(self.child.id(), sig);
     }
 
     fn stderr(&self) -> String {

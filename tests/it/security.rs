@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use uplink::testbed::TempDir;
+use uplink_tools::testbed::TempDir;
 
 use crate::support::*;
 

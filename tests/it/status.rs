@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use uplink::testbed::free_addr;
+use uplink_tools::testbed::free_addr;
 
 use crate::support::{edge_js, exe, pipeline, publish, wait_delivered};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::process::Command;
-use uplink::testbed::TempDir;
+use uplink_tools::testbed::TempDir;
 
 use crate::support::{self, edge_js, pipeline, publish, wait_delivered};
 
@@ -175,7 +175,7 @@ async fn the_status_page_renders_the_pipeline_in_a_browser() {
     }
 
     let dir = TempDir::new("uplink-chromium").unwrap();
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page");
+    let shots = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("target/status-page");
     std::fs::create_dir_all(&shots).unwrap();
 
     let dom = render(

@@ -1,13 +1,13 @@
 //! The shared harness: real nats-servers and real `uplink` processes on free loopback ports
-//! (via `uplink::testbed`), killed by pid on drop, plus helpers to publish and verify.
+//! (via `uplink_tools::testbed`), killed by pid on drop, plus helpers to publish and verify.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use uplink::config::{GatewayConfig, IngestConfig};
-use uplink::testbed::pipeline::Pipeline;
-use uplink::testbed::verify::{self, Report, Sent, Workload};
+use uplink_tools::testbed::pipeline::Pipeline;
+use uplink_tools::testbed::verify::{self, Report, Sent, Workload};
 
 pub mod h2client;
 
@@ -18,7 +18,8 @@ pub fn exe() -> PathBuf {
 
 /// The Debian nats-server (installed by `.ci/run` / `make test`).
 pub fn nats_bin() -> PathBuf {
-    uplink::testbed::find_nats_server(None).expect("nats-server must be installed for the tests")
+    uplink_tools::testbed::find_nats_server(None)
+        .expect("nats-server must be installed for the tests")
 }
 
 /// Settings that make failure tests fast: short ack_wait (redelivery after a gateway crash),
@@ -68,7 +69,7 @@ pub async fn verify_delivery(p: &Pipeline, sent: &[Sent]) -> Report {
 pub async fn wait_delivered(p: &Pipeline, count: u64) {
     let edge = edge_js(p).await;
     let cloud = cloud_js(p).await;
-    let budget = uplink::testbed::pipeline::delivery_budget(count as usize);
+    let budget = uplink_tools::testbed::pipeline::delivery_budget(count as usize);
     let waited = async {
         verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, count, budget).await?;
         verify::wait_drained(

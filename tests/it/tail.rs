@@ -93,7 +93,7 @@ async fn tail_shows_the_cloud_stream_filtered_and_consumes_nothing() {
             .unwrap()
     };
     got.sort_by_key(seq);
-    let incarnation = uplink::testbed::verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
+    let incarnation = uplink_tools::testbed::verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
         .await
         .unwrap();
     for (i, m) in got.iter().enumerate() {
