@@ -12,6 +12,7 @@ pub mod consume;
 pub mod deliver;
 pub mod forward;
 pub mod lag;
+pub mod settle;
 /// The gateway's resend backoff (`retry.*`): the shared [`crate::backoff`].
 pub mod retry {
     pub use crate::backoff::Backoff;
@@ -28,8 +29,9 @@ use tokio_util::task::TaskTracker;
 
 use self::concurrency::Slots;
 use self::consume::{IdMaker, PumpError, bind, pump};
-use self::deliver::{Deliverer, HttpPost, Policy, SETTLE_TIMEOUT};
+use self::deliver::{Deliverer, HttpPost, Policy};
 use self::retry::Backoff;
+use self::settle::SETTLE_TIMEOUT;
 use crate::config::{Concurrency, ConfigError, GatewayConfig};
 use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};

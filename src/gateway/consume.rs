@@ -2,12 +2,13 @@
 //! when allowed), pull messages into batches, hand each full batch to a delivery task once a
 //! send slot is free (backpressure), and watch for a consumer that stalls.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use super::Ctx;
 use super::batch::Batcher;
 use super::concurrency::Slots;
-use super::deliver::{SETTLE_TIMEOUT, SHUTDOWN_NAK, dead_letter_then, deliver, settle};
+use super::deliver::deliver;
+use super::settle::{self, SETTLE_TIMEOUT, Settle};
 use crate::config::GatewayConfig;
 use crate::wire;
 
@@ -272,10 +274,7 @@ pub(super) async fn pump(
                     Err(e) => {
                         tracing::error!(error = %e, subject = %m.subject, dead_letter = %cfg.forward.dead_letter, "message cannot be forwarded; terminating it");
                         metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(1);
-                        let one = vec![m];
-                        let keep = AckKind::Nak(Some(cfg.retry.max_backoff));
-                        let kind = dead_letter_then(&one, &cfg.forward.dead_letter, None, &e, keep).await;
-                        settle(&one, kind).await;
+                        settle::refused(&vec![m], true, &cfg.forward.dead_letter, None, &e, cfg.retry.max_backoff).await;
                         false
                     }
                 },
@@ -325,7 +324,7 @@ pub(super) async fn pump(
             "shutdown: returning undispatched messages to JetStream"
         );
     }
-    settle(&left, SHUTDOWN_NAK).await;
+    settle::give_back(&left).await;
     Ok(())
 }
 
@@ -352,7 +351,8 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 const PREFETCH_QUIET: Duration = Duration::from_millis(50);
 
 /// Sends the current batch (if any) to a delivery task once a slot is free. While it waits,
-/// its messages get `in_progress` so JetStream does not redeliver them meanwhile.
+/// its messages are kept alive so JetStream does not redeliver them meanwhile; at shutdown
+/// they are given back.
 async fn flush(
     batcher: &mut Batcher<jetstream::Message>,
     ctx: &Arc<Ctx>,
@@ -363,20 +363,11 @@ async fn flush(
     if batcher.is_empty() {
         return;
     }
-    let every = ctx.cfg.nats.ack_wait / 3;
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let permit = loop {
-        tokio::select! {
-            p = slots.acquire() => break p,
-            _ = progress.tick() => settle(batcher.handles(), AckKind::Progress).await,
-            _ = shutdown.cancelled() => {
-                let (left, _) = batcher.take();
-                settle(&left, SHUTDOWN_NAK).await;
-                return;
-            }
-        }
-    };
     let (msgs, batch) = batcher.take();
+    let every = ctx.cfg.nats.ack_wait / 3;
+    let Some(permit) = wait_for_slot(&msgs, every, slots.acquire(), shutdown).await else {
+        return;
+    };
     metrics::counter!("uplink_gateway_batches_total").increment(1);
     metrics::histogram!("uplink_gateway_batch_messages").record(msgs.len() as f64);
     let ctx = ctx.clone();
@@ -387,3 +378,24 @@ async fn flush(
         drop(permit);
     });
 }
+
+/// Waits for `slot` while `msgs` are kept alive every `every`; `None` once `shutdown` came
+/// first, the messages given back.
+async fn wait_for_slot<S: Settle, P>(
+    msgs: &S,
+    every: Duration,
+    slot: impl Future<Output = P>,
+    shutdown: &CancellationToken,
+) -> Option<P> {
+    tokio::select! {
+        biased;
+        p = settle::keeping_alive(msgs, every, slot) => Some(p),
+        _ = shutdown.cancelled() => {
+            settle::give_back(msgs).await;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -6,71 +6,7 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 
 use super::*;
-
-/// One settle call: when, which messages, what.
-#[derive(Clone, Debug)]
-struct Event {
-    at: Duration,
-    ids: Vec<String>,
-    kind: String,
-}
-
-type Log = Arc<Mutex<Vec<Event>>>;
-
-struct Msgs {
-    ids: Vec<String>,
-    log: Log,
-    t0: Instant,
-    /// Storing a dead letter fails (the dead-letter stream is missing).
-    dead_fails: bool,
-}
-
-impl Settle for Msgs {
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-    fn send(&self, kind: AckKind) -> BoxFuture<'_, ()> {
-        self.log.lock().unwrap().push(Event {
-            at: self.t0.elapsed(),
-            ids: self.ids.clone(),
-            kind: format!("{kind:?}"),
-        });
-        Box::pin(async {})
-    }
-    fn split_off(&mut self, at: usize) -> Self {
-        Msgs {
-            ids: self.ids.split_off(at),
-            log: self.log.clone(),
-            t0: self.t0,
-            dead_fails: self.dead_fails,
-        }
-    }
-    fn first_sequence(&self) -> u64 {
-        0
-    }
-    fn first_delivery(&self) -> bool {
-        true
-    }
-    fn dead_letter<'a>(
-        &'a self,
-        prefix: &'a str,
-        status: Option<u16>,
-        _reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), DeadLetterError>> {
-        self.log.lock().unwrap().push(Event {
-            at: self.t0.elapsed(),
-            ids: self.ids.clone(),
-            kind: format!("DeadLetter({prefix}, {status:?})"),
-        });
-        let fails = self.dead_fails;
-        Box::pin(async move {
-            if fails {
-                return Err(anyhow::anyhow!("no stream for {prefix}.s").into());
-            }
-            Ok(())
-        })
-    }
-}
+use crate::gateway::settle::fake::{Event, Log, Msgs};
 
 /// The status a fake ingest answers a batch with: `(ids of the batch, time since start)`.
 type Answer = Box<dyn Fn(&[String], Duration) -> u16 + Send + Sync>;
