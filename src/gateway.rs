@@ -2,8 +2,8 @@
 //! ack only after the ingest's 2xx.
 //!
 //! `consume` binds the consumer and pulls batches (`batch` groups messages), `deliver` sends
-//! one batch and settles its messages (`forward` is the retry loop, `retry` the backoff
-//! policy); this file wires them up with bounded in-flight batches and drains at shutdown.
+//! one batch and decides its end (`forward` is the retry loop, `retry` what a failed attempt
+//! means for retrying, `settle` acks and naks); this file wires them up with bounded in-flight batches and drains at shutdown.
 
 pub mod batch;
 pub mod complaints;
@@ -12,11 +12,8 @@ pub mod consume;
 pub mod deliver;
 pub mod forward;
 pub mod lag;
+pub mod retry;
 pub mod settle;
-/// The gateway's resend backoff (`retry.*`): the shared [`crate::backoff`].
-pub mod retry {
-    pub use crate::backoff::Backoff;
-}
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +27,8 @@ use tokio_util::task::TaskTracker;
 use self::concurrency::Slots;
 use self::consume::{IdMaker, PumpError, bind, pump};
 use self::deliver::{Deliverer, HttpPost, Policy};
-use self::retry::Backoff;
 use self::settle::SETTLE_TIMEOUT;
+use crate::backoff::Backoff;
 use crate::config::{Concurrency, ConfigError, GatewayConfig};
 use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};

@@ -106,12 +106,8 @@ impl Verdict {
     ) -> Verdict {
         match r {
             Ok(resp) if resp.status().is_success() => Verdict::Done,
-            Ok(resp) => match resp.status().as_u16() {
-                503 | 429 | 408 => Verdict::BackPressure,
-                _ => Verdict::Neutral,
-            },
-            Err(crate::http2::ForwardError::RequestTimeout { .. }) => Verdict::BackPressure,
-            Err(_) => Verdict::Neutral,
+            r if super::retry::was_back_pressure(r) => Verdict::BackPressure,
+            _ => Verdict::Neutral,
         }
     }
 }

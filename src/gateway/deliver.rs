@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::concurrency::Verdict;
 use super::forward::{Delivery, send_with_retries};
-use super::retry::Backoff;
 use super::settle::{self, Settle};
+use crate::backoff::Backoff;
 use crate::config::RejectAction;
 use crate::http2::client::FullResponse;
 use crate::http2::{Client, ForwardError};

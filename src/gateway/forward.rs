@@ -7,17 +7,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::complaints::Complaints;
-use super::retry::Backoff;
+use super::retry::{self, Retry};
+use crate::backoff::Backoff;
+use crate::http2::ForwardError;
 use crate::http2::client::FullResponse;
-use crate::http2::{ForwardError, Retry, classify};
-use crate::wire::ErrorAnswer;
 
 /// How the delivery of a batch ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivery {
     /// The ingest answered 2xx: every message is persisted.
     Delivered { attempts: u32 },
-    /// The ingest rejected the batch (4xx other than 408/429): retrying it unchanged cannot help.
+    /// The ingest rejected the batch's content ([`retry::of_answer`] is `Never`): retrying it
+    /// unchanged cannot help.
     Rejected { status: u16, detail: String },
     /// Shutdown came first: nothing is known to be persisted.
     Abandoned,
@@ -40,20 +41,6 @@ fn retry_after(resp: &FullResponse) -> Option<Duration> {
 /// Consecutive immediate retries allowed before falling back to backoff (a server that refuses
 /// every stream must not make us spin).
 const MAX_IMMEDIATE: u32 = 3;
-
-/// Classifies a non-2xx answer. Only the ingest's own verdict on the content (its JSON error
-/// with a code that judges the content: malformed, too large, bad subject/id/header, wrong
-/// type or encoding) is final: any other answer, even the same status from something that is
-/// not the ingest (a proxy refusing a certificate, a wrong path, 421 Misdirected Request), is a
-/// setup problem or a passing one that a retry after the fix gets through, so those messages
-/// are kept, not dead-lettered.
-pub fn classify_status(status: http::StatusCode, body: &[u8]) -> Retry {
-    debug_assert!(!status.is_success(), "success is not a failure");
-    match (status.as_u16(), ErrorAnswer::parse(body)) {
-        (400 | 413 | 415, Some(a)) if a.error.is_verdict_on_content() => Retry::Never,
-        _ => Retry::Backoff,
-    }
-}
 
 /// Calls `attempt` until it yields 2xx or a rejection. `soft_stop` ends waiting in backoff;
 /// `hard_stop` also abandons an attempt in progress.
@@ -85,7 +72,7 @@ where
             }
             Ok(resp) => {
                 let status = resp.status();
-                let class = classify_status(status, resp.body());
+                let class = retry::of_answer(status, resp.body());
                 // A 429 (a platform quota) says when the quota has room: wait at least that
                 // long. A 503's Retry-After (the ingest always says 1 s) is left to the
                 // backoff, which starts lower and recovers faster from a short outage.
@@ -100,13 +87,11 @@ where
                         detail,
                     };
                 }
-                // A 4xx that is not the ingest judging the content: a setup problem for a human.
-                let setup = status.is_client_error() && !matches!(status.as_u16(), 408 | 429);
-                complaints.refused(status.as_u16(), &detail, attempts, setup);
+                complaints.refused(status.as_u16(), &detail, attempts, retry::is_setup(status));
                 class
             }
             Err(e) => {
-                let class = classify(&e);
+                let class = retry::of_transport(&e);
                 if class == Retry::Now {
                     tracing::debug!(error = %e, "request not processed by the server; resending now");
                 } else {

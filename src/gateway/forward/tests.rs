@@ -117,48 +117,6 @@ async fn shutdown_abandons_during_backoff() {
     assert!(*calls.lock().unwrap() >= 5);
 }
 
-#[test]
-fn statuses() {
-    use http::StatusCode as S;
-    let ingest = br#"{"error":"malformed","detail":"x"}"#;
-    assert_eq!(classify_status(S::BAD_REQUEST, ingest), Retry::Never);
-    assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE, ingest), Retry::Never);
-    assert_eq!(
-        classify_status(S::UNSUPPORTED_MEDIA_TYPE, ingest),
-        Retry::Never
-    );
-    // The same statuses from something that is not the ingest: keep and retry.
-    let nginx = b"<html>400 No required SSL certificate was sent</html>";
-    assert_eq!(classify_status(S::BAD_REQUEST, nginx), Retry::Backoff);
-    assert_eq!(classify_status(S::PAYLOAD_TOO_LARGE, b""), Retry::Backoff);
-    // Identity, routing and misdirection problems are setup errors, not bad messages.
-    assert_eq!(classify_status(S::FORBIDDEN, ingest), Retry::Backoff);
-    assert_eq!(classify_status(S::NOT_FOUND, ingest), Retry::Backoff);
-    assert_eq!(classify_status(S::MISDIRECTED_REQUEST, b""), Retry::Backoff);
-    assert_eq!(classify_status(S::REQUEST_TIMEOUT, ingest), Retry::Backoff);
-    assert_eq!(classify_status(S::TOO_MANY_REQUESTS, b""), Retry::Backoff);
-    assert_eq!(
-        classify_status(S::SERVICE_UNAVAILABLE, ingest),
-        Retry::Backoff
-    );
-    assert_eq!(
-        classify_status(S::INTERNAL_SERVER_ERROR, b""),
-        Retry::Backoff
-    );
-    assert_eq!(classify_status(S::BAD_GATEWAY, b""), Retry::Backoff);
-    // The ingest's 400 for a body that broke off, or an unknown code, is not a verdict.
-    let broke = br#"{"error":"body_error","detail":"reset"}"#;
-    assert_eq!(classify_status(S::BAD_REQUEST, broke), Retry::Backoff);
-    let newer = br#"{"error":"from_a_newer_ingest","detail":"x"}"#;
-    assert_eq!(classify_status(S::BAD_REQUEST, newer), Retry::Backoff);
-    // A share of the ingest's memory that is full: retry later, never dead-letter.
-    let busy = br#"{"error":"busy","detail":"x"}"#;
-    assert_eq!(
-        classify_status(S::SERVICE_UNAVAILABLE, busy),
-        Retry::Backoff
-    );
-}
-
 /// A 429 (a platform quota at the ingest) waits at least its Retry-After, even above the
 /// backoff, and keeps the batch: it is delivered once the quota has room.
 #[tokio::test(start_paused = true)]
