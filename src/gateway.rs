@@ -170,7 +170,7 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
                         "cannot bind the edge consumer yet; retrying"
                     );
                 } else {
-                    match bind_hint(&cause) {
+                    match e.hint() {
                         Some(hint) => tracing::warn!(
                             error = cause,
                             hint,
@@ -287,25 +287,6 @@ pub fn preflight(cfg: &GatewayConfig) -> Result<Preflight, StartError> {
     })
 }
 
-/// What a JetStream refusal to bind the edge consumer most likely means, and what to change.
-fn bind_hint(cause: &str) -> Option<&'static str> {
-    // 10099: a work-queue stream allows one consumer without a filter, and another reads it.
-    if cause.contains("10099") || cause.contains("multiple non-filtered consumers") {
-        return Some(
-            "the edge stream is a work queue (nats.retention = \"work_queue\"): one consumer reads \
-             it and another one does already; give this gateway the other's nats.consumer (they \
-             then share the work), or create the stream with nats.retention = \"limits\" for \
-             several independent readers",
-        );
-    }
-    if cause.contains("insufficient storage") {
-        return Some(
-            "nats.max_bytes is larger than the edge server's JetStream store allows (max_file_store)",
-        );
-    }
-    None
-}
-
 fn invalid(key: &'static str, reason: impl std::fmt::Display) -> StartError {
     StartError::Config(ConfigError::Invalid {
         key,
@@ -368,13 +349,45 @@ mod tests {
     }
 
     #[test]
-    fn a_second_consumer_on_a_work_queue_is_explained() {
-        let hint = super::bind_hint("consumer x on TELEMETRY: JetStream error: multiple non-filtered consumers not allowed on workqueue stream (code 400, error code 10099)").unwrap();
+    fn a_bind_refusal_is_explained_by_its_error_code_not_its_text() {
+        use async_nats::jetstream;
+        let server = |code: u64, text: &str| -> jetstream::Error {
+            serde_json::from_value(
+                serde_json::json!({"code": 400, "err_code": code, "description": text}),
+            )
+            .unwrap()
+        };
+        let second = super::consume::BindError::Consumer {
+            consumer: "x".into(),
+            stream: "TELEMETRY".into(),
+            source: server(
+                10099,
+                "multiple non-filtered consumers not allowed on workqueue stream",
+            )
+            .into(),
+        };
+        let hint = second.hint().unwrap();
         assert!(
             hint.contains("nats.consumer") && hint.contains("nats.retention"),
             "{hint}"
         );
-        assert!(super::bind_hint("timed out").is_none());
+        // The code decides, whatever the text says.
+        let storage = super::consume::BindError::CreateStream {
+            stream: "TELEMETRY".into(),
+            source: server(10047, "worded differently by a newer server").into(),
+        };
+        assert!(storage.hint().unwrap().contains("max_file_store"));
+        let other = super::consume::BindError::Consumer {
+            consumer: "x".into(),
+            stream: "TELEMETRY".into(),
+            source: server(10014, "multiple non-filtered consumers (said in passing)").into(),
+        };
+        assert!(other.hint().is_none());
+        assert!(
+            super::consume::BindError::Recreated("TELEMETRY".into())
+                .hint()
+                .is_none()
+        );
     }
 
     #[test]

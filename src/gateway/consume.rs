@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -54,8 +53,89 @@ pub(super) enum PumpError {
         "the edge consumer has {pending} messages pending but delivered none for {idle:?} (nats-server stuck after a stream recreate?); check the edge stream"
     )]
     Stalled { pending: u64, idle: Duration },
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    /// The pull subscription could not be opened.
+    #[error("opening the pull subscription: {0}")]
+    Subscribe(#[from] jetstream::consumer::StreamError),
+    /// The pull subscription failed (other than a passing pull hiccup).
+    #[error("pulling from the edge consumer: {0}")]
+    Pull(#[from] jetstream::consumer::pull::MessagesError),
+    /// The client ended the pull subscription.
+    #[error("message stream ended")]
+    Ended,
+}
+
+/// Why the edge stream and its consumer could not be bound (the gateway retries).
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("creating edge stream {stream}: {source}")]
+    CreateStream {
+        stream: String,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("edge stream {stream}: {source}")]
+    GetStream {
+        stream: String,
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("edge stream {stream}: reading its info: {source}")]
+    Info {
+        stream: String,
+        source: jetstream::stream::InfoError,
+    },
+    #[error("consumer {consumer} on {stream}: {source}")]
+    Consumer {
+        consumer: String,
+        stream: String,
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("edge stream {0} was recreated while binding")]
+    Recreated(String),
+}
+
+impl BindError {
+    /// The JetStream API error code behind it, if the server answered with one.
+    pub fn code(&self) -> Option<jetstream::ErrorCode> {
+        use jetstream::context::CreateStreamErrorKind as C;
+        use jetstream::context::GetStreamErrorKind as G;
+        use jetstream::stream::ConsumerErrorKind as K;
+        match self {
+            BindError::CreateStream { source, .. } => match source.kind() {
+                C::JetStream(e) => Some(e.error_code()),
+                _ => None,
+            },
+            BindError::GetStream { source, .. } => match source.kind() {
+                G::JetStream(e) => Some(e.error_code()),
+                _ => None,
+            },
+            BindError::Consumer { source, .. } => match source.kind() {
+                K::JetStream(e) => Some(e.error_code()),
+                _ => None,
+            },
+            BindError::Info { .. } | BindError::Recreated(_) => None,
+        }
+    }
+
+    /// What the error most likely means for the operator, decided by the server's error code.
+    pub fn hint(&self) -> Option<&'static str> {
+        hint_for(self.code()?)
+    }
+}
+
+/// The operator's hint for a JetStream error code met while binding.
+pub(super) fn hint_for(code: jetstream::ErrorCode) -> Option<&'static str> {
+    match code {
+        // A work-queue stream allows one consumer without a filter, and another reads it.
+        jetstream::ErrorCode::CONSUMER_WQ_MULTIPLE_UNFILTERED => Some(
+            "the edge stream is a work queue (nats.retention = \"work_queue\"): one consumer reads \
+             it and another one does already; give this gateway the other's nats.consumer (they \
+             then share the work), or create the stream with nats.retention = \"limits\" for \
+             several independent readers",
+        ),
+        jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED => Some(
+            "nats.max_bytes is larger than the edge server's JetStream store allows (max_file_store)",
+        ),
+        _ => None,
+    }
 }
 
 /// The durable consumer's configuration.
@@ -135,19 +215,31 @@ pub(super) async fn bind(
     js: &jetstream::Context,
     cfg: &GatewayConfig,
     may_create: bool,
-) -> anyhow::Result<(PullConsumer, i128)> {
+) -> Result<(PullConsumer, i128), BindError> {
     let n = &cfg.nats;
+    let info_err = |source| BindError::Info {
+        stream: n.stream.clone(),
+        source,
+    };
     let mut stream = match js.get_stream(&n.stream).await {
         Ok(s) => s,
         Err(e) if n.create_stream && may_create => {
             tracing::debug!(error = %e, "edge stream lookup failed; creating it");
             js.get_or_create_stream(stream_config(cfg))
                 .await
-                .with_context(|| format!("creating edge stream {}", n.stream))?
+                .map_err(|source| BindError::CreateStream {
+                    stream: n.stream.clone(),
+                    source,
+                })?
         }
-        Err(e) => return Err(e).with_context(|| format!("edge stream {}", n.stream)),
+        Err(source) => {
+            return Err(BindError::GetStream {
+                stream: n.stream.clone(),
+                source,
+            });
+        }
     };
-    let info = stream.info().await?.clone();
+    let info = stream.info().await.map_err(info_err)?.clone();
     if n.create_stream && may_create && !cfg.forward.dead_letter.is_empty() {
         create_dead_letter_stream(js, cfg, info.config.num_replicas).await;
     }
@@ -155,11 +247,20 @@ pub(super) async fn bind(
     let consumer: PullConsumer = stream
         .get_or_create_consumer(&n.consumer, consumer_config(cfg))
         .await
-        .with_context(|| format!("consumer {} on {}", n.consumer, n.stream))?;
+        .map_err(|source| BindError::Consumer {
+            consumer: n.consumer.clone(),
+            stream: n.stream.clone(),
+            source,
+        })?;
     // The stream may have been recreated between reading its incarnation and binding.
-    let now = stream.get_info().await?.created.unix_timestamp_nanos();
+    let now = stream
+        .get_info()
+        .await
+        .map_err(info_err)?
+        .created
+        .unix_timestamp_nanos();
     if now != incarnation {
-        anyhow::bail!("edge stream {} was recreated while binding", n.stream);
+        return Err(BindError::Recreated(n.stream.clone()));
     }
     Ok((consumer, incarnation))
 }
@@ -233,8 +334,7 @@ pub(super) async fn pump(
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
-        .await
-        .map_err(anyhow::Error::from)?;
+        .await?;
     let mut batcher: Batcher<jetstream::Message> =
         Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
     loop {
@@ -287,13 +387,13 @@ pub(super) async fn pump(
                         }
                         _ => {
                             flush(&mut batcher, ctx, slots, tracker, shutdown).await;
-                            return Err(anyhow::Error::from(e).into());
+                            return Err(e.into());
                         }
                     }
                 }
                 None => {
                     flush(&mut batcher, ctx, slots, tracker, shutdown).await;
-                    return Err(anyhow::anyhow!("message stream ended").into());
+                    return Err(PumpError::Ended);
                 }
             },
             _ = tokio::task::yield_now(), if idle => {

@@ -56,18 +56,18 @@ pub enum DeadLetterError {
     #[error("the dead letter would exceed the edge server's max_payload: {0}")]
     TooLarge(String),
     /// Anything else (no stream for the subject, edge NATS away, a timeout): worth another try.
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl DeadLetterError {
     /// Sorts a publish error: too large for the server is for good, the rest worth a retry.
-    fn of(e: jetstream::context::PublishError) -> DeadLetterError {
+    fn of(e: jetstream::context::PublishError, subject: &str) -> DeadLetterError {
         match e.kind() {
             jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                 DeadLetterError::TooLarge(e.to_string())
             }
-            _ => DeadLetterError::Failed(e.into()),
+            _ => DeadLetterError::Failed(format!("storing the dead letter on {subject}: {e}")),
         }
     }
 }
@@ -131,7 +131,7 @@ pub async fn copy_to_dead_letter(
 ) -> Result<(), DeadLetterError> {
     let info = m
         .info()
-        .map_err(|e| anyhow::anyhow!("reading the message's info: {e}"))?;
+        .map_err(|e| DeadLetterError::Failed(format!("reading the message's info: {e}")))?;
     let mut headers = async_nats::HeaderMap::new();
     if let Some(h) = &m.headers {
         for (name, values) in h.iter() {
@@ -164,20 +164,16 @@ pub async fn copy_to_dead_letter(
         m.context
             .publish_with_headers(subject.clone(), headers, m.payload.clone())
             .await
-            .map_err(DeadLetterError::of)?
+            .map_err(|e| DeadLetterError::of(e, &subject))?
             .await
-            .map_err(DeadLetterError::of)
+            .map_err(|e| DeadLetterError::of(e, &subject))
     };
     match tokio::time::timeout(SETTLE_TIMEOUT, store).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(DeadLetterError::Failed(e))) => Err(e
-            .context(format!("storing the dead letter on {subject}"))
-            .into()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(anyhow::anyhow!(
+        Err(_) => Err(DeadLetterError::Failed(format!(
             "storing the dead letter on {subject}: no PubAck within {SETTLE_TIMEOUT:?}"
-        )
-        .into()),
+        ))),
     }
 }
 
@@ -291,7 +287,7 @@ pub async fn dead_letter_then<S: Settle>(
             metrics::counter!("uplink_gateway_dead_letters_total", "result" => "failed")
                 .increment(msgs.len() as u64);
             tracing::error!(
-                error = format!("{e:#}"),
+                error = %e,
                 edge_sequence = msgs.first_sequence(),
                 "could not store the dead letter; keeping the message for another try"
             );

@@ -26,6 +26,26 @@ impl Loss {
     }
 }
 
+/// Why the cloud stream has no leader the ingest can publish to (the state decides by variant,
+/// the text is for `/readyz`, the 503's detail and the log).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoLeader {
+    #[error(
+        "cloud stream {stream} has no leader: its info went unanswered for {after:?} (a leader election, or a lost quorum)"
+    )]
+    Unanswered { stream: String, after: Duration },
+    #[error("cloud stream {stream} does not exist (deleted?)")]
+    Missing { stream: String },
+    #[error("cloud stream {stream}: {error}")]
+    Failed { stream: String, error: String },
+    #[error("cloud stream {stream} has no leader: its replicas are electing one")]
+    Electing { stream: String },
+    #[error(
+        "cloud stream {stream} has no leader: no JetStream server took the publish (a leader election, or a lost quorum)"
+    )]
+    NotTaken { stream: String },
+}
+
 /// What the ingest knows about the cloud stream's leader: probed with a stream info request
 /// (every second, every 250 ms while there is none, at once when publishes suggest trouble)
 /// and learned from publishes that nobody took. Feeds `/readyz` and fails in-flight publishes
@@ -33,7 +53,7 @@ impl Loss {
 pub struct LeaderWatch {
     stream: String,
     /// `Ok(leader name)` or why there is none.
-    state: std::sync::Mutex<Result<String, String>>,
+    state: std::sync::Mutex<Result<String, NoLeader>>,
     losses: tokio::sync::watch::Sender<Loss>,
     poke: tokio::sync::Notify,
 }
@@ -53,7 +73,12 @@ impl LeaderWatch {
     }
 
     pub(super) fn ready(&self) -> Result<(), String> {
-        self.state.lock().unwrap().clone().map(drop)
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// A receiver that sees the losses after now.
@@ -81,24 +106,24 @@ impl LeaderWatch {
             let state = self.state.lock().unwrap();
             match &*state {
                 // The probe found it missing: say so, not "no leader".
-                Err(e) if e.contains("does not exist") => e.clone(),
-                _ => format!(
-                    "cloud stream {} has no leader: no JetStream server took the publish (a leader election, or a lost quorum)",
-                    self.stream
-                ),
+                Err(missing @ NoLeader::Missing { .. }) => missing.clone(),
+                _ => NoLeader::NotTaken {
+                    stream: self.stream.clone(),
+                },
             }
         };
-        self.set(Err(why.clone()), None);
-        why
+        let text = why.to_string();
+        self.set(Err(why), None);
+        text
     }
 
     /// Records the probe's or a publish's finding; logs changes; a lost leader is a loss.
-    fn set(&self, found: Result<String, String>, since: Option<std::time::Instant>) {
+    fn set(&self, found: Result<String, NoLeader>, since: Option<std::time::Instant>) {
         let before = std::mem::replace(&mut *self.state.lock().unwrap(), found.clone());
         match (&before, &found) {
             (Ok(_), Err(why)) => {
                 tracing::warn!(stream = %self.stream, reason = %why, "cloud stream has no leader; publishes are answered 503 until it has one");
-                self.lose(why, since);
+                self.lose(&why.to_string(), since);
             }
             (Err(_), Ok(leader)) => {
                 tracing::info!(stream = %self.stream, %leader, "cloud stream has a leader again")
@@ -141,22 +166,26 @@ impl LeaderWatch {
     }
 
     /// Asks for the stream's info: `Ok(leader)` when it has one.
-    async fn probe(&self, js: &jetstream::Context, timeout: Duration) -> Result<String, String> {
-        let stream = &self.stream;
-        let info = match tokio::time::timeout(timeout, js.get_stream(stream)).await {
+    async fn probe(&self, js: &jetstream::Context, timeout: Duration) -> Result<String, NoLeader> {
+        let stream = self.stream.clone();
+        let info = match tokio::time::timeout(timeout, js.get_stream(&stream)).await {
             Err(_) => {
-                return Err(format!(
-                    "cloud stream {stream} has no leader: its info went unanswered for {timeout:?} (a leader election, or a lost quorum)"
-                ));
+                return Err(NoLeader::Unanswered {
+                    stream,
+                    after: timeout,
+                });
             }
             Ok(Err(e)) => {
                 return Err(match e.kind() {
                     jetstream::context::GetStreamErrorKind::JetStream(j)
                         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
                     {
-                        format!("cloud stream {stream} does not exist (deleted?)")
+                        NoLeader::Missing { stream }
                     }
-                    _ => format!("cloud stream {stream}: {e}"),
+                    _ => NoLeader::Failed {
+                        stream,
+                        error: e.to_string(),
+                    },
                 });
             }
             Ok(Ok(s)) => s.cached_info().clone(),
@@ -166,9 +195,7 @@ impl LeaderWatch {
             None => Ok(String::new()),
             Some(c) => match c.leader.filter(|l| !l.is_empty()) {
                 Some(leader) => Ok(leader),
-                None => Err(format!(
-                    "cloud stream {stream} has no leader: its replicas are electing one"
-                )),
+                None => Err(NoLeader::Electing { stream }),
             },
         }
     }
@@ -207,7 +234,10 @@ mod tests {
         let before = std::time::Instant::now();
         let asked = before + Duration::from_millis(10);
         let after = asked + Duration::from_millis(10);
-        w.set(Err("no answer".into()), Some(asked));
+        let electing = NoLeader::Electing {
+            stream: "UPLINK".into(),
+        };
+        w.set(Err(electing), Some(asked));
         let loss = w.losses.borrow().clone();
         assert!(loss.condemns(before));
         assert!(!loss.condemns(after), "sent after the probe asked");
@@ -221,13 +251,24 @@ mod tests {
     fn a_stream_found_missing_is_named_so_not_leaderless() {
         let w = LeaderWatch::new("UPLINK");
         w.set(
-            Err("cloud stream UPLINK does not exist (deleted?)".into()),
+            Err(NoLeader::Missing {
+                stream: "UPLINK".into(),
+            }),
             None,
         );
         assert_eq!(
             w.no_responders(),
             "cloud stream UPLINK does not exist (deleted?)"
         );
+        // A failure whose text happens to say "does not exist" is not a missing stream.
+        w.set(
+            Err(NoLeader::Failed {
+                stream: "UPLINK".into(),
+                error: "account does not exist".into(),
+            }),
+            None,
+        );
+        assert!(w.no_responders().contains("has no leader"));
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ impl Settle for Msgs {
         let fails = self.dead_fails;
         Box::pin(async move {
             if fails {
-                return Err(anyhow::anyhow!("no stream for {prefix}.s").into());
+                return Err(DeadLetterError::Failed(format!("no stream for {prefix}.s")));
             }
             Ok(())
         })
