@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, NatsConnect};
 use crate::nats::NatsError;
 use crate::tls::TlsError;
 
@@ -75,4 +75,27 @@ impl StartError {
     pub fn listen(addr: SocketAddr, key: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| StartError::Listen { addr, key, source }
     }
+}
+
+/// Reads every file the NATS settings name — credentials, nkey seed, TLS CA and client pair
+/// — and checks each holds what it should, without connecting (the library reads the TLS
+/// files only when it connects, and would only log their errors, retrying forever).
+pub fn check_nats_files(cfg: &NatsConnect) -> Result<(), StartError> {
+    crate::nats::options(cfg)?;
+    let tls = &cfg.tls;
+    let named = || {
+        StartError::tls_file(&[
+            ("nats.tls.ca", &tls.ca),
+            ("nats.tls.cert", &tls.cert),
+            ("nats.tls.key", &tls.key),
+        ])
+    };
+    if !tls.ca.as_os_str().is_empty() {
+        crate::tls::load_certs(&tls.ca).map_err(named())?;
+    }
+    if !tls.cert.as_os_str().is_empty() {
+        crate::tls::load_certs(&tls.cert).map_err(named())?;
+        crate::tls::load_key(&tls.key).map_err(named())?;
+    }
+    Ok(())
 }

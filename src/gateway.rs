@@ -278,7 +278,7 @@ pub fn preflight(cfg: &GatewayConfig) -> Result<Preflight, StartError> {
     wire::validate_token(&platform).map_err(|e| invalid("platform", e.to_string()))?;
     let base = cfg.cloud.url.clone();
     let batches_url = batches_url(&base).map_err(|e| invalid("cloud.url", e))?;
-    crate::nats::check_files(&cfg.nats.connect)?;
+    crate::error::check_nats_files(&cfg.nats.connect)?;
     Ok(Preflight {
         tls,
         platform,

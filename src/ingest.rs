@@ -5,6 +5,7 @@
 //! requests may hold, `publish` JetStream.
 
 pub mod accept;
+pub mod api_error;
 pub mod budget;
 pub mod closing;
 pub mod decode;
@@ -16,6 +17,7 @@ pub mod preauth;
 pub mod proxy;
 pub mod publish;
 pub mod quota;
+pub mod sink;
 
 use std::sync::Arc;
 
@@ -153,7 +155,7 @@ pub fn preflight(cfg: &IngestConfig) -> Result<Preflight, StartError> {
         identity_header: cfg.proxy.identity_header.clone(),
         verify_header: cfg.proxy.verify_header.clone(),
     };
-    crate::nats::check_files(&cfg.nats.connect)?;
+    crate::error::check_nats_files(&cfg.nats.connect)?;
     Ok(Preflight {
         deny,
         tls,

@@ -25,29 +25,6 @@ pub enum NatsError {
     },
 }
 
-/// Reads every file the NATS settings name — credentials, nkey seed, TLS CA and client pair
-/// — and checks each holds what it should, without connecting (the library reads the TLS
-/// files only when it connects, and would only log their errors, retrying forever).
-pub fn check_files(cfg: &NatsConnect) -> Result<(), crate::error::StartError> {
-    options(cfg)?;
-    let tls = &cfg.tls;
-    let named = || {
-        crate::error::StartError::tls_file(&[
-            ("nats.tls.ca", &tls.ca),
-            ("nats.tls.cert", &tls.cert),
-            ("nats.tls.key", &tls.key),
-        ])
-    };
-    if !tls.ca.as_os_str().is_empty() {
-        crate::tls::load_certs(&tls.ca).map_err(named())?;
-    }
-    if !tls.cert.as_os_str().is_empty() {
-        crate::tls::load_certs(&tls.cert).map_err(named())?;
-        crate::tls::load_key(&tls.key).map_err(named())?;
-    }
-    Ok(())
-}
-
 /// Which NATS this is, for logs and metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

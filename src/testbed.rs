@@ -13,6 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use uplink::scratch::TempDir;
 
+/// The cloud nats-server's `max_payload` unless a test sets one: the edge's default (1 MiB)
+/// plus room for the headers the ingest adds, so the largest edge message fits.
+pub const CLOUD_MAX_PAYLOAD: usize = (1 << 20) + 4096;
+
 /// A free TCP port on 127.0.0.1, outside the ephemeral range (bound, released, then used).
 pub fn free_port() -> u16 {
     // Chosen below the kernel's ephemeral range (32768–60999 here): a port the kernel hands

@@ -11,7 +11,7 @@
 use super::sample::{cpu_of, cpu_since, peak_rss};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -287,7 +287,7 @@ async fn uplink_drain(
     ));
     let budget = delivery_budget(w.count);
     let stream = &p.ingest_cfg.nats.stream;
-    if let Err(e) = wait_holds(&cloud, stream, sent.len() as u64, budget).await {
+    if let Err(e) = super::wait_holds(&cloud, stream, sent.len() as u64, budget).await {
         // The logs of a drain that did not finish are the evidence: keep them.
         p.dir.keep();
         eprintln!("logs kept in {}", p.dir.path().display());
@@ -346,30 +346,6 @@ pub(crate) fn perf_control(command: &str) {
         if let Err(e) = r {
             eprintln!("UPLINK_BENCH_PERF_CTL {}: {e}", path.to_string_lossy());
         }
-    }
-}
-
-/// Waits until `stream` holds at least `want` messages (polled every 10 ms: the drains last
-/// seconds, so the clock's resolution matters); returns how many it holds then.
-pub async fn wait_holds(
-    js: &jetstream::Context,
-    stream: &str,
-    want: u64,
-    within: Duration,
-) -> anyhow::Result<u64> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let n = match js.get_stream_no_info(stream).await {
-            Ok(s) => s.get_info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        };
-        if n >= want {
-            return Ok(n);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("stream {stream} holds {n} of {want} messages after {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::closing::Lingering;
 use super::final_goaway::Gate;
 use super::handler::Handler;
-use super::preauth::{Admission, Refusal, Stage, Ticket, TlsFailure, first_byte};
+use super::preauth::{Admission, Budgets, Refusal, Stage, Ticket, TlsFailure, first_byte};
 pub use super::proxy::{ProxyTrust, common_name};
 use crate::config::{ServerHttp2, ServerTimeouts};
 use crate::http2::tap::{ConnInfo, Direction, Side, Tap, TapConfig, error_code_name};
@@ -121,7 +121,12 @@ pub async fn serve(
 ) {
     let limits = Arc::new(limits);
     let tracker = TaskTracker::new();
-    let admission = Admission::new(&limits);
+    let admission = Admission::new(Budgets {
+        max_connections: limits.max_connections,
+        max_handshakes: limits.max_handshakes,
+        max_handshakes_per_ip: limits.max_handshakes_per_ip,
+        tls_handshake: limits.timeouts.tls_handshake,
+    });
     // Exported from the start, so "none sent" reads as 0, not as a missing series.
     for reason in [
         CloseReason::MaxRequests,

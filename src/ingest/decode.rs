@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::api_error::ApiError;
 use super::budget::Hold;
-use super::handler::ApiError;
 use crate::wire::ErrorCode;
 use crate::wire::{WireError, scan};
 

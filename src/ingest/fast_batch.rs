@@ -29,7 +29,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::leader::Loss;
-use super::publish::{OutMessage, SinkError};
+use super::sink::{OutMessage, SinkError};
 
 /// The most messages the server may let us send per flow ack (it caps it at 500).
 const FLOW: u64 = 500;

@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::accept::ServerLimits;
+use super::proxy::unmapped;
 
 /// Why a connection was closed without being served (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,14 +192,24 @@ impl Drop for Ticket {
     }
 }
 
+/// What admission is sized by: `limits.max_connections`, `limits.max_handshakes`,
+/// `limits.max_handshakes_per_ip` and `timeouts.tls_handshake`.
+#[derive(Clone, Copy, Debug)]
+pub struct Budgets {
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
+    pub tls_handshake: Duration,
+}
+
 impl Admission {
-    pub(super) fn new(limits: &ServerLimits) -> Arc<Self> {
+    pub(super) fn new(b: Budgets) -> Arc<Self> {
         Arc::new(Admission {
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+            connections: Arc::new(Semaphore::new(b.max_connections)),
+            handshakes: Arc::new(Semaphore::new(b.max_handshakes)),
             per_ip: Mutex::default(),
-            max_per_ip: limits.max_handshakes_per_ip,
-            slow_handshake: limits.timeouts.tls_handshake / 5,
+            max_per_ip: b.max_handshakes_per_ip,
+            slow_handshake: b.tls_handshake / 5,
             stages: Mutex::default(),
         })
     }
@@ -307,14 +317,6 @@ impl HandshakeSlot {
     }
 }
 
-/// IPv4-mapped IPv6 addresses count as the IPv4 address they are.
-pub(super) fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 /// Why a TLS handshake failed (a metric label), by cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsFailure {
@@ -386,7 +388,7 @@ pub(super) async fn first_byte(tcp: &TcpStream) -> Result<(), TlsFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ServerHttp2, ServerTimeouts};
+    use crate::config::ServerTimeouts;
 
     #[test]
     fn tls_failures_are_classified_by_cause() {
@@ -423,13 +425,11 @@ mod tests {
     }
 
     fn admission(connections: usize, handshakes: usize, per_ip: usize) -> Arc<Admission> {
-        Admission::new(&ServerLimits {
-            http2: ServerHttp2::default(),
-            timeouts: ServerTimeouts::default(),
+        Admission::new(Budgets {
             max_connections: connections,
             max_handshakes: handshakes,
             max_handshakes_per_ip: per_ip,
-            trace_h2: false,
+            tls_handshake: ServerTimeouts::default().tls_handshake,
         })
     }
 

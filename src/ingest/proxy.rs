@@ -3,8 +3,6 @@
 
 use std::net::IpAddr;
 
-use super::preauth::unmapped;
-
 /// Who may speak for clients on a proxy listener, and how.
 pub struct ProxyTrust {
     pub trusted: Vec<IpAddr>,
@@ -39,6 +37,14 @@ pub fn common_name(dn: &str) -> Option<String> {
         tracing::warn!(%error, dn, "identity header refused");
         None
     })
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they are.
+pub(super) fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ impl Cluster {
             q(&node.name),
             q(&format!("127.0.0.1:{}", node.monitor_port)),
             q(&node.store.to_string_lossy()),
-            super::pipeline::CLOUD_MAX_PAYLOAD,
+            super::CLOUD_MAX_PAYLOAD,
             q(&self.name),
             q(&format!("127.0.0.1:{}", node.cluster_port)),
             routes.join(", ")

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::CLOUD_MAX_PAYLOAD;
 use super::cluster::Cluster;
 use super::fault::FaultProxy;
 use super::nginx::{Nginx, NginxSite};
@@ -52,10 +53,6 @@ fn admin_port_taken(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
     text.contains("(admin.listen)") && text.contains("in use")
 }
-
-/// The cloud nats-server's `max_payload` unless a test sets one: the edge's default (1 MiB)
-/// plus room for the headers the ingest adds, so the largest edge message fits.
-pub const CLOUD_MAX_PAYLOAD: usize = (1 << 20) + 4096;
 
 /// CN of the ingest's client certificate to cloud NATS when [`PipelineOptions::nats_tls`].
 pub const INGEST_NATS_CLIENT: &str = "uplink-ingest";

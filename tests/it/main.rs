@@ -31,5 +31,6 @@ mod readme;
 mod security;
 mod status;
 mod status_page;
+mod structure;
 mod support;
 mod tail;

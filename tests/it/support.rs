@@ -1,7 +1,7 @@
 //! The shared harness: real nats-servers and real `uplink` processes on free loopback ports
 //! (via `uplink_tools::testbed`), killed by pid on drop, plus helpers to publish and verify.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -10,6 +10,11 @@ use uplink_tools::testbed::pipeline::Pipeline;
 use uplink_tools::testbed::verify::{self, Report, Sent, Workload};
 
 pub mod h2client;
+
+/// The repository's root (the tests belong to `tools/Cargo.toml`, one level down).
+pub fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
 
 /// The binary under test.
 pub fn exe() -> PathBuf {

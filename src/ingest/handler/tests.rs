@@ -3,7 +3,9 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 
 use super::*;
-use crate::ingest::publish::Outcome;
+use http_body_util::Full;
+
+use crate::ingest::sink::{Outcome, SinkError};
 use crate::wire::{Batch, Message};
 
 /// Records what would be persisted; `down` makes it fail like a disconnected JetStream.
