@@ -353,7 +353,10 @@ fn every_module_is_in_the_design_module_map() {
         .find(|s| s.starts_with("1. "))
         .expect("docs/design.md has §1");
     let mut named: BTreeSet<String> = BTreeSet::new();
-    for row in section.lines().filter(|l| l.starts_with("| `") || l.starts_with("| *")) {
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| `") || l.starts_with("| *"))
+    {
         let cell = row.split('|').nth(1).unwrap_or("");
         let names: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
         let Some(first) = names.first() else { continue };
@@ -373,5 +376,8 @@ fn every_module_is_in_the_design_module_map() {
         .chain(tools.files.keys())
         .filter(|m| !m.is_empty() && !named.contains(*m))
         .collect();
-    assert!(missing.is_empty(), "docs/design.md §1 lacks a line for: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/design.md §1 lacks a line for: {missing:?}"
+    );
 }
