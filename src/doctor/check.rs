@@ -219,7 +219,7 @@ impl ConfigCheck {
             ));
         }
         if !self.set_lines.is_empty() {
-            out.push_str("\nChange it with these flags:\n");
+            out.push_str("\nChange with these flags:\n");
             for l in &self.set_lines {
                 out.push_str(&format!("  {l}\n"));
             }

@@ -3,7 +3,7 @@
 //! header field and the largest body it accepts. Each is bounded in requests and time (the
 //! bounds are stated on each function); sizes are found by doubling, then binary search.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,26 +72,22 @@ pub async fn streams(t: &Target) -> Result<StreamsProbe, Diagnosis> {
     }
     let hard = Instant::now() + Duration::from_secs(5);
     let mut deadline = hard;
-    let mut ended: BTreeMap<u32, ()> = BTreeMap::new();
-    let mut answered: BTreeMap<u32, ()> = BTreeMap::new();
+    let mut ended = BTreeSet::new();
+    let mut answered = BTreeSet::new();
     while let Some(e) = c.next_until(deadline).await {
         match e.kind {
             EventKind::PingAck => deadline = deadline.min(e.at + Duration::from_millis(300)),
-            EventKind::Reset { stream, code } => {
-                if ended.insert(stream, ()).is_none() {
-                    if code == 0x7 {
-                        r.refused += 1;
-                    } else {
-                        *r.reset_other
-                            .entry(crate::http2::frame::error_code_name(code))
-                            .or_default() += 1;
-                    }
+            EventKind::Reset { stream, code } if ended.insert(stream) => {
+                if code == 0x7 {
+                    r.refused += 1;
+                } else {
+                    *r.reset_other
+                        .entry(crate::http2::frame::error_code_name(code))
+                        .or_default() += 1;
                 }
             }
-            EventKind::Headers { stream, .. } => {
-                if answered.insert(stream, ()).is_none() {
-                    r.answered_early += 1;
-                }
+            EventKind::Headers { stream, .. } if answered.insert(stream) => {
+                r.answered_early += 1;
             }
             EventKind::GoAway { code, .. } => {
                 r.connection_closed = Some(format!(
@@ -111,9 +107,9 @@ pub async fn streams(t: &Target) -> Result<StreamsProbe, Diagnosis> {
     }
     let open: Vec<u32> = (0..n)
         .map(|i| 2 * i + 1)
-        .filter(|s| !ended.contains_key(s))
+        .filter(|s| !ended.contains(s))
         .collect();
-    r.held = open.iter().filter(|s| !answered.contains_key(s)).count() as u32;
+    r.held = open.iter().filter(|s| !answered.contains(s)).count() as u32;
     if r.refused > 0 && r.answered_early == 0 {
         r.enforced = Some(r.held);
     }
