@@ -1,9 +1,12 @@
 //! `uplink doctor URL`: the case study's investigation in one command. Probes an HTTP/2
 //! endpoint's connection lifecycle (TLS, SETTINGS, PING RTT, requests per connection until
-//! GOAWAY, idle timeout, connection age) and recommends gateway settings for it.
+//! GOAWAY, idle timeout, connection age) and its limits (concurrent streams advertised vs
+//! enforced, stalled body and header block, largest header field and body), recommends gateway
+//! settings for it, and with `--config` says whether a gateway config fits.
 //!
-//! `probe` talks to the endpoint (every probe bounded in requests and time), `report` turns the
-//! results into findings, recommendations, a table and JSON.
+//! `probe` and `limits` talk to the endpoint (every probe bounded in requests and time; `raw`
+//! writes the frames hyper will not), `report` turns the results into findings,
+//! recommendations, a table and JSON, `check` holds a gateway config against them.
 
 pub mod check;
 pub mod limits;
@@ -319,4 +322,16 @@ pub async fn run(o: &DoctorOptions) -> Result<Findings, Diagnosis> {
         idle_wait,
         started.elapsed(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(super::parse_size("123").unwrap(), 123);
+        assert_eq!(super::parse_size("123k").unwrap(), 123 * 1024);
+        assert_eq!(super::parse_size("8MiB").unwrap(), 8 << 20);
+        assert!(super::parse_size("8 GiB").is_err());
+        assert!(super::parse_size("k").is_err());
+    }
 }

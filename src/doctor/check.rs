@@ -229,3 +229,31 @@ impl ConfigCheck {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::report::{max_bytes_breaks, max_bytes_for};
+
+    #[test]
+    fn batch_max_bytes_keeps_framing_and_a_margin_under_the_body_limit() {
+        // nginx client_max_body_size 123k, the default 500 messages a batch.
+        let limit = 123 * 1024;
+        let suggested = max_bytes_for(limit, 500);
+        assert_eq!(suggested, 96 * 1024);
+        assert!(!max_bytes_breaks(suggested as usize, 500, limit));
+        assert!(max_bytes_breaks(1 << 20, 500, limit));
+        // Framing alone over the limit: the floor the gateway accepts.
+        assert_eq!(max_bytes_for(10_000, 500), 1024);
+    }
+
+    #[test]
+    fn the_gateways_largest_header_field_is_its_path_or_authority() {
+        let mut cfg = GatewayConfig::default();
+        cfg.cloud.url = "https://h:8443".parse().unwrap();
+        // ":path" + "/v1/batches" = 16; ":authority" + "h:8443" = 16.
+        assert_eq!(gateway_largest_header_field(&cfg), 16);
+        cfg.cloud.url = format!("https://h/{}", "p".repeat(100)).parse().unwrap();
+        assert_eq!(gateway_largest_header_field(&cfg), 5 + 101 + 11);
+    }
+}

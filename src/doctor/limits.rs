@@ -344,7 +344,7 @@ pub async fn header_size(
         (Some((PAD_HEADER, v)), t.body.clone())
     })
     .await?;
-    // Sizes were field sizes; the smallest is name + 1 byte of value.
+    // Size 0 is the bisection's floor, never sent: nothing was accepted.
     if r.max_accepted == Some(0) {
         r.max_accepted = None;
     }
@@ -361,9 +361,9 @@ pub async fn body_size(
     deadline: Instant,
     normal: Option<u16>,
 ) -> Result<SizeProbe, Diagnosis> {
-    let zeros = Bytes::from(vec![b'x'; cap as usize]);
+    let filler = Bytes::from(vec![b'x'; cap as usize]);
     search(t, 16 * 1024, cap, deadline, normal, |n| {
-        (None, zeros.slice(..n as usize))
+        (None, filler.slice(..n as usize))
     })
     .await
 }

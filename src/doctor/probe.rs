@@ -382,7 +382,6 @@ pub async fn requests_per_connection(
     while conn.info.last_ping_rtt().is_none() && Instant::now() < rtt_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Requests the server did not process, to replay: (phase index in not_ok).
     let mut failures = 0;
     for _ in 0..cap {
         if Instant::now() >= deadline {
