@@ -1,11 +1,18 @@
 //! `uplink doctor URL`: the case study's investigation in one command. Probes an HTTP/2
 //! endpoint's connection lifecycle (TLS, SETTINGS, PING RTT, requests per connection until
-//! GOAWAY, idle timeout, connection age) and recommends gateway settings for it.
+//! GOAWAY, idle timeout, connection age) and its limits (concurrent streams advertised vs
+//! enforced, stalled body and header block, largest header field and body), recommends gateway
+//! settings for it, and with `--config` says whether a gateway config fits.
 //!
-//! `probe` talks to the endpoint (every probe bounded in requests and time), `report` turns the
-//! results into findings, recommendations, a table and JSON.
+//! `probe` and `limits` talk to the endpoint (every probe bounded in requests and time; `raw`
+//! writes the frames hyper will not), `report` turns the results into findings,
+//! recommendations, a table and JSON, `check` holds a gateway config against them.
 
+pub mod check;
+pub mod findings;
+pub mod limits;
 pub mod probe;
+pub mod raw;
 pub mod report;
 
 use std::path::PathBuf;
@@ -21,7 +28,7 @@ use crate::config::ClientTimeouts;
 use crate::http2::ForwardError;
 use crate::http2::dial::target_of;
 
-pub use report::Findings;
+pub use findings::Findings;
 
 /// What to probe and how hard: `uplink doctor`'s flags (the doc comments are their help).
 #[derive(Clone, Debug, clap::Args)]
@@ -57,6 +64,39 @@ pub struct DoctorOptions {
     /// Print every HTTP/2 frame while probing.
     #[arg(long)]
     pub trace: bool,
+    /// Largest request body the body-size probe tries (bytes; suffixes k, m, KiB, MiB).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub max_body: u64,
+    /// Largest header field the header-size probe tries (bytes; suffixes as --max-body).
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub max_header: u64,
+    /// Skip the limit probes (concurrent streams, stalled body and header, header and body
+    /// sizes): only the connection lifecycle is probed.
+    #[arg(long)]
+    pub no_limits: bool,
+    /// A gateway config file to check against what was measured (loaded as `uplink gateway`
+    /// loads it: file, UPLINK_GATEWAY_* environment, --set). Exit status 1 when it would break
+    /// against this endpoint. Its cloud.ca/cert/key are used when --ca/--cert/--key are not given.
+    #[arg(long, short, visible_alias = "gateway-config")]
+    pub config: Option<PathBuf>,
+    /// Override one gateway setting of the checked config (repeatable), as `uplink gateway --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// `123`, `123k`/`123KiB` (×1024), `8m`/`8MiB` (×1024²).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a size"))?;
+    let mul = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1024,
+        "m" | "mib" | "mb" => 1024 * 1024,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (k, m)")),
+    };
+    Ok(n * mul)
 }
 
 /// Why the endpoint could not be probed: one line for the user, non-zero exit.
@@ -221,10 +261,14 @@ fn target(o: &DoctorOptions) -> Result<probe::Target, Diagnosis> {
         method,
         body: Bytes::from(o.body.clone().into_bytes()),
         trace: o.trace,
+        seq: Default::default(),
     })
 }
 
-/// Runs every probe and returns the findings.
+/// Runs every probe and returns the findings. Order and bounds: requests per connection
+/// (≤ `--requests` sequential + as many concurrent, a few seconds), concurrent streams (≤ 5 s),
+/// header and body sizes (≤ 30 s each), then the idle, age and stall probes side by side (≤
+/// `--idle-wait`); nothing starts after `--time-limit`.
 pub async fn run(o: &DoctorOptions) -> Result<Findings, Diagnosis> {
     if o.requests == 0 || o.concurrency == 0 {
         return Err(Diagnosis::Usage(
@@ -235,6 +279,14 @@ pub async fn run(o: &DoctorOptions) -> Result<Findings, Diagnosis> {
     let started = tokio::time::Instant::now();
     let deadline = started + o.time_limit;
     let requests = probe::requests_per_connection(&t, o.requests, o.concurrency, deadline).await?;
+    let mut l = findings::LimitProbes::default();
+    if !o.no_limits {
+        l.streams = Some(limits::streams(&t).await?);
+        let normal = requests.first_status;
+        let share = |d: u64| (tokio::time::Instant::now() + Duration::from_secs(d)).min(deadline);
+        l.header = Some(limits::header_size(&t, o.max_header, share(30), normal).await?);
+        l.body = Some(limits::body_size(&t, o.max_body, share(30), normal).await?);
+    }
     // Keep the busy connection below the request limit, if one was found.
     let busy_cap = if requests.limited {
         (requests.completed / 2).max(1)
@@ -243,13 +295,44 @@ pub async fn run(o: &DoctorOptions) -> Result<Findings, Diagnosis> {
     };
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let idle_wait = o.idle_wait.min(remaining);
-    let idle = probe::idle_and_age(&t, idle_wait, Duration::from_millis(500), busy_cap).await?;
+    // One request per tick on the busy connection, never more than busy_cap in idle_wait: the
+    // max connection age is known to within a tick (100 ms to 500 ms).
+    let tick = (idle_wait / busy_cap.max(1) as u32)
+        .clamp(Duration::from_millis(100), Duration::from_millis(500));
+    let idle_probe = probe::idle_and_age(&t, idle_wait, tick, busy_cap);
+    let (idle, stalls) = if o.no_limits {
+        (idle_probe.await?, None)
+    } else {
+        let (idle, body, headers) = tokio::join!(
+            idle_probe,
+            limits::stalled_body(&t, idle_wait),
+            limits::stalled_headers(&t, idle_wait)
+        );
+        (idle?, Some((body?, headers?)))
+    };
+    if let Some((body, headers)) = stalls {
+        l.stalled_body = Some(body);
+        l.stalled_headers = Some(headers);
+    }
     Ok(report::findings(
         &t,
         o,
         requests,
         idle,
+        l,
         idle_wait,
         started.elapsed(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(super::parse_size("123").unwrap(), 123);
+        assert_eq!(super::parse_size("123k").unwrap(), 123 * 1024);
+        assert_eq!(super::parse_size("8MiB").unwrap(), 8 << 20);
+        assert!(super::parse_size("8 GiB").is_err());
+        assert!(super::parse_size("k").is_err());
+    }
 }

@@ -157,7 +157,22 @@ fn run(cli: Cli, log_format: Option<config::LogFormat>) -> anyhow::Result<ExitCo
             ))?;
         }
         Cmd::Bench(a) => return uplink_tools::bench::cli::run(a),
-        Cmd::Doctor { opts, json } => {
+        Cmd::Doctor { mut opts, json } => {
+            // --config: loaded exactly as `uplink gateway` loads it (file, environment, --set).
+            let gateway = if opts.config.is_some() || !opts.sets.is_empty() {
+                let cfg = config::gateway(&Sources::from_process(
+                    opts.config.clone(),
+                    opts.sets.clone(),
+                ))?;
+                opts.ca.get_or_insert_with(|| cfg.cloud.ca.clone());
+                if opts.cert.is_none() && opts.key.is_none() {
+                    opts.cert = Some(cfg.cloud.cert.clone());
+                    opts.key = Some(cfg.cloud.key.clone());
+                }
+                Some(cfg)
+            } else {
+                None
+            };
             if !json {
                 eprintln!(
                     "probing {} (up to {} requests per connection, idle wait {})…",
@@ -175,11 +190,25 @@ fn run(cli: Cli, log_format: Option<config::LogFormat>) -> anyhow::Result<ExitCo
                 .await
             });
             match result {
-                Ok(Ok(f)) => {
+                Ok(Ok(mut f)) => {
+                    if let Some(cfg) = &gateway {
+                        let mut source = opts
+                            .config
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| "(defaults)".into());
+                        for s in &opts.sets {
+                            source.push_str(&format!(" --set {s}"));
+                        }
+                        f.config_check = Some(uplink::doctor::check::check(cfg, &f, source));
+                    }
                     if json {
                         println!("{}", serde_json::to_string(&f)?);
                     } else {
                         print!("{}", f.render());
+                    }
+                    if f.config_check.as_ref().is_some_and(|c| !c.fits) {
+                        return Ok(ExitCode::from(1));
                     }
                 }
                 Ok(Err(d)) => {

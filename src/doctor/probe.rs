@@ -31,6 +31,8 @@ pub struct Target {
     pub method: Method,
     pub body: Bytes,
     pub trace: bool,
+    /// Requests sent so far in this run (each carries its number).
+    pub seq: std::sync::atomic::AtomicU64,
 }
 
 /// What the TLS handshake showed.
@@ -97,12 +99,47 @@ impl ProbeConn {
 
     /// Sends one request of the target's shape.
     pub async fn request(&self, t: &Target) -> Outcome {
+        self.request_n(t).await.1
+    }
+
+    /// [`ProbeConn::request`], with the request's number.
+    pub async fn request_n(&self, t: &Target) -> (u64, Outcome) {
+        let seq = t.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        (seq, self.send_numbered(t, seq, None, t.body.clone()).await)
+    }
+
+    /// Sends one request of the target's method and URL with `body` and, if given, one extra
+    /// header; every request carries `x-doctor-request: N` (N counts the run's requests), so
+    /// one that went wrong can be found in the server's logs.
+    pub async fn request_shaped(
+        &self,
+        t: &Target,
+        extra: Option<(&'static str, String)>,
+        body: Bytes,
+    ) -> Outcome {
+        let seq = t.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.send_numbered(t, seq, extra, body).await
+    }
+
+    async fn send_numbered(
+        &self,
+        t: &Target,
+        seq: u64,
+        extra: Option<(&'static str, String)>,
+        body: Bytes,
+    ) -> Outcome {
         let mut sender = self.conn.sender.clone();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(t.method.clone())
             .uri(t.url.clone())
-            .body(Full::new(t.body.clone()))
-            .expect("valid request");
+            .header("x-doctor-request", seq);
+        if !body.is_empty() {
+            req = req.header(http::header::CONTENT_LENGTH, body.len());
+        }
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
+        }
+        let req = req.body(Full::new(body)).expect("valid request");
         let work = async {
             if sender.ready().await.is_err() {
                 return Err(ForwardError::NotSent);
@@ -130,6 +167,11 @@ impl ProbeConn {
                 Outcome::Failed(e.to_string(), cause)
             }
         }
+    }
+
+    /// Whether the server said it takes no more streams here (GOAWAY) or the connection ended.
+    pub fn done(&self) -> bool {
+        self.info.goaway_received().is_some() || self.ended_at().is_some()
     }
 }
 
@@ -229,6 +271,64 @@ fn tls_facts(c: &rustls::ClientConnection) -> TlsFacts {
     facts
 }
 
+/// A probe request that did not end in 2xx.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NotOk {
+    /// Which probe sent it: "sequential", "concurrent", "idle", "busy".
+    pub phase: &'static str,
+    /// Its `x-doctor-request` number.
+    pub request: u64,
+    /// What happened: "HTTP 404", "not processed (refused by GOAWAY)", "failed after being sent: …".
+    pub outcome: String,
+    /// How its replay on a fresh connection ended (only requests the server provably did not
+    /// process are replayed).
+    pub replayed: Option<String>,
+    /// Never answered 2xx, replay included: lost for a client that trusts these semantics.
+    pub lost: bool,
+}
+
+/// Every lifecycle probe request: how many were sent, answered 2xx, and each that was not.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Tally {
+    pub sent: u64,
+    pub ok: u64,
+    pub not_ok: Vec<NotOk>,
+}
+
+impl Tally {
+    /// Records one outcome; returns whether it was a 2xx.
+    pub fn record(&mut self, phase: &'static str, request: u64, o: &Outcome) -> bool {
+        self.sent += 1;
+        let outcome = match o {
+            Outcome::Status(s) if s.is_success() => {
+                self.ok += 1;
+                return true;
+            }
+            Outcome::Status(s) => format!("HTTP {}", s.as_u16()),
+            Outcome::NotProcessed => "not processed (refused by GOAWAY or not sent)".into(),
+            Outcome::Failed(e, _) => format!("failed after being sent: {e}"),
+        };
+        self.not_ok.push(NotOk {
+            phase,
+            request,
+            outcome,
+            replayed: None,
+            lost: true,
+        });
+        false
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.not_ok.iter().filter(|n| n.lost).count() as u64
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.not_ok.extend(other.not_ok);
+    }
+}
+
 /// Result of the requests-per-connection probe.
 #[derive(Debug, Default)]
 pub struct RequestsProbe {
@@ -247,15 +347,24 @@ pub struct RequestsProbe {
     /// client that cannot replay a body — the case study's failure.
     pub failed: u64,
     pub replayed_ok: u64,
+    /// Concurrent phase: streams opened on the connection and the final GOAWAY's
+    /// last_stream_id (every stream at or below it must have been answered).
+    pub concurrent_streams_opened: u32,
+    pub concurrent_last_stream_id: Option<u32>,
     pub ping_rtt: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
     pub settings: Vec<(u16, u32)>,
     pub tls: Option<TlsFacts>,
+    pub tally: Tally,
 }
 
+/// Most requests that fail after being sent (resets) before the sequential phase gives up.
+const MAX_FAILED: usize = 10;
+
 /// Sends up to `cap` sequential requests on one connection, then (if the server limits
-/// requests) repeats with `concurrency` requests in flight and replays what GOAWAY refused on
-/// a fresh connection.
+/// requests) repeats with `concurrency` requests in flight; what was not processed (refused
+/// by GOAWAY) is replayed on a fresh connection. A request reset after being sent is counted,
+/// and the sequential phase goes on while the connection lives (at most 10 such failures).
 pub async fn requests_per_connection(
     t: &Target,
     cap: u64,
@@ -273,37 +382,47 @@ pub async fn requests_per_connection(
     while conn.info.last_ping_rtt().is_none() && Instant::now() < rtt_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut failures = 0;
     for _ in 0..cap {
         if Instant::now() >= deadline {
             r.failure = Some("probe time limit reached".into());
             break;
         }
-        match conn.request(t).await {
+        let (seq, o) = conn.request_n(t).await;
+        match &o {
             Outcome::Status(s) => {
                 r.first_status.get_or_insert(s.as_u16());
                 r.statuses_ok &= !s.is_server_error();
                 r.completed += 1;
                 if r.completed == 1 {
-                    check_first_status(t, s)?;
+                    check_first_status(t, *s)?;
                 }
             }
             Outcome::NotProcessed => {
+                r.tally.record("sequential", seq, &o);
                 r.limited = true;
                 break;
             }
             Outcome::Failed(e, cause) => {
                 if r.completed == 0 {
-                    return Err(Diagnosis::first_request(e, cause, t));
+                    return Err(Diagnosis::first_request(e.clone(), cause.clone(), t));
                 }
-                r.limited = conn.info.goaway_received().is_some() || conn.ended_at().is_some();
-                if !r.limited {
-                    r.failure = Some(e);
+                failures += 1;
+                if conn.done() {
+                    r.limited = true;
+                } else if failures < MAX_FAILED {
+                    r.tally.record("sequential", seq, &o);
+                    continue;
+                } else {
+                    r.failure = Some(format!("{failures} requests failed after being sent: {e}"));
                 }
+                r.tally.record("sequential", seq, &o);
                 break;
             }
         }
+        r.tally.record("sequential", seq, &o);
         // The server may announce GOAWAY right after the response that reached its limit.
-        if conn.info.goaway_received().is_some() || conn.ended_at().is_some() {
+        if conn.done() {
             r.limited = true;
             break;
         }
@@ -318,17 +437,11 @@ pub async fn requests_per_connection(
     r.settings = conn.info.remote_settings();
 
     if r.limited && concurrency > 1 {
-        let (b, _) = open(t, 2, None).await?;
-        let b = Arc::new(b);
+        let (mut b, _) = open(t, 2, None).await?;
         let mut done = false;
         while !done && Instant::now() < deadline && r.concurrent_completed + r.refused < cap {
-            let wave: Vec<_> = (0..concurrency)
-                .map(|_| {
-                    let b = b.clone();
-                    async move { b.request(t).await }
-                })
-                .collect();
-            for o in futures_util::future::join_all(wave).await {
+            let wave: Vec<_> = (0..concurrency).map(|_| b.request_n(t)).collect();
+            for (seq, o) in futures_util::future::join_all(wave).await {
                 match o {
                     Outcome::Status(_) => r.concurrent_completed += 1,
                     Outcome::NotProcessed => {
@@ -340,19 +453,33 @@ pub async fn requests_per_connection(
                         done = true;
                     }
                 }
+                r.tally.record("concurrent", seq, &o);
             }
             done |= b.info.goaway_received().is_some();
         }
-        if r.refused > 0 {
-            let (c, _) = open(t, 3, None).await?;
-            for _ in 0..r.refused {
-                // Replayed fine: answered as the endpoint answers (its first status, or 2xx).
-                if let Outcome::Status(s) = c.request(t).await
-                    && (s.is_success() || Some(s.as_u16()) == r.first_status)
-                {
-                    r.replayed_ok += 1;
-                }
+        b.wait_end(Instant::now() + Duration::from_secs(2)).await;
+        r.concurrent_streams_opened = b.info.streams_opened();
+        r.concurrent_last_stream_id = b.info.last_goaway_received().map(|g| g.last_stream_id);
+    }
+    // Replay what the server provably did not process, on a fresh connection.
+    let refused: Vec<usize> = (0..r.tally.not_ok.len())
+        .filter(|&i| r.tally.not_ok[i].outcome.starts_with("not processed"))
+        .collect();
+    if !refused.is_empty() {
+        let (c, _) = open(t, 3, None).await?;
+        for i in refused {
+            let o = c.request(t).await;
+            let ok = matches!(&o, Outcome::Status(s) if s.is_success());
+            if ok && r.tally.not_ok[i].phase == "concurrent" {
+                r.replayed_ok += 1;
             }
+            let n = &mut r.tally.not_ok[i];
+            n.replayed = Some(match &o {
+                Outcome::Status(s) => format!("HTTP {}", s.as_u16()),
+                Outcome::NotProcessed => "not processed again".into(),
+                Outcome::Failed(e, _) => format!("failed: {e}"),
+            });
+            n.lost = !ok;
         }
     }
     Ok(r)
@@ -376,9 +503,14 @@ pub struct IdleProbe {
     /// Time from the last response to the server closing the idle connection.
     pub idle_closed_after: Option<Duration>,
     pub idle_goaway: Option<GoAwayInfo>,
-    /// Time from open to the server closing a busy connection (max connection age).
+    /// Time from open to the server refusing more on a busy connection (GOAWAY, or close):
+    /// its maximum connection age (nginx `keepalive_time`).
     pub age_closed_after: Option<Duration>,
+    /// The busy connection's request interval: the age is known to within it.
+    pub age_resolution: Duration,
+    pub age_goaway: Option<GoAwayInfo>,
     pub age_requests: u64,
+    pub tally: Tally,
 }
 
 /// Holds one idle connection up to `wait`; meanwhile keeps another one busy (a request every
@@ -389,43 +521,62 @@ pub async fn idle_and_age(
     tick: Duration,
     max_busy_requests: u64,
 ) -> Result<IdleProbe, Diagnosis> {
-    let mut r = IdleProbe::default();
+    let mut r = IdleProbe {
+        age_resolution: tick,
+        ..Default::default()
+    };
     let (mut idle, _) = open(t, 4, None).await?;
     let (busy, _) = open(t, 5, None).await?;
-    if let Outcome::Failed(e, cause) = idle.request(t).await {
-        return Err(Diagnosis::first_request(e, cause, t));
+    let (seq, o) = idle.request_n(t).await;
+    if let Outcome::Failed(e, cause) = &o {
+        return Err(Diagnosis::first_request(e.clone(), cause.clone(), t));
     }
+    r.tally.record("idle", seq, &o);
     let idle_since = Instant::now();
     let deadline = idle_since + wait;
     let busy_task = async {
         let mut n = 0;
+        let mut tally = Tally::default();
+        let mut refused_at = None;
         while Instant::now() < deadline && n < max_busy_requests {
-            match busy.request(t).await {
+            let (seq, o) = busy.request_n(t).await;
+            tally.record("busy", seq, &o);
+            match o {
                 Outcome::Status(_) => n += 1,
                 _ => break,
+            }
+            // A server at its max age answers this request and sends GOAWAY with it.
+            if busy.done() {
+                refused_at = Some(Instant::now());
+                break;
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = tokio::time::sleep_until(deadline) => break,
             }
-            if busy.ended_at().is_some() {
+            if busy.done() {
+                refused_at = Some(Instant::now());
                 break;
             }
         }
-        n
+        (n, tally, refused_at)
     };
-    let (ended, busy_requests) = tokio::join!(idle.wait_end(deadline), busy_task);
+    let (ended, (busy_requests, tally, refused_at)) =
+        tokio::join!(idle.wait_end(deadline), busy_task);
+    r.tally.merge(tally);
     if let Some(at) = ended {
         r.idle_closed_after = Some(at.saturating_duration_since(idle_since));
         r.idle_goaway = idle.info.last_goaway_received();
     }
     r.age_requests = busy_requests;
-    // A busy connection closed while requests kept coming, before the request limit.
-    if let Some(at) = busy.ended_at()
+    // A busy connection told to go while requests kept coming, before the request limit.
+    let refused = refused_at.or(busy.ended_at());
+    if let Some(at) = refused
         && busy_requests < max_busy_requests
         && at < deadline
     {
         r.age_closed_after = Some(at.saturating_duration_since(busy.opened));
+        r.age_goaway = busy.info.last_goaway_received();
     }
     Ok(r)
 }

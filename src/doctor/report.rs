@@ -4,96 +4,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::DoctorOptions;
+use super::findings::{
+    ClientCertificate, Concurrency, Findings, GoAway, Limit, LimitProbes, Recommendations,
+    ServerCertificate, dur, max_bytes_for,
+};
+use super::limits::{SizeProbe, StallProbe};
 use super::probe::{IdleProbe, RequestsProbe, Target};
 use crate::config::GatewayConfig;
 use crate::http2::frame::{error_code_name, setting_name};
-
-#[derive(Debug, Serialize)]
-pub struct GoAway {
-    pub last_stream_id: u32,
-    pub error_code: u32,
-    pub error_name: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ServerCertificate {
-    pub subject: String,
-    pub sans: Vec<String>,
-    pub not_after: String,
-    pub days_left: i64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ClientCertificate {
-    pub requested: bool,
-    pub presented: bool,
-    /// The server answered requests over a connection where it was presented.
-    pub accepted: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Concurrency {
-    pub in_flight: usize,
-    pub completed_before_goaway: u64,
-    pub refused_by_goaway: u64,
-    /// Failed after being sent (reset): lost to a client that cannot replay.
-    pub failed_after_sent: u64,
-    pub replayed_ok: u64,
-    pub lost: u64,
-}
-
-/// Everything the doctor found. `null` means "not observed within the probe's bounds".
-#[derive(Debug, Serialize)]
-pub struct Findings {
-    pub url: String,
-    pub alpn: Option<String>,
-    pub tls_version: String,
-    pub cipher: String,
-    pub server_certificate: ServerCertificate,
-    pub client_certificate: ClientCertificate,
-    pub max_concurrent_streams: Option<u32>,
-    pub initial_window_size: Option<u32>,
-    pub max_frame_size: Option<u32>,
-    pub max_header_list_size: Option<u32>,
-    pub settings: BTreeMap<String, u32>,
-    pub ping_rtt_ms: Option<f64>,
-    pub first_status: Option<u16>,
-    pub requests_cap: u64,
-    pub requests_completed: u64,
-    pub max_requests_per_connection: Option<u64>,
-    pub goaway: Option<GoAway>,
-    pub concurrency: Option<Concurrency>,
-    pub idle_wait_seconds: f64,
-    pub idle_timeout_seconds: Option<f64>,
-    /// How the idle connection was closed: "GOAWAY <code>" or "TCP close without GOAWAY".
-    pub idle_close: Option<String>,
-    pub max_connection_age_seconds: Option<f64>,
-    pub recommendations: Recommendations,
-    pub notes: Vec<String>,
-    pub probe_seconds: f64,
-}
-
-/// Gateway settings for this endpoint, grouped like the gateway's TOML sections.
-#[derive(Debug, Serialize)]
-pub struct Recommendations {
-    pub forward: BTreeMap<String, toml::Value>,
-    pub timeouts: BTreeMap<String, toml::Value>,
-}
-
-fn dur(d: Duration) -> toml::Value {
-    toml::Value::String(
-        humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string(),
-    )
-}
 
 pub fn findings(
     t: &Target,
     o: &DoctorOptions,
     r: RequestsProbe,
     idle: IdleProbe,
+    l: LimitProbes,
     idle_wait: Duration,
     took: Duration,
 ) -> Findings {
@@ -115,16 +41,39 @@ pub fn findings(
     }
     if idle.age_requests > 0 && idle.age_closed_after.is_none() {
         notes.push(format!(
-            "a busy connection ({} requests, one every 500 ms) stayed open for the whole {} s",
+            "a busy connection ({} requests, one every {} ms) stayed open for the whole {} s",
             idle.age_requests,
+            idle.age_resolution.as_millis(),
             idle_wait.as_secs_f64()
         ));
     }
+    if let Some(s) = r.first_status
+        && !(200..300).contains(&s)
+    {
+        notes.push(format!(
+            "the endpoint answers HTTP {s} to the probe request: every request counts as not 2xx (pick a --method/--body/URL it accepts)"
+        ));
+    }
+    let mut tally = r.tally.clone();
+    tally.merge(idle.tally.clone());
 
     // Recommendations: stay below every limit the server showed.
     let defaults = GatewayConfig::default();
+    let mut batch = BTreeMap::new();
     let mut forward = BTreeMap::new();
     let mut timeouts = BTreeMap::new();
+    let enforced = l.streams.as_ref().and_then(|s| s.enforced);
+    let max_header = l.header.as_ref().and_then(|h| h.max_accepted);
+    let max_body = l
+        .body
+        .as_ref()
+        .and_then(|b| b.min_refused.and(b.max_accepted));
+    if let Some(limit) = max_body {
+        batch.insert(
+            "max_bytes".into(),
+            toml::Value::Integer(max_bytes_for(limit, defaults.batch.max_messages) as i64),
+        );
+    }
     let rotate_at = match max_requests {
         Some(k) => (k * 9 / 10).max(1),
         None => defaults.forward.max_requests_per_connection,
@@ -138,7 +87,7 @@ pub fn findings(
         .map(|a| a.mul_f64(0.9))
         .unwrap_or(defaults.forward.max_connection_age);
     forward.insert("max_connection_age".into(), dur(age));
-    if let Some(mcs) = setting(3) {
+    if let Some(mcs) = setting(3).map(|a| enforced.map_or(a, |e| e.min(a))) {
         let in_flight = defaults.forward.max_in_flight.min(mcs.max(1) as usize);
         forward.insert(
             "max_in_flight".into(),
@@ -206,6 +155,11 @@ pub fn findings(
             failed_after_sent: r.failed,
             replayed_ok: r.replayed_ok,
             lost: r.refused - r.replayed_ok + r.failed,
+            streams_opened: r.concurrent_streams_opened,
+            final_last_stream_id: r.concurrent_last_stream_id,
+            streams_at_or_below_last_stream_id: r
+                .concurrent_last_stream_id
+                .map(|id| id.div_ceil(2).min(r.concurrent_streams_opened)),
         }),
         idle_wait_seconds: idle_wait.as_secs_f64(),
         idle_timeout_seconds: idle.idle_closed_after.map(|d| d.as_secs_f64()),
@@ -214,17 +168,197 @@ pub fn findings(
             None => "TCP close without GOAWAY".into(),
         }),
         max_connection_age_seconds: idle.age_closed_after.map(|d| d.as_secs_f64()),
-        recommendations: Recommendations { forward, timeouts },
+        max_connection_age_resolution_seconds: idle.age_resolution.as_secs_f64(),
+        enforced_concurrent_streams: enforced,
+        stalled_body_timeout_seconds: l.stalled_body.as_ref().and_then(stall_seconds),
+        stalled_header_timeout_seconds: l.stalled_headers.as_ref().and_then(stall_seconds),
+        max_header_field_bytes: max_header
+            .filter(|_| l.header.as_ref().is_some_and(|h| h.min_refused.is_some())),
+        max_body_bytes: max_body,
+        limits: limits_table(max_requests, &idle, &l, enforced, setting(3)),
+        concurrent_streams: l.streams,
+        stalled_body: l.stalled_body,
+        stalled_headers: l.stalled_headers,
+        header_field_size: l.header,
+        body_size: l.body,
+        lost: tally.lost(),
+        requests: tally,
+        config_check: None,
+        recommendations: Recommendations {
+            batch,
+            forward,
+            timeouts,
+        },
         notes,
         probe_seconds: took.as_secs_f64(),
     }
+}
+
+/// A stall that the server ended other than by answering at once (an answer means it did not
+/// wait for the rest: nothing measured).
+fn stall_seconds(s: &StallProbe) -> Option<f64> {
+    match s.ended_by.as_deref() {
+        Some("response") | None => None,
+        Some(_) => s.tolerated_seconds,
+    }
+}
+
+fn stall_detail(s: Option<&StallProbe>) -> String {
+    match s {
+        None => "not probed (--no-limits)".into(),
+        Some(s) => match (s.ended_by.as_deref(), s.tolerated_seconds) {
+            (Some("response"), Some(after)) => format!(
+                "answered after {after:.1} s without waiting for the rest: not measurable here"
+            ),
+            (Some(how), Some(_)) => format!("then {how}"),
+            _ => format!("still waiting after {:.0} s", s.waited_seconds),
+        },
+    }
+}
+
+fn size_detail(p: Option<&SizeProbe>, what: &str) -> String {
+    match p {
+        None => "not probed (--no-limits)".into(),
+        Some(p) => match (p.max_accepted, p.min_refused) {
+            (Some(a), Some(r)) if r == a + 1 => format!(
+                "{} refused ({}); {} requests, binary search",
+                r,
+                p.refused_with.as_deref().unwrap_or("?"),
+                p.requests
+            ),
+            (a, Some(r)) => format!(
+                "between {} and {r} ({}; search stopped: {})",
+                a.unwrap_or(0),
+                p.refused_with.as_deref().unwrap_or("?"),
+                p.stopped.as_deref().unwrap_or("?")
+            ),
+            (_, None) => format!("no {what} refused up to {} bytes", p.cap),
+        },
+    }
+}
+
+fn limits_table(
+    max_requests: Option<u64>,
+    idle: &IdleProbe,
+    l: &LimitProbes,
+    enforced: Option<u32>,
+    advertised: Option<u32>,
+) -> Vec<Limit> {
+    let mut v = vec![
+        Limit {
+            name: "max requests per connection",
+            value: max_requests.map(|k| k as f64),
+            unit: "requests",
+            detail: "GOAWAY after this many sequential requests".into(),
+            nginx: "keepalive_requests",
+            constrains: "forward.max_requests_per_connection",
+        },
+        Limit {
+            name: "idle timeout",
+            value: idle.idle_closed_after.map(|d| d.as_secs_f64()),
+            unit: "s",
+            detail: "an idle connection was closed after this long".into(),
+            nginx: "keepalive_timeout",
+            constrains: "timeouts.idle",
+        },
+        Limit {
+            name: "max connection age",
+            value: idle.age_closed_after.map(|d| d.as_secs_f64()),
+            unit: "s",
+            detail: format!(
+                "a busy connection (a request every {} ms) was told to go after this long{}",
+                idle.age_resolution.as_millis(),
+                idle.age_goaway
+                    .map(|g| format!(" (GOAWAY {})", error_code_name(g.error_code)))
+                    .unwrap_or_default()
+            ),
+            nginx: "keepalive_time",
+            constrains: "forward.max_connection_age",
+        },
+    ];
+    let s = l.streams.as_ref();
+    v.push(Limit {
+        name: "concurrent streams (enforced)",
+        value: enforced.map(f64::from),
+        unit: "streams",
+        detail: match s {
+            None => "not probed (--no-limits)".into(),
+            Some(s) => format!(
+                "advertised {}; opened {} at once: {} held, {} refused{}{}",
+                advertised.map_or("none".into(), |a| a.to_string()),
+                s.opened,
+                s.held,
+                s.refused,
+                if s.answered_early > 0 {
+                    format!(
+                        ", {} answered before their body (streams not held: not measurable)",
+                        s.answered_early
+                    )
+                } else {
+                    String::new()
+                },
+                s.connection_closed
+                    .as_ref()
+                    .map(|c| format!(", connection {c}"))
+                    .unwrap_or_default()
+            ),
+        },
+        nginx: "http2_max_concurrent_streams",
+        constrains: "forward.max_in_flight",
+    });
+    v.push(Limit {
+        name: "stalled body tolerated",
+        value: l.stalled_body.as_ref().and_then(stall_seconds),
+        unit: "s",
+        detail: stall_detail(l.stalled_body.as_ref()),
+        nginx: "client_body_timeout",
+        constrains: "batch.max_bytes (a body must never pause this long)",
+    });
+    v.push(Limit {
+        name: "stalled header block tolerated",
+        value: l.stalled_headers.as_ref().and_then(stall_seconds),
+        unit: "s",
+        detail: stall_detail(l.stalled_headers.as_ref()),
+        nginx: "client_header_timeout",
+        constrains: "none (the gateway writes a header block at once)",
+    });
+    let h = l.header.as_ref();
+    v.push(Limit {
+        name: "largest header field",
+        value: h
+            .and_then(|h| h.min_refused.and(h.max_accepted))
+            .map(|b| b as f64),
+        unit: "bytes",
+        detail: size_detail(h, "header"),
+        nginx: "large_client_header_buffers",
+        constrains: "cloud.url (the :path and :authority the gateway sends)",
+    });
+    let b = l.body.as_ref();
+    v.push(Limit {
+        name: "largest body",
+        value: b
+            .and_then(|b| b.min_refused.and(b.max_accepted))
+            .map(|b| b as f64),
+        unit: "bytes",
+        detail: size_detail(b, "body"),
+        nginx: "client_max_body_size",
+        constrains: "batch.max_bytes",
+    });
+    v
 }
 
 impl Recommendations {
     /// The TOML snippet to paste into the gateway config.
     pub fn toml(&self) -> String {
         let mut out = String::new();
-        for (section, values) in [("forward", &self.forward), ("timeouts", &self.timeouts)] {
+        for (section, values) in [
+            ("batch", &self.batch),
+            ("forward", &self.forward),
+            ("timeouts", &self.timeouts),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
             out.push_str(&format!("[{section}]\n"));
             for (k, v) in values {
                 out.push_str(&format!("{k} = {v}\n"));
@@ -325,22 +459,68 @@ impl Findings {
         rows.push((
             "max connection age".into(),
             match self.max_connection_age_seconds {
-                Some(s) => format!("{s:.1} s (a busy connection was closed)"),
+                Some(s) => format!(
+                    "{s:.1} s (a busy connection, one request every {:.0} ms, was told to go)",
+                    self.max_connection_age_resolution_seconds * 1000.0
+                ),
                 None => format!("none seen within {:.0} s", self.idle_wait_seconds),
             },
+        ));
+        for l in self.limits.iter().skip(3) {
+            let value = match l.value {
+                Some(v) if l.unit == "s" => format!("{v:.1} s"),
+                Some(v) => format!("{v} {}", l.unit),
+                None => "not found".into(),
+            };
+            rows.push((l.name.into(), format!("{value}: {}", l.detail)));
+        }
+        let r = &self.requests;
+        rows.push((
+            "probe requests".into(),
+            format!(
+                "{} sent, {} answered 2xx, {} not 2xx, {} lost",
+                r.sent,
+                r.ok,
+                r.not_ok.len(),
+                self.lost
+            ),
         ));
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {
             out.push_str(&format!("{k:<width$}  {v}\n"));
         }
+        for n in self.requests.not_ok.iter().take(20) {
+            out.push_str(&format!(
+                "  request {} ({}): {}{}{}\n",
+                n.request,
+                n.phase,
+                n.outcome,
+                n.replayed
+                    .as_ref()
+                    .map(|r| format!(", replayed: {r}"))
+                    .unwrap_or_default(),
+                if n.lost { " — LOST" } else { "" }
+            ));
+        }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));
+        }
+        out.push_str("\nLimit -> gateway setting it constrains:\n");
+        for l in &self.limits {
+            out.push_str(&format!(
+                "  {:<32} nginx {:<29} -> {}\n",
+                l.name, l.nginx, l.constrains
+            ));
         }
         out.push_str(&format!(
             "\nRecommended gateway settings for this endpoint (paste into gateway.toml):\n\n{}",
             self.recommendations.toml()
         ));
+        if let Some(c) = &self.config_check {
+            out.push('\n');
+            out.push_str(&c.render());
+        }
         out.push_str(&format!("\n(probed in {:.1} s)\n", self.probe_seconds));
         out
     }

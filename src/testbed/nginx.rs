@@ -27,6 +27,11 @@ pub struct NginxSite {
     pub upstreams: Vec<SocketAddr>,
     /// Offer HTTP/2 (false: an HTTP/1.1-only TLS server).
     pub http2: bool,
+    /// `client_max_body_size` in place of the deployed `16m` (e.g. `"123k"`); None keeps it.
+    pub client_max_body_size: Option<String>,
+    /// Extra lines at `http {}` level, inherited by the server (e.g. `keepalive_time 7s;`,
+    /// `http2_max_concurrent_streams 37;`), or whole extra `server {}` blocks.
+    pub http_directives: Vec<String>,
 }
 
 impl Default for NginxSite {
@@ -36,6 +41,8 @@ impl Default for NginxSite {
             keepalive_timeout: Duration::from_secs(75),
             upstreams: Vec::new(),
             http2: true,
+            client_max_body_size: None,
+            http_directives: Vec::new(),
         }
     }
 }
@@ -220,6 +227,13 @@ fn site_config(pki: &DevPki, site: &NginxSite, port: u16) -> anyhow::Result<Stri
     ] {
         replace_once(&mut s, &from, &to)?;
     }
+    if let Some(size) = &site.client_max_body_size {
+        replace_once(
+            &mut s,
+            "client_max_body_size 16m;",
+            &format!("client_max_body_size {size};"),
+        )?;
+    }
     match site.upstreams.as_slice() {
         [] => {
             // A reference server: no upstream, every request answered 204 by nginx itself.
@@ -301,9 +315,14 @@ http {{
     fastcgi_temp_path {r}/fastcgi;
     uwsgi_temp_path {r}/uwsgi;
     scgi_temp_path {r}/scgi;
-{site}
+{extra}{site}
 }}
 ",
+        extra = site
+            .http_directives
+            .iter()
+            .map(|d| format!("    {d}\n"))
+            .collect::<String>(),
         site = site_config(pki, site, port)?,
     ))
 }
