@@ -45,14 +45,33 @@ struct Ctx {
 }
 
 /// Runs the gateway until `shutdown`, then drains in-flight batches for at most
-/// `timeouts.shutdown_grace` and naks what is left (never acks anything unsent).
+/// `timeouts.shutdown_grace` and naks what is left (never acks anything unsent). Every
+/// configuration error surfaces before a socket opens ([`prepare`]); then the admin listener is
+/// bound and [`serve`] runs.
 pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), StartError> {
+    let prepared = prepare(&cfg)?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?;
+    serve(cfg, prepared, admin, shutdown).await
+}
+
+/// What the gateway holds once its config checked out, before any socket: the cloud client
+/// (not connected yet), the platform and the batches URL.
+pub struct Prepared {
+    pub client: Client,
+    pub platform: String,
+    pub batches_url: http::Uri,
+}
+
+/// [`preflight`], then the cloud client built from it; every failure a configuration error.
+pub fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
     let Preflight {
         tls,
         platform,
         base,
         batches_url,
-    } = preflight(&cfg)?;
+    } = preflight(cfg)?;
     let client = Client::new(ClientConfig {
         url: base,
         server_name: cfg.cloud.server_name.as_ref().map(|n| n.0.clone()),
@@ -64,20 +83,31 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         trace: cfg.trace_h2,
     })
     .map_err(|e| invalid("cloud.url", e))?;
+    Ok(Prepared {
+        client,
+        platform,
+        batches_url,
+    })
+}
 
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?;
+/// [`run`] on an admin listener the caller bound, after [`prepare`].
+pub async fn serve(
+    cfg: GatewayConfig,
+    prepared: Prepared,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let Prepared {
+        client,
+        platform,
+        batches_url,
+    } = prepared;
     let conn =
         crate::nats::connect(&cfg.nats.connect, crate::nats::Role::Edge, "uplink-gateway").await?;
     let nats = conn.client.clone();
     let js = jetstream::new(nats.clone());
     lag::spawn(&js, &cfg, &shutdown);
-    let bound = Arc::new(AtomicBool::new(false));
-    let stalled_flag = Arc::new(AtomicBool::new(false));
-    let ready_stalled = stalled_flag.clone();
-    let ready_nats = conn.clone();
-    let ready_bound = bound.clone();
+    let state = State::default();
     tracing::info!(
         platform,
         admin = %admin.local_addr().map_err(StartError::listen(cfg.admin.listen, "admin.listen"))?,
@@ -93,28 +123,73 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         ca: cfg.cloud.ca.clone(),
         cert: cfg.cloud.cert.clone(),
     }));
-    let delivery = complaints.clone();
-    tokio::spawn(crate::admin::serve_with(
-        admin,
-        Arc::new(move || {
-            ready_nats.ready()?;
-            if ready_stalled.load(Ordering::Acquire) {
-                return Err("edge consumer stalled: messages pending but none delivered".into());
-            }
-            if !ready_bound.load(Ordering::Acquire) {
-                return Err("consumer not bound yet".into());
-            }
-            Ok(())
-        }),
-        Some(Arc::new(move || delivery.health())),
-        shutdown.clone(),
-    ));
-
+    serve_admin(admin, conn, &state, complaints.clone(), &shutdown);
     let slots = match cfg.forward.concurrency {
         Concurrency::Fixed => Slots::fixed(cfg.forward.max_in_flight),
         Concurrency::Adaptive => Slots::adaptive(cfg.forward.max_in_flight),
     };
-    let deliverer = Arc::new(Deliverer {
+    let post = Arc::new(HttpPost {
+        client,
+        url: batches_url,
+    });
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        deliverer: deliverer(&cfg, post, complaints, slots.clone(), &shutdown),
+        stalled: state.stalled.clone(),
+        edge: nats.clone(),
+    });
+    let tracker = TaskTracker::new();
+    consume_until_shutdown(&js, &ctx, &platform, &state, &slots, &tracker, &shutdown).await;
+    drain(&tracker, &ctx).await;
+    // Acks are buffered in the client: make sure they reach the server before exit.
+    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// What `/readyz` reads: whether the consumer is bound, and whether it stalled.
+#[derive(Default)]
+struct State {
+    bound: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
+}
+
+/// The admin listener: `/readyz` ready once edge NATS is up, the consumer bound and not
+/// stalled; `/deliveryz` from the complaints.
+fn serve_admin(
+    admin: TcpListener,
+    conn: crate::nats::Connection,
+    state: &State,
+    complaints: Arc<complaints::Complaints>,
+    shutdown: &CancellationToken,
+) {
+    let (stalled, bound) = (state.stalled.clone(), state.bound.clone());
+    tokio::spawn(crate::admin::serve_with(
+        admin,
+        Arc::new(move || {
+            conn.ready()?;
+            if stalled.load(Ordering::Acquire) {
+                return Err("edge consumer stalled: messages pending but none delivered".into());
+            }
+            if !bound.load(Ordering::Acquire) {
+                return Err("consumer not bound yet".into());
+            }
+            Ok(())
+        }),
+        Some(Arc::new(move || complaints.health())),
+        shutdown.clone(),
+    ));
+}
+
+/// What every batch's delivery shares: the policy from the config, the client, the slots.
+fn deliverer(
+    cfg: &GatewayConfig,
+    post: Arc<HttpPost>,
+    complaints: Arc<complaints::Complaints>,
+    slots: Arc<Slots>,
+    shutdown: &CancellationToken,
+) -> Arc<Deliverer> {
+    Arc::new(Deliverer {
         policy: Policy {
             ack_wait: cfg.nats.ack_wait,
             backoff: Backoff {
@@ -126,22 +201,26 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             compression: cfg.batch.compression,
             zstd_level: cfg.batch.zstd_level,
         },
-        post: Arc::new(HttpPost {
-            client,
-            url: batches_url,
-        }),
-        complaints: complaints.clone(),
-        slots: slots.clone(),
+        post,
+        complaints,
+        slots,
         soft_stop: shutdown.clone(),
         hard_stop: CancellationToken::new(),
-    });
-    let ctx = Arc::new(Ctx {
-        cfg: cfg.clone(),
-        deliverer,
-        stalled: stalled_flag.clone(),
-        edge: nats.clone(),
-    });
-    let tracker = TaskTracker::new();
+    })
+}
+
+/// Binds the edge consumer and pumps it until `shutdown`, rebinding whenever consuming stops
+/// (retrying the bind with the setup backoff, each new cause logged once with its hint).
+async fn consume_until_shutdown(
+    js: &jetstream::Context,
+    ctx: &Arc<Ctx>,
+    platform: &str,
+    state: &State,
+    slots: &Arc<Slots>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let cfg = &ctx.cfg;
     let mut failures = 0u32;
     // When a bound stream disappears, someone is probably recreating it: give them time
     // before creating it ourselves (racing them leaves JetStream 2.9 with a consumer that
@@ -153,16 +232,15 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         // Binding waits on JetStream requests, which wait while edge NATS is unreachable or
         // refuses us: shutdown must not wait for them.
         let bound_now = tokio::select! {
-            b = bind(&js, &cfg, may_create) => b,
+            b = bind(js, cfg, may_create) => b,
             _ = shutdown.cancelled() => break,
         };
         let (consumer, incarnation) = match bound_now {
             Ok(b) => b,
             Err(e) => {
-                // The whole chain: the cause (e.g. JetStream's "insufficient storage resources"
-                // for a nats.max_bytes larger than the server's store) is in the last link.
-                // Each new cause once at warn (with what it most likely means), repeats at debug.
-                let cause = format!("{e:#}");
+                // Each new cause once at warn (with what its error code most likely means),
+                // repeats at debug.
+                let cause = e.to_string();
                 if last_bind_error.as_deref() == Some(cause.as_str()) {
                     tracing::debug!(
                         error = cause,
@@ -193,31 +271,36 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
         };
         failures = 0;
         last_bind_error = None;
-        bound.store(true, Ordering::Release);
+        state.bound.store(true, Ordering::Release);
         tracing::info!(consumer = %cfg.nats.consumer, incarnation, "consumer bound");
         let ids = IdMaker {
-            platform: platform.clone(),
+            platform: platform.to_string(),
             stream: cfg.nats.stream.clone(),
             incarnation,
         };
         lost_at = None;
-        match pump(&consumer, &ids, &ctx, &slots, &tracker, &shutdown).await {
+        match pump(&consumer, &ids, ctx, slots, tracker, shutdown).await {
             Ok(()) => {}
             Err(e @ PumpError::Stalled { .. }) => {
                 tracing::error!(error = %e, "edge consumer stalled; rebinding");
                 metrics::counter!("uplink_gateway_consumer_stalls_total").increment(1);
-                bound.store(false, Ordering::Release);
-                stalled_flag.store(true, Ordering::Release);
+                state.bound.store(false, Ordering::Release);
+                state.stalled.store(true, Ordering::Release);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "consuming stopped; rebinding");
-                bound.store(false, Ordering::Release);
+                state.bound.store(false, Ordering::Release);
                 lost_at = Some(tokio::time::Instant::now());
             }
         }
     }
+}
+
+/// Waits up to `timeouts.shutdown_grace` for the in-flight batches; then abandons them (their
+/// messages are given back) and waits a little more for that.
+async fn drain(tracker: &TaskTracker, ctx: &Ctx) {
     tracker.close();
-    let grace = cfg.timeouts.shutdown_grace;
+    let grace = ctx.cfg.timeouts.shutdown_grace;
     tracing::info!(
         in_flight = tracker.len(),
         ?grace,
@@ -233,10 +316,6 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
             tracing::warn!("in-flight batches did not stop; exiting (JetStream redelivers them)");
         }
     }
-    // Acks are buffered in the client: make sure they reach the server before exit.
-    let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
-    tracing::info!("gateway stopped");
-    Ok(())
 }
 
 /// What the gateway needs before it opens a socket, each from its setting; every failure is a
