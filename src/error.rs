@@ -46,9 +46,7 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         match self {
             StartError::Config(_) => true,
-            StartError::Tls(t) | StartError::TlsFile { source: t, .. } => {
-                !matches!(t, TlsError::Pki(_))
-            }
+            StartError::Tls(t) | StartError::TlsFile { source: t, .. } => tls_is_config(t),
             StartError::Listen { .. } | StartError::Nats(_) => false,
         }
     }
@@ -75,6 +73,12 @@ impl StartError {
     pub fn listen(addr: SocketAddr, key: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| StartError::Listen { addr, key, source }
     }
+}
+
+/// Whether a TLS error is the operator's configuration (a file that cannot be read or does not
+/// fit), rather than a failure to make the dev PKI.
+pub fn tls_is_config(t: &TlsError) -> bool {
+    !matches!(t, TlsError::Pki(_))
 }
 
 /// Reads every file the NATS settings name — credentials, nkey seed, TLS CA and client pair
