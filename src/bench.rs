@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod dedupe;
 pub mod fleet;
+pub mod harness;
 pub mod ingest_alone;
 pub mod latency;
 pub mod load;
@@ -624,42 +625,4 @@ async fn drive_and_verify(
     }
     let (report, got) = p.read_and_check(&edge, &cloud, &sent).await?;
     Ok((seconds, report, figures, started_ns, got))
-}
-
-/// Waits until `stream` holds at least `want` messages (polled every 10 ms: the drains last
-/// seconds, so the clock's resolution matters); returns how many it holds then.
-pub async fn wait_holds(
-    js: &jetstream::Context,
-    stream: &str,
-    want: u64,
-    within: Duration,
-) -> anyhow::Result<u64> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let n = match js.get_stream_no_info(stream).await {
-            Ok(s) => s.get_info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        };
-        if n >= want {
-            return Ok(n);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("stream {stream} holds {n} of {want} messages after {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Runs a bench on a fresh runtime; Ctrl-C / SIGTERM ends it (its processes and temp dirs are
-/// dropped, so cleaned up) with an error.
-pub fn until_interrupted<T>(
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    uplink::runtime()?.block_on(async {
-        let shutdown = uplink::shutdown::on_signals();
-        tokio::select! {
-            r = work => r,
-            _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted; cleaned up")),
-        }
-    })
 }

@@ -335,7 +335,7 @@ pub async fn native_drain(
             kind,
             w.count,
         ));
-        let held = super::wait_holds(&cloud_js, &cloud_cfg.stream, want, budget).await;
+        let held = super::harness::wait_holds(&cloud_js, &cloud_cfg.stream, want, budget).await;
         let seconds = started.elapsed().as_secs_f64();
         let cpu_ms = super::sample::cpu_since(&procs, &cpu0);
         let outcome = tokio::time::timeout(Duration::from_secs(10), relay).await;
@@ -372,7 +372,7 @@ pub async fn native_drain(
         })
         .await
         .context("creating the sourcing cloud stream")?;
-    let messages = super::wait_holds(&cloud_js, NATIVE_CLOUD_STREAM, want, budget).await?;
+    let messages = super::harness::wait_holds(&cloud_js, NATIVE_CLOUD_STREAM, want, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_ms = super::sample::cpu_since(&procs, &cpu0);
     drop((edge, nginx, cloud));

@@ -287,7 +287,7 @@ async fn uplink_drain(
     ));
     let budget = delivery_budget(w.count);
     let stream = &p.ingest_cfg.nats.stream;
-    if let Err(e) = super::wait_holds(&cloud, stream, sent.len() as u64, budget).await {
+    if let Err(e) = super::harness::wait_holds(&cloud, stream, sent.len() as u64, budget).await {
         // The logs of a drain that did not finish are the evidence: keep them.
         p.dir.keep();
         eprintln!("logs kept in {}", p.dir.path().display());

@@ -221,7 +221,7 @@ fn run_anchors(args: &BenchArgs) -> anyhow::Result<Option<ExitCode>> {
             nats_server: args.opts.nats_server.clone(),
             json: args.opts.json,
         };
-        let r = super::until_interrupted(crate::bench::ingest_alone::run(&o))?;
+        let r = super::harness::until_interrupted(crate::bench::ingest_alone::run(&o))?;
         crate::bench::ingest_alone::print(&r, o.json);
         return Ok(Some(if r.persisted_exactly {
             ExitCode::SUCCESS
@@ -282,7 +282,7 @@ fn run_anchors(args: &BenchArgs) -> anyhow::Result<Option<ExitCode>> {
         dir,
         go,
     };
-    let r = super::until_interrupted(crate::bench::baseline_go::run(&o, &bin))?;
+    let r = super::harness::until_interrupted(crate::bench::baseline_go::run(&o, &bin))?;
     crate::bench::baseline_go::print(&r, o.bench.json);
     Ok(Some(if r.ok {
         ExitCode::SUCCESS
@@ -402,7 +402,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             json: opts.json,
         };
         o.check()?;
-        let result = super::until_interrupted(crate::bench::fleet::run(&o))?;
+        let result = super::harness::until_interrupted(crate::bench::fleet::run(&o))?;
         crate::bench::fleet::print(&result, o.json);
         return Ok(if result.ok() {
             ExitCode::SUCCESS
@@ -460,7 +460,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             in_flight: opts.in_flight,
             json: opts.json,
         };
-        let result = super::until_interrupted(crate::bench::latency::run(&o))?;
+        let result = super::harness::until_interrupted(crate::bench::latency::run(&o))?;
         crate::bench::latency::print(&result, opts.json);
         return Ok(if result.ok() {
             ExitCode::SUCCESS
@@ -563,7 +563,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             in_flight: opts.in_flight,
             json: opts.json,
         };
-        let result = super::until_interrupted(crate::bench::backlog::run(&o))?;
+        let result = super::harness::until_interrupted(crate::bench::backlog::run(&o))?;
         crate::bench::backlog::print(&result, opts.json);
         return Ok(if result.ok() {
             ExitCode::SUCCESS
@@ -618,7 +618,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             base: opts,
             runs,
         };
-        let result = super::until_interrupted(crate::bench::sweep::run(&o))?;
+        let result = super::harness::until_interrupted(crate::bench::sweep::run(&o))?;
         crate::bench::sweep::print(&result, o.json);
         return Ok(if result.ok() {
             ExitCode::SUCCESS
@@ -626,7 +626,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
-    let result = super::until_interrupted(crate::bench::run(&opts))?;
+    let result = super::harness::until_interrupted(crate::bench::run(&opts))?;
     crate::bench::print(&result, opts.json);
     // --chaos: a scenario asked for and never injected fails the run (said in `problems`).
     let unexercised = result

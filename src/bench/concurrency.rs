@@ -234,7 +234,7 @@ pub fn cli(
         nats_server: opts.nats_server,
         json: opts.json,
     };
-    let result = super::until_interrupted(run(&o))?;
+    let result = super::harness::until_interrupted(run(&o))?;
     print(&result, o.json);
     Ok(if result.ok() {
         std::process::ExitCode::SUCCESS
