@@ -320,6 +320,13 @@ impl Default for ServerTimeouts {
 
 impl IngestConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_nats()?;
+        self.validate_memory()?;
+        self.validate_connections()
+    }
+
+    /// Quotas and the cloud NATS side: connection, stream, subjects, dedupe.
+    fn validate_nats(&self) -> Result<(), ConfigError> {
         for (key, v) in [
             (
                 "limits.max_messages_per_second_per_platform",
@@ -374,6 +381,11 @@ impl IngestConfig {
         if self.nats.max_pending_acks == 0 {
             return Err(invalid("nats.max_pending_acks", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// What a request may hold: body, decoded size, the in-flight budget and its shares.
+    fn validate_memory(&self) -> Result<(), ConfigError> {
         if self.limits.max_body_bytes < 1024 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1024"));
         }
@@ -422,6 +434,11 @@ impl IngestConfig {
                 "must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// Connections before and after authentication: budgets, HTTP/2 limits, timeouts.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
