@@ -248,7 +248,18 @@ impl EventState {
             .filter(|i| !i.host.is_empty())
             .map(|i| format!("{}:{} ({})", i.host, i.port, i.server_name))
             .unwrap_or_else(|| self.urls.clone());
-        let nats = self.role.as_str();
+        self.summarize_failing(event, name);
+        if self.is_repeat(event, level) {
+            let nats = self.role.as_str();
+            tracing::debug!(nats, %server, event = name, cause = %event, "NATS connection event (repeated)");
+            return;
+        }
+        self.log_event(event, name, level, server);
+    }
+
+    /// While connecting keeps failing: a summary every `FAILING_SUMMARY_EVERY`, and one line
+    /// once connected again.
+    fn summarize_failing(&self, event: &Event, name: &'static str) {
         let failed_attempt = matches!(
             name,
             "connect_error" | "authorization_violation" | "tls_error"
@@ -297,24 +308,27 @@ impl EventState {
             ),
             None => {}
         }
-        let repeated = {
-            let mut last = self.last_error.lock().unwrap();
-            if matches!(event, Event::Connected) {
-                *last = None;
-                false
-            } else if level == tracing::Level::INFO {
-                false
-            } else {
-                let text = event.to_string();
-                let same = last.as_deref() == Some(text.as_str());
-                *last = Some(text);
-                same
-            }
-        };
-        if repeated {
-            tracing::debug!(nats, %server, event = name, cause = %event, "NATS connection event (repeated)");
-            return;
+    }
+
+    /// Whether this failure repeats the last one word for word (logged at debug only).
+    fn is_repeat(&self, event: &Event, level: tracing::Level) -> bool {
+        let mut last = self.last_error.lock().unwrap();
+        if matches!(event, Event::Connected) {
+            *last = None;
+            false
+        } else if level == tracing::Level::INFO {
+            false
+        } else {
+            let text = event.to_string();
+            let same = last.as_deref() == Some(text.as_str());
+            *last = Some(text);
+            same
         }
+    }
+
+    /// One line per event, at its level, naming the setting to check.
+    fn log_event(&self, event: &Event, name: &'static str, level: tracing::Level, server: String) {
+        let nats = self.role.as_str();
         match name {
             "authorization_violation" => tracing::error!(
                 nats,
