@@ -253,102 +253,110 @@ fn describe(addr: &str, old: Option<&Scrape>, new: &Result<Scrape, ScrapeError>)
     let old = old.unwrap_or(new);
     let m = new.metrics.as_str();
     let now = unix_now();
-    let limit = |v: Option<f64>| v.filter(|v| *v >= 0.0);
     if scrape_value(m, "uplink_gateway_lag_seconds").is_some() {
         s.program = Some("gateway");
-        s.gateway = Some(GatewayStatus {
-            delivered: scrape_sum(m, "uplink_gateway_messages_total{result=\"acked\"}"),
-            delivered_per_sec: rate(old, new, "uplink_gateway_messages_total{result=\"acked\"}"),
-            rejected: scrape_sum(m, "uplink_gateway_messages_total{result=\"rejected\"}"),
-            dead_letters: scrape_sum(m, "uplink_gateway_dead_letters_total{result=\"stored\"}"),
-            in_flight_batches: scrape_sum(m, "uplink_gateway_in_flight_batches"),
-            send_slots: scrape_value(m, "uplink_gateway_concurrency_limit"),
-            retries_now: scrape_sum(m, "uplink_gateway_retries_total{class=\"now\"}"),
-            retries_backoff: scrape_sum(m, "uplink_gateway_retries_total{class=\"backoff\"}"),
-            retries_per_sec: rate(old, new, "uplink_gateway_retries_total"),
-            connections_open: scrape_sum(m, "uplink_client_connections_open"),
-            connections_opened: scrape_sum(m, "uplink_client_connections_opened_total"),
-            goaways_received: scrape_sum(m, "uplink_h2_goaway_total{side=\"client\",dir=\"recv\"}"),
-            last_goaway_ago: ago(
-                m,
-                "uplink_h2_last_goaway_timestamp_seconds{side=\"client\",dir=\"recv\"}",
-                now,
-            ),
-            backlog_pending: scrape_sum(m, "uplink_gateway_consumer_pending_messages"),
-            backlog_unacked: scrape_sum(m, "uplink_gateway_consumer_ack_pending_messages"),
-            lag_seconds: scrape_sum(m, "uplink_gateway_lag_seconds"),
-            edge_in_per_sec: scrape_sum(m, "uplink_gateway_edge_in_messages_per_second"),
-            edge_stream_messages: scrape_sum(m, "uplink_gateway_edge_stream_messages"),
-            edge_stream_bytes: scrape_sum(m, "uplink_gateway_edge_stream_bytes"),
-            edge_stream_max_bytes: limit(scrape_value(m, "uplink_gateway_edge_stream_max_bytes")),
-            edge_stream_usage: scrape_sum(m, "uplink_gateway_edge_stream_usage_ratio"),
-            seconds_to_full: limit(scrape_value(
-                m,
-                "uplink_gateway_edge_stream_seconds_to_full",
-            )),
-            last_delivery_ago: ago(m, "uplink_gateway_last_delivery_timestamp_seconds", now),
-        });
+        s.gateway = Some(gateway_status(m, old, new, now));
     } else if scrape_value(m, "uplink_ingest_messages_total{result=\"accepted\"}").is_some() {
         s.program = Some("ingest");
-        let family = "uplink_ingest_platform_messages_total";
-        let mut names = scrape_label_values(m, family, "platform");
-        for p in scrape_label_values(
-            m,
-            "uplink_ingest_platform_rejected_requests_total",
-            "platform",
-        ) {
-            if !names.contains(&p) {
-                names.push(p);
-            }
-        }
-        let platforms = names
-            .into_iter()
-            .map(|p| {
-                let accepted = format!("{family}{{platform=\"{p}\",result=\"accepted\"}}");
-                PlatformStatus {
-                    accepted: scrape_sum(m, &accepted),
-                    accepted_per_sec: rate(old, new, &accepted),
-                    duplicates: scrape_sum(
-                        m,
-                        &format!("{family}{{platform=\"{p}\",result=\"duplicate\"}}"),
-                    ),
-                    rejected_requests: scrape_sum(
-                        m,
-                        &format!(
-                            "uplink_ingest_platform_rejected_requests_total{{platform=\"{p}\"}}"
-                        ),
-                    ),
-                    platform: p,
-                }
-            })
-            .collect();
-        s.ingest = Some(IngestStatus {
-            accepted: scrape_sum(m, "uplink_ingest_messages_total{result=\"accepted\"}"),
-            accepted_per_sec: rate(
-                old,
-                new,
-                "uplink_ingest_messages_total{result=\"accepted\"}",
-            ),
-            duplicates: scrape_sum(m, "uplink_ingest_messages_total{result=\"duplicate\"}"),
-            rejected_requests: scrape_sum(m, "uplink_ingest_platform_rejected_requests_total"),
-            requests_per_sec: rate(old, new, "uplink_ingest_requests_total"),
-            connections_open: scrape_sum(m, "uplink_ingest_connections_open"),
-            connections_total: scrape_sum(m, "uplink_ingest_connections_total"),
-            goaways_sent: scrape_sum(m, "uplink_ingest_goaway_sent_total"),
-            last_goaway_ago: ago(
-                m,
-                "uplink_h2_last_goaway_timestamp_seconds{side=\"server\",dir=\"send\"}",
-                now,
-            ),
-            inflight_bytes: scrape_sum(m, "uplink_ingest_inflight_bytes"),
-            fast_batches: crate::telemetry::scrape_value(m, "uplink_ingest_fast_batches")
-                .map(|v| v > 0.0),
-            platforms,
-        });
+        s.ingest = Some(ingest_status(m, old, new, now));
     } else {
         s.program = Some("unknown");
     }
     s
+}
+
+/// The gateway's view from its metrics (`old`: the scrape before, for rates).
+fn gateway_status(m: &str, old: &Scrape, new: &Scrape, now: f64) -> GatewayStatus {
+    let limit = |v: Option<f64>| v.filter(|v| *v >= 0.0);
+    GatewayStatus {
+        delivered: scrape_sum(m, "uplink_gateway_messages_total{result=\"acked\"}"),
+        delivered_per_sec: rate(old, new, "uplink_gateway_messages_total{result=\"acked\"}"),
+        rejected: scrape_sum(m, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        dead_letters: scrape_sum(m, "uplink_gateway_dead_letters_total{result=\"stored\"}"),
+        in_flight_batches: scrape_sum(m, "uplink_gateway_in_flight_batches"),
+        send_slots: scrape_value(m, "uplink_gateway_concurrency_limit"),
+        retries_now: scrape_sum(m, "uplink_gateway_retries_total{class=\"now\"}"),
+        retries_backoff: scrape_sum(m, "uplink_gateway_retries_total{class=\"backoff\"}"),
+        retries_per_sec: rate(old, new, "uplink_gateway_retries_total"),
+        connections_open: scrape_sum(m, "uplink_client_connections_open"),
+        connections_opened: scrape_sum(m, "uplink_client_connections_opened_total"),
+        goaways_received: scrape_sum(m, "uplink_h2_goaway_total{side=\"client\",dir=\"recv\"}"),
+        last_goaway_ago: ago(
+            m,
+            "uplink_h2_last_goaway_timestamp_seconds{side=\"client\",dir=\"recv\"}",
+            now,
+        ),
+        backlog_pending: scrape_sum(m, "uplink_gateway_consumer_pending_messages"),
+        backlog_unacked: scrape_sum(m, "uplink_gateway_consumer_ack_pending_messages"),
+        lag_seconds: scrape_sum(m, "uplink_gateway_lag_seconds"),
+        edge_in_per_sec: scrape_sum(m, "uplink_gateway_edge_in_messages_per_second"),
+        edge_stream_messages: scrape_sum(m, "uplink_gateway_edge_stream_messages"),
+        edge_stream_bytes: scrape_sum(m, "uplink_gateway_edge_stream_bytes"),
+        edge_stream_max_bytes: limit(scrape_value(m, "uplink_gateway_edge_stream_max_bytes")),
+        edge_stream_usage: scrape_sum(m, "uplink_gateway_edge_stream_usage_ratio"),
+        seconds_to_full: limit(scrape_value(
+            m,
+            "uplink_gateway_edge_stream_seconds_to_full",
+        )),
+        last_delivery_ago: ago(m, "uplink_gateway_last_delivery_timestamp_seconds", now),
+    }
+}
+
+/// The ingest's view from its metrics, per platform too.
+fn ingest_status(m: &str, old: &Scrape, new: &Scrape, now: f64) -> IngestStatus {
+    let family = "uplink_ingest_platform_messages_total";
+    let mut names = scrape_label_values(m, family, "platform");
+    for p in scrape_label_values(
+        m,
+        "uplink_ingest_platform_rejected_requests_total",
+        "platform",
+    ) {
+        if !names.contains(&p) {
+            names.push(p);
+        }
+    }
+    let platforms = names
+        .into_iter()
+        .map(|p| {
+            let accepted = format!("{family}{{platform=\"{p}\",result=\"accepted\"}}");
+            PlatformStatus {
+                accepted: scrape_sum(m, &accepted),
+                accepted_per_sec: rate(old, new, &accepted),
+                duplicates: scrape_sum(
+                    m,
+                    &format!("{family}{{platform=\"{p}\",result=\"duplicate\"}}"),
+                ),
+                rejected_requests: scrape_sum(
+                    m,
+                    &format!("uplink_ingest_platform_rejected_requests_total{{platform=\"{p}\"}}"),
+                ),
+                platform: p,
+            }
+        })
+        .collect();
+    IngestStatus {
+        accepted: scrape_sum(m, "uplink_ingest_messages_total{result=\"accepted\"}"),
+        accepted_per_sec: rate(
+            old,
+            new,
+            "uplink_ingest_messages_total{result=\"accepted\"}",
+        ),
+        duplicates: scrape_sum(m, "uplink_ingest_messages_total{result=\"duplicate\"}"),
+        rejected_requests: scrape_sum(m, "uplink_ingest_platform_rejected_requests_total"),
+        requests_per_sec: rate(old, new, "uplink_ingest_requests_total"),
+        connections_open: scrape_sum(m, "uplink_ingest_connections_open"),
+        connections_total: scrape_sum(m, "uplink_ingest_connections_total"),
+        goaways_sent: scrape_sum(m, "uplink_ingest_goaway_sent_total"),
+        last_goaway_ago: ago(
+            m,
+            "uplink_h2_last_goaway_timestamp_seconds{side=\"server\",dir=\"send\"}",
+            now,
+        ),
+        inflight_bytes: scrape_sum(m, "uplink_ingest_inflight_bytes"),
+        fast_batches: crate::telemetry::scrape_value(m, "uplink_ingest_fast_batches")
+            .map(|v| v > 0.0),
+        platforms,
+    }
 }
 
 /// Human units: 1234567 → "1.2M".
