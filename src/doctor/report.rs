@@ -32,86 +32,17 @@ pub fn findings(
             .map(|(_, v)| *v)
     };
     let max_requests = r.limited.then_some(r.completed);
-    let mut notes = Vec::new();
-    if !r.statuses_ok {
-        notes.push("some probe requests got 5xx answers; limits were still measured".into());
-    }
-    if let Some(f) = &r.failure {
-        notes.push(format!("requests probe stopped early: {f}"));
-    }
-    if idle.age_requests > 0 && idle.age_closed_after.is_none() {
-        notes.push(format!(
-            "a busy connection ({} requests, one every {} ms) stayed open for the whole {} s",
-            idle.age_requests,
-            idle.age_resolution.as_millis(),
-            idle_wait.as_secs_f64()
-        ));
-    }
-    if let Some(s) = r.first_status
-        && !(200..300).contains(&s)
-    {
-        notes.push(format!(
-            "the endpoint answers HTTP {s} to the probe request: every request counts as not 2xx (pick a --method/--body/URL it accepts)"
-        ));
-    }
+    let notes = notes(&r, &idle, idle_wait);
     let mut tally = r.tally.clone();
     tally.merge(idle.tally.clone());
 
-    // Recommendations: stay below every limit the server showed.
-    let defaults = GatewayConfig::default();
-    let mut batch = BTreeMap::new();
-    let mut forward = BTreeMap::new();
-    let mut timeouts = BTreeMap::new();
     let enforced = l.streams.as_ref().and_then(|s| s.enforced);
     let max_header = l.header.as_ref().and_then(|h| h.max_accepted);
     let max_body = l
         .body
         .as_ref()
         .and_then(|b| b.min_refused.and(b.max_accepted));
-    if let Some(limit) = max_body {
-        batch.insert(
-            "max_bytes".into(),
-            toml::Value::Integer(max_bytes_for(limit, defaults.batch.max_messages) as i64),
-        );
-    }
-    let rotate_at = match max_requests {
-        Some(k) => (k * 9 / 10).max(1),
-        None => defaults.forward.max_requests_per_connection,
-    };
-    forward.insert(
-        "max_requests_per_connection".into(),
-        toml::Value::Integer(rotate_at as i64),
-    );
-    let age = idle
-        .age_closed_after
-        .map(|a| a.mul_f64(0.9))
-        .unwrap_or(defaults.forward.max_connection_age);
-    forward.insert("max_connection_age".into(), dur(age));
-    if let Some(mcs) = setting(3).map(|a| enforced.map_or(a, |e| e.min(a))) {
-        let in_flight = defaults.forward.max_in_flight.min(mcs.max(1) as usize);
-        forward.insert(
-            "max_in_flight".into(),
-            toml::Value::Integer(in_flight as i64),
-        );
-    }
-    let idle_timeout = match idle.idle_closed_after {
-        Some(server) => server.mul_f64(0.8).min(defaults.timeouts.idle),
-        None => defaults.timeouts.idle,
-    };
-    timeouts.insert("idle".into(), dur(idle_timeout));
-    timeouts.insert(
-        "ping_interval".into(),
-        dur(defaults
-            .timeouts
-            .ping_interval
-            .min(idle_timeout.max(Duration::from_secs(2)))),
-    );
-    let ping_timeout = r
-        .ping_rtt
-        .map(|rtt| (rtt * 50).max(defaults.timeouts.ping_timeout))
-        .unwrap_or(defaults.timeouts.ping_timeout)
-        .min(Duration::from_secs(30));
-    timeouts.insert("ping_timeout".into(), dur(ping_timeout));
+    let recommendations = recommend(&r, &idle, max_requests, max_body, setting(3), enforced);
 
     Findings {
         url: t.url.to_string(),
@@ -184,13 +115,102 @@ pub fn findings(
         lost: tally.lost(),
         requests: tally,
         config_check: None,
-        recommendations: Recommendations {
-            batch,
-            forward,
-            timeouts,
-        },
+        recommendations,
         notes,
         probe_seconds: took.as_secs_f64(),
+    }
+}
+
+/// What the run could not measure or did not see, in words.
+fn notes(r: &RequestsProbe, idle: &IdleProbe, idle_wait: Duration) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !r.statuses_ok {
+        notes.push("some probe requests got 5xx answers; limits were still measured".into());
+    }
+    if let Some(f) = &r.failure {
+        notes.push(format!("requests probe stopped early: {f}"));
+    }
+    if idle.age_requests > 0 && idle.age_closed_after.is_none() {
+        notes.push(format!(
+            "a busy connection ({} requests, one every {} ms) stayed open for the whole {} s",
+            idle.age_requests,
+            idle.age_resolution.as_millis(),
+            idle_wait.as_secs_f64()
+        ));
+    }
+    if let Some(s) = r.first_status
+        && !(200..300).contains(&s)
+    {
+        notes.push(format!(
+            "the endpoint answers HTTP {s} to the probe request: every request counts as not 2xx (pick a --method/--body/URL it accepts)"
+        ));
+    }
+    notes
+}
+
+/// Gateway settings that stay below every limit the server showed (`advertised`: its
+/// SETTINGS_MAX_CONCURRENT_STREAMS; `enforced`: the streams it served at once).
+fn recommend(
+    r: &RequestsProbe,
+    idle: &IdleProbe,
+    max_requests: Option<u64>,
+    max_body: Option<u64>,
+    advertised: Option<u32>,
+    enforced: Option<u32>,
+) -> Recommendations {
+    let defaults = GatewayConfig::default();
+    let mut batch = BTreeMap::new();
+    let mut forward = BTreeMap::new();
+    let mut timeouts = BTreeMap::new();
+    if let Some(limit) = max_body {
+        batch.insert(
+            "max_bytes".into(),
+            toml::Value::Integer(max_bytes_for(limit, defaults.batch.max_messages) as i64),
+        );
+    }
+    let rotate_at = match max_requests {
+        Some(k) => (k * 9 / 10).max(1),
+        None => defaults.forward.max_requests_per_connection,
+    };
+    forward.insert(
+        "max_requests_per_connection".into(),
+        toml::Value::Integer(rotate_at as i64),
+    );
+    let age = idle
+        .age_closed_after
+        .map(|a| a.mul_f64(0.9))
+        .unwrap_or(defaults.forward.max_connection_age);
+    forward.insert("max_connection_age".into(), dur(age));
+    if let Some(mcs) = advertised.map(|a| enforced.map_or(a, |e| e.min(a))) {
+        let in_flight = defaults.forward.max_in_flight.min(mcs.max(1) as usize);
+        forward.insert(
+            "max_in_flight".into(),
+            toml::Value::Integer(in_flight as i64),
+        );
+    }
+    let idle_timeout = match idle.idle_closed_after {
+        Some(server) => server.mul_f64(0.8).min(defaults.timeouts.idle),
+        None => defaults.timeouts.idle,
+    };
+    timeouts.insert("idle".into(), dur(idle_timeout));
+    timeouts.insert(
+        "ping_interval".into(),
+        dur(defaults
+            .timeouts
+            .ping_interval
+            .min(idle_timeout.max(Duration::from_secs(2)))),
+    );
+    let ping_timeout = r
+        .ping_rtt
+        .map(|rtt| (rtt * 50).max(defaults.timeouts.ping_timeout))
+        .unwrap_or(defaults.timeouts.ping_timeout)
+        .min(Duration::from_secs(30));
+    timeouts.insert("ping_timeout".into(), dur(ping_timeout));
+
+    Recommendations {
+        batch,
+        forward,
+        timeouts,
     }
 }
 
