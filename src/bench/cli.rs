@@ -331,7 +331,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let BenchArgs {
-        mut opts,
+        opts,
         anchor,
         backlog,
         runs,
@@ -374,7 +374,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             || opts.mixed
     })?;
     if let Some(platforms) = platforms {
-        if chaos.is_some()
+        let with_others = chaos.is_some()
             || backlog.is_some()
             || open_loop.is_some()
             || opts.mixed
@@ -384,89 +384,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             || dedupe_memory
             || adaptive.is_some()
             || plot.is_some()
-            || sweep.is_some()
-        {
-            return Err(ConfigError::Invalid {
-                key: "--platforms",
-                reason: "runs alone (with --duration, --rate, --size, --json, --nats-server): not with --chaos, --backlog, --open-loop, --mixed, --via-nginx, --anchor, --cloud-cluster, --dedupe-memory, --adaptive, --plot or --sweep".into(),
-            }
-            .into());
-        }
-        let o = crate::bench::fleet::FleetOptions {
-            platforms,
-            duration: opts.duration.unwrap_or(Duration::from_secs(30)),
-            rate: opts.rate,
-            size: opts.size,
-            interval: Duration::from_secs(1),
-            nats_server: opts.nats_server,
-            json: opts.json,
-        };
-        o.check()?;
-        let result = super::harness::until_interrupted(crate::bench::fleet::run(&o))?;
-        crate::bench::fleet::print(&result, o.json);
-        return Ok(if result.ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+            || sweep.is_some();
+        return fleet_mode(platforms, opts, with_others);
     }
-    let modes: Option<Vec<bool>> = match adaptive.as_deref() {
-        None => None,
-        Some("on") => Some(vec![true]),
-        Some("off") => Some(vec![false]),
-        Some("both") if open_loop.is_some() => Some(vec![true, false]),
-        Some(other) => {
-            return Err(ConfigError::Invalid {
-                key: "--adaptive",
-                reason: format!(
-                    "{other:?}: on or off ({}both with --open-loop)",
-                    if open_loop.is_some() { "" } else { "or " }
-                ),
-            }
-            .into());
-        }
-    };
+    let modes = adaptive_modes(adaptive.as_deref(), open_loop.is_some())?;
     if let Some(rate) = open_loop {
-        let bad = |reason: String| ConfigError::Invalid {
-            key: "--open-loop",
-            reason,
-        };
-        if !(rate > 0.0 && rate.is_finite()) {
-            return Err(bad("must be a positive number of messages per second".into()).into());
-        }
-        if opts.messages == 0 || runs == 0 {
-            return Err(
-                bad("needs at least 1 message (--messages) and 1 run (--runs)".into()).into(),
-            );
-        }
-        if chaos.is_some()
+        let with_others = chaos.is_some()
             || opts.duration.is_some()
             || backlog.is_some()
             || opts.mixed
             || opts.via_nginx
             || anchor.is_some()
             || opts.cloud_cluster.is_some()
-            || dedupe_memory
-        {
-            return Err(bad("runs alone: not with --chaos, --duration, --backlog, --mixed, --via-nginx, --anchor, --cloud-cluster or --dedupe-memory".into()).into());
-        }
-        let o = crate::bench::latency::LatencyOptions {
-            rate,
-            messages: opts.messages,
-            size: opts.size,
-            runs,
-            modes: modes.unwrap_or_else(|| vec![true, false]),
-            nats_server: opts.nats_server,
-            in_flight: opts.in_flight,
-            json: opts.json,
-        };
-        let result = super::harness::until_interrupted(crate::bench::latency::run(&o))?;
-        crate::bench::latency::print(&result, opts.json);
-        return Ok(if result.ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+            || dedupe_memory;
+        return open_loop_mode(rate, opts, runs, modes, with_others);
     }
     let adaptive = modes.map(|m| m[0]);
     if adaptive.is_some() && (backlog.is_some() || chaos.is_some() || opts.duration.is_some()) {
@@ -479,30 +410,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     if dedupe_memory {
-        if opts.messages < crate::bench::dedupe::MIN_MESSAGES {
-            return Err(ConfigError::Invalid {
-                key: "--messages",
-                reason: format!(
-                    "--dedupe-memory needs at least {} messages to measure",
-                    crate::bench::dedupe::MIN_MESSAGES
-                ),
-            }
-            .into());
-        }
-        let bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
-        let r = uplink::runtime()?.block_on(crate::bench::dedupe::run(&bin, opts.messages))?;
-        println!(
-            "{} ids of {} B held by {}: {:.0} B per id (median of {} rounds)",
-            r.messages,
-            r.id_len,
-            r.nats_server,
-            r.bytes_per_id,
-            r.rounds.len()
-        );
-        if opts.json {
-            println!("{}", serde_json::to_string(&r)?);
-        }
-        return Ok(ExitCode::SUCCESS);
+        return dedupe_mode(&opts);
     }
     if opts.cloud_cluster.is_some_and(|n| !(1..=9).contains(&n)) {
         return Err(ConfigError::Invalid {
@@ -516,62 +424,45 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|a| a.split(',').map(|k| k.trim().to_string()).collect())
         .unwrap_or_default();
     if let Some(n) = backlog {
-        let bad = |reason: String| ConfigError::Invalid {
-            key: "--backlog",
-            reason,
-        };
-        if n == 0 {
-            return Err(bad("must be at least 1 message".into()).into());
-        }
-        if runs == 0 {
-            return Err(ConfigError::Invalid {
-                key: "--runs",
-                reason: "must be at least 1".into(),
-            }
-            .into());
-        }
-        use crate::bench::anchor::Native;
-        let mut kinds = Vec::new();
-        for a in &anchors {
-            match Native::ALL.iter().find(|k| k.name() == a) {
-                Some(k) => kinds.push(*k),
-                None => {
-                    let names: Vec<&str> = Native::ALL.iter().map(|k| k.name()).collect();
-                    return Err(ConfigError::Invalid {
-                        key: "--anchor",
-                        reason: format!(
-                            "{a:?} is not an anchor of --backlog ({})",
-                            names.join(", ")
-                        ),
-                    }
-                    .into());
-                }
-            }
-        }
-        if chaos.is_some() || opts.duration.is_some() || opts.mixed || opts.via_nginx {
-            return Err(bad(
-                "runs alone: not with --chaos, --duration, --mixed or --via-nginx".into(),
-            )
-            .into());
-        }
-        let o = crate::bench::backlog::BacklogOptions {
-            messages: n,
-            size: opts.size,
-            runs,
-            anchors: kinds,
-            nats_server: opts.nats_server,
-            in_flight: opts.in_flight,
-            json: opts.json,
-        };
-        let result = super::harness::until_interrupted(crate::bench::backlog::run(&o))?;
-        crate::bench::backlog::print(&result, opts.json);
-        return Ok(if result.ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        let with_others =
+            chaos.is_some() || opts.duration.is_some() || opts.mixed || opts.via_nginx;
+        return backlog_mode(n, opts, runs, &anchors, with_others);
     }
-    let anchor = match anchors.as_slice() {
+    plain_mode(opts, runs, &anchors, chaos, adaptive, plot, sweep)
+}
+
+/// `--adaptive on|off|both`: the adaptive-linger modes to run (`both` only with --open-loop).
+fn adaptive_modes(
+    adaptive: Option<&str>,
+    open_loop: bool,
+) -> Result<Option<Vec<bool>>, ConfigError> {
+    match adaptive {
+        None => Ok(None),
+        Some("on") => Ok(Some(vec![true])),
+        Some("off") => Ok(Some(vec![false])),
+        Some("both") if open_loop => Ok(Some(vec![true, false])),
+        Some(other) => Err(ConfigError::Invalid {
+            key: "--adaptive",
+            reason: format!(
+                "{other:?}: on or off ({}both with --open-loop)",
+                if open_loop { "" } else { "or " }
+            ),
+        }),
+    }
+}
+
+/// The plain bench (with `--anchor relay`, `--chaos`, `--plot`, or as a `--sweep`): its flags
+/// checked, then run.
+fn plain_mode(
+    mut opts: BenchOptions,
+    runs: usize,
+    anchors: &[String],
+    chaos: Option<String>,
+    adaptive: Option<bool>,
+    plot: Option<PathBuf>,
+    sweep: Option<Vec<crate::bench::sweep::Dim>>,
+) -> anyhow::Result<ExitCode> {
+    let anchor = match anchors {
         [] => false,
         [one] if one == "relay" => true,
         _ => {
@@ -604,27 +495,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     opts.anchor = anchor;
     opts.plot = plot;
     if let Some(dims) = sweep {
-        if runs == 0 || opts.messages == 0 {
-            return Err(ConfigError::Invalid {
-                key: "--sweep",
-                reason: "needs at least 1 message (--messages) and 1 run (--runs)".into(),
-            }
-            .into());
-        }
-        let o = crate::bench::sweep::SweepOptions {
-            dims,
-            plot: opts.plot.clone(),
-            json: opts.json,
-            base: opts,
-            runs,
-        };
-        let result = super::harness::until_interrupted(crate::bench::sweep::run(&o))?;
-        crate::bench::sweep::print(&result, o.json);
-        return Ok(if result.ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return sweep_mode(dims, opts, runs);
     }
     let result = super::harness::until_interrupted(crate::bench::run(&opts))?;
     crate::bench::print(&result, opts.json);
@@ -640,4 +511,182 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         },
     )
+}
+
+/// A bench's exit status: 1 when anything was lost, duplicated or corrupted.
+fn verdict(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--platforms N`: the fleet, alone (`with_others`: a flag it does not combine with was given).
+fn fleet_mode(platforms: usize, opts: BenchOptions, with_others: bool) -> anyhow::Result<ExitCode> {
+    if with_others {
+        return Err(ConfigError::Invalid {
+            key: "--platforms",
+            reason: "runs alone (with --duration, --rate, --size, --json, --nats-server): not with --chaos, --backlog, --open-loop, --mixed, --via-nginx, --anchor, --cloud-cluster, --dedupe-memory, --adaptive, --plot or --sweep".into(),
+        }
+        .into());
+    }
+    let o = crate::bench::fleet::FleetOptions {
+        platforms,
+        duration: opts.duration.unwrap_or(Duration::from_secs(30)),
+        rate: opts.rate,
+        size: opts.size,
+        interval: Duration::from_secs(1),
+        nats_server: opts.nats_server,
+        json: opts.json,
+    };
+    o.check()?;
+    let result = super::harness::until_interrupted(crate::bench::fleet::run(&o))?;
+    crate::bench::fleet::print(&result, o.json);
+    Ok(verdict(result.ok()))
+}
+
+/// `--open-loop RATE`: latency from each message's scheduled send time.
+fn open_loop_mode(
+    rate: f64,
+    opts: BenchOptions,
+    runs: usize,
+    modes: Option<Vec<bool>>,
+    with_others: bool,
+) -> anyhow::Result<ExitCode> {
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "--open-loop",
+        reason,
+    };
+    if !(rate > 0.0 && rate.is_finite()) {
+        return Err(bad("must be a positive number of messages per second".into()).into());
+    }
+    if opts.messages == 0 || runs == 0 {
+        return Err(bad("needs at least 1 message (--messages) and 1 run (--runs)".into()).into());
+    }
+    if with_others {
+        return Err(bad("runs alone: not with --chaos, --duration, --backlog, --mixed, --via-nginx, --anchor, --cloud-cluster or --dedupe-memory".into()).into());
+    }
+    let o = crate::bench::latency::LatencyOptions {
+        rate,
+        messages: opts.messages,
+        size: opts.size,
+        runs,
+        modes: modes.unwrap_or_else(|| vec![true, false]),
+        nats_server: opts.nats_server,
+        in_flight: opts.in_flight,
+        json: opts.json,
+    };
+    let result = super::harness::until_interrupted(crate::bench::latency::run(&o))?;
+    crate::bench::latency::print(&result, opts.json);
+    Ok(verdict(result.ok()))
+}
+
+/// `--dedupe-memory`: the duplicate window's memory per id.
+fn dedupe_mode(opts: &BenchOptions) -> anyhow::Result<ExitCode> {
+    if opts.messages < crate::bench::dedupe::MIN_MESSAGES {
+        return Err(ConfigError::Invalid {
+            key: "--messages",
+            reason: format!(
+                "--dedupe-memory needs at least {} messages to measure",
+                crate::bench::dedupe::MIN_MESSAGES
+            ),
+        }
+        .into());
+    }
+    let bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
+    let r = uplink::runtime()?.block_on(crate::bench::dedupe::run(&bin, opts.messages))?;
+    println!(
+        "{} ids of {} B held by {}: {:.0} B per id (median of {} rounds)",
+        r.messages,
+        r.id_len,
+        r.nats_server,
+        r.bytes_per_id,
+        r.rounds.len()
+    );
+    if opts.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--backlog N`: the drain of a filled edge stream, beside the `--anchor`s asked for.
+fn backlog_mode(
+    n: usize,
+    opts: BenchOptions,
+    runs: usize,
+    anchors: &[String],
+    with_others: bool,
+) -> anyhow::Result<ExitCode> {
+    let bad = |reason: String| ConfigError::Invalid {
+        key: "--backlog",
+        reason,
+    };
+    if n == 0 {
+        return Err(bad("must be at least 1 message".into()).into());
+    }
+    if runs == 0 {
+        return Err(ConfigError::Invalid {
+            key: "--runs",
+            reason: "must be at least 1".into(),
+        }
+        .into());
+    }
+    use crate::bench::anchor::Native;
+    let mut kinds = Vec::new();
+    for a in anchors {
+        match Native::ALL.iter().find(|k| k.name() == a) {
+            Some(k) => kinds.push(*k),
+            None => {
+                let names: Vec<&str> = Native::ALL.iter().map(|k| k.name()).collect();
+                return Err(ConfigError::Invalid {
+                    key: "--anchor",
+                    reason: format!("{a:?} is not an anchor of --backlog ({})", names.join(", ")),
+                }
+                .into());
+            }
+        }
+    }
+    if with_others {
+        return Err(
+            bad("runs alone: not with --chaos, --duration, --mixed or --via-nginx".into()).into(),
+        );
+    }
+    let o = crate::bench::backlog::BacklogOptions {
+        messages: n,
+        size: opts.size,
+        runs,
+        anchors: kinds,
+        nats_server: opts.nats_server,
+        in_flight: opts.in_flight,
+        json: opts.json,
+    };
+    let result = super::harness::until_interrupted(crate::bench::backlog::run(&o))?;
+    crate::bench::backlog::print(&result, opts.json);
+    Ok(verdict(result.ok()))
+}
+
+/// `--sweep SETTINGS`: the plain bench at each value.
+fn sweep_mode(
+    dims: Vec<crate::bench::sweep::Dim>,
+    opts: BenchOptions,
+    runs: usize,
+) -> anyhow::Result<ExitCode> {
+    if runs == 0 || opts.messages == 0 {
+        return Err(ConfigError::Invalid {
+            key: "--sweep",
+            reason: "needs at least 1 message (--messages) and 1 run (--runs)".into(),
+        }
+        .into());
+    }
+    let o = crate::bench::sweep::SweepOptions {
+        dims,
+        plot: opts.plot.clone(),
+        json: opts.json,
+        base: opts,
+        runs,
+    };
+    let result = super::harness::until_interrupted(crate::bench::sweep::run(&o))?;
+    crate::bench::sweep::print(&result, o.json);
+    Ok(verdict(result.ok()))
 }
