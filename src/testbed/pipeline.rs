@@ -12,6 +12,8 @@ use super::cluster::Cluster;
 use super::fault::FaultProxy;
 use super::nginx::{Nginx, NginxSite};
 use super::{Nats, NatsSecurity, NatsServerTls, TempDir, Uplink, free_addr, free_port};
+
+mod configs;
 use uplink::config::{GatewayConfig, IngestConfig};
 
 /// Optional parts of a pipeline.
@@ -97,6 +99,35 @@ pub struct Pipeline {
     pub dir: TempDir,
 }
 
+/// The cloud: one server, or a cluster of `cloud_cluster` nodes (open, no fault proxy).
+async fn start_cloud_side(
+    nats_bin: &Path,
+    dir: &Path,
+    opts: &PipelineOptions,
+    cloud_security: &mut NatsSecurity,
+) -> anyhow::Result<(Option<Nats>, Option<Cluster>)> {
+    if let Some(n) = opts.cloud_cluster {
+        if !cloud_security.is_open() || opts.cloud_fault_proxy {
+            anyhow::bail!("a cloud cluster runs open servers without a fault proxy in front");
+        }
+        let c = Cluster::start(nats_bin, dir, "cloud", n).await?;
+        return Ok((None, Some(c)));
+    }
+    // The ingest adds headers to every message: the cloud must take more than the edge
+    // (README, "Connecting to NATS"; a cluster's nodes get the same).
+    cloud_security.max_payload = cloud_security.max_payload.or(Some(CLOUD_MAX_PAYLOAD));
+    let cloud = Nats::start_secured(
+        nats_bin,
+        dir,
+        "cloud",
+        free_port(),
+        dir.join("cloud-js"),
+        cloud_security,
+    )
+    .await?;
+    Ok((Some(cloud), None))
+}
+
 impl Pipeline {
     /// Starts everything and waits until ingest and gateway are ready.
     /// `tweak_*` adjust the generated configs (limits, timeouts) before start.
@@ -153,32 +184,8 @@ impl Pipeline {
             &edge_security,
         )
         .await?;
-        let (cloud, cluster) = match opts.cloud_cluster {
-            Some(n) => {
-                if !cloud_security.is_open() || opts.cloud_fault_proxy {
-                    anyhow::bail!(
-                        "a cloud cluster runs open servers without a fault proxy in front"
-                    );
-                }
-                let c = Cluster::start(nats_bin, dir.path(), "cloud", n).await?;
-                (None, Some(c))
-            }
-            None => {
-                // The ingest adds headers to every message: the cloud must take more than the
-                // edge (README, "Connecting to NATS"; a cluster's nodes get the same).
-                cloud_security.max_payload = cloud_security.max_payload.or(Some(CLOUD_MAX_PAYLOAD));
-                let cloud = Nats::start_secured(
-                    nats_bin,
-                    dir.path(),
-                    "cloud",
-                    free_port(),
-                    dir.path().join("cloud-js"),
-                    &cloud_security,
-                )
-                .await?;
-                (Some(cloud), None)
-            }
-        };
+        let (cloud, cluster) =
+            start_cloud_side(nats_bin, dir.path(), &opts, &mut cloud_security).await?;
         let (cloud_port, cloud_store) = match (&cloud, &cluster) {
             (Some(c), _) => (c.port, c.store.clone()),
             (None, Some(c)) => (c.nodes[0].port, c.nodes[0].store.clone()),
@@ -189,35 +196,14 @@ impl Pipeline {
             None => format!("nats://127.0.0.1:{cloud_port}"),
         };
         let ingest_addr = free_addr();
-
-        let defaults = IngestConfig::default();
-        let mut ingest_cfg = IngestConfig {
-            listen: ingest_addr,
-            admin: uplink::config::AdminConfig {
-                listen: free_addr(),
-            },
-            tls: uplink::config::ServerTls {
-                ca: pki.ca(),
-                cert: pki.server_cert(),
-                key: pki.server_key(),
-                deny_list: Default::default(),
-            },
-            nats: uplink::config::CloudNats {
-                connect: uplink::config::NatsConnect {
-                    url: cloud_urls.parse()?,
-                    ..defaults.nats.connect.clone()
-                },
-                replicas: match &cluster {
-                    Some(c) => c.nodes.len().min(3),
-                    None => defaults.nats.replicas,
-                },
-                ..defaults.nats.clone()
-            },
-            ..defaults
-        };
-        if opts.nginx.is_some() {
-            ingest_cfg.proxy.listen = Some(free_addr());
-        }
+        let replicas = cluster.as_ref().map(|c| c.nodes.len().min(3));
+        let mut ingest_cfg = configs::ingest(
+            &pki,
+            &cloud_urls,
+            replicas,
+            ingest_addr,
+            opts.nginx.is_some(),
+        )?;
         let cloud_fault = if opts.cloud_fault_proxy {
             let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], cloud_port))).await?;
             ingest_cfg.nats.connect.url = format!("nats://127.0.0.1:{}", f.addr.port()).parse()?;
@@ -226,64 +212,12 @@ impl Pipeline {
             None
         };
         if opts.nats_tls {
-            ingest_cfg.nats.connect.tls = uplink::config::NatsTls {
-                ca: pki.ca(),
-                cert: pki.client_cert(INGEST_NATS_CLIENT),
-                key: pki.client_key(INGEST_NATS_CLIENT),
-                required: true,
-            };
+            ingest_cfg.nats.connect.tls = configs::nats_tls(&pki, INGEST_NATS_CLIENT);
         }
         tweak_ingest(&mut ingest_cfg);
-
-        let defaults = GatewayConfig::default();
-        let mut gateway_cfg = GatewayConfig {
-            nats: uplink::config::EdgeNats {
-                connect: uplink::config::NatsConnect {
-                    url: edge.url().parse()?,
-                    tls: if opts.nats_tls {
-                        uplink::config::NatsTls {
-                            ca: pki.ca(),
-                            cert: pki.client_cert(&platform),
-                            key: pki.client_key(&platform),
-                            required: true,
-                        }
-                    } else {
-                        Default::default()
-                    },
-                    ..defaults.nats.connect.clone()
-                },
-                ..defaults.nats.clone()
-            },
-            cloud: uplink::config::Cloud {
-                url: format!("https://localhost:{}", ingest_addr.port()).parse()?,
-                server_name: None,
-                ca: pki.ca(),
-                cert: pki.client_cert(&platform),
-                key: pki.client_key(&platform),
-            },
-            admin: uplink::config::AdminConfig {
-                listen: free_addr(),
-            },
-            ..defaults
-        };
+        let mut gateway_cfg = configs::gateway(&pki, &platform, &edge, ingest_addr, opts.nats_tls)?;
         tweak_gateway(&mut gateway_cfg);
-
-        // The others: the first one's settings (after the tweak) on listeners of their own.
-        let more_ingests: Vec<MoreIngest> = (2..=ingests)
-            .map(|i| {
-                let mut cfg = ingest_cfg.clone();
-                cfg.listen = free_addr();
-                cfg.admin.listen = free_addr();
-                if opts.nginx.is_some() {
-                    cfg.proxy.listen = Some(free_addr());
-                }
-                MoreIngest {
-                    name: format!("ingest-{i}"),
-                    cfg,
-                    proc: None,
-                }
-            })
-            .collect();
+        let more_ingests = configs::more_ingests(&ingest_cfg, ingests, opts.nginx.is_some());
         let mut p = Pipeline {
             gateway: None,
             nginx: None,
@@ -305,12 +239,23 @@ impl Pipeline {
             env: Vec::new(),
             dir,
         };
+        p.start_programs(opts, &pki).await?;
+        Ok(p)
+    }
+
+    /// The ingests, then the balancer in front of them and the fault proxy in front of that,
+    /// then (unless deferred) the gateway.
+    async fn start_programs(
+        &mut self,
+        opts: PipelineOptions,
+        pki: &uplink::tls::DevPki,
+    ) -> anyhow::Result<()> {
         // Admin ports are picked free, then bound by another process: another test may take
         // one in between. Only the pipeline refers to them, so a conflict is retried on others.
         for attempt in 1..=3 {
-            match p.start_ingest().await {
+            match self.start_ingest().await {
                 Err(e) if attempt < 3 && admin_port_taken(&e) => {
-                    p.ingest_cfg.admin.listen = free_addr()
+                    self.ingest_cfg.admin.listen = free_addr()
                 }
                 r => {
                     r?;
@@ -318,11 +263,11 @@ impl Pipeline {
                 }
             }
         }
-        for i in 0..p.more_ingests.len() {
+        for i in 0..self.more_ingests.len() {
             for attempt in 1..=3 {
-                match p.start_more_ingest(i).await {
+                match self.start_more_ingest(i).await {
                     Err(e) if attempt < 3 && admin_port_taken(&e) => {
-                        p.more_ingests[i].cfg.admin.listen = free_addr()
+                        self.more_ingests[i].cfg.admin.listen = free_addr()
                     }
                     r => {
                         r?;
@@ -333,8 +278,8 @@ impl Pipeline {
         }
         // The balancer once every ingest listens: nginx's stream proxy passes the readiness
         // probe's connection on to an upstream, and a refused one is skipped for fail_timeout.
-        let cfgs: Vec<&IngestConfig> = std::iter::once(&p.ingest_cfg)
-            .chain(p.more_ingests.iter().map(|m| &m.cfg))
+        let cfgs: Vec<&IngestConfig> = std::iter::once(&self.ingest_cfg)
+            .chain(self.more_ingests.iter().map(|m| &m.cfg))
             .collect();
         let nginx = match opts.nginx {
             Some(mut site) => {
@@ -342,37 +287,37 @@ impl Pipeline {
                     .iter()
                     .map(|c| c.proxy.listen.context("proxy.listen is set with nginx"))
                     .collect::<Result<_, _>>()?;
-                Some(Nginx::start(p.dir.path(), &pki, &site).await?)
+                Some(Nginx::start(self.dir.path(), pki, &site).await?)
             }
             None if opts.l4_balancer => {
                 let ups: Vec<SocketAddr> = cfgs.iter().map(|c| c.listen).collect();
-                Some(Nginx::start_l4(p.dir.path(), &ups).await?)
+                Some(Nginx::start_l4(self.dir.path(), &ups).await?)
             }
             None => None,
         };
         if let Some(n) = &nginx {
-            p.gateway_cfg.cloud.url = n.url().parse()?;
+            self.gateway_cfg.cloud.url = n.url().parse()?;
         }
-        p.nginx = nginx;
+        self.nginx = nginx;
         if opts.fault_proxy {
             // In front of whatever the gateway would dial (the ingest, or nginx).
-            let port: u16 = p
+            let port: u16 = self
                 .gateway_cfg
                 .cloud
                 .url
                 .port_u16()
                 .context("gateway cloud.url has no port")?;
             let f = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-            p.gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port()).parse()?;
-            p.fault = Some(f);
+            self.gateway_cfg.cloud.url = format!("https://localhost:{}", f.addr.port()).parse()?;
+            self.fault = Some(f);
+        }
+        if opts.defer_gateway {
+            return Ok(());
         }
         for attempt in 1..=3 {
-            if opts.defer_gateway {
-                break;
-            }
-            match p.start_gateway().await {
+            match self.start_gateway().await {
                 Err(e) if attempt < 3 && admin_port_taken(&e) => {
-                    p.gateway_cfg.admin.listen = free_addr()
+                    self.gateway_cfg.admin.listen = free_addr()
                 }
                 r => {
                     r?;
@@ -380,7 +325,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(p)
+        Ok(())
     }
 
     /// The dev PKI of this pipeline (CA, server and `edge-1` client certificates).
