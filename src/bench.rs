@@ -203,11 +203,8 @@ pub struct BenchResult {
     pub cpu_ms: std::collections::BTreeMap<String, f64>,
 }
 
-/// Runs the bench; Ok(result) whatever the verdict (the caller decides the exit code).
-pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
-    if opts.duration.is_some() || !opts.chaos.is_empty() {
-        return run_load(opts).await;
-    }
+/// The plain bench's pipeline, with the flags' settings, announced unless `--json`.
+async fn start_plain(opts: &BenchOptions) -> anyhow::Result<Pipeline> {
     let exe = std::env::current_exe()?;
     let nats_bin = crate::testbed::find_nats_server(opts.nats_server.as_deref())?;
     let o = opts.clone();
@@ -239,7 +236,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
         cloud_cluster: opts.cloud_cluster,
         ..Default::default()
     };
-    let mut p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
+    let p = Pipeline::start_with(&exe, &nats_bin, options, tweak_ingest, tweak_gateway).await?;
     if !opts.json {
         eprintln!(
             "pipeline up: edge {} → gateway → {}ingest {} → cloud {} (logs in {})",
@@ -261,16 +258,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
             );
         }
     }
-    let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
-    let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
-    let w = Workload {
-        count: opts.messages,
-        size: opts.size,
-        mixed: opts.mixed,
-        ..Default::default()
-    };
+    Ok(p)
+}
+
+/// The pipeline's processes by name (and this one, the publisher), for CPU sampling.
+fn processes(p: &Pipeline) -> Vec<(&'static str, u32)> {
     let pid = |u: &Option<crate::testbed::Uplink>| u.as_ref().and_then(|u| u.proc.pid());
-    let procs: Vec<(&str, u32)> = [
+    [
         ("edge-nats", p.edge.proc.pid()),
         ("gateway", pid(&p.gateway)),
         ("ingest", pid(&p.ingest)),
@@ -279,7 +273,24 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
     ]
     .into_iter()
     .filter_map(|(name, pid)| Some((name, pid?)))
-    .collect();
+    .collect()
+}
+
+/// Runs the bench; Ok(result) whatever the verdict (the caller decides the exit code).
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchResult> {
+    if opts.duration.is_some() || !opts.chaos.is_empty() {
+        return run_load(opts).await;
+    }
+    let mut p = start_plain(opts).await?;
+    let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
+    let cloud = jetstream::new(async_nats::connect(p.cloud_addrs()).await?);
+    let w = Workload {
+        count: opts.messages,
+        size: opts.size,
+        mixed: opts.mixed,
+        ..Default::default()
+    };
+    let procs = processes(&p);
     let cpu0 = sample::cpu_of(&procs);
     let started = Instant::now();
     let started_ns = timeline::now_ns();
