@@ -194,6 +194,124 @@ pub struct NativeRun {
 const NATIVE_CLOUD_STREAM: &str = "UPLINK";
 const EDGE_API: &str = "$JS.edge.API";
 
+/// The leafnode settings of the cloud server and the edge's remote for `kind` (none for the
+/// relays: two unconnected servers). `pl`: the cloud's leafnode port, `pw` its websocket port,
+/// `pn` nginx's in front of it.
+fn leaf_configs(
+    kind: Native,
+    pki: &uplink::tls::DevPki,
+    pl: u16,
+    pw: u16,
+    pn: u16,
+) -> (String, String) {
+    let q = |p: std::path::PathBuf| {
+        serde_json::to_string(&p.to_string_lossy()).expect("string serializes")
+    };
+    let edge_tls = format!(
+        "tls {{ cert_file: {}, key_file: {}, ca_file: {} }}",
+        q(pki.client_cert("edge-1")),
+        q(pki.client_key("edge-1")),
+        q(pki.ca())
+    );
+    match kind {
+        Native::Leafnode => (
+            format!(
+                "leafnodes {{ listen: \"127.0.0.1:{pl}\", tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: true }} }}",
+                q(pki.server_cert()),
+                q(pki.server_key()),
+                q(pki.ca())
+            ),
+            format!("leafnodes {{ remotes [ {{ url: \"tls://localhost:{pl}\", {edge_tls} }} ] }}"),
+        ),
+        // nats-server 2.9 accepts a leafnode websocket upgrade only with a leafnode port
+        // configured (loopback, unused); `advertise` names nginx, never the raw websocket port.
+        Native::LeafnodeWs => (
+            format!(
+                "leafnodes {{ listen: \"127.0.0.1:{pl}\" }}\nwebsocket {{ listen: \"127.0.0.1:{pw}\", no_tls: true, advertise: \"localhost:{pn}\" }}"
+            ),
+            format!(
+                "leafnodes {{ remotes [ {{ urls: [\"wss://localhost:{pn}\"], {edge_tls} }} ] }}"
+            ),
+        ),
+        // Two unconnected servers: the relay is the only link.
+        _ => (String::new(), String::new()),
+    }
+}
+
+/// The leaf is up when the edge domain's JetStream API answers from the cloud side (for
+/// wss, the edge's "connection created" is logged before the upgrade: not enough).
+async fn wait_leaf(
+    kind: Native,
+    cloud_nc: &async_nats::Client,
+    edge: &crate::testbed::Proc,
+) -> anyhow::Result<()> {
+    crate::testbed::wait_for(
+        || {
+            let nc = cloud_nc.clone();
+            async move {
+                let r = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    nc.request(format!("{EDGE_API}.INFO"), "".into()),
+                )
+                .await;
+                Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
+            }
+        },
+        Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "{} leafnode did not connect: edge log {}",
+            kind.name(),
+            edge.log_text()
+        )
+    })
+}
+
+/// The relay anchors' drain: the in-process relay of `kind` moves `count` messages of the edge
+/// stream `stream` into the ingest's cloud stream: the seconds and the CPU of `procs` until the
+/// cloud held them all, and what it held. The relay must then end cleanly within 10 s.
+async fn drain_by_relay(
+    kind: Native,
+    edge_js: &jetstream::Context,
+    cloud_js: &jetstream::Context,
+    stream: &str,
+    count: usize,
+    procs: &[(&str, u32)],
+) -> anyhow::Result<NativeRun> {
+    let cpu0 = super::sample::cpu_of(procs);
+    let started = Instant::now();
+    let budget = crate::testbed::pipeline::delivery_budget(count);
+    let cloud_cfg = uplink::config::IngestConfig::default().nats;
+    let relay = tokio::spawn(relay_backlog(
+        edge_js.clone(),
+        cloud_js.clone(),
+        stream.to_string(),
+        cloud_cfg.clone(),
+        kind,
+        count,
+    ));
+    let held = super::harness::wait_holds(cloud_js, &cloud_cfg.stream, count as u64, budget).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_ms = super::sample::cpu_since(procs, &cpu0);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), relay).await;
+    let messages = held?;
+    match outcome {
+        Ok(Ok(Ok(()))) => Ok(NativeRun {
+            seconds,
+            messages,
+            cpu_ms,
+        }),
+        Ok(Ok(Err(e))) => Err(e.context(format!("{} failed", kind.name()))),
+        Ok(Err(e)) => anyhow::bail!("{} panicked: {e}", kind.name()),
+        Err(_) => anyhow::bail!(
+            "{} did not finish after the cloud held everything",
+            kind.name()
+        ),
+    }
+}
+
 /// Fills a fresh edge stream (the gateway's stream configuration) with `w`, then creates the
 /// cloud stream sourcing it and times until it holds every message. Everything it starts is
 /// killed by pid and its directory removed when it returns.
@@ -217,35 +335,7 @@ pub async fn native_drain(
         free_port(),
         free_port(),
     );
-    let edge_tls = format!(
-        "tls {{ cert_file: {}, key_file: {}, ca_file: {} }}",
-        q(pki.client_cert("edge-1")),
-        q(pki.client_key("edge-1")),
-        q(pki.ca())
-    );
-    let (cloud_leaf, edge_remote) = match kind {
-        Native::Leafnode => (
-            format!(
-                "leafnodes {{ listen: \"127.0.0.1:{pl}\", tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: true }} }}",
-                q(pki.server_cert()),
-                q(pki.server_key()),
-                q(pki.ca())
-            ),
-            format!("leafnodes {{ remotes [ {{ url: \"tls://localhost:{pl}\", {edge_tls} }} ] }}"),
-        ),
-        // nats-server 2.9 accepts a leafnode websocket upgrade only with a leafnode port
-        // configured (loopback, unused); `advertise` names nginx, never the raw websocket port.
-        Native::LeafnodeWs => (
-            format!(
-                "leafnodes {{ listen: \"127.0.0.1:{pl}\" }}\nwebsocket {{ listen: \"127.0.0.1:{pw}\", no_tls: true, advertise: \"localhost:{pn}\" }}"
-            ),
-            format!(
-                "leafnodes {{ remotes [ {{ urls: [\"wss://localhost:{pn}\"], {edge_tls} }} ] }}"
-            ),
-        ),
-        // Two unconnected servers: the relay is the only link.
-        _ => (String::new(), String::new()),
-    };
+    let (cloud_leaf, edge_remote) = leaf_configs(kind, &pki, pl, pw, pn);
     let conf = |name: &str, port: u16, extra: &str| {
         format!(
             "listen: \"127.0.0.1:{port}\"\nserver_name: {name}\njetstream {{ store_dir: {}, domain: {name} }}\n{extra}\n",
@@ -275,31 +365,8 @@ pub async fn native_drain(
     let cloud_nc = async_nats::connect(format!("nats://127.0.0.1:{pc}")).await?;
     let edge_js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{pe}")).await?);
     let cloud_js = jetstream::new(cloud_nc.clone());
-    // The leaf is up when the edge domain's JetStream API answers from the cloud side (for
-    // wss, the edge's "connection created" is logged before the upgrade: not enough).
     if !kind.is_relay() {
-        crate::testbed::wait_for(
-            || {
-                let nc = cloud_nc.clone();
-                async move {
-                    let r = tokio::time::timeout(
-                        Duration::from_millis(500),
-                        nc.request(format!("{EDGE_API}.INFO"), "".into()),
-                    )
-                    .await;
-                    Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
-                }
-            },
-            Duration::from_secs(15),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "{} leafnode did not connect: edge log {}",
-                kind.name(),
-                edge.log_text()
-            )
-        })?;
+        wait_leaf(kind, &cloud_nc, &edge).await?;
     }
     let mut stream = uplink::gateway::consume::stream_config(edge_cfg);
     if matches!(
@@ -321,41 +388,15 @@ pub async fn native_drain(
     if kind.is_relay() {
         procs.push(("relay", std::process::id()));
     }
+    if kind.is_relay() {
+        let run = drain_by_relay(kind, &edge_js, &cloud_js, &stream.name, w.count, &procs).await;
+        drop((edge, nginx, cloud));
+        return run;
+    }
     let cpu0 = super::sample::cpu_of(&procs);
     let started = Instant::now();
     let want = w.count as u64;
     let budget = crate::testbed::pipeline::delivery_budget(w.count);
-    if kind.is_relay() {
-        let cloud_cfg = uplink::config::IngestConfig::default().nats;
-        let relay = tokio::spawn(relay_backlog(
-            edge_js.clone(),
-            cloud_js.clone(),
-            stream.name.clone(),
-            cloud_cfg.clone(),
-            kind,
-            w.count,
-        ));
-        let held = super::harness::wait_holds(&cloud_js, &cloud_cfg.stream, want, budget).await;
-        let seconds = started.elapsed().as_secs_f64();
-        let cpu_ms = super::sample::cpu_since(&procs, &cpu0);
-        let outcome = tokio::time::timeout(Duration::from_secs(10), relay).await;
-        let messages = held?;
-        match outcome {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(e.context(format!("{} failed", kind.name()))),
-            Ok(Err(e)) => anyhow::bail!("{} panicked: {e}", kind.name()),
-            Err(_) => anyhow::bail!(
-                "{} did not finish after the cloud held everything",
-                kind.name()
-            ),
-        }
-        drop((edge, nginx, cloud));
-        return Ok(NativeRun {
-            seconds,
-            messages,
-            cpu_ms,
-        });
-    }
     cloud_js
         .create_stream(jetstream::stream::Config {
             name: NATIVE_CLOUD_STREAM.into(),
