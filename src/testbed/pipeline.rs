@@ -12,9 +12,9 @@ use super::cluster::Cluster;
 use super::fault::FaultProxy;
 use super::nginx::{Nginx, NginxSite};
 use super::{Nats, NatsSecurity, NatsServerTls, TempDir, Uplink, free_addr, free_port};
+use uplink::config::{GatewayConfig, IngestConfig};
 
 mod configs;
-use uplink::config::{GatewayConfig, IngestConfig};
 
 /// Optional parts of a pipeline.
 #[derive(Clone, Debug, Default)]
