@@ -9,6 +9,7 @@ pub mod batch;
 pub mod complaints;
 pub mod concurrency;
 pub mod consume;
+mod cumulative;
 pub mod deliver;
 pub mod forward;
 pub mod lag;
@@ -25,11 +26,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::concurrency::Slots;
-use self::consume::{IdMaker, PumpError, bind, pump};
+use self::consume::{Bound, IdMaker, PumpError, bind, pump};
 use self::deliver::{Deliverer, HttpPost, Policy};
 use self::settle::SETTLE_TIMEOUT;
 use crate::backoff::Backoff;
-use crate::config::{Concurrency, ConfigError, GatewayConfig};
+use crate::config::{AckMode, Concurrency, ConfigError, GatewayConfig};
 use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};
 use crate::wire;
@@ -42,6 +43,11 @@ struct Ctx {
     stalled: Arc<AtomicBool>,
     /// The edge connection: its server's `max_payload` sizes the pull requests.
     edge: async_nats::Client,
+    /// The readers of cumulative-ack consumers (`nats.ack = "cumulative"`), which outlive the
+    /// pump at shutdown to ack what the in-flight batches confirmed.
+    readers: TaskTracker,
+    /// Cancelled once the in-flight batches are done: the readers' last reply.
+    last_call: CancellationToken,
 }
 
 /// Runs the gateway until `shutdown`, then drains in-flight batches for at most
@@ -137,10 +143,15 @@ pub async fn serve(
         deliverer: deliverer(&cfg, post, complaints, slots.clone(), &shutdown),
         stalled: state.stalled.clone(),
         edge: nats.clone(),
+        readers: TaskTracker::new(),
+        last_call: CancellationToken::new(),
     });
     let tracker = TaskTracker::new();
     consume_until_shutdown(&js, &ctx, &platform, &state, &slots, &tracker, &shutdown).await;
     drain(&tracker, &ctx).await;
+    ctx.last_call.cancel();
+    ctx.readers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(4), ctx.readers.wait()).await;
     // Acks are buffered in the client: make sure they reach the server before exit.
     let _ = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await;
     tracing::info!("gateway stopped");
@@ -227,6 +238,7 @@ async fn consume_until_shutdown(
     // never delivers).
     let mut lost_at: Option<tokio::time::Instant> = None;
     let mut last_bind_error: Option<String> = None;
+    let mut said_fallback = false;
     while !shutdown.is_cancelled() {
         let may_create = lost_at.is_none_or(|t| t.elapsed() >= cfg.nats.recreate_grace);
         // Binding waits on JetStream requests, which wait while edge NATS is unreachable or
@@ -235,7 +247,7 @@ async fn consume_until_shutdown(
             b = bind(js, cfg, may_create) => b,
             _ = shutdown.cancelled() => break,
         };
-        let (consumer, incarnation) = match bound_now {
+        let (bound, incarnation) = match bound_now {
             Ok(b) => b,
             Err(e) => {
                 // Each new cause once at warn (with what its error code most likely means),
@@ -272,14 +284,26 @@ async fn consume_until_shutdown(
         failures = 0;
         last_bind_error = None;
         state.bound.store(true, Ordering::Release);
-        tracing::info!(consumer = %cfg.nats.consumer, incarnation, "consumer bound");
+        let mode = match bound {
+            Bound::Explicit(_) => AckMode::Explicit,
+            Bound::Cumulative(_) => AckMode::Cumulative,
+        };
+        if mode != cfg.nats.ack && !std::mem::replace(&mut said_fallback, true) {
+            tracing::warn!(
+                edge_server = %ctx.edge.server_info().version,
+                "nats.ack = \"cumulative\" needs nats-server 2.14 or later (AckPolicy FlowControl); acking each message explicitly instead"
+            );
+        }
+        metrics::gauge!("uplink_gateway_cumulative_acks")
+            .set(f64::from(u8::from(mode == AckMode::Cumulative)));
+        tracing::info!(consumer = %cfg.nats.consumer, incarnation, ack = ?mode, "consumer bound");
         let ids = IdMaker {
             platform: platform.to_string(),
             stream: cfg.nats.stream.clone(),
             incarnation,
         };
         lost_at = None;
-        match pump(&consumer, &ids, ctx, slots, tracker, shutdown).await {
+        match pump_bound(bound, js, &ids, ctx, slots, tracker, shutdown).await {
             Ok(()) => {}
             Err(e @ PumpError::Stalled { .. }) => {
                 tracing::error!(error = %e, "edge consumer stalled; rebinding");
@@ -292,6 +316,56 @@ async fn consume_until_shutdown(
                 state.bound.store(false, Ordering::Release);
                 lost_at = Some(tokio::time::Instant::now());
             }
+        }
+    }
+}
+
+/// Pumps one bound consumer until it stops: an explicit-ack one from its pull, a
+/// cumulative-ack one from its reader (which is stopped when the pump stops, except at
+/// shutdown: then it waits for the in-flight batches, `Ctx::last_call`).
+async fn pump_bound(
+    bound: Bound,
+    js: &jetstream::Context,
+    ids: &IdMaker,
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Slots>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), PumpError> {
+    match bound {
+        Bound::Explicit(consumer) => {
+            let messages = consume::pulled(&consumer, ctx).await?;
+            pump(
+                messages,
+                Some(&consumer),
+                ids,
+                ctx,
+                slots,
+                tracker,
+                shutdown,
+            )
+            .await
+        }
+        Bound::Cumulative(bound) => {
+            let (feed, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
+            let rebind = CancellationToken::new();
+            ctx.readers.spawn(cumulative::read(
+                bound,
+                js.clone(),
+                feed,
+                rebind.clone(),
+                ctx.last_call.clone(),
+            ));
+            let messages = futures_util::stream::poll_fn(move |cx| {
+                deliveries
+                    .poll_recv(cx)
+                    .map(|d| d.map(|d| d.map_err(PumpError::from)))
+            });
+            let r = pump(messages, None, ids, ctx, slots, tracker, shutdown).await;
+            if r.is_err() {
+                rebind.cancel();
+            }
+            r
         }
     }
 }

@@ -66,6 +66,7 @@ values!(
     super::Secret,
     super::Discard,
     super::EdgeRetention,
+    super::AckMode,
     super::RejectAction,
     super::Concurrency,
     super::LogFormat,

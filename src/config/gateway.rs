@@ -74,11 +74,29 @@ settings! {
         pub ack_wait: Duration,
         /// JetStream max_ack_pending (messages): bounds what the gateway holds unacked.
         pub max_ack_pending: i64,
+        /// How the gateway acknowledges delivered messages: "explicit" (one ack per message, a
+        /// pull consumer; several gateways may share it) or "cumulative" (nats-server 2.14+: a push
+        /// consumer with AckPolicy FlowControl whose flow-control replies ack everything up to the
+        /// last message the cloud confirmed; one gateway per consumer; falls back to explicit on an
+        /// older server). The consumer keeps the policy it was created with: changing it needs a
+        /// new nats.consumer or the old one deleted.
+        pub ack: AckMode,
         /// When a bound edge stream disappears, how long to wait for someone else to recreate it before
         /// creating it ourselves (duration; racing a recreate can leave nats-server 2.9 with a stuck consumer).
         #[serde(with = "duration")]
         pub recreate_grace: Duration,
     }
+}
+
+/// How delivered messages are acknowledged (`nats.ack`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// One ack per message on a durable pull consumer (AckPolicy Explicit).
+    #[default]
+    Explicit,
+    /// Cumulative acks on a durable push consumer (AckPolicy FlowControl, nats-server 2.14+).
+    Cumulative,
 }
 
 /// What the edge stream keeps (`nats.retention`).
@@ -289,6 +307,7 @@ impl Default for EdgeNats {
             consumer: "uplink-gateway".into(),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
+            ack: AckMode::Explicit,
             recreate_grace: Duration::from_secs(10),
         }
     }

@@ -16,8 +16,8 @@ use super::Ctx;
 use super::batch::Batcher;
 use super::concurrency::Slots;
 use super::deliver::deliver;
-use super::settle::{self, SETTLE_TIMEOUT, Settle};
-use crate::config::GatewayConfig;
+use super::settle::{self, Edge, SETTLE_TIMEOUT, Settle};
+use crate::config::{AckMode, GatewayConfig};
 use crate::wire;
 
 /// Most messages asked for in one pull request: larger batches are made of several pulls
@@ -59,9 +59,14 @@ pub(super) enum PumpError {
     /// The pull subscription failed (other than a passing pull hiccup).
     #[error("pulling from the edge consumer: {0}")]
     Pull(#[from] jetstream::consumer::pull::MessagesError),
-    /// The client ended the pull subscription.
+    /// The client ended the subscription.
     #[error("message stream ended")]
     Ended,
+    /// A cumulative-ack consumer's reader stopped (`cumulative`): a missed delivery (the
+    /// frontier must not pass it, so the bind ends and the next one resets the consumer to its
+    /// ack floor) or the end of its subscription.
+    #[error(transparent)]
+    Reader(#[from] super::cumulative::Stop),
 }
 
 /// Why the edge stream and its consumer could not be bound (the gateway retries).
@@ -90,6 +95,33 @@ pub enum BindError {
     },
     #[error("edge stream {0} was recreated while binding")]
     Recreated(String),
+    /// The durable exists with the other ack policy (`nats.ack`): JetStream does not change a
+    /// consumer's ack policy, nor a pull consumer into a push one.
+    #[error(
+        "consumer {consumer} on {stream} acks {has} but nats.ack = \"{wants}\": a consumer keeps the policy it was created with; set nats.consumer to a new name, or delete the old consumer (on a work queue it holds no messages: what it had not acked is delivered to the new one)"
+    )]
+    AckPolicy {
+        consumer: String,
+        stream: String,
+        has: &'static str,
+        wants: &'static str,
+    },
+    /// A cumulative-ack consumer already has a reader (another gateway): cumulative acks
+    /// are for one gateway per consumer.
+    #[error(
+        "consumer {consumer} on {stream} is already read by another subscriber; with nats.ack = \"cumulative\" each gateway needs its own consumer (or share one with nats.ack = \"explicit\")"
+    )]
+    Busy { consumer: String, stream: String },
+    #[error("resetting consumer {consumer} to its ack floor: {source}")]
+    Reset {
+        consumer: String,
+        source: jetstream::stream::ConsumerResetError,
+    },
+    #[error("subscribing to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
 }
 
 impl BindError {
@@ -111,7 +143,12 @@ impl BindError {
                 K::JetStream(e) => Some(e.error_code()),
                 _ => None,
             },
-            BindError::Info { .. } | BindError::Recreated(_) => None,
+            BindError::Info { .. }
+            | BindError::Recreated(_)
+            | BindError::AckPolicy { .. }
+            | BindError::Busy { .. }
+            | BindError::Reset { .. }
+            | BindError::Subscribe { .. } => None,
         }
     }
 
@@ -149,6 +186,46 @@ fn consumer_config(cfg: &GatewayConfig) -> jetstream::consumer::pull::Config {
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ..Default::default()
     }
+}
+
+/// The cumulative-ack consumer's configuration: push, AckPolicy FlowControl with what the
+/// server requires of it (flow control, a 1 s heartbeat, `max_ack_pending` > 0, no `ack_wait`,
+/// `checkConsumerCfg`).
+fn push_config(cfg: &GatewayConfig) -> jetstream::consumer::push::Config {
+    let n = &cfg.nats;
+    jetstream::consumer::push::Config {
+        durable_name: Some(n.consumer.clone()),
+        deliver_subject: format!("_uplink.deliver.{}.{}", n.stream, n.consumer),
+        ack_policy: jetstream::consumer::AckPolicy::FlowControl,
+        flow_control: true,
+        idle_heartbeat: super::cumulative::HEARTBEAT,
+        max_ack_pending: n.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+/// The first nats-server release with AckPolicy FlowControl (nats-server PR #7613).
+const CUMULATIVE_SINCE: (u64, u64) = (2, 14);
+
+/// The ack mode used with an edge server of `version`: `nats.ack`, except that cumulative acks
+/// fall back to explicit ones on a server older than 2.14.
+pub fn effective_ack(wanted: AckMode, version: &str) -> AckMode {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match wanted {
+        AckMode::Cumulative if (major, minor) < CUMULATIVE_SINCE => AckMode::Explicit,
+        w => w,
+    }
+}
+
+/// A bound edge consumer.
+pub(super) enum Bound {
+    Explicit(Box<PullConsumer>),
+    Cumulative(super::cumulative::Bound),
 }
 
 /// The edge stream a gateway creates when it is missing (`nats.create_stream`).
@@ -209,13 +286,14 @@ pub async fn create_dead_letter_stream(
     }
 }
 
-/// Gets (or creates) the edge stream and the durable consumer; returns the consumer and the
-/// stream incarnation (creation time, ns since the epoch).
+/// Gets (or creates) the edge stream and the durable consumer (acked as `nats.ack` says, where
+/// the edge server can: [`effective_ack`]); returns the bound consumer and the stream
+/// incarnation (creation time, ns since the epoch).
 pub(super) async fn bind(
     js: &jetstream::Context,
     cfg: &GatewayConfig,
     may_create: bool,
-) -> Result<(PullConsumer, i128), BindError> {
+) -> Result<(Bound, i128), BindError> {
     let n = &cfg.nats;
     let info_err = |source| BindError::Info {
         stream: n.stream.clone(),
@@ -244,14 +322,29 @@ pub(super) async fn bind(
         create_dead_letter_stream(js, cfg, info.config.num_replicas).await;
     }
     let incarnation = info.created.unix_timestamp_nanos();
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(&n.consumer, consumer_config(cfg))
-        .await
-        .map_err(|source| BindError::Consumer {
-            consumer: n.consumer.clone(),
-            stream: n.stream.clone(),
-            source,
-        })?;
+    // Known once the connection is up (the stream lookup above went through it).
+    let mode = effective_ack(cfg.nats.ack, &js.client().server_info().version);
+    check_ack_policy(&stream, cfg, mode).await?;
+    let consumer_err = |source| BindError::Consumer {
+        consumer: n.consumer.clone(),
+        stream: n.stream.clone(),
+        source,
+    };
+    let bound = match mode {
+        AckMode::Explicit => Bound::Explicit(Box::new(
+            stream
+                .get_or_create_consumer(&n.consumer, consumer_config(cfg))
+                .await
+                .map_err(consumer_err)?,
+        )),
+        AckMode::Cumulative => {
+            let consumer: jetstream::consumer::PushConsumer = stream
+                .get_or_create_consumer(&n.consumer, push_config(cfg))
+                .await
+                .map_err(consumer_err)?;
+            Bound::Cumulative(bind_cumulative(js, &stream, consumer, cfg).await?)
+        }
+    };
     // The stream may have been recreated between reading its incarnation and binding.
     let now = stream
         .get_info()
@@ -262,7 +355,82 @@ pub(super) async fn bind(
     if now != incarnation {
         return Err(BindError::Recreated(n.stream.clone()));
     }
-    Ok((consumer, incarnation))
+    Ok((bound, incarnation))
+}
+
+/// Refuses an existing durable whose ack policy is not `mode`'s.
+async fn check_ack_policy(
+    stream: &jetstream::stream::Stream,
+    cfg: &GatewayConfig,
+    mode: AckMode,
+) -> Result<(), BindError> {
+    use jetstream::consumer::AckPolicy as P;
+    let Ok(info) = stream.consumer_info(&cfg.nats.consumer).await else {
+        // Missing (created next) or unreadable (creating it reports why).
+        return Ok(());
+    };
+    let (wanted, wants) = match mode {
+        AckMode::Explicit => (P::Explicit, "explicit"),
+        AckMode::Cumulative => (P::FlowControl, "cumulative"),
+    };
+    if info.config.ack_policy == wanted {
+        return Ok(());
+    }
+    Err(BindError::AckPolicy {
+        consumer: cfg.nats.consumer.clone(),
+        stream: cfg.nats.stream.clone(),
+        has: match info.config.ack_policy {
+            P::Explicit => "explicitly (a pull consumer)",
+            P::FlowControl => "cumulatively (flow control)",
+            P::All => "cumulatively (AckAll)",
+            P::None => "nothing (AckNone)",
+        },
+        wants,
+    })
+}
+
+/// Readies a cumulative-ack consumer for this gateway: nobody else reads it, it is reset to
+/// its ack floor (what an earlier run had not acked comes again: with `ack_wait` 0 nothing
+/// else would redeliver it), and its deliver subject is subscribed — after the reset, so no
+/// delivery numbered before it arrives.
+async fn bind_cumulative(
+    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    consumer: jetstream::consumer::PushConsumer,
+    cfg: &GatewayConfig,
+) -> Result<super::cumulative::Bound, BindError> {
+    let n = &cfg.nats;
+    let info = consumer.cached_info();
+    if info.push_bound {
+        return Err(BindError::Busy {
+            consumer: n.consumer.clone(),
+            stream: n.stream.clone(),
+        });
+    }
+    let delivered_before = info.delivered.stream_sequence;
+    let subject = info.config.deliver_subject.clone().unwrap_or_default();
+    let reset = stream
+        .reset_consumer(&n.consumer, None)
+        .await
+        .map_err(|source| BindError::Reset {
+            consumer: n.consumer.clone(),
+            source,
+        })?;
+    tracing::debug!(
+        consumer = %n.consumer,
+        delivered_before,
+        reset_to = reset.reset_seq,
+        "cumulative-ack consumer reset to its ack floor"
+    );
+    let subscription = js
+        .client()
+        .subscribe(subject.clone())
+        .await
+        .map_err(|source| BindError::Subscribe { subject, source })?;
+    Ok(super::cumulative::Bound {
+        subscription,
+        delivered_before,
+    })
 }
 
 /// Builds message ids (docs/design.md §2, "Stable ids").
@@ -308,23 +476,16 @@ fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, Strin
     Ok(out)
 }
 
-/// Pulls messages into batches and dispatches each to a delivery task, at most
-/// `forward.max_in_flight` at once, or fewer (`forward.concurrency`: the adaptive limit);
-/// waiting for a slot stops the pulling: backpressure.
-pub(super) async fn pump(
+/// The explicit-ack consumer's deliveries: pulled, a passing pull hiccup logged and skipped.
+pub(super) async fn pulled(
     consumer: &PullConsumer,
-    ids: &IdMaker,
-    ctx: &Arc<Ctx>,
-    slots: &Arc<Slots>,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<(), PumpError> {
+    ctx: &Ctx,
+) -> Result<
+    impl futures_util::Stream<Item = Result<jetstream::Message, PumpError>> + Unpin,
+    PumpError,
+> {
     let cfg = &ctx.cfg;
-    let mut watchdog =
-        tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
-    let mut received_since_check = false;
-    let mut strikes = 0;
-    let mut messages = consumer
+    let messages = consumer
         .stream()
         .max_messages_per_batch(cfg.batch.max_messages.min(MAX_PULL))
         .max_bytes_per_batch(pull_max_bytes(
@@ -335,8 +496,42 @@ pub(super) async fn pump(
         .expires(Duration::from_secs(30))
         .messages()
         .await?;
-    let mut batcher: Batcher<jetstream::Message> =
-        Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
+    Ok(Box::pin(messages.filter_map(|next| async move {
+        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+        match next {
+            Ok(m) => Some(Ok(m)),
+            Err(e) if e.kind() == K::Pull => {
+                tracing::warn!(error = %e, "pull consumer hiccup; continuing");
+                None
+            }
+            Err(e) => Some(Err(e.into())),
+        }
+    })))
+}
+
+/// Takes delivered messages into batches and dispatches each to a delivery task, at most
+/// `forward.max_in_flight` at once, or fewer (`forward.concurrency`: the adaptive limit);
+/// waiting for a slot stops the taking: backpressure. `watchdog`: the pull consumer to ask
+/// when nothing arrives for a while (nats-server 2.9's stuck consumer).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn pump<H: Edge>(
+    mut messages: impl futures_util::Stream<Item = Result<H, PumpError>> + Unpin,
+    watchdog: Option<&PullConsumer>,
+    ids: &IdMaker,
+    ctx: &Arc<Ctx>,
+    slots: &Arc<Slots>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), PumpError>
+where
+    Vec<H>: Settle,
+{
+    let cfg = &ctx.cfg;
+    let mut check =
+        tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+    let mut received_since_check = false;
+    let mut strikes = 0;
+    let mut batcher: Batcher<H> = Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
     loop {
         let deadline = batcher.deadline(cfg.batch.linger);
         // Adaptive linger: a partial batch leaves as soon as a send slot is free and no further
@@ -348,10 +543,10 @@ pub(super) async fn pump(
             biased;
             _ = shutdown.cancelled() => break,
             _ = sleep_until_opt(deadline), if deadline.is_some() => true,
-            _ = watchdog.tick() => {
+            _ = check.tick(), if watchdog.is_some() => {
                 if std::mem::take(&mut received_since_check) {
                     strikes = 0;
-                } else if let Some(pending) = stalled(consumer, cfg, slots).await {
+                } else if let Some(pending) = stalled(watchdog.expect("checked"), cfg, slots).await {
                     strikes += 1;
                     if strikes >= 2 {
                         flush(&mut batcher, ctx, slots, tracker, shutdown).await;
@@ -363,33 +558,25 @@ pub(super) async fn pump(
                 false
             }
             next = messages.next() => match next {
-                Some(Ok(m)) => match to_wire(ids, &m) {
+                Some(Ok(h)) => match to_wire(ids, h.message()) {
                     Ok(w) => {
                         if !received_since_check {
                             received_since_check = true;
                             ctx.stalled.store(false, Ordering::Release);
                         }
-                        batcher.push(m, w)
+                        batcher.push(h, w)
                     }
                     Err(e) => {
+                        let m = h.message();
                         tracing::error!(error = %e, subject = %m.subject, dead_letter = %cfg.forward.dead_letter, "message cannot be forwarded; terminating it");
                         metrics::counter!("uplink_gateway_messages_total", "result" => "rejected").increment(1);
-                        settle::refused(&vec![m], true, &cfg.forward.dead_letter, None, &e, cfg.retry.max_backoff).await;
+                        settle::refused(&vec![h], true, &cfg.forward.dead_letter, None, &e, cfg.retry.max_backoff).await;
                         false
                     }
                 },
                 Some(Err(e)) => {
-                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                    match e.kind() {
-                        K::Pull => {
-                            tracing::warn!(error = %e, "pull consumer hiccup; continuing");
-                            false
-                        }
-                        _ => {
-                            flush(&mut batcher, ctx, slots, tracker, shutdown).await;
-                            return Err(e.into());
-                        }
-                    }
+                    flush(&mut batcher, ctx, slots, tracker, shutdown).await;
+                    return Err(e);
                 }
                 None => {
                     flush(&mut batcher, ctx, slots, tracker, shutdown).await;
@@ -405,7 +592,7 @@ pub(super) async fn pump(
             flush(&mut batcher, ctx, slots, tracker, shutdown).await;
         }
     }
-    // Shutdown: what was pulled but not sent goes back at once — the batch being built and
+    // Shutdown: what was taken but not sent goes back at once — the batch being built and
     // what the pull already delivered into the client's buffer (left there it would wait out
     // ack_wait before JetStream redelivers it).
     let (mut left, _) = batcher.take();
@@ -453,13 +640,15 @@ const PREFETCH_QUIET: Duration = Duration::from_millis(50);
 /// Sends the current batch (if any) to a delivery task once a slot is free. While it waits,
 /// its messages are kept alive so JetStream does not redeliver them meanwhile; at shutdown
 /// they are given back.
-async fn flush(
-    batcher: &mut Batcher<jetstream::Message>,
+async fn flush<H: Edge>(
+    batcher: &mut Batcher<H>,
     ctx: &Arc<Ctx>,
     slots: &Arc<Slots>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) {
+) where
+    Vec<H>: Settle,
+{
     if batcher.is_empty() {
         return;
     }

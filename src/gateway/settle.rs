@@ -22,6 +22,18 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// gateway's own pull that is still open while it exits, but long before `ack_wait`.
 pub const SHUTDOWN_NAK: AckKind = AckKind::Nak(Some(Duration::from_secs(2)));
 
+/// A delivered edge message, whatever acks it: a JetStream message acked one by one, or a
+/// cumulative-ack delivery acked by the frontier (`cumulative::Tracked`).
+pub trait Edge: Send + Sync + 'static {
+    fn message(&self) -> &jetstream::Message;
+}
+
+impl Edge for jetstream::Message {
+    fn message(&self) -> &jetstream::Message {
+        self
+    }
+}
+
 /// The messages of a batch, as the edge JetStream knows them.
 pub trait Settle: Send + Sync + Sized + 'static {
     /// How many messages.

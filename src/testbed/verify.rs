@@ -195,11 +195,14 @@ pub async fn wait_drained(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let c: consumer::PullConsumer = js
-            .get_consumer_from_stream(consumer_name, stream)
+        // Read as info, whatever the consumer's kind (pull, or push with cumulative acks).
+        let info = js
+            .get_stream(stream)
+            .await
+            .context("edge stream")?
+            .consumer_info(consumer_name)
             .await
             .context("edge consumer")?;
-        let info = c.get_info().await?;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             return Ok(());
         }

@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod concurrency;
 mod connections;
+mod cumulative_acks;
 mod deploy;
 mod diagnosis;
 mod doctor;

@@ -1,0 +1,148 @@
+//! Cumulative acks at the edge (`nats.ack = "cumulative"`): on nats-server 2.14+ a push
+//! consumer with AckPolicy FlowControl, acked by flow-control replies that carry the last
+//! message the cloud confirmed; on older servers the gateway falls back to explicit acks and
+//! says so. Either way every message arrives exactly once and leaves the edge work queue.
+
+use std::time::Duration;
+
+use uplink::telemetry::scrape_value;
+
+use crate::support::*;
+
+/// Whether the nats-server under test has AckPolicy FlowControl (2.14+).
+fn server_has_cumulative_acks() -> bool {
+    let out = std::process::Command::new(nats_bin())
+        .arg("--version")
+        .output()
+        .expect("nats-server --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or("").to_string();
+    uplink::gateway::consume::effective_ack(uplink::config::AckMode::Cumulative, &version)
+        == uplink::config::AckMode::Cumulative
+}
+
+fn cumulative(g: &mut uplink::config::GatewayConfig) {
+    g.nats.ack = uplink::config::AckMode::Cumulative;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulative_acks_deliver_a_backlog_exactly_once_and_empty_the_work_queue() {
+    const N: usize = 20_000;
+    let mut p = pipeline(
+        |_| {},
+        |g| {
+            cumulative(g);
+            // Fewer unacked deliveries than the backlog: the consumer must be acked (by the
+            // frontier) to go on delivering.
+            g.nats.max_ack_pending = 2_000;
+        },
+    )
+    .await;
+    // Fill the edge first: a backlog, drained by one gateway.
+    p.gateway.as_mut().unwrap().proc.kill();
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, N).await;
+    p.start_gateway().await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, N);
+    // Acked, not just sent: the work queue let every message go.
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+    let m = p.gateway_metrics().await.unwrap();
+    let on = scrape_value(&m, "uplink_gateway_cumulative_acks").expect("the ack-mode gauge");
+    if server_has_cumulative_acks() {
+        assert_eq!(on, 1.0, "{m}");
+        let replies = scrape_value(&m, "uplink_gateway_cumulative_acks_total")
+            .expect("flow-control replies counted");
+        let acked = scrape_value(&m, "uplink_gateway_cumulatively_acked_total")
+            .expect("messages acked by them counted");
+        assert_eq!(acked, N as f64, "{m}");
+        // The point of it: one write acks many messages (a window, not one each).
+        assert!(
+            replies >= 1.0 && replies * 10.0 <= N as f64,
+            "{replies} replies: {m}"
+        );
+        let info = edge
+            .get_stream(&p.gateway_cfg.nats.stream)
+            .await
+            .unwrap()
+            .consumer_info(&p.gateway_cfg.nats.consumer)
+            .await
+            .unwrap();
+        assert_eq!(
+            info.config.ack_policy,
+            async_nats::jetstream::consumer::AckPolicy::FlowControl
+        );
+    } else {
+        assert_eq!(on, 0.0, "{m}");
+        assert!(
+            p.log("gateway").contains("needs nats-server 2.14 or later"),
+            "the fallback is said: {}",
+            tail(&p.log("gateway"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_with_cumulative_acks_loses_nothing_and_stores_nothing_twice() {
+    const N: usize = 20_000;
+    let mut p = pipeline(
+        |_| {},
+        |g| {
+            fast_recovery(g);
+            cumulative(g);
+        },
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let publisher = publish_in_background(edge.clone(), N, 4_000.0);
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 2_000).await;
+    // SIGKILL: what was confirmed since the last flow-control reply is not acked; the restart
+    // resets the consumer to its ack floor and sends it again.
+    p.gateway.as_mut().unwrap().proc.kill();
+    assert!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await < N as u64);
+    p.start_gateway().await.unwrap();
+    let sent = publisher.await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, N);
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_created_with_the_other_ack_policy_is_refused_by_name() {
+    if !server_has_cumulative_acks() {
+        // Cumulative acks fall back to explicit ones on this server: no conflict to refuse.
+        return;
+    }
+    let mut p = pipeline(|_| {}, |_| {}).await;
+    // The first gateway created the durable as an explicit-ack pull consumer.
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, 100).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 100);
+    p.gateway.as_mut().unwrap().proc.kill();
+    p.gateway_cfg.nats.ack = uplink::config::AckMode::Cumulative;
+    let g = p.start_another_gateway("cumulative").await;
+    // It runs (not ready) and says what is wrong and what to do; it never binds.
+    let said = uplink_tools::testbed::wait_for(
+        || async {
+            Ok(p.log("cumulative")
+                .contains("acks explicitly (a pull consumer) but nats.ack"))
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(said.is_ok(), "{}", tail(&p.log("cumulative")));
+    assert!(!p.log("cumulative").contains("consumer bound"));
+    drop(g);
+}
+
+/// Waits until `stream` holds exactly `n` messages (acks take effect shortly after delivery).
+async fn wait_stream_len_is(js: &async_nats::jetstream::Context, stream: &str, n: u64) {
+    let r = uplink_tools::testbed::wait_for(
+        || async { Ok(stream_len(js, stream).await == n) },
+        Duration::from_secs(30),
+    )
+    .await;
+    r.unwrap_or_else(|e| panic!("{stream} never held {n}: {e}"));
+}
