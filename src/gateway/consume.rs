@@ -601,7 +601,9 @@ where
             left.push(m);
         }
     };
-    let _ = tokio::time::timeout(SETTLE_TIMEOUT, drain).await;
+    if H::GIVEN_BACK {
+        let _ = tokio::time::timeout(SETTLE_TIMEOUT, drain).await;
+    }
     // Stop taking deliveries before giving messages back, or JetStream hands them straight
     // back to this subscription, which is about to go away.
     drop(messages);

@@ -181,6 +181,7 @@ impl super::settle::Edge for Tracked {
     fn message(&self) -> &jetstream::Message {
         &self.msg
     }
+    const GIVEN_BACK: bool = false;
 }
 
 impl Settle for Vec<Tracked> {

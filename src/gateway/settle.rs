@@ -26,6 +26,10 @@ pub const SHUTDOWN_NAK: AckKind = AckKind::Nak(Some(Duration::from_secs(2)));
 /// cumulative-ack delivery acked by the frontier (`cumulative::Tracked`).
 pub trait Edge: Send + Sync + 'static {
     fn message(&self) -> &jetstream::Message;
+    /// Whether what the client buffered is worth taking back at shutdown to give it back
+    /// (explicit acks: else it waits out `ack_wait`); a cumulative-ack delivery not acked is
+    /// redelivered by the next bind's reset anyway.
+    const GIVEN_BACK: bool = true;
 }
 
 impl Edge for jetstream::Message {
