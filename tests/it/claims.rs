@@ -106,3 +106,57 @@ fn an_ingest_with_a_mismatched_key_pair_does_not_start_and_names_the_files() {
         "{err}"
     );
 }
+
+/// README ("Certificates"): the ingest resumes no TLS sessions, so every connection's
+/// certificate is verified afresh. A client that keeps sessions (rustls' default store) and
+/// reads what the server sent after the first handshake (where TLS 1.3 tickets would arrive)
+/// still gets a full handshake on its next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_resumes_no_tls_session() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let p = pipeline(|_| {}, |_| {}).await;
+    let pki = p.pki();
+    let cfg = uplink::tls::client_config(
+        &pki.ca(),
+        &pki.client_cert("edge-1"),
+        &pki.client_key("edge-1"),
+    )
+    .unwrap();
+    // Offer resumption explicitly (rustls' in-memory store), so the test can fail.
+    let mut cfg = (*cfg).clone();
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let cfg = std::sync::Arc::new(cfg);
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(p.ingest_cfg.listen)
+            .await
+            .unwrap();
+        let mut tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .expect("TLS handshake");
+        kinds.push(tls.get_ref().1.handshake_kind());
+        // The HTTP/2 preface and an empty SETTINGS; the server's SETTINGS come back after any
+        // session ticket it would send.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("the server's SETTINGS within 10 s")
+            .unwrap();
+        assert!(n > 0);
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Full)
+        ]
+    );
+}
