@@ -160,3 +160,37 @@ async fn the_ingest_resumes_no_tls_session() {
         ]
     );
 }
+
+/// README ("uplink bench"): `bench --via-nginx` runs the pipeline with nginx in front of the
+/// ingest and verifies the delivery: every message once, none lost, none corrupted. Bounded:
+/// killed after 60 s (under a second here).
+#[test]
+fn bench_via_nginx_runs_and_verifies_the_delivery() {
+    let mut child = std::process::Command::new(exe())
+        .args(["bench", "--via-nginx", "--messages", "2000", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("bench --via-nginx ran over 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let v = crate::support::json_of(&out);
+    assert_eq!(v["delivered"], 2000, "{v}");
+    assert_eq!(
+        (
+            v["lost"].as_u64(),
+            v["duplicates"].as_u64(),
+            v["corrupted"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    assert!(v["msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{v}");
+}
