@@ -30,6 +30,8 @@ pub mod gateway;
 pub mod http2;
 pub mod ingest;
 pub mod nats;
+#[cfg(test)]
+mod proptest_config;
 pub mod scratch;
 pub mod shutdown;
 pub mod status;

@@ -91,6 +91,12 @@ impl StreamHealth {
     }
 }
 
+/// Whether a node's start failed because a port it was given was taken meanwhile.
+fn is_bind_error(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}").to_lowercase();
+    text.contains("address already in use")
+}
+
 impl Cluster {
     /// Starts `n` nodes named `<prefix>-1 … <prefix>-n` (stores and logs under `dir`) and waits
     /// until the cluster is formed.
@@ -117,11 +123,58 @@ impl Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
         };
-        for i in 0..n {
-            c.spawn(i).await?;
+        // `free_port` closes the port it found, so another process (the other test thread's
+        // servers) can take it before the node binds it: a node that exits with "address
+        // already in use" makes the whole start again on fresh ports (every node's routes name
+        // the others' cluster ports), at most START_ATTEMPTS times.
+        const START_ATTEMPTS: usize = 4;
+        let mut attempt = 1;
+        loop {
+            let started = match c.spawn_all().await {
+                Ok(()) => c.wait_formed(Duration::from_secs(30)).await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(()) => break,
+                // A node binds its client port before its route port, so it may pass the spawn
+                // check and exit just after: its log says so.
+                Err(e)
+                    if attempt < START_ATTEMPTS && (is_bind_error(&e) || c.a_log_says_bind()) =>
+                {
+                    tracing::warn!(cluster = prefix, attempt, error = %e, "a node could not bind its port; starting again on fresh ports");
+                    for i in 0..n {
+                        c.kill(i);
+                    }
+                    for node in &mut c.nodes {
+                        node.port = free_port();
+                        node.cluster_port = free_port();
+                        node.monitor_port = free_port();
+                        // A node that did start may have written a store naming old peers.
+                        let _ = std::fs::remove_dir_all(&node.store);
+                        let _ = std::fs::remove_file(c.dir.join(format!("{}.log", node.name)));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        c.wait_formed(Duration::from_secs(30)).await?;
         Ok(c)
+    }
+
+    /// Whether a node of this start exited because a port was taken.
+    fn a_log_says_bind(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            std::fs::read_to_string(self.dir.join(format!("{}.log", n.name)))
+                .is_ok_and(|l| l.to_lowercase().contains("address already in use"))
+        })
+    }
+
+    /// Starts every node once, in order.
+    async fn spawn_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.spawn(i).await?;
+        }
+        Ok(())
     }
 
     /// The nats-server configuration of node `i`: routes to every other node.

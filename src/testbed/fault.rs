@@ -54,6 +54,9 @@ pub struct FaultStats {
     pub resets: AtomicU64,
     pub closes_after_budget: AtomicU64,
     pub open: AtomicU64,
+    /// Chunks held for the latency in force before they were forwarded (either direction):
+    /// the event a test of the latency fault waits on instead of a wall-clock window.
+    pub delayed_chunks: AtomicU64,
 }
 
 /// The proxy. Dropping it stops accepting and ends every connection it holds.
@@ -297,14 +300,10 @@ async fn direction(
         if let Some(left) = left {
             cap = cap.min(usize::try_from(left).unwrap_or(usize::MAX));
         }
+        // Biased: a fault set while data waits applies to that data (the faults first, then
+        // the end, then the read), rather than one of the three at random.
         let n = tokio::select! {
-            r = from.read(&mut buf[..cap]) => match r {
-                Ok(0) | Err(_) => {
-                    let _ = to.shutdown().await;
-                    return (End::Eof, from, to);
-                }
-                Ok(n) => n,
-            },
+            biased;
             r = rx.changed() => {
                 if r.is_err() {
                     return (finish(End::Ended, &end), from, to);
@@ -312,6 +311,13 @@ async fn direction(
                 continue;
             }
             _ = end.cancelled() => return (End::Ended, from, to),
+            r = from.read(&mut buf[..cap]) => match r {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return (End::Eof, from, to);
+                }
+                Ok(n) => n,
+            },
         };
         if !f.latency.is_zero() {
             tokio::select! {
@@ -321,6 +327,7 @@ async fn direction(
             if id < rx.borrow().reset_before {
                 return (finish(End::Reset, &end), from, to);
             }
+            stats.delayed_chunks.fetch_add(1, Ordering::Relaxed);
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return (finish(End::Ended, &end), from, to);

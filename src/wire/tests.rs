@@ -330,7 +330,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(crate::proptest_config::bounded(256))]
 
         #[test]
         fn accepted_subjects_have_only_valid_tokens(s in prop_oneof![any::<String>(), near_subject()]) {
@@ -441,7 +441,7 @@ mod decoding_proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(crate::proptest_config::bounded(512))]
 
         #[test]
         fn what_prost_decodes_the_scanners_count_alike(

@@ -108,15 +108,22 @@ async fn newcomer(c: &OneShot, key: &str) -> Duration {
     t.elapsed()
 }
 
-/// Asserts that a few new honest platforms, one after another, each get their 200 within 1 s.
-async fn newcomers_served_within_a_second(c: &OneShot, what: &str) -> Vec<Duration> {
+/// The bound a new honest platform's dial-to-200 must stay within during a flood: generous (a few
+/// ms on an idle machine; two test threads with their own servers on 2 cores can take a second),
+/// and far below the floods' own timeouts (`client_hello` / `tls_handshake` 60 s in these tests),
+/// which is what a newcomer stuck behind them would wait.
+const NEWCOMER_BOUND: Duration = Duration::from_secs(5);
+
+/// Asserts that a few new honest platforms, one after another, each get their 200 (the event)
+/// within [`NEWCOMER_BOUND`].
+async fn newcomers_served(c: &OneShot, what: &str) -> Vec<Duration> {
     let mut took = Vec::new();
     for i in 0..5 {
         took.push(newcomer(c, &format!("{what}-{i}")).await);
     }
     for d in &took {
         assert!(
-            *d < Duration::from_secs(1),
+            *d < NEWCOMER_BOUND,
             "{what}: a new honest platform waited {d:?} ({took:?})"
         );
     }
@@ -268,7 +275,7 @@ async fn silent_sockets_cost_a_socket_and_make_room_for_new_platforms() {
 
     let mut first = silent_sockets(target, &sources, 1_000).await;
     assert_eq!(first.len(), 1_000);
-    let small = newcomers_served_within_a_second(&c, "after-1000").await;
+    let small = newcomers_served(&c, "after-1000").await;
     let m = metrics(&p).await;
     assert_eq!(
         scrape_value(
@@ -282,7 +289,7 @@ async fn silent_sockets_cost_a_socket_and_make_room_for_new_platforms() {
     let more = silent_sockets(target, &sources, 9_500).await;
     assert_eq!(more.len(), 9_500, "the accept loop took every dial");
     let rss_full = ingest_mem_kib(&p, "VmRSS");
-    let full = newcomers_served_within_a_second(&c, "after-10500").await;
+    let full = newcomers_served(&c, "after-10500").await;
     let m = metrics(&p).await;
     let evicted = counter(
         &m,
@@ -338,7 +345,7 @@ async fn tls_without_a_preface_makes_room_when_the_budget_is_full() {
     for _ in 0..150 {
         held.push(c.connect(Ipv4Addr::new(127, 0, 0, 3)).await.expect("TLS"));
     }
-    let took = newcomers_served_within_a_second(&c, "after-150-silent-tls").await;
+    let took = newcomers_served(&c, "after-150-silent-tls").await;
     let m = metrics(&p).await;
     let evicted = counter(
         &m,
@@ -402,7 +409,7 @@ async fn a_trickled_client_hello_holds_a_socket_until_its_deadline_and_no_handsh
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let took = newcomers_served_within_a_second(&c, "during-trickle").await;
+    let took = newcomers_served(&c, "during-trickle").await;
     let closed = wait_counter(
         &p,
         "uplink_ingest_tls_failures_total{reason=\"client_hello_timeout\"}",
@@ -444,8 +451,10 @@ async fn a_stalled_handshake_delays_only_its_own_address_and_nobody_is_reset() {
     let p = pipeline(
         |i| {
             i.limits.max_handshakes_per_ip = 1;
-            i.timeouts.client_hello = Duration::from_secs(2);
-            i.timeouts.tls_handshake = Duration::from_secs(2);
+            // Long enough that the other address's newcomer, however slow the machine, is
+            // served while the same address still waits (the event asserted below).
+            i.timeouts.client_hello = Duration::from_secs(5);
+            i.timeouts.tls_handshake = Duration::from_secs(5);
         },
         |_| {},
     )
@@ -482,15 +491,21 @@ async fn a_stalled_handshake_delays_only_its_own_address_and_nobody_is_reset() {
         }
     });
     let other = newcomer(&c, "other-address").await;
+    // The event that shows the other address did not queue behind the staller: it was served
+    // while the same address was still waiting for the staller's slot.
+    let same_still_waiting = !same.is_finished();
     let (r, served_after) = same.await.unwrap();
     let m = metrics(&p).await;
     eprintln!(
         "stalled handshake: other address served in {other:?}; same address served {served_after:?} after the staller: {r:?}"
     );
-    assert!(other < Duration::from_secs(1), "{other:?}");
+    assert!(
+        same_still_waiting,
+        "the other address was served only after the staller's deadline ({other:?})"
+    );
     assert!(r.is_ok(), "waited for the slot, then served: {r:?}");
     assert!(
-        served_after >= Duration::from_millis(1_900),
+        served_after >= Duration::from_millis(4_900),
         "it waited for the staller's deadline: {served_after:?}"
     );
     assert_eq!(

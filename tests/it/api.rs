@@ -23,14 +23,22 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
     let p = pipeline(|i| i.limits.max_body_bytes = 64 * 1024, |_| {}).await;
     let c = edge_client(&p);
     let pb = [("content-type", wire::CONTENT_TYPE_PROTOBUF)];
-    /// (path, headers, body, expected status, expected text in the detail)
-    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Bytes, u16, &'a str);
+    /// (path, headers, body, expected status, expected error code, expected text in the detail)
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Bytes,
+        u16,
+        &'a str,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         (
             "/v1/batches",
             pb.to_vec(),
             Bytes::from_static(b"\x0a\xff\xff\xff"),
             400,
+            "malformed",
             "not a valid uplink.v1.Batch",
         ),
         (
@@ -38,6 +46,7 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             vec![pb[0], ("content-encoding", "br")],
             wire::encode_batch(&batch("a"), Encoding::Identity, 1).unwrap(),
             415,
+            "unsupported_encoding",
             "br",
         ),
         (
@@ -45,6 +54,7 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             vec![],
             Bytes::from(vec![1u8; 100 * 1024]),
             413,
+            "too_large",
             "max_body_bytes",
         ),
         (
@@ -52,6 +62,7 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             pb.to_vec(),
             wire::encode_batch(&batch("telemetry.*"), Encoding::Identity, 1).unwrap(),
             400,
+            "bad_subject",
             "wildcards",
         ),
         (
@@ -59,6 +70,7 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             pb.to_vec(),
             wire::encode_batch(&batch("telemetry..cpu"), Encoding::Identity, 1).unwrap(),
             400,
+            "bad_subject",
             "empty token",
         ),
         (
@@ -66,14 +78,16 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             vec![],
             Bytes::from_static(b"x"),
             400,
+            "bad_subject",
             "wildcards",
         ),
     ];
-    for (path, headers, body, status, needle) in cases {
+    for (path, headers, body, status, code, needle) in cases {
         let resp = h2client::post(&c, path, &headers, body).await.unwrap();
         assert_eq!(resp.status(), status, "{path} {needle}");
         let v = json(&resp);
-        assert!(v["error"].is_string(), "{v}");
+        // The code by value: the stable word a client branches on (README's error table).
+        assert_eq!(v["error"], code, "{path} {needle}: {v}");
         assert!(
             v["detail"].as_str().unwrap().contains(needle),
             "{v} lacks {needle:?}"

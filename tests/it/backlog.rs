@@ -25,7 +25,6 @@ fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let v = json_of(&out);
-    assert_eq!(v["backlog"], 3000);
     assert_eq!(
         (v["lost"].as_u64(), v["duplicates"].as_u64()),
         (Some(0), Some(0))
@@ -54,7 +53,6 @@ fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
                 for p in ["edge-nats", "gateway", "ingest", "cloud-nats"] {
                     assert!(cpu.contains_key(p), "{p}: {t}");
                 }
-                assert!(t["peak_rss_kib"]["gateway"].as_u64().is_some_and(|k| k > 0));
             }
             // The wss anchor's data crossed nginx: it is one of the processes measured.
             "leafnode-ws" => assert!(cpu.contains_key("nginx"), "{t}"),
@@ -64,7 +62,9 @@ fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
     for a in ["leafnode", "leafnode-ws"] {
         let r = &v["ratio_to"][a];
         assert_eq!(r["n"], 2, "{v}");
-        assert!(r["min"].as_f64().unwrap() <= r["max"].as_f64().unwrap());
+        // A ratio of two measured rates: finite and above 0 in both rounds.
+        let min = r["min"].as_f64().unwrap();
+        assert!(min > 0.0 && r["max"].as_f64().unwrap().is_finite(), "{v}");
     }
     // Every temp dir it worked in (PKI, stores, nginx, logs) is gone.
     let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
@@ -77,6 +77,49 @@ fn backlog_drain_is_verified_and_measured_beside_both_native_anchors() {
         })
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// BENCHMARKS.md's target 5: the gateway stays under 64 MiB of RSS while it drains a backlog.
+/// 400,000 messages of 200 B (80 MB of payload, more than the bound: a gateway that buffered
+/// the backlog could not stay under it), bounded in time: the bench is killed after 180 s
+/// (about 20 s here).
+#[test]
+fn the_gateway_drains_a_backlog_larger_than_64_mib_in_under_64_mib() {
+    const LIMIT_KIB: u64 = 64 * 1024;
+    let mut child = Command::new(exe())
+        .args(["bench", "--backlog", "400000", "--runs", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("bench --backlog 400000 ran over 180 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let v = json_of(&out);
+    let t = &v["trials"][0];
+    assert_eq!(t["verdict"]["delivered"], 400_000, "{v}");
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let rss = t["peak_rss_kib"]["gateway"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no gateway peak RSS: {v}"));
+    eprintln!(
+        "gateway peak RSS draining 400,000 × 200 B: {} MiB",
+        rss / 1024
+    );
+    // Measured, so above 0; the claim is the upper bound.
+    assert!(
+        rss > 0 && rss < LIMIT_KIB,
+        "gateway peak RSS {rss} KiB: {v}"
+    );
 }
 
 #[test]

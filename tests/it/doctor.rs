@@ -78,7 +78,7 @@ async fn finds_the_ingests_request_limit_and_idle_timeout() {
             "--requests",
             "200",
             "--idle-wait",
-            "6s",
+            "15s",
             "--no-limits",
             "--json",
         ],
@@ -93,9 +93,9 @@ async fn finds_the_ingests_request_limit_and_idle_timeout() {
         .as_f64()
         .expect("idle timeout found");
     // The server cannot close before its 2 s (the doctor's clock starts after the response,
-    // so it may read up to one round trip less); the upper bound only says "found, not the
-    // 6 s wait", generous for a loaded machine.
-    assert!((1.9..5.0).contains(&idle), "idle {idle}");
+    // so it may read up to one round trip less): the lower bound is the point. The upper one
+    // only says "found, not the 15 s wait" — generous, so a loaded machine cannot miss it.
+    assert!((1.9..12.0).contains(&idle), "idle {idle}");
     let rotate = v["recommendations"]["forward"]["max_requests_per_connection"]
         .as_u64()
         .unwrap();
@@ -256,7 +256,7 @@ async fn finds_every_nginx_limit_and_checks_a_gateway_config_against_them() {
     // both after nginx's timer started at most a loopback trip earlier (0.05 s covers that and
     // nginx's cached millisecond clock). The age clock starts after the TLS and HTTP/2
     // handshakes while nginx counts from the accept, so it may read up to one handshake short
-    // (0.5 s allowed, for a loaded machine), and at most one busy tick long.
+    // (1.5 s allowed, for a loaded machine).
     let secs = |k: &str| {
         v[k].as_f64()
             .unwrap_or_else(|| panic!("{k} not found: {v}"))
@@ -269,10 +269,12 @@ async fn finds_every_nginx_limit_and_checks_a_gateway_config_against_them() {
             "{k} {s} not in [{t}-{early}, {t}+{late}]: {v}"
         );
     };
-    within("idle_timeout_seconds", 4.0, 0.05, 2.0);
-    within("max_connection_age_seconds", 7.0, 0.5, tick + 1.0);
-    within("stalled_body_timeout_seconds", 3.0, 0.05, 2.0);
-    within("stalled_header_timeout_seconds", 5.0, 0.05, 2.0);
+    // The late side only says "found before the probe gave up", so it is generous (a loaded
+    // 2-core machine can be seconds late); the early side is what the server cannot do.
+    within("idle_timeout_seconds", 4.0, 0.05, 5.0);
+    within("max_connection_age_seconds", 7.0, 1.5, tick + 5.0);
+    within("stalled_body_timeout_seconds", 3.0, 0.05, 5.0);
+    within("stalled_header_timeout_seconds", 5.0, 0.05, 5.0);
     assert!(tick <= 0.5, "{v}");
     assert_graceful_goaway(&v, true);
     // The default config against these limits: each broken setting and its fix, exactly.
@@ -398,7 +400,7 @@ async fn finds_a_max_connection_age_shorter_than_the_idle_wait() {
             "--requests",
             "50",
             "--idle-wait",
-            "6s",
+            "15s",
             "--no-limits",
             "--json",
         ],
@@ -406,8 +408,9 @@ async fn finds_a_max_connection_age_shorter_than_the_idle_wait() {
     .await;
     let v = json_of(&out);
     let age = v["max_connection_age_seconds"].as_f64().expect("age found");
-    // Not before the ingest's 3 s; found well before the 6 s wait.
-    assert!((2.95..5.0).contains(&age), "age {age}: {v}");
+    // Not before the ingest's 3 s (the point); found before the 15 s wait (generous: only
+    // "found" matters there).
+    assert!((2.95..12.0).contains(&age), "age {age}: {v}");
     // The idle connection is closed by the same age limit, not by an idle timeout of 75 s.
     assert!(v["max_requests_per_connection"].is_null(), "{v}");
     let rec = v["recommendations"]["forward"]["max_connection_age"]

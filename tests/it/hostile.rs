@@ -40,9 +40,12 @@ async fn honest(p: &Pipeline, n: usize, tag: &str) -> Duration {
     slowest
 }
 
-/// The bound an honest request must stay within while the ingest is attacked (a loaded 2-core
-/// machine answers in a few ms; before the admission rework these waited 29.5 s).
-const HONEST_BOUND: Duration = Duration::from_secs(1);
+/// The bound an honest request must stay within while the ingest is attacked: generous (a
+/// loaded 2-core machine answers in a few ms, and two test threads with their own servers can
+/// take a second from it), yet far below what the attacks cost before the admission rework
+/// (29.5 s) and below every timeout the attacks could be waiting on. Each honest request is
+/// also asserted answered 200, the event itself.
+const HONEST_BOUND: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_declare_bodies_and_send_none_hold_nothing_and_stall_no_one() {
@@ -207,10 +210,7 @@ async fn compression_bombs_cost_what_the_limits_allow_not_what_the_ratio_allows(
         "ingest RSS grew by {grew_mib} MiB (peak {} MiB)",
         hwm / 1024
     );
-    assert!(
-        slowest < HONEST_BOUND * 2,
-        "an honest request took {slowest:?}"
-    );
+    assert!(slowest < HONEST_BOUND, "an honest request took {slowest:?}");
     let cloud = cloud_js(&p).await;
     assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 30);
 }

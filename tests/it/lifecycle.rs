@@ -120,19 +120,43 @@ async fn case_study_goaway_after_1000_requests_is_a_non_event() {
     );
     assert_exactly_once(&p, &r, 20_000);
 
-    let gm = p.gateway_metrics().await.unwrap();
-    let opened = scrape_sum(&gm, "uplink_client_connections_opened_total");
-    let rotations = scrape_sum(&gm, "uplink_client_rotations_total");
-    assert!(rotations >= 4.0, "{gm}");
-    assert_eq!(
-        opened,
-        rotations + 1.0,
-        "one dial per rotation, no herd:\n{gm}"
+    // One dial per rotation, no herd: every dial has a cause the gateway counted — the first,
+    // one per rotation, one per connection the server or the idle timer ended. A close is
+    // counted by the connection's own task just after it ends, so this is awaited, not read
+    // once; a herd (extra dials with no cause) never satisfies it.
+    let herd = uplink_tools::testbed::wait_for(
+        || async {
+            let gm = p.gateway_metrics().await?;
+            let opened = scrape_sum(&gm, "uplink_client_connections_opened_total");
+            let rotations = scrape_sum(&gm, "uplink_client_rotations_total");
+            let closes = scrape_sum(&gm, "uplink_client_connections_closed_total");
+            let retired = scrape_sum(
+                &gm,
+                "uplink_client_connections_closed_total{reason=\"retired\"}",
+            );
+            Ok(rotations >= 4.0 && opened <= 1.0 + rotations + (closes - retired))
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        herd.is_ok(),
+        "dials without a cause (a herd), or fewer than 4 rotations:\n{}",
+        p.gateway_metrics().await.unwrap_or_default()
     );
+    // Nothing surfaced: no request needed a backoff; a request retried at once is one the
+    // server's GOAWAY refused before it was processed, so only with a GOAWAY seen.
+    let gm = p.gateway_metrics().await.unwrap();
     assert_eq!(
-        scrape_sum_present(&gm, "uplink_gateway_retries_total"),
+        scrape_sum_present(&gm, "uplink_gateway_retries_total{class=\"backoff\"}"),
         Some(0.0),
         "{gm}"
+    );
+    let now = scrape_sum_present(&gm, "uplink_gateway_retries_total{class=\"now\"}");
+    let goaways = scrape_sum(&gm, "uplink_client_server_goaways_total");
+    assert!(
+        now == Some(0.0) || (now > Some(0.0) && goaways >= 1.0),
+        "immediate retries without a server GOAWAY:\n{gm}"
     );
 }
 
@@ -212,14 +236,23 @@ async fn client_idle_timeout_below_the_servers_closes_first() {
     let sent = publish(&edge, 100).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 100);
-    wait_metric(&p, true, "uplink_client_connections_closed_total", 1.0).await;
+    wait_metric(
+        &p,
+        true,
+        "uplink_client_connections_closed_total{reason=\"idle\"}",
+        1.0,
+    )
+    .await;
+    // The client closed first, every time: each close was its idle timer (how many depends on
+    // how the verification's polls spaced the traffic, so not counted exactly), and the server
+    // never sent a GOAWAY.
     let gm = p.gateway_metrics().await.unwrap();
     assert_eq!(
+        scrape_sum_present(&gm, "uplink_client_connections_closed_total"),
         scrape_value(
             &gm,
             "uplink_client_connections_closed_total{reason=\"idle\"}"
         ),
-        Some(1.0),
         "{gm}"
     );
     let im = p.ingest_metrics().await.unwrap();
@@ -252,22 +285,23 @@ async fn server_idle_goaway_is_absorbed() {
     all.extend(verify::publish(&edge, &w).await.unwrap());
     let r = verify_delivery(&p, &all).await;
     assert_exactly_once(&p, &r, 200);
+    // Absorbed: no backoff, and each dial after the first follows one of the server's idle
+    // GOAWAYs (how many there were depends on the gaps the verification's polls left, so the
+    // count is tied to the GOAWAYs rather than fixed at one).
     let gm = p.gateway_metrics().await.unwrap();
-    assert_eq!(
-        scrape_sum(&gm, "uplink_client_connections_opened_total"),
-        2.0,
-        "{gm}"
+    let im = p.ingest_metrics().await.unwrap();
+    let idle_goaways =
+        scrape_value(&im, "uplink_ingest_goaway_sent_total{reason=\"idle\"}").unwrap_or(0.0);
+    assert!(idle_goaways >= 1.0, "{im}");
+    let opened = scrape_sum(&gm, "uplink_client_connections_opened_total");
+    assert!(
+        (2.0..=1.0 + idle_goaways).contains(&opened),
+        "{opened} dials for {idle_goaways} idle GOAWAYs:\n{gm}"
     );
     assert_eq!(
         scrape_value(&gm, "uplink_gateway_retries_total{class=\"backoff\"}"),
         Some(0.0),
         "{gm}"
-    );
-    let im = p.ingest_metrics().await.unwrap();
-    assert_eq!(
-        scrape_value(&im, "uplink_ingest_goaway_sent_total{reason=\"idle\"}"),
-        Some(1.0),
-        "{im}"
     );
 }
 

@@ -8,6 +8,7 @@ mod balancer;
 mod batch_publish;
 mod certificates;
 mod chaos;
+mod claims;
 mod cli;
 mod cluster;
 mod concurrency;

@@ -108,8 +108,9 @@ async fn recreated_edge_stream_gets_new_ids_not_dropped_as_duplicates() {
 
 /// The gateway races an operator recreating its edge stream (no grace). nats-server 2.9 then
 /// sometimes keeps a consumer that reports pending messages but delivers none, which no client
-/// action cures. Either way the outcome must be visible: everything delivered, or the stall
-/// reported in the log, the metrics and /readyz.
+/// action cures. Either way the outcome must be visible: everything delivered, each id exactly
+/// once, or the stall reported in the log, the metrics and /readyz — and in both, no id stored
+/// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     let p = pipeline(
@@ -124,6 +125,15 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     let first = publish(&edge, 200).await;
     let r = verify_delivery(&p, &first).await;
     assert_exactly_once(&p, &r, 200);
+    let before = verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
+        .await
+        .unwrap();
+    let first_ids: Vec<String> = first
+        .iter()
+        .map(|m| {
+            uplink::wire::message_id(&p.platform, &p.gateway_cfg.nats.stream, before, m.sequence)
+        })
+        .collect();
 
     edge.delete_stream(&p.gateway_cfg.nats.stream)
         .await
@@ -157,16 +167,20 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     // 300 stored in a row into the same stream (a recreate below starts the count again; what
     // the cloud got before only adds to the >= 500 it must reach).
     let (mut stored, mut failures) = (0, 0);
+    // The edge sequences of the 300 stored in a row: their ids are known once the stream's
+    // incarnation is read below.
+    let mut sequences = Vec::new();
     while stored < 300 {
         let acked = match edge
             .publish(format!("telemetry.recreated.{}", stored % 8), "x".into())
             .await
         {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
+            Ok(ack) => ack.await.ok(),
+            Err(_) => None,
         };
-        if acked {
+        if let Some(ack) = acked {
             stored += 1;
+            sequences.push(ack.sequence);
             continue;
         }
         failures += 1;
@@ -184,15 +198,26 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
                 })
                 .await;
             stored = 0;
+            sequences.clear();
         }
         // Pacing between retries, not synchronization.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let stream = &p.gateway_cfg.nats.stream;
+    let incarnation = verify::incarnation(&edge, stream).await.unwrap();
+    let recreated: Vec<String> = sequences
+        .iter()
+        .map(|&seq| uplink::wire::message_id(&p.platform, stream, incarnation, seq))
+        .collect();
     let cloud = cloud_js(&p).await;
     let admin = p.gateway.as_ref().unwrap().admin;
+    // Either branch is awaited as an event: every one of the 300 ids in the cloud, or the
+    // stall reported on /readyz.
     let outcome = uplink_tools::testbed::wait_for(
         || async {
-            if stream_len(&cloud, &p.ingest_cfg.nats.stream).await >= 500 {
+            let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream).await?;
+            let ids: std::collections::HashSet<&str> = got.iter().map(|m| m.id.as_str()).collect();
+            if recreated.iter().all(|id| ids.contains(id.as_str())) {
                 return Ok(true);
             }
             let (status, body) = uplink_tools::testbed::http_get(admin, "/readyz").await?;
@@ -202,10 +227,37 @@ async fn racing_a_stream_recreate_delivers_or_reports_the_stall() {
     )
     .await;
     outcome.unwrap_or_else(|e| panic!("{e}\n{}", tail(&p.log("gateway"))));
-    if stream_len(&cloud, &p.ingest_cfg.nats.stream).await < 500 {
-        assert!(p.log("gateway").contains("edge consumer stalled"));
+    // Whichever branch: no id stored twice, the 200 sent before the recreate each once.
+    let got = verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    let mut count: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for m in &got {
+        *count.entry(m.id.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ids stored more than once: {twice:?}");
+    for id in &first_ids {
+        assert_eq!(count.get(id.as_str()), Some(&1), "{id} before the recreate");
+    }
+    let arrived = recreated
+        .iter()
+        .filter(|id| count.contains_key(id.as_str()))
+        .count();
+    if arrived < recreated.len() {
+        // The stall branch: reported in the log and the metrics too.
+        assert!(
+            p.log("gateway").contains("edge consumer stalled"),
+            "{arrived} of 300 arrived and no stall logged:\n{}",
+            tail(&p.log("gateway"))
+        );
         let m = p.gateway_metrics().await.unwrap();
         assert!(uplink::telemetry::scrape_sum(&m, "uplink_gateway_consumer_stalls_total") >= 1.0);
+    } else {
+        // The delivered branch: each of the 300 exactly once.
+        for id in &recreated {
+            assert_eq!(count.get(id.as_str()), Some(&1), "{id}");
+        }
     }
 }
 

@@ -631,8 +631,65 @@ mod fuzz {
             })
     }
 
+    /// Bytes that are not a protobuf `Batch` (prost refuses them), in a well-formed gzip or
+    /// zstd frame: the decompression succeeds and only the decoding can refuse them.
+    fn compressed_garbage() -> impl Strategy<Value = (Vec<u8>, Encoding)> {
+        use std::io::Write as _;
+        let garbage = prop::collection::vec(any::<u8>(), 1..512)
+            .prop_filter("not a valid batch", |raw| Batch::decode(&raw[..]).is_err());
+        (
+            garbage,
+            prop_oneof![Just(Encoding::Gzip), Just(Encoding::Zstd)],
+        )
+            .prop_map(|(raw, enc)| {
+                let body = match enc {
+                    Encoding::Gzip => {
+                        let mut e = flate2::write::GzEncoder::new(
+                            Vec::new(),
+                            flate2::Compression::default(),
+                        );
+                        e.write_all(&raw).unwrap();
+                        e.finish().unwrap()
+                    }
+                    _ => zstd::bulk::compress(&raw, 3).unwrap(),
+                };
+                // Well-formed: the frame gives back exactly the garbage.
+                assert_eq!(
+                    &wire::decompress(&body, enc, 1 << 20).unwrap()[..],
+                    &raw[..]
+                );
+                (body, enc)
+            })
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(crate::proptest_config::bounded(256))]
+
+        /// A valid compressed frame around an invalid batch is refused clearly: 400
+        /// `malformed`, nothing published, nothing held.
+        #[test]
+        fn a_valid_frame_around_an_invalid_batch_is_refused_as_malformed((body, enc) in compressed_garbage()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let sink = Arc::new(FakeSink::default());
+            let h = handler(sink.clone());
+            let req = Request::post("/v1/batches")
+                .header("content-type", wire::CONTENT_TYPE_PROTOBUF)
+                .header("content-encoding", enc.as_str())
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = rt.block_on(h.handle_alone(req, Some("p")));
+            let status = resp.status().as_u16();
+            let answer = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
+            let e = wire::ErrorAnswer::parse(&answer);
+            prop_assert_eq!(status, 400, "{:?}", e);
+            prop_assert_eq!(e.map(|e| e.error), Some(wire::ErrorCode::Malformed));
+            prop_assert_eq!(sink.got.lock().unwrap().len(), 0);
+            prop_assert_eq!(h.inflight_bytes(), 0);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::proptest_config::bounded(256))]
 
         #[test]
         fn any_body_gets_an_answer_and_only_confirmed_messages_are_published((raw, enc) in body()) {

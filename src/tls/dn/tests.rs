@@ -203,7 +203,7 @@ mod proptests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(crate::proptest_config::bounded(256))]
 
         #[test]
         fn never_panics(s in prop_oneof![any::<String>(), near_dn()]) {
