@@ -596,12 +596,13 @@ where
     // what the pull already delivered into the client's buffer (left there it would wait out
     // ack_wait before JetStream redelivers it).
     let (mut left, _) = batcher.take();
-    let drain = async {
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(PREFETCH_QUIET, messages.next()).await {
-            left.push(m);
-        }
-    };
     if H::GIVEN_BACK {
+        let drain = async {
+            while let Ok(Some(Ok(m))) = tokio::time::timeout(PREFETCH_QUIET, messages.next()).await
+            {
+                left.push(m);
+            }
+        };
         let _ = tokio::time::timeout(SETTLE_TIMEOUT, drain).await;
     }
     // Stop taking deliveries before giving messages back, or JetStream hands them straight
