@@ -594,7 +594,6 @@ const NOT_YET_SPLIT: &[&str] = &[
     "src/bench/chaos.rs: fn inject",
     "src/bench/ingest_alone.rs: file",
     "src/bench/plot.rs: fn render_panel",
-    "src/demo.rs: fn run",
 ];
 
 /// No non-test source file over `MAX_FILE_LINES` lines (its inline test module left out) and no
