@@ -593,7 +593,6 @@ fn the_length_reader_sees_functions_and_cuts_inline_tests() {
 const NOT_YET_SPLIT: &[&str] = &[
     "src/bench/chaos.rs: fn inject",
     "src/bench/ingest_alone.rs: file",
-    "src/bench/plot.rs: fn render_panel",
 ];
 
 /// No non-test source file over `MAX_FILE_LINES` lines (its inline test module left out) and no
