@@ -32,18 +32,7 @@ pub async fn run(
     let nats_bin = crate::testbed::find_nats_server(nats_server)?;
     eprintln!("starting: dev PKI, edge and cloud nats-server, uplink ingest, uplink gateway …");
     let p = Pipeline::start(&exe, &nats_bin, |_| {}, |_| {}).await?;
-    eprintln!(
-        "edge NATS   {}   (publish to telemetry.> here)\ningest      {}   (mTLS, HTTP/2)\ncloud NATS  {}   (stream {})\nadmin       gateway {}, ingest {}   (uplink status {} {})\nlogs        {}\nCtrl-C to stop.\n",
-        p.edge.url(),
-        p.ingest_url(),
-        p.cloud_url(),
-        p.ingest_cfg.nats.stream,
-        p.gateway_cfg.admin.listen,
-        p.ingest_cfg.admin.listen,
-        p.gateway_cfg.admin.listen,
-        p.ingest_cfg.admin.listen,
-        p.dir.path().display()
-    );
+    print_banner(&p);
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
     let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
     // The trickle: a large bounded workload at `rate`, stopped by Ctrl-C or the duration.
@@ -114,17 +103,41 @@ pub async fn run(
             rows.push(f.row(last, (t, published, delivered)));
         }
     }
-    // The summary: let what was published arrive (bounded), then say where everything stands.
+    let (published, delivered, m) = summarize(&p, &edge, &cloud).await;
+    if let (Some(path), Some(f)) = (plot, follower) {
+        let counts = (published, delivered);
+        write_plot(
+            path,
+            f,
+            rate,
+            started.elapsed().as_secs_f64(),
+            counts,
+            &m,
+            &rows,
+        )?;
+    }
+    eprintln!("stopping; every process and temp dir is removed.");
+    drop(p);
+    Ok(())
+}
+
+/// The summary: lets what was published arrive (bounded), then says where everything stands;
+/// the counts and the gateway's metrics, for the plot.
+async fn summarize(
+    p: &Pipeline,
+    edge: &jetstream::Context,
+    cloud: &jetstream::Context,
+) -> (u64, u64, String) {
     eprintln!();
-    let published = published_count(&edge, &p.gateway_cfg.nats.stream).await;
+    let published = published_count(edge, &p.gateway_cfg.nats.stream).await;
     let drained = tokio::time::timeout(DRAIN_WAIT, async {
-        while stream_count(&cloud, &p.ingest_cfg.nats.stream).await < published {
+        while stream_count(cloud, &p.ingest_cfg.nats.stream).await < published {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await
     .is_ok();
-    let delivered = stream_count(&cloud, &p.ingest_cfg.nats.stream).await;
+    let delivered = stream_count(cloud, &p.ingest_cfg.nats.stream).await;
     let m = p.gateway_metrics().await.unwrap_or_default();
     eprintln!(
         "summary: {published} published at the edge, {delivered} in the cloud stream{}; {} retries, {} connections opened, {} rejected",
@@ -140,31 +153,54 @@ pub async fn run(
         scrape_sum(&m, "uplink_client_connections_opened_total"),
         scrape_sum(&m, "uplink_gateway_messages_total{result=\"rejected\"}"),
     );
-    if let (Some(path), Some(f)) = (plot, follower) {
-        f.task.abort();
-        let title = format!(
-            "uplink demo: {rate} msg/s of mixed telemetry (0 B … 64 KiB, headers) for {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        let notes = vec![
-            format!(
-                "{published} published at the edge, {delivered} in the cloud stream; {} retries, {} connections opened",
-                scrape_sum(&m, "uplink_gateway_retries_total"),
-                scrape_sum(&m, "uplink_client_connections_opened_total"),
-            ),
-            format!(
-                "per progress tick (1 s); latency = cloud store − edge store, from a headers-only follower of the cloud stream; load average {}",
-                crate::bench::load_average()
-            ),
-        ];
-        let svg =
-            crate::bench::plot::render(&crate::bench::timeline::figure(&title, notes, 1.0, &rows));
-        std::fs::write(path, svg)
-            .with_context(|| format!("writing the plot {}", path.display()))?;
-        eprintln!("plot written to {}", path.display());
-    }
-    eprintln!("stopping; every process and temp dir is removed.");
-    drop(p);
+    (published, delivered, m)
+}
+
+/// How to reach each part of the running pipeline, printed once at the start.
+fn print_banner(p: &Pipeline) {
+    eprintln!(
+        "edge NATS   {}   (publish to telemetry.> here)\ningest      {}   (mTLS, HTTP/2)\ncloud NATS  {}   (stream {})\nadmin       gateway {}, ingest {}   (uplink status {} {})\nlogs        {}\nCtrl-C to stop.\n",
+        p.edge.url(),
+        p.ingest_url(),
+        p.cloud_url(),
+        p.ingest_cfg.nats.stream,
+        p.gateway_cfg.admin.listen,
+        p.ingest_cfg.admin.listen,
+        p.gateway_cfg.admin.listen,
+        p.ingest_cfg.admin.listen,
+        p.dir.path().display()
+    );
+}
+
+/// `--plot`: throughput and latency per progress tick of the run, as an SVG file at `path`.
+fn write_plot(
+    path: &Path,
+    f: Follower,
+    rate: f64,
+    seconds: f64,
+    (published, delivered): (u64, u64),
+    m: &str,
+    rows: &[Row],
+) -> anyhow::Result<()> {
+    f.task.abort();
+    let title = format!(
+        "uplink demo: {rate} msg/s of mixed telemetry (0 B … 64 KiB, headers) for {:.0} s",
+        seconds
+    );
+    let notes = vec![
+        format!(
+            "{published} published at the edge, {delivered} in the cloud stream; {} retries, {} connections opened",
+            scrape_sum(m, "uplink_gateway_retries_total"),
+            scrape_sum(m, "uplink_client_connections_opened_total"),
+        ),
+        format!(
+            "per progress tick (1 s); latency = cloud store − edge store, from a headers-only follower of the cloud stream; load average {}",
+            crate::bench::load_average()
+        ),
+    ];
+    let svg = crate::bench::plot::render(&crate::bench::timeline::figure(&title, notes, 1.0, rows));
+    std::fs::write(path, svg).with_context(|| format!("writing the plot {}", path.display()))?;
+    eprintln!("plot written to {}", path.display());
     Ok(())
 }
 

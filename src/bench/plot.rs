@@ -278,10 +278,9 @@ pub fn label(v: f64, unit: Unit) -> String {
     }
 }
 
-fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
-    let (left, top) = (x0 + LEFT, y0 + TOP);
-    let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
-    let _ = writeln!(s, r#"<g data-panel="{}">"#, escape(&p.title));
+/// A panel's title, plot-area border and axis labels.
+fn render_frame(s: &mut String, p: &Panel, x0: f64, y0: f64, area: (f64, f64, f64, f64)) {
+    let (left, top, pw, ph) = area;
     let _ = writeln!(
         s,
         r#"<text x="{}" y="{}" font-size="13" font-weight="bold">{}</text>"#,
@@ -311,6 +310,11 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         num(top + ph / 2.0),
         escape(&p.y_label)
     );
+}
+
+/// The x values of every finite point, and the y values (with their ranges) of every point the
+/// x scale can place.
+fn data_ranges(p: &Panel) -> (Vec<f64>, Vec<f64>) {
     let xs: Vec<f64> = p
         .series
         .iter()
@@ -327,6 +331,31 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
         .flatten()
         .filter(|v| v.is_finite())
         .collect();
+    (xs, ys)
+}
+
+/// Each series' legend place, in rows between the title and the plot area.
+fn legend_places(p: &Panel, left: f64, pw: f64, y0: f64) -> Vec<(f64, f64)> {
+    // Legend places: text width estimated at 6 px a character (font-size 11, sans-serif).
+    let mut legend_at = Vec::new();
+    let (mut lx, mut ly) = (left, y0 + 33.0);
+    for series in &p.series {
+        let w = 23.0 + 6.0 * series.name.chars().count() as f64 + 14.0;
+        if lx > left && lx + w > left + pw {
+            (lx, ly) = (left, ly + 13.0);
+        }
+        legend_at.push((lx, ly));
+        lx += w;
+    }
+    legend_at
+}
+
+fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
+    let (left, top) = (x0 + LEFT, y0 + TOP);
+    let (pw, ph) = (w - LEFT - RIGHT, h - TOP - BOTTOM);
+    let _ = writeln!(s, r#"<g data-panel="{}">"#, escape(&p.title));
+    render_frame(s, p, x0, y0, (left, top, pw, ph));
+    let (xs, ys) = data_ranges(p);
     let (Some(xa), Some(ya)) = (
         Axis::fit(p.x_scale, &xs, false, 10),
         Axis::fit(Scale::Linear, &ys, true, 6),
@@ -367,17 +396,7 @@ fn render_panel(s: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
             y = num(y)
         );
     }
-    // Legend places: text width estimated at 6 px a character (font-size 11, sans-serif).
-    let mut legend_at = Vec::new();
-    let (mut lx, mut ly) = (left, y0 + 33.0);
-    for series in &p.series {
-        let w = 23.0 + 6.0 * series.name.chars().count() as f64 + 14.0;
-        if lx > left && lx + w > left + pw {
-            (lx, ly) = (left, ly + 13.0);
-        }
-        legend_at.push((lx, ly));
-        lx += w;
-    }
+    let legend_at = legend_places(p, left, pw, y0);
     for (k, series) in p.series.iter().enumerate() {
         let color = COLORS[k % COLORS.len()];
         let _ = writeln!(s, r#"<g data-series="{}">"#, escape(&series.name));

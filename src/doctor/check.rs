@@ -30,6 +30,27 @@ pub fn gateway_largest_header_field(cfg: &GatewayConfig) -> u64 {
     ((":path".len() + path.len()).max(":authority".len() + authority)) as u64
 }
 
+/// The problems' suggested values as `--set` lines and as TOML sections.
+fn suggested_fixes(problems: &[Problem]) -> (Vec<String>, String) {
+    let mut sections: BTreeMap<&str, Vec<(&str, &toml::Value)>> = BTreeMap::new();
+    let mut set_lines = Vec::new();
+    for p in problems {
+        if let Some(v) = &p.suggested {
+            set_lines.push(format!("--set {}={}", p.key, flag_value(v)));
+            let (section, key) = p.key.split_once('.').expect("dotted key");
+            sections.entry(section).or_default().push((key, v));
+        }
+    }
+    let mut toml = String::new();
+    for (section, keys) in sections {
+        toml.push_str(&format!("[{section}]\n"));
+        for (k, v) in keys {
+            toml.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    (set_lines, toml)
+}
+
 pub fn check(cfg: &GatewayConfig, f: &Findings, source: String) -> ConfigCheck {
     let mut checked = Vec::new();
     let mut problems = Vec::new();
@@ -128,22 +149,7 @@ pub fn check(cfg: &GatewayConfig, f: &Findings, source: String) -> ConfigCheck {
             });
         }
     }
-    let mut sections: BTreeMap<&str, Vec<(&str, &toml::Value)>> = BTreeMap::new();
-    let mut set_lines = Vec::new();
-    for p in &problems {
-        if let Some(v) = &p.suggested {
-            set_lines.push(format!("--set {}={}", p.key, flag_value(v)));
-            let (section, key) = p.key.split_once('.').expect("dotted key");
-            sections.entry(section).or_default().push((key, v));
-        }
-    }
-    let mut toml = String::new();
-    for (section, keys) in sections {
-        toml.push_str(&format!("[{section}]\n"));
-        for (k, v) in keys {
-            toml.push_str(&format!("{k} = {v}\n"));
-        }
-    }
+    let (set_lines, toml) = suggested_fixes(&problems);
     ConfigCheck {
         source,
         fits: problems.is_empty(),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
@@ -131,6 +131,87 @@ pub fn hpack_block(fields: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// The reader task: each server frame as an [`Event`], SETTINGS and PING acknowledged and the
+/// connection window given back at once through `acks`; `Closed` with the reason at the end.
+async fn read_frames(
+    mut rd: ReadHalf<TlsStream<TcpStream>>,
+    acks: Writer,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let end = loop {
+        let mut head = [0u8; 9];
+        if let Err(e) = rd.read_exact(&mut head).await {
+            break e.to_string();
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if let Err(e) = rd.read_exact(&mut payload).await {
+            break e.to_string();
+        }
+        let at = Instant::now();
+        let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let kind = match kind {
+            SETTINGS if flags & FLAG_ACK == 0 => {
+                let _ = acks
+                    .lock()
+                    .await
+                    .write_all(&frame(SETTINGS, FLAG_ACK, 0, &[]))
+                    .await;
+                let values = payload
+                    .chunks_exact(6)
+                    .map(|c| (u16::from_be_bytes([c[0], c[1]]), be32(&c[2..])))
+                    .collect();
+                Some(EventKind::Settings(values))
+            }
+            PING if flags & FLAG_ACK == 0 => {
+                let _ = acks
+                    .lock()
+                    .await
+                    .write_all(&frame(PING, FLAG_ACK, 0, &payload))
+                    .await;
+                None
+            }
+            PING => Some(EventKind::PingAck),
+            HEADERS => Some(EventKind::Headers {
+                stream,
+                end_stream: flags & FLAG_END_STREAM != 0,
+            }),
+            DATA => {
+                // Give the connection window back at once, so responses keep flowing.
+                if len > 0 {
+                    let inc = (len as u32).to_be_bytes();
+                    let mut w = acks.lock().await;
+                    let _ = w.write_all(&frame(WINDOW_UPDATE, 0, 0, &inc)).await;
+                }
+                Some(EventKind::Data {
+                    stream,
+                    end_stream: flags & FLAG_END_STREAM != 0,
+                })
+            }
+            RST_STREAM if len >= 4 => Some(EventKind::Reset {
+                stream,
+                code: be32(&payload),
+            }),
+            GOAWAY if len >= 8 => Some(EventKind::GoAway {
+                last_stream_id: be32(&payload) & 0x7fff_ffff,
+                code: be32(&payload[4..]),
+            }),
+            _ => None,
+        };
+        if let Some(kind) = kind
+            && tx.send(Event { at, kind }).is_err()
+        {
+            return;
+        }
+    };
+    let _ = tx.send(Event {
+        at: Instant::now(),
+        kind: EventKind::Closed(end),
+    });
+}
+
 impl RawConn {
     /// Connects, sends the preface and our (empty) SETTINGS, and waits up to 5 s for the
     /// server's SETTINGS.
@@ -143,7 +224,7 @@ impl RawConn {
                 alpn: "not h2".into(),
             });
         }
-        let (mut rd, mut wr) = tokio::io::split(tls);
+        let (rd, mut wr) = tokio::io::split(tls);
         // The preface goes first, before the reader may answer the server's SETTINGS.
         let mut hello = PREFACE.to_vec();
         hello.extend(frame(SETTINGS, 0, 0, &[]));
@@ -153,80 +234,7 @@ impl RawConn {
         let writer: Writer = Arc::new(Mutex::new(wr));
         let (tx, events) = mpsc::unbounded_channel();
         let acks = writer.clone();
-        let reader = tokio::spawn(async move {
-            let end = loop {
-                let mut head = [0u8; 9];
-                if let Err(e) = rd.read_exact(&mut head).await {
-                    break e.to_string();
-                }
-                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                let (kind, flags) = (head[3], head[4]);
-                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                let mut payload = vec![0u8; len];
-                if let Err(e) = rd.read_exact(&mut payload).await {
-                    break e.to_string();
-                }
-                let at = Instant::now();
-                let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                let kind = match kind {
-                    SETTINGS if flags & FLAG_ACK == 0 => {
-                        let _ = acks
-                            .lock()
-                            .await
-                            .write_all(&frame(SETTINGS, FLAG_ACK, 0, &[]))
-                            .await;
-                        let values = payload
-                            .chunks_exact(6)
-                            .map(|c| (u16::from_be_bytes([c[0], c[1]]), be32(&c[2..])))
-                            .collect();
-                        Some(EventKind::Settings(values))
-                    }
-                    PING if flags & FLAG_ACK == 0 => {
-                        let _ = acks
-                            .lock()
-                            .await
-                            .write_all(&frame(PING, FLAG_ACK, 0, &payload))
-                            .await;
-                        None
-                    }
-                    PING => Some(EventKind::PingAck),
-                    HEADERS => Some(EventKind::Headers {
-                        stream,
-                        end_stream: flags & FLAG_END_STREAM != 0,
-                    }),
-                    DATA => {
-                        // Give the connection window back at once, so responses keep flowing.
-                        if len > 0 {
-                            let inc = (len as u32).to_be_bytes();
-                            let mut w = acks.lock().await;
-                            let _ = w.write_all(&frame(WINDOW_UPDATE, 0, 0, &inc)).await;
-                        }
-                        Some(EventKind::Data {
-                            stream,
-                            end_stream: flags & FLAG_END_STREAM != 0,
-                        })
-                    }
-                    RST_STREAM if len >= 4 => Some(EventKind::Reset {
-                        stream,
-                        code: be32(&payload),
-                    }),
-                    GOAWAY if len >= 8 => Some(EventKind::GoAway {
-                        last_stream_id: be32(&payload) & 0x7fff_ffff,
-                        code: be32(&payload[4..]),
-                    }),
-                    _ => None,
-                };
-                if let Some(kind) = kind
-                    && tx.send(Event { at, kind }).is_err()
-                {
-                    return;
-                }
-            };
-            let _ = tx.send(Event {
-                at: Instant::now(),
-                kind: EventKind::Closed(end),
-            });
-        });
+        let reader = tokio::spawn(read_frames(rd, acks, tx));
         let mut c = RawConn {
             writer,
             events,

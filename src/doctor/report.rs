@@ -389,13 +389,13 @@ impl Recommendations {
 }
 
 impl Findings {
-    /// The human report.
-    pub fn render(&self) -> String {
+    /// The table's first rows: the endpoint, its TLS and certificates, SETTINGS, PING.
+    fn handshake_rows(&self) -> Vec<(String, String)> {
         let opt = |v: Option<u32>| {
             v.map(|v| v.to_string())
                 .unwrap_or_else(|| "not sent".into())
         };
-        let mut rows: Vec<(String, String)> = vec![
+        vec![
             ("endpoint".into(), self.url.clone()),
             (
                 "TLS".into(),
@@ -441,7 +441,12 @@ impl Findings {
                     .map(|ms| format!("{ms:.2} ms"))
                     .unwrap_or_else(|| "not measured".into()),
             ),
-        ];
+        ]
+    }
+
+    /// The table's lifecycle rows: requests, idle, age, the other limits, the probe's requests.
+    fn lifecycle_rows(&self) -> Vec<(String, String)> {
+        let mut rows = Vec::new();
         rows.push((
             "max requests per connection".into(),
             match (self.max_requests_per_connection, &self.goaway) {
@@ -505,6 +510,13 @@ impl Findings {
                 self.lost
             ),
         ));
+        rows
+    }
+
+    /// The human report.
+    pub fn render(&self) -> String {
+        let mut rows = self.handshake_rows();
+        rows.extend(self.lifecycle_rows());
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {
