@@ -118,13 +118,22 @@ impl Settle for Vec<jetstream::Message> {
         status: Option<u16>,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), DeadLetterError>> {
-        Box::pin(async move {
-            for m in self {
-                copy_to_dead_letter(m, prefix, status, reason).await?;
-            }
-            Ok(())
-        })
+        Box::pin(dead_letter_each(self, prefix, status, reason))
     }
+}
+
+/// Copies each of `msgs` to the dead letters ([`copy_to_dead_letter`]), stopping at the first
+/// copy not stored.
+pub async fn dead_letter_each<H: Edge>(
+    msgs: &[H],
+    prefix: &str,
+    status: Option<u16>,
+    reason: &str,
+) -> Result<(), DeadLetterError> {
+    for m in msgs {
+        copy_to_dead_letter(m.message(), prefix, status, reason).await?;
+    }
+    Ok(())
 }
 
 /// Headers a dead letter carries besides the message's own: why it was refused, the ingest's

@@ -12,14 +12,7 @@ use crate::support::*;
 
 /// Whether the nats-server under test has fast batch publish (2.14+).
 fn server_batches() -> bool {
-    let out = std::process::Command::new(nats_bin())
-        .arg("--version")
-        .output()
-        .expect("nats-server --version");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.trim().rsplit('v').next().unwrap_or("").to_string();
-    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (2, 14)
+    nats_at_least(2, 14)
 }
 
 fn mode_count(m: &str, mode: &str) -> f64 {

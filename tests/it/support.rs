@@ -27,6 +27,18 @@ pub fn nats_bin() -> PathBuf {
         .expect("nats-server must be installed for the tests")
 }
 
+/// Whether the nats-server under test is at least `major.minor` (its `--version`).
+pub fn nats_at_least(major: u64, minor: u64) -> bool {
+    let out = std::process::Command::new(nats_bin())
+        .arg("--version")
+        .output()
+        .expect("nats-server --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or("").to_string();
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// Settings that make failure tests fast: short ack_wait (redelivery after a gateway crash),
 /// short backoff ceilings.
 pub fn fast_recovery(g: &mut GatewayConfig) {
