@@ -38,7 +38,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::settle::{DeadLetterError, Settle, copy_to_dead_letter};
+use super::settle::{DeadLetterError, Settle};
 
 /// The headers a flow-control reply acks with (nats-server `JSLastConsumerSeq`,
 /// `JSLastStreamSeq`); an idle heartbeat carries the same two, naming the last delivery.
@@ -52,6 +52,11 @@ pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// At shutdown, how long to wait for the server's next flow-control request to ack the last
 /// confirmed messages with (it sends one per heartbeat while messages are pending).
 const LAST_CALL: Duration = Duration::from_millis(2500);
+
+/// The server sends a heartbeat every [`HEARTBEAT`] while it delivers nothing (stalled on flow
+/// control included): this long without any message means the consumer is gone (deleted, its
+/// stream recreated) and the bind ends, where a pull would have got an error.
+const SILENCE: Duration = Duration::from_secs(5);
 
 /// The deliveries of one bind, in order, and how far they are settled.
 #[derive(Debug, Default)]
@@ -159,6 +164,8 @@ pub enum Stop {
     Gap(#[from] Gap),
     #[error("the deliver subject's subscription ended")]
     Ended,
+    #[error("no delivery or heartbeat from the edge consumer for {0:?}: is it still there?")]
+    Silent(Duration),
 }
 
 /// What the reader hands the pump: a delivery, or why this bind has to end.
@@ -240,12 +247,9 @@ impl Settle for Vec<Tracked> {
         status: Option<u16>,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), DeadLetterError>> {
-        Box::pin(async move {
-            for t in self {
-                copy_to_dead_letter(&t.msg, prefix, status, reason).await?;
-            }
-            Ok(())
-        })
+        Box::pin(super::settle::dead_letter_each(
+            self, prefix, status, reason,
+        ))
     }
 }
 
@@ -274,13 +278,19 @@ pub(super) async fn read(
     } = bound;
     let tracker = Arc::new(Tracker::default());
     let mut replies = Replies::new(js.client());
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
             _ = rebind.cancelled() => return,
             _ = last_call.cancelled() => break,
             _ = tracker.moved.notified() => replies.answer(&tracker).await,
+            _ = tokio::time::sleep_until(heard + SILENCE) => {
+                let _ = feed.send(Err(Stop::Silent(SILENCE)));
+                return;
+            }
             next = subscription.next() => {
+                heard = tokio::time::Instant::now();
                 let Some(m) = next else {
                     let _ = feed.send(Err(Stop::Ended));
                     return;

@@ -9,16 +9,10 @@ use uplink::telemetry::scrape_value;
 
 use crate::support::*;
 
-/// Whether the nats-server under test has AckPolicy FlowControl (2.14+).
+/// Whether the nats-server under test has AckPolicy FlowControl (2.14+, the release the
+/// gateway's `effective_ack` requires).
 fn server_has_cumulative_acks() -> bool {
-    let out = std::process::Command::new(nats_bin())
-        .arg("--version")
-        .output()
-        .expect("nats-server --version");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.trim().rsplit('v').next().unwrap_or("").to_string();
-    uplink::gateway::consume::effective_ack(uplink::config::AckMode::Cumulative, &version)
-        == uplink::config::AckMode::Cumulative
+    nats_at_least(2, 14)
 }
 
 fn cumulative(g: &mut uplink::config::GatewayConfig) {
@@ -145,4 +139,35 @@ async fn wait_stream_len_is(js: &async_nats::jetstream::Context, stream: &str, n
     )
     .await;
     r.unwrap_or_else(|e| panic!("{stream} never held {n}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_cumulative_consumer_is_noticed_and_recreated() {
+    if !server_has_cumulative_acks() {
+        return;
+    }
+    let p = pipeline(|_| {}, cumulative).await;
+    let edge = edge_js(&p).await;
+    let first = publish(&edge, 100).await;
+    let r = verify_delivery(&p, &first).await;
+    assert_exactly_once(&p, &r, 100);
+    // A push consumer deleted under the gateway sends nothing more, no error either: its
+    // silence (no heartbeat) ends the bind, and the gateway creates the consumer again.
+    edge.get_stream(&p.gateway_cfg.nats.stream)
+        .await
+        .unwrap()
+        .delete_consumer(&p.gateway_cfg.nats.consumer)
+        .await
+        .unwrap();
+    let noticed = uplink_tools::testbed::wait_for(
+        || async { Ok(p.log("gateway").contains("no delivery or heartbeat")) },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(noticed.is_ok(), "{}", tail(&p.log("gateway")));
+    let second = publish(&edge, 100).await;
+    let mut all = first;
+    all.extend(second);
+    let r = verify_delivery(&p, &all).await;
+    assert_exactly_once(&p, &r, 200);
 }
