@@ -297,11 +297,7 @@ async fn consume_until_shutdown(
         metrics::gauge!("uplink_gateway_cumulative_acks")
             .set(f64::from(u8::from(mode == AckMode::Cumulative)));
         tracing::info!(consumer = %cfg.nats.consumer, incarnation, ack = ?mode, "consumer bound");
-        let ids = IdMaker {
-            platform: platform.to_string(),
-            stream: cfg.nats.stream.clone(),
-            incarnation,
-        };
+        let ids = IdMaker::new(platform, &cfg.nats.stream, incarnation);
         lost_at = None;
         match pump_bound(bound, js, &ids, ctx, slots, tracker, shutdown).await {
             Ok(()) => {}

@@ -480,5 +480,30 @@ pub fn message_id(platform: &str, stream: &str, incarnation: i128, sequence: u64
     format!("{platform}.{stream}.{incarnation}.{sequence}")
 }
 
+/// Appends `v` in decimal, as `format!("{v}")` would, without the formatting machinery: the
+/// ingest and the gateway write numbers into every message's subject, headers and id.
+pub fn push_decimal(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_unsigned(out, v.unsigned_abs());
+}
+
+/// Appends `v` in decimal (see [`push_decimal`]).
+pub fn push_unsigned(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ascii digits"));
+}
+
 #[cfg(test)]
 mod tests;

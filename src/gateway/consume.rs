@@ -75,16 +75,25 @@ pub use binding::{
 };
 pub(super) use binding::{Bound, bind};
 
-/// Builds message ids (docs/design.md §2, "Stable ids").
+/// Builds message ids (docs/design.md §2, "Stable ids"): `wire::message_id`'s format, with
+/// everything but the sequence written once per bind rather than per message.
 pub struct IdMaker {
-    pub platform: String,
-    pub stream: String,
-    pub incarnation: i128,
+    /// `<platform>.<stream>.<incarnation>.`
+    prefix: String,
 }
 
 impl IdMaker {
+    pub fn new(platform: &str, stream: &str, incarnation: i128) -> IdMaker {
+        let mut prefix = wire::message_id(platform, stream, incarnation, 0);
+        prefix.truncate(prefix.len() - 1);
+        IdMaker { prefix }
+    }
+
     pub fn id(&self, sequence: u64) -> String {
-        wire::message_id(&self.platform, &self.stream, self.incarnation, sequence)
+        let mut id = String::with_capacity(self.prefix.len() + 20);
+        id.push_str(&self.prefix);
+        wire::push_unsigned(&mut id, sequence);
+        id
     }
 }
 

@@ -143,6 +143,7 @@ impl FastBatches {
             sent_at,
             watching: true,
         };
+        let reply_prefix = format!("{}.{id}.{FLOW}.fail.", self.inbox);
         // Persisted up to this batch sequence, and how many more the server lets us send.
         let (mut acked, mut window) = (0u64, 0u64);
         for (i, m) in messages.into_iter().enumerate() {
@@ -168,9 +169,13 @@ impl FastBatches {
             } else {
                 1
             };
-            let reply = format!("{}.{id}.{FLOW}.fail.{seq}.{op}.$FI", self.inbox);
+            // Per message, so no `format!` (see `crate::wire::push_decimal`).
+            let mut reply = String::with_capacity(reply_prefix.len() + 26);
+            reply.push_str(&reply_prefix);
+            crate::wire::push_unsigned(&mut reply, seq);
+            reply.push_str([".0.$FI", ".1.$FI", ".2.$FI"][op]);
             let mut headers = m.headers;
-            headers.insert("Nats-Msg-Id", m.id.as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, m.id);
             self.client
                 .publish_with_reply_and_headers(m.subject, reply, headers, m.payload)
                 .await

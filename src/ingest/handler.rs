@@ -30,6 +30,9 @@ use crate::wire::{self, Encoding, ErrorCode, MessageError, WireError, scan};
 
 pub use crate::wire::{MAX_ID_LEN, PLATFORM_HEADER, TIME_HEADER};
 
+static TIME_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TIME_HEADER);
+static PLATFORM_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(PLATFORM_HEADER);
+
 /// What one decoded message costs beyond the bytes it copies: its structs, its header map with
 /// the two headers the ingest adds, the cloud subject (an estimate on the safe side).
 pub const MESSAGE_OVERHEAD: usize = 512;
@@ -527,10 +530,19 @@ impl Handler {
             })?;
             headers.append(name, value);
         }
-        headers.insert(TIME_HEADER, m.time_unix_nano.to_string().as_str());
-        headers.insert(PLATFORM_HEADER, platform);
+        // Per message, so without `format!` and with names made once (a name from `&str` is
+        // validated and allocated on every insert): 6 % of the ingest's CPU in a drain profile.
+        let mut time = String::with_capacity(20);
+        wire::push_decimal(&mut time, m.time_unix_nano);
+        headers.insert(TIME_NAME.clone(), time);
+        headers.insert(PLATFORM_NAME.clone(), platform);
+        let mut subject =
+            String::with_capacity(self.subject_prefix.len() + platform.len() + m.subject.len() + 2);
+        for part in [self.subject_prefix.as_str(), ".", platform, ".", &m.subject] {
+            subject.push_str(part);
+        }
         Ok(OutMessage {
-            subject: format!("{}.{platform}.{}", self.subject_prefix, m.subject),
+            subject,
             id: m.id,
             headers,
             payload: m.payload,

@@ -135,6 +135,31 @@ fn subjects() {
 }
 
 #[test]
+fn decimals_are_written_as_format_writes_them() {
+    let cases = [
+        0,
+        1,
+        9,
+        10,
+        -1,
+        -10,
+        1_733_500_000_123_456_789,
+        i64::MAX,
+        i64::MIN,
+    ];
+    for v in cases {
+        let mut out = String::from("x");
+        push_decimal(&mut out, v);
+        assert_eq!(out, format!("x{v}"));
+    }
+    for v in [0, 7, 10, 99, 100, u64::MAX] {
+        let mut out = String::new();
+        push_unsigned(&mut out, v);
+        assert_eq!(out, v.to_string());
+    }
+}
+
+#[test]
 fn message_ids_are_stable_and_distinguish_incarnations() {
     assert_eq!(message_id("p", "S", 5, 9), "p.S.5.9");
     assert_ne!(message_id("p", "S", 5, 1), message_id("p", "S", 6, 1));

@@ -82,3 +82,16 @@ async fn shutdown_while_waiting_gives_the_batch_back_and_acks_nothing() {
 }
 
 const SHUTDOWN: async_nats::jetstream::AckKind = settle::SHUTDOWN_NAK;
+
+#[test]
+fn ids_are_the_wire_format() {
+    let ids = IdMaker::new("plant-7", "TELEMETRY", -17);
+    for seq in [0, 1, 99, u64::MAX] {
+        assert_eq!(
+            ids.id(seq),
+            wire::message_id("plant-7", "TELEMETRY", -17, seq)
+        );
+    }
+    let ids = IdMaker::new("p", "S", 1_733_500_000_123_456_789_000);
+    assert_eq!(ids.id(42), "p.S.1733500000123456789000.42");
+}
