@@ -171,3 +171,106 @@ async fn a_deleted_cumulative_consumer_is_noticed_and_recreated() {
     let r = verify_delivery(&p, &all).await;
     assert_exactly_once(&p, &r, 200);
 }
+
+/// An ingest that refuses any body over 16 KiB (compressed or not), until restarted with its
+/// default limits: a 40 KiB random message is refused while it runs so.
+fn refuse_over_16_kib(i: &mut uplink::config::IngestConfig) {
+    i.limits.max_body_bytes = 16 * 1024;
+    i.limits.max_decoded_bytes = 16 * 1024;
+}
+
+/// The edge consumer's info, whatever its kind (pull, or push with cumulative acks).
+async fn edge_consumer(
+    p: &uplink_tools::testbed::pipeline::Pipeline,
+) -> async_nats::jetstream::consumer::Info {
+    edge_js(p)
+        .await
+        .get_stream(&p.gateway_cfg.nats.stream)
+        .await
+        .unwrap()
+        .consumer_info(&p.gateway_cfg.nats.consumer)
+        .await
+        .unwrap()
+}
+
+/// A message the ingest refuses is kept (`forward.on_rejected = "keep"`), retried while it is
+/// refused, and arrives exactly once with its neighbours when the ingest takes it. With
+/// cumulative acks the retry is the gateway's own, in-process (`Tracked`'s Nak requeues it
+/// after `retry.max_backoff`): the consumer has `ack_wait` 0, so the server never redelivers
+/// anything — the refusal counted again and again while the consumer counts no redelivery,
+/// and the message's arrival itself, prove it. On a server without cumulative acks (the
+/// explicit-ack fallback) the server redelivers the nak'ed message instead, and says so in
+/// `num_redelivered`; the outcome is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_message_is_retried_in_process_and_arrives_exactly_once() {
+    let mut p = pipeline(refuse_over_16_kib, |g| {
+        fast_recovery(g);
+        cumulative(g);
+        g.forward.on_rejected = uplink::config::RejectAction::Keep;
+    })
+    .await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let mut sent = publish(&edge, 50).await;
+    // 40 KiB of random bytes: no compression brings it under the ingest's 16 KiB limit.
+    let mut big = vec![0u8; 40 * 1024];
+    fastrand::fill(&mut big);
+    let ack = edge
+        .publish("telemetry.big", big.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    sent.push(uplink_tools::testbed::verify::Sent {
+        sequence: ack.sequence,
+        subject: "telemetry.big".into(),
+        hash: uplink_tools::testbed::verify::payload_hash(&big),
+        len: big.len(),
+        headers: Vec::new(),
+    });
+    sent.extend(publish(&edge, 50).await);
+
+    // Its neighbours go on; it is refused, kept, and refused again: retried twice at least.
+    wait_stream_len_is(&cloud, &p.ingest_cfg.nats.stream, 100).await;
+    let rejected = "uplink_gateway_messages_total{result=\"rejected\"}";
+    let retried = uplink_tools::testbed::wait_for(
+        || async {
+            let m = p.gateway_metrics().await?;
+            Ok(scrape_value(&m, rejected).unwrap_or(0.0) >= 3.0)
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(retried.is_ok(), "{}", tail(&p.log("gateway")));
+    let info = edge_consumer(&p).await;
+    assert!(
+        info.num_ack_pending >= 1,
+        "the kept message is not acked: {info:?}"
+    );
+    if server_has_cumulative_acks() {
+        assert_eq!(
+            info.num_redelivered, 0,
+            "refused 3 times, never redelivered by the server: the retries are in-process ({info:?})"
+        );
+    } else {
+        assert!(
+            info.num_redelivered >= 1,
+            "explicit acks: the server redelivers a nak'ed message ({info:?})"
+        );
+    }
+
+    // The ingest takes it now: the next retry delivers it, once.
+    p.ingest.as_mut().unwrap().proc.kill();
+    let defaults = uplink::config::IngestConfig::default().limits;
+    p.ingest_cfg.limits.max_body_bytes = defaults.max_body_bytes;
+    p.ingest_cfg.limits.max_decoded_bytes = defaults.max_decoded_bytes;
+    p.start_ingest().await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 101);
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+    let info = edge_consumer(&p).await;
+    assert_eq!(
+        info.ack_floor.stream_sequence, info.delivered.stream_sequence,
+        "{info:?}"
+    );
+}
