@@ -274,3 +274,104 @@ async fn a_kept_message_is_retried_in_process_and_arrives_exactly_once() {
         "{info:?}"
     );
 }
+
+/// SIGTERM mid-backlog: the gateway finishes its in-flight batch, then acks what the cloud
+/// confirmed with one last flow-control reply (the reader's `last_call`) before it exits — on
+/// the explicit-ack fallback, with the acks it flushes before exit. Either way the edge
+/// consumer's ack floor is exactly the last message the cloud holds: nothing delivered and
+/// confirmed is left pending (it would come again after the restart, a duplicate the ingest
+/// has to drop), nothing is acked that the cloud lacks. A restarted gateway delivers the rest,
+/// once: the ingest drops no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_mid_backlog_acks_all_the_cloud_confirmed_before_it_exits() {
+    use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+    const N: usize = 10_000;
+    uplink::tls::install_crypto_provider();
+    let mut p = Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        PipelineOptions {
+            fault_proxy: true,
+            defer_gateway: true,
+            ..Default::default()
+        },
+        |_| {},
+        |g| {
+            cumulative(g);
+            // One batch of 100 at a time over a link with 20 ms per chunk each way: at most
+            // 2,500 messages a second, so the backlog (4 s at least) is mid-drain when the
+            // stop comes, and the cloud holds a prefix of the edge stream.
+            g.forward.concurrency = uplink::config::Concurrency::Fixed;
+            g.forward.max_in_flight = 1;
+            g.batch.max_messages = 100;
+        },
+    )
+    .await
+    .expect("pipeline starts");
+    p.fault
+        .as_ref()
+        .unwrap()
+        .set_latency(Duration::from_millis(20));
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
+        .await
+        .unwrap();
+    let sent = publish(&edge, N).await;
+    p.start_gateway().await.unwrap();
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 1_000).await;
+    let code = p
+        .gateway
+        .as_mut()
+        .unwrap()
+        .proc
+        .terminate(Duration::from_secs(15))
+        .await;
+    assert_eq!(code, Some(0), "{}", tail(&p.log("gateway")));
+
+    // What the cloud holds: edge messages 1 ..= held, each once.
+    let got = uplink_tools::testbed::verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    let held = got.len() as u64;
+    assert!(held < N as u64, "the stop must land mid-backlog");
+    let highest = got
+        .iter()
+        .map(|m| m.id.rsplit('.').next().unwrap().parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(highest, held, "the cloud holds a prefix of the edge stream");
+    let info = edge_consumer(&p).await;
+    assert_eq!(
+        info.ack_floor.stream_sequence,
+        held,
+        "the ack floor is the last message the cloud holds: {info:?}\n{}",
+        tail(&p.log("gateway"))
+    );
+    assert_eq!(
+        info.num_pending + info.num_ack_pending as u64,
+        N as u64 - held,
+        "{info:?}"
+    );
+    if server_has_cumulative_acks() {
+        assert!(
+            !p.log("gateway")
+                .contains("shutdown: no flow-control request"),
+            "{}",
+            tail(&p.log("gateway"))
+        );
+    }
+
+    // The rest, once, and nothing sent again that the cloud had.
+    p.fault.as_ref().unwrap().set_latency(Duration::ZERO);
+    p.start_gateway().await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, N);
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+    let im = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&im, "uplink_ingest_messages_total{result=\"duplicate\"}").unwrap_or(0.0),
+        0.0,
+        "{im}"
+    );
+}
