@@ -198,7 +198,7 @@ async fn edge_consumer(
 /// cumulative acks the retry is the gateway's own, in-process (`Tracked`'s Nak requeues it
 /// after `retry.max_backoff`): the consumer has `ack_wait` 0, so the server never redelivers
 /// anything — the refusal counted again and again while the consumer counts no redelivery,
-/// and the message's arrival itself, prove it. On a server without cumulative acks (the
+/// one bind (no reset sent it again), and the message's arrival itself, prove it. On a server without cumulative acks (the
 /// explicit-ack fallback) the server redelivers the nak'ed message instead, and says so in
 /// `num_redelivered`; the outcome is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +273,11 @@ async fn a_kept_message_is_retried_in_process_and_arrives_exactly_once() {
         info.ack_floor.stream_sequence, info.delivered.stream_sequence,
         "{info:?}"
     );
+    if server_has_cumulative_acks() {
+        // One bind, one reset: the message did not come back through a rebind's reset either.
+        let log = p.log("gateway");
+        assert_eq!(log.matches("consumer bound").count(), 1, "{}", tail(&log));
+    }
 }
 
 /// SIGTERM mid-backlog: the gateway finishes its in-flight batch, then acks what the cloud
