@@ -171,3 +171,212 @@ async fn a_deleted_cumulative_consumer_is_noticed_and_recreated() {
     let r = verify_delivery(&p, &all).await;
     assert_exactly_once(&p, &r, 200);
 }
+
+/// An ingest that refuses any body over 16 KiB (compressed or not), until restarted with its
+/// default limits: a 40 KiB random message is refused while it runs so.
+fn refuse_over_16_kib(i: &mut uplink::config::IngestConfig) {
+    i.limits.max_body_bytes = 16 * 1024;
+    i.limits.max_decoded_bytes = 16 * 1024;
+}
+
+/// The edge consumer's info, whatever its kind (pull, or push with cumulative acks).
+async fn edge_consumer(
+    p: &uplink_tools::testbed::pipeline::Pipeline,
+) -> async_nats::jetstream::consumer::Info {
+    edge_js(p)
+        .await
+        .get_stream(&p.gateway_cfg.nats.stream)
+        .await
+        .unwrap()
+        .consumer_info(&p.gateway_cfg.nats.consumer)
+        .await
+        .unwrap()
+}
+
+/// A message the ingest refuses is kept (`forward.on_rejected = "keep"`), retried while it is
+/// refused, and arrives exactly once with its neighbours when the ingest takes it. With
+/// cumulative acks the retry is the gateway's own, in-process (`Tracked`'s Nak requeues it
+/// after `retry.max_backoff`): the consumer has `ack_wait` 0, so the server never redelivers
+/// anything — the refusal counted again and again while the consumer counts no redelivery,
+/// one bind (no reset sent it again), and the message's arrival itself, prove it. On a server without cumulative acks (the
+/// explicit-ack fallback) the server redelivers the nak'ed message instead, and says so in
+/// `num_redelivered`; the outcome is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_message_is_retried_in_process_and_arrives_exactly_once() {
+    let mut p = pipeline(refuse_over_16_kib, |g| {
+        fast_recovery(g);
+        cumulative(g);
+        g.forward.on_rejected = uplink::config::RejectAction::Keep;
+    })
+    .await;
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    let mut sent = publish(&edge, 50).await;
+    // 40 KiB of random bytes: no compression brings it under the ingest's 16 KiB limit.
+    let mut big = vec![0u8; 40 * 1024];
+    fastrand::fill(&mut big);
+    let ack = edge
+        .publish("telemetry.big", big.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    sent.push(uplink_tools::testbed::verify::Sent {
+        sequence: ack.sequence,
+        subject: "telemetry.big".into(),
+        hash: uplink_tools::testbed::verify::payload_hash(&big),
+        len: big.len(),
+        headers: Vec::new(),
+    });
+    sent.extend(publish(&edge, 50).await);
+
+    // Its neighbours go on; it is refused, kept, and refused again: retried twice at least.
+    wait_stream_len_is(&cloud, &p.ingest_cfg.nats.stream, 100).await;
+    let rejected = "uplink_gateway_messages_total{result=\"rejected\"}";
+    let retried = uplink_tools::testbed::wait_for(
+        || async {
+            let m = p.gateway_metrics().await?;
+            Ok(scrape_value(&m, rejected).unwrap_or(0.0) >= 3.0)
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(retried.is_ok(), "{}", tail(&p.log("gateway")));
+    let info = edge_consumer(&p).await;
+    assert!(
+        info.num_ack_pending >= 1,
+        "the kept message is not acked: {info:?}"
+    );
+    if server_has_cumulative_acks() {
+        assert_eq!(
+            info.num_redelivered, 0,
+            "refused 3 times, never redelivered by the server: the retries are in-process ({info:?})"
+        );
+    } else {
+        assert!(
+            info.num_redelivered >= 1,
+            "explicit acks: the server redelivers a nak'ed message ({info:?})"
+        );
+    }
+
+    // The ingest takes it now: the next retry delivers it, once.
+    p.ingest.as_mut().unwrap().proc.kill();
+    let defaults = uplink::config::IngestConfig::default().limits;
+    p.ingest_cfg.limits.max_body_bytes = defaults.max_body_bytes;
+    p.ingest_cfg.limits.max_decoded_bytes = defaults.max_decoded_bytes;
+    p.start_ingest().await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 101);
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+    let info = edge_consumer(&p).await;
+    assert_eq!(
+        info.ack_floor.stream_sequence, info.delivered.stream_sequence,
+        "{info:?}"
+    );
+    if server_has_cumulative_acks() {
+        // One bind, one reset: the message did not come back through a rebind's reset either.
+        let log = p.log("gateway");
+        assert_eq!(log.matches("consumer bound").count(), 1, "{}", tail(&log));
+    }
+}
+
+/// SIGTERM mid-backlog: the gateway finishes its in-flight batch, then acks what the cloud
+/// confirmed with one last flow-control reply (the reader's `last_call`) before it exits — on
+/// the explicit-ack fallback, with the acks it flushes before exit. Either way the edge
+/// consumer's ack floor is exactly the last message the cloud holds: nothing delivered and
+/// confirmed is left pending (it would come again after the restart, a duplicate the ingest
+/// has to drop), nothing is acked that the cloud lacks. A restarted gateway delivers the rest,
+/// once: the ingest drops no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_mid_backlog_acks_all_the_cloud_confirmed_before_it_exits() {
+    use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
+    const N: usize = 10_000;
+    uplink::tls::install_crypto_provider();
+    let mut p = Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        PipelineOptions {
+            fault_proxy: true,
+            defer_gateway: true,
+            ..Default::default()
+        },
+        |_| {},
+        |g| {
+            cumulative(g);
+            // One batch of 100 at a time over a link with 20 ms per chunk each way: at most
+            // 2,500 messages a second, so the backlog (4 s at least) is mid-drain when the
+            // stop comes, and the cloud holds a prefix of the edge stream.
+            g.forward.concurrency = uplink::config::Concurrency::Fixed;
+            g.forward.max_in_flight = 1;
+            g.batch.max_messages = 100;
+        },
+    )
+    .await
+    .expect("pipeline starts");
+    p.fault
+        .as_ref()
+        .unwrap()
+        .set_latency(Duration::from_millis(20));
+    let edge = edge_js(&p).await;
+    let cloud = cloud_js(&p).await;
+    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
+        .await
+        .unwrap();
+    let sent = publish(&edge, N).await;
+    p.start_gateway().await.unwrap();
+    wait_stream_len(&cloud, &p.ingest_cfg.nats.stream, 1_000).await;
+    let code = p
+        .gateway
+        .as_mut()
+        .unwrap()
+        .proc
+        .terminate(Duration::from_secs(15))
+        .await;
+    assert_eq!(code, Some(0), "{}", tail(&p.log("gateway")));
+
+    // What the cloud holds: edge messages 1 ..= held, each once.
+    let got = uplink_tools::testbed::verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    let held = got.len() as u64;
+    assert!(held < N as u64, "the stop must land mid-backlog");
+    let highest = got
+        .iter()
+        .map(|m| m.id.rsplit('.').next().unwrap().parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(highest, held, "the cloud holds a prefix of the edge stream");
+    let info = edge_consumer(&p).await;
+    assert_eq!(
+        info.ack_floor.stream_sequence,
+        held,
+        "the ack floor is the last message the cloud holds: {info:?}\n{}",
+        tail(&p.log("gateway"))
+    );
+    assert_eq!(
+        info.num_pending + info.num_ack_pending as u64,
+        N as u64 - held,
+        "{info:?}"
+    );
+    if server_has_cumulative_acks() {
+        assert!(
+            !p.log("gateway")
+                .contains("shutdown: no flow-control request"),
+            "{}",
+            tail(&p.log("gateway"))
+        );
+    }
+
+    // The rest, once, and nothing sent again that the cloud had.
+    p.fault.as_ref().unwrap().set_latency(Duration::ZERO);
+    p.start_gateway().await.unwrap();
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, N);
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+    let im = p.ingest_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&im, "uplink_ingest_messages_total{result=\"duplicate\"}").unwrap_or(0.0),
+        0.0,
+        "{im}"
+    );
+}

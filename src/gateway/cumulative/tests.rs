@@ -55,3 +55,40 @@ fn a_heartbeat_naming_a_later_delivery_shows_a_miss() {
     assert!(!w.missed(1));
     assert!(w.missed(2));
 }
+
+#[test]
+fn a_kept_delivery_holds_the_frontier_until_its_retry_settles_it_then_the_frontier_jumps() {
+    // A kept message (nak'ed, retried in-process with the same index) holds the frontier back
+    // while everything after it settles and more arrive; when its retry is confirmed the
+    // frontier jumps over every settled one in a row, stopping at the first unsettled, and
+    // indices after the jump still name their deliveries.
+    let mut w = Watermark::default();
+    let kept = w.arrive(1, 100).unwrap();
+    let after: Vec<u64> = (2..=50).map(|d| w.arrive(d, 100 + d).unwrap()).collect();
+    for &i in &after {
+        w.settle(i);
+    }
+    assert_eq!(w.frontier(), None, "nothing passes the kept message");
+    assert_eq!(w.unsettled(), 1);
+    let late = w.arrive(51, 151).unwrap();
+    let later = w.arrive(52, 152).unwrap();
+    w.settle(later);
+    w.settle(kept);
+    assert_eq!(
+        w.frontier(),
+        Some((50, 150)),
+        "up to the first unsettled one"
+    );
+    assert_eq!(w.unsettled(), 1);
+    // Its retry confirmed twice (a duplicate settle) changes nothing.
+    w.settle(kept);
+    assert_eq!(w.frontier(), Some((50, 150)));
+    w.settle(late);
+    assert_eq!(w.frontier(), Some((52, 152)));
+    assert_eq!(w.unsettled(), 0);
+    // The index of the next delivery follows on from the 52 before it.
+    assert_eq!(w.arrive(53, 153), Ok(52));
+    // A stream sequence repeated is a gap too (the same message delivered twice in a row).
+    assert!(w.arrive(54, 153).is_err());
+    assert_eq!(w.frontier(), Some((52, 152)), "a gap moves nothing");
+}
