@@ -194,3 +194,165 @@ fn bench_via_nginx_runs_and_verifies_the_delivery() {
     );
     assert!(v["msgs_per_sec"].as_f64().is_some_and(|r| r > 0.0), "{v}");
 }
+
+/// README ("Connecting to NATS"): streams uplink creates get `nats.max_age`, `nats.max_bytes`
+/// …; an existing stream keeps its own limits. The operator's cloud stream is there before the
+/// ingest starts, with limits none of uplink's defaults have; after the ingest started and
+/// delivered into it, its configuration reads back unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_cloud_stream_keeps_its_own_limits() {
+    use async_nats::jetstream::stream::DiscardPolicy;
+    let mut p = pipeline(|_| {}, |_| {}).await;
+    assert!(p.kill_ingest("ingest"));
+    let cloud = cloud_js(&p).await;
+    let name = p.ingest_cfg.nats.stream.clone();
+    cloud.delete_stream(&name).await.unwrap();
+    let mine = Config {
+        name: name.clone(),
+        subjects: p.ingest_cfg.nats.subjects.clone(),
+        description: Some("the operator's own".into()),
+        max_age: Duration::from_secs(3 * 24 * 3600),
+        max_bytes: 64 << 20,
+        max_messages: 123_456,
+        max_messages_per_subject: 777,
+        discard: DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(45),
+        ..Default::default()
+    };
+    // Not what uplink would set: the check below can fail.
+    assert_ne!(mine.max_bytes, p.ingest_cfg.nats.limits.max_bytes);
+    assert_ne!(mine.duplicate_window, p.ingest_cfg.nats.duplicate_window);
+    let before = cloud
+        .create_stream(mine)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    p.start_ingest().await.unwrap();
+    let edge = crate::support::edge_js(&p).await;
+    let sent = crate::support::publish(&edge, 200).await;
+    let r = crate::support::verify_delivery(&p, &sent).await;
+    crate::support::assert_exactly_once(&p, &r, 200);
+    let after = cloud
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(
+        serde_json::to_value(&after).unwrap(),
+        serde_json::to_value(&before).unwrap()
+    );
+}
+
+/// README ("The cloud on a JetStream cluster"): requests in flight when the connection is lost
+/// do not wait `timeouts.publish` (30 s here) for PubAcks that will not come: they are answered
+/// 503 at once. The cloud server is frozen (SIGSTOP: the publish is sent, its PubAck never
+/// comes), then SIGKILLed while the request waits; the 503 must come well before 30 s (10 s: a
+/// generous bound, and the point). After the restart the request is retried and stored once,
+/// and what the edge published meanwhile arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_awaiting_pubacks_when_the_cloud_connection_dies_is_answered_503_at_once() {
+    use uplink::telemetry::scrape_sum_present;
+    let mut p = pipeline(
+        |i| i.timeouts.publish = Duration::from_secs(30),
+        crate::support::fast_recovery,
+    )
+    .await;
+    let cloud_pid = p.cloud.as_ref().unwrap().proc.pid().unwrap();
+    uplink_tools::testbed::send_signal(cloud_pid, libc::SIGSTOP);
+    let client = crate::support::edge_client(&p);
+    let sent_at = std::time::Instant::now();
+    let post = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let r = crate::support::h2client::post(
+                &client,
+                "/v1/publish/inflight",
+                &[("idempotency-key", "inflight-1")],
+                "1",
+            )
+            .await;
+            (r, std::time::Instant::now())
+        })
+    };
+    // The request is in the ingest (its body held) and so awaiting its PubAck.
+    let held = uplink_tools::testbed::wait_for(
+        || async {
+            let m = p.ingest_metrics().await?;
+            Ok(scrape_sum_present(&m, "uplink_ingest_inflight_bytes").is_some_and(|b| b > 0.0))
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(held.is_ok(), "the request never reached the ingest");
+    let killed_at = std::time::Instant::now();
+    p.stop_cloud();
+    let (resp, answered_at) = tokio::time::timeout(Duration::from_secs(20), post)
+        .await
+        .expect("an answer within 20 s")
+        .unwrap();
+    let resp = resp.unwrap();
+    let body = String::from_utf8_lossy(resp.body()).to_string();
+    let took = answered_at - killed_at;
+    eprintln!(
+        "answered {} after {took:?} (sent {:?} before the kill): {body}",
+        resp.status(),
+        killed_at - sent_at
+    );
+    assert_eq!(resp.status(), 503, "{body}");
+    assert!(body.contains("awaited its PubAcks"), "{body}");
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?} (timeouts.publish = 30 s)"
+    );
+    // Frozen for over 2 s, the leader probe (clamped to 2 s) may have condemned the request
+    // first; killed sooner, the lost connection did.
+    if killed_at - sent_at < Duration::from_millis(1500) {
+        assert!(body.contains("connection to cloud NATS was lost"), "{body}");
+    }
+    let edge = crate::support::edge_js(&p).await;
+    let sent = crate::support::publish(&edge, 300).await;
+    p.start_cloud().await.unwrap();
+    let retry = uplink_tools::testbed::wait_for(
+        || async {
+            let r = crate::support::h2client::post(
+                &client,
+                "/v1/publish/inflight",
+                &[("idempotency-key", "inflight-1")],
+                "1",
+            )
+            .await?;
+            Ok(r.status() == 200)
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(retry.is_ok(), "{}", crate::support::tail(&p.log("ingest")));
+    // 300 from the edge and the retried request, each once.
+    crate::support::wait_delivered(&p, 301).await;
+    let cloud = cloud_js(&p).await;
+    let got = uplink_tools::testbed::verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    let (direct, rest): (Vec<_>, Vec<_>) = got
+        .into_iter()
+        .partition(|m| m.subject.ends_with(".inflight"));
+    assert_eq!(direct.len(), 1, "{direct:?}");
+    let incarnation = uplink_tools::testbed::verify::incarnation(&edge, &p.gateway_cfg.nats.stream)
+        .await
+        .unwrap();
+    let r = uplink_tools::testbed::verify::check(
+        &sent,
+        &rest,
+        &p.platform,
+        &p.gateway_cfg.nats.stream,
+        incarnation,
+        &p.ingest_cfg.nats.subject_prefix,
+    );
+    crate::support::assert_exactly_once(&p, &r, 300);
+}
