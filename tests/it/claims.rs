@@ -356,3 +356,116 @@ async fn a_request_awaiting_pubacks_when_the_cloud_connection_dies_is_answered_5
     );
     crate::support::assert_exactly_once(&p, &r, 300);
 }
+
+/// One connection's worth of an HTTP/2 protocol error: the preface, an empty SETTINGS, and a
+/// header block that is not HPACK (index 0 is invalid) — a COMPRESSION_ERROR.
+const BAD_HPACK: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x03\x01\x05\0\0\0\x01\x80\xff\xff";
+
+/// Opens a connection, commits [`BAD_HPACK`] and reads until the ingest closes it.
+async fn one_protocol_error(p: &uplink_tools::testbed::pipeline::Pipeline) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tls = crate::support::tls_connect(p).await;
+    tls.write_all(BAD_HPACK).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got))
+        .await
+        .expect("the ingest closes the connection");
+}
+
+/// The ingest's protocol-error log lines and the `suppressed=` counts they carry.
+fn protocol_lines(p: &uplink_tools::testbed::pipeline::Pipeline) -> (u64, u64) {
+    let log = p.log("ingest");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection closed for an HTTP/2 protocol error"))
+        .collect();
+    let suppressed = lines
+        .iter()
+        .map(|l| {
+            let v = l
+                .split("suppressed=")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{l}"));
+            let digits: String = v.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse::<u64>().unwrap()
+        })
+        .sum();
+    (lines.len() as u64, suppressed)
+}
+
+/// RELIABILITY.md ("HTTP/2 protocol errors"): one log line per connection killed, at most 10
+/// lines a second, then a count: a flood of protocol errors is not a flood of log lines, and
+/// every one is counted — in `uplink_ingest_protocol_errors_total` and, for the lines left out,
+/// in the `suppressed` of the next line written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_protocol_errors_is_logged_at_most_ten_lines_a_second_and_all_counted() {
+    const FLOOD: u64 = 100;
+    let p = std::sync::Arc::new(pipeline(|_| {}, |_| {}).await);
+    let counted = |p: std::sync::Arc<uplink_tools::testbed::pipeline::Pipeline>| async move {
+        let m = p.ingest_metrics().await.unwrap_or_default();
+        uplink::telemetry::scrape_sum_present(&m, "uplink_ingest_protocol_errors_total")
+            .unwrap_or(0.0) as u64
+    };
+    let started = std::time::Instant::now();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let p = p.clone();
+            tokio::spawn(async move { one_protocol_error(&p).await })
+        })
+        .collect();
+    for f in flood {
+        f.await.unwrap();
+    }
+    let all = uplink_tools::testbed::wait_for(
+        || async { Ok(counted(p.clone()).await >= FLOOD) },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(all.is_ok(), "{}", crate::support::tail(&p.log("ingest")));
+    let span = started.elapsed();
+    let (lines, _) = protocol_lines(&p);
+    // Every event of the flood happened within `span`: at most that many one-second windows
+    // (plus the one it started in), 10 lines each.
+    let windows = span.as_secs() + 1;
+    eprintln!("{FLOOD} protocol errors in {span:?}: {lines} lines");
+    assert!(lines <= 10 * windows, "{lines} lines in {span:?}");
+    assert!(lines >= 1);
+    // One more at a time until one is written after the suppressed stretch (a new second):
+    // then the lines and their suppressed counts account for every error. Bounded: 200 more,
+    // about 10 s.
+    let mut total = FLOOD;
+    let accounted = loop {
+        let (lines, suppressed) = protocol_lines(&p);
+        if lines + suppressed == total {
+            break true;
+        }
+        if total >= FLOOD + 200 {
+            break false;
+        }
+        // Paced (a load, not a synchronization): a new second comes after ~20 of them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        one_protocol_error(&p).await;
+        total += 1;
+        let counted_now = uplink_tools::testbed::wait_for(
+            || async { Ok(counted(p.clone()).await >= total) },
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(counted_now.is_ok());
+    };
+    let (lines, suppressed) = protocol_lines(&p);
+    assert!(
+        accounted,
+        "{lines} lines + {suppressed} suppressed != {total} errors:\n{}",
+        crate::support::tail(&p.log("ingest"))
+    );
+    assert_eq!(counted(p.clone()).await, total);
+    if span < Duration::from_secs(5) {
+        assert!(
+            suppressed > 0,
+            "{FLOOD} errors within {span:?} and none suppressed"
+        );
+    }
+}
