@@ -469,3 +469,148 @@ async fn a_flood_of_protocol_errors_is_logged_at_most_ten_lines_a_second_and_all
         );
     }
 }
+
+/// When the gateway logged `message` for the `nth` time (1-based), by the log's timestamp.
+fn logged_at(log: &str, message: &str, nth: usize) -> Option<std::time::SystemTime> {
+    let line = log.lines().filter(|l| l.contains(message)).nth(nth - 1)?;
+    humantime::parse_rfc3339(line.split_whitespace().next()?).ok()
+}
+
+/// The stream's creation time, by its server.
+async fn created_at(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Option<std::time::SystemTime> {
+    let mut s = js.get_stream(name).await.ok()?;
+    let nanos = s.info().await.ok()?.created.unix_timestamp_nanos();
+    Some(std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).ok()?))
+}
+
+/// README (the nats-server 2.9 trap): the gateway waits `nats.recreate_grace` before
+/// recreating a vanished edge stream itself (3 s here; 10 s by default). Deleted once: the
+/// gateway notices, and the stream it creates is at least the grace younger than that moment.
+/// Deleted again: an operator recreating it within the grace, with limits of their own, is not
+/// raced — their create succeeds (it would fail on a stream the gateway made first) and the
+/// gateway binds their stream, whose configuration it leaves alone; both times every message
+/// arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_waits_recreate_grace_before_recreating_a_vanished_stream() {
+    const GRACE: Duration = Duration::from_secs(3);
+    const LOST: &str = "consuming stopped; rebinding";
+    const BOUND: &str = "consumer bound";
+    let p = pipeline(
+        |_| {},
+        |g| {
+            crate::support::fast_recovery(g);
+            g.nats.recreate_grace = GRACE;
+        },
+    )
+    .await;
+    let edge = crate::support::edge_js(&p).await;
+    let name = p.gateway_cfg.nats.stream.clone();
+    let wait_log = |message: &'static str, nth: usize| {
+        let p = &p;
+        async move {
+            let seen = uplink_tools::testbed::wait_for(
+                || async {
+                    Ok(p.log("gateway")
+                        .lines()
+                        .filter(|l| l.contains(message))
+                        .count()
+                        >= nth)
+                },
+                Duration::from_secs(30),
+            )
+            .await;
+            assert!(
+                seen.is_ok(),
+                "no {nth}. {message:?}:\n{}",
+                crate::support::tail(&p.log("gateway"))
+            );
+        }
+    };
+    let first = crate::support::publish(&edge, 100).await;
+    let first = (
+        first,
+        uplink_tools::testbed::verify::incarnation(&edge, &name)
+            .await
+            .unwrap(),
+    );
+    crate::support::wait_delivered(&p, 100).await;
+
+    // 1. Nobody recreates it: the gateway does, the grace after it noticed.
+    edge.delete_stream(&name).await.unwrap();
+    wait_log(BOUND, 2).await;
+    let noticed = logged_at(&p.log("gateway"), LOST, 1).expect("logged");
+    let created = created_at(&edge, &name)
+        .await
+        .expect("the gateway recreated it");
+    let waited = created.duration_since(noticed).unwrap_or_default();
+    eprintln!("recreated {waited:?} after the loss was noticed");
+    assert!(
+        waited >= GRACE,
+        "recreated {waited:?} after the loss (grace {GRACE:?})"
+    );
+    let second = crate::support::publish(&edge, 100).await;
+    let second = (
+        second,
+        uplink_tools::testbed::verify::incarnation(&edge, &name)
+            .await
+            .unwrap(),
+    );
+    crate::support::wait_delivered(&p, 200).await;
+
+    // 2. The operator recreates it within the grace, their way.
+    edge.delete_stream(&name).await.unwrap();
+    wait_log(LOST, 2).await;
+    let theirs = Config {
+        name: name.clone(),
+        subjects: p.gateway_cfg.nats.subjects.clone(),
+        retention: RetentionPolicy::WorkQueue,
+        description: Some("the operator's".into()),
+        max_messages: 4242,
+        ..Default::default()
+    };
+    let made = edge.create_stream(theirs).await;
+    assert!(made.is_ok(), "the gateway raced the operator: {made:?}");
+    wait_log(BOUND, 3).await;
+    let third = crate::support::publish(&edge, 100).await;
+    let third = (
+        third,
+        uplink_tools::testbed::verify::incarnation(&edge, &name)
+            .await
+            .unwrap(),
+    );
+    crate::support::wait_delivered(&p, 300).await;
+    let cfg = edge
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(
+        (cfg.description.as_deref(), cfg.max_messages),
+        (Some("the operator's"), 4242)
+    );
+
+    // Every message once, each under its stream's incarnation.
+    let cloud = cloud_js(&p).await;
+    let got = uplink_tools::testbed::verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 300);
+    for (i, (sent, incarnation)) in [first, second, third].iter().enumerate() {
+        let r = uplink_tools::testbed::verify::check(
+            sent,
+            &got[i * 100..(i + 1) * 100],
+            &p.platform,
+            &name,
+            *incarnation,
+            &p.ingest_cfg.nats.subject_prefix,
+        );
+        crate::support::assert_exactly_once(&p, &r, 100);
+    }
+}
