@@ -614,3 +614,89 @@ async fn the_gateway_waits_recreate_grace_before_recreating_a_vanished_stream() 
         crate::support::assert_exactly_once(&p, &r, 100);
     }
 }
+
+/// README (the nats-server 2.9 trap): a consumer with pending messages that delivers nothing
+/// for 20 s makes the gateway log an error, count `uplink_gateway_consumer_stalls_total` and
+/// answer `/readyz` 503 ("edge consumer stalled") until messages flow again. Provoked without
+/// the 2.9 bug: the edge consumer is paused (JetStream API, nats-server 2.11+), so the server
+/// reports pending messages and delivers none; resumed, everything arrives exactly once and
+/// `/readyz` is 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_delivers_nothing_is_reported_stalled_until_it_delivers_again() {
+    use uplink_tools::testbed::http_get;
+    if !crate::support::nats_at_least(2, 11) {
+        eprintln!("skipped: pausing a consumer needs nats-server 2.11 or later");
+        return;
+    }
+    let p = pipeline(|_| {}, crate::support::fast_recovery).await;
+    let edge = crate::support::edge_js(&p).await;
+    let (stream, consumer) = (&p.gateway_cfg.nats.stream, &p.gateway_cfg.nats.consumer);
+    let until = std::time::SystemTime::now() + Duration::from_secs(600);
+    assert!(pause(&edge, stream, consumer, Some(until)).await, "paused");
+    let sent = crate::support::publish(&edge, 100).await;
+    let admin = p.gateway.as_ref().unwrap().admin;
+    let stalled = uplink_tools::testbed::wait_for(
+        || async {
+            let m = p.gateway_metrics().await?;
+            Ok(
+                uplink::telemetry::scrape_sum_present(&m, "uplink_gateway_consumer_stalls_total")
+                    .is_some_and(|n| n >= 1.0),
+            )
+        },
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(
+        stalled.is_ok(),
+        "{}",
+        crate::support::tail(&p.log("gateway"))
+    );
+    let (status, why) = http_get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("edge consumer stalled"), "{why}");
+    let log = p.log("gateway");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("edge consumer stalled; rebinding")),
+        "{log}"
+    );
+    assert_eq!(
+        crate::support::stream_len(&cloud_js(&p).await, &p.ingest_cfg.nats.stream).await,
+        0
+    );
+    assert!(!pause(&edge, stream, consumer, None).await, "resumed");
+    let r = crate::support::verify_delivery(&p, &sent).await;
+    crate::support::assert_exactly_once(&p, &r, 100);
+    let ready = uplink_tools::testbed::wait_for(
+        || async { Ok(http_get(admin, "/readyz").await?.0 == 200) },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ready.is_ok(), "{:?}", http_get(admin, "/readyz").await);
+}
+
+/// `$JS.API.CONSUMER.PAUSE`: pauses the consumer until `until`, or resumes it (`None`); whether
+/// it is paused now, by the server's answer.
+async fn pause(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    until: Option<std::time::SystemTime>,
+) -> bool {
+    let body = match until {
+        Some(t) => serde_json::json!({ "pause_until": humantime::format_rfc3339(t).to_string() }),
+        None => serde_json::json!({}),
+    };
+    let answer = js
+        .client()
+        .request(
+            format!("$JS.API.CONSUMER.PAUSE.{stream}.{consumer}"),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    answer["paused"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("{answer}"))
+}
