@@ -470,6 +470,31 @@ async fn a_flood_of_protocol_errors_is_logged_at_most_ten_lines_a_second_and_all
     }
 }
 
+/// Waits until the gateway has logged `message` `nth` times (polled, at most `within`).
+async fn wait_logged(
+    p: &uplink_tools::testbed::pipeline::Pipeline,
+    message: &str,
+    nth: usize,
+    within: Duration,
+) {
+    let seen = uplink_tools::testbed::wait_for(
+        || async {
+            Ok(p.log("gateway")
+                .lines()
+                .filter(|l| l.contains(message))
+                .count()
+                >= nth)
+        },
+        within,
+    )
+    .await;
+    assert!(
+        seen.is_ok(),
+        "no {nth}. {message:?}:\n{}",
+        crate::support::tail(&p.log("gateway"))
+    );
+}
+
 /// When the gateway logged `message` for the `nth` time (1-based), by the log's timestamp.
 fn logged_at(log: &str, message: &str, nth: usize) -> Option<std::time::SystemTime> {
     let line = log.lines().filter(|l| l.contains(message)).nth(nth - 1)?;
@@ -508,27 +533,6 @@ async fn the_gateway_waits_recreate_grace_before_recreating_a_vanished_stream() 
     .await;
     let edge = crate::support::edge_js(&p).await;
     let name = p.gateway_cfg.nats.stream.clone();
-    let wait_log = |message: &'static str, nth: usize| {
-        let p = &p;
-        async move {
-            let seen = uplink_tools::testbed::wait_for(
-                || async {
-                    Ok(p.log("gateway")
-                        .lines()
-                        .filter(|l| l.contains(message))
-                        .count()
-                        >= nth)
-                },
-                Duration::from_secs(30),
-            )
-            .await;
-            assert!(
-                seen.is_ok(),
-                "no {nth}. {message:?}:\n{}",
-                crate::support::tail(&p.log("gateway"))
-            );
-        }
-    };
     let first = crate::support::publish(&edge, 100).await;
     let first = (
         first,
@@ -540,7 +544,7 @@ async fn the_gateway_waits_recreate_grace_before_recreating_a_vanished_stream() 
 
     // 1. Nobody recreates it: the gateway does, the grace after it noticed.
     edge.delete_stream(&name).await.unwrap();
-    wait_log(BOUND, 2).await;
+    wait_logged(&p, BOUND, 2, Duration::from_secs(30)).await;
     let noticed = logged_at(&p.log("gateway"), LOST, 1).expect("logged");
     let created = created_at(&edge, &name)
         .await
@@ -562,7 +566,7 @@ async fn the_gateway_waits_recreate_grace_before_recreating_a_vanished_stream() 
 
     // 2. The operator recreates it within the grace, their way.
     edge.delete_stream(&name).await.unwrap();
-    wait_log(LOST, 2).await;
+    wait_logged(&p, LOST, 2, Duration::from_secs(30)).await;
     let theirs = Config {
         name: name.clone(),
         subjects: p.gateway_cfg.nats.subjects.clone(),
@@ -573,7 +577,7 @@ async fn the_gateway_waits_recreate_grace_before_recreating_a_vanished_stream() 
     };
     let made = edge.create_stream(theirs).await;
     assert!(made.is_ok(), "the gateway raced the operator: {made:?}");
-    wait_log(BOUND, 3).await;
+    wait_logged(&p, BOUND, 3, Duration::from_secs(30)).await;
     let third = crate::support::publish(&edge, 100).await;
     let third = (
         third,
@@ -699,4 +703,58 @@ async fn pause(
     answer["paused"]
         .as_bool()
         .unwrap_or_else(|| panic!("{answer}"))
+}
+
+/// README ("When it cannot deliver"): the gateway logs each new cause once with its hint, then
+/// one `still cannot deliver` summary every 30 s (a constant, `gateway::complaints::
+/// SUMMARY_EVERY`: this test waits it out once, ~31 s) and `delivering again` when it recovers.
+/// The ingest is killed, the gateway retries every 0.5 s at most for over 30 s; one full line,
+/// one summary at least 30 s after it counting the attempts, then the ingest is back and every
+/// message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_cannot_deliver_summarizes_every_30_s_and_says_when_it_delivers_again() {
+    const SUMMARY: &str = "still cannot deliver; retrying";
+    const AGAIN: &str = "delivering again";
+    let mut p = pipeline(|_| {}, crate::support::fast_recovery).await;
+    assert!(p.kill_ingest("ingest"));
+    let edge = crate::support::edge_js(&p).await;
+    let sent = crate::support::publish(&edge, 20).await;
+    wait_logged(&p, SUMMARY, 1, Duration::from_secs(45)).await;
+    p.start_ingest().await.unwrap();
+    wait_logged(&p, AGAIN, 1, Duration::from_secs(30)).await;
+    let r = crate::support::verify_delivery(&p, &sent).await;
+    crate::support::assert_exactly_once(&p, &r, 20);
+    let log = p.log("gateway");
+    let first: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot deliver; retrying") && !l.contains(SUMMARY))
+        .collect();
+    assert_eq!(first.len(), 1, "each cause once: {first:#?}");
+    assert!(
+        first[0].contains("nothing listens there: check cloud.url"),
+        "{}",
+        first[0]
+    );
+    let summaries: Vec<&str> = log.lines().filter(|l| l.contains(SUMMARY)).collect();
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    let attempts: u64 = summaries[0]
+        .split("failed_attempts=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}", summaries[0]));
+    // 30 s of retries at most 0.5 s apart.
+    assert!(attempts >= 30, "{}", summaries[0]);
+    let (t_first, t_summary, t_again) = (
+        logged_at(&log, "cannot deliver; retrying", 1).unwrap(),
+        logged_at(&log, SUMMARY, 1).unwrap(),
+        logged_at(&log, AGAIN, 1).unwrap(),
+    );
+    let waited = t_summary.duration_since(t_first).unwrap_or_default();
+    assert!(
+        waited >= Duration::from_secs(30),
+        "summary {waited:?} after the first line"
+    );
+    assert!(t_again >= t_summary);
+    let again = log.lines().find(|l| l.contains(AGAIN)).unwrap();
+    assert!(again.contains("failed_attempts="), "{again}");
 }
