@@ -247,6 +247,25 @@ async fn an_existing_cloud_stream_keeps_its_own_limits() {
         serde_json::to_value(&after).unwrap(),
         serde_json::to_value(&before).unwrap()
     );
+    // README ("HTTP API"): on a server with fast batch publish, a stream created without
+    // `allow_batched` is published message by message, said once in the log.
+    if crate::support::nats_at_least(2, 14) {
+        let log = p.log("ingest");
+        let said = log
+            .lines()
+            .filter(|l| l.contains("was created without allow_batched"))
+            .count();
+        assert_eq!(said, 1, "{log}");
+        let m = p.ingest_metrics().await.unwrap();
+        let count = |mode: &str| {
+            uplink::telemetry::scrape_sum_present(
+                &m,
+                &format!("uplink_ingest_publish_requests_total{{mode=\"{mode}\"}}"),
+            )
+        };
+        assert_eq!(count("fast_batch"), Some(0.0), "{m}");
+        assert!(count("per_message").is_some_and(|n| n >= 1.0), "{m}");
+    }
 }
 
 /// README ("The cloud on a JetStream cluster"): requests in flight when the connection is lost
