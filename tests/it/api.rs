@@ -115,6 +115,7 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             "/v2/batches",
         ),
     ];
+    let refused = cases.len();
     for (path, headers, body, status, code, needle) in cases {
         let resp = h2client::post(&c, path, &headers, body).await.unwrap();
         assert_eq!(resp.status(), status, "{path} {needle}");
@@ -126,6 +127,19 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             "{v} lacks {needle:?}"
         );
     }
+    // RELIABILITY.md: every refused request logs one line (info for a 4xx), with its reason.
+    let log = p.log("ingest");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request rejected"))
+        .collect();
+    assert_eq!(lines.len(), refused, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" INFO ") && l.contains("platform=")),
+        "{lines:#?}"
+    );
     let cloud = cloud_js(&p).await;
     assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 0);
 

@@ -329,6 +329,14 @@ async fn a_request_awaiting_pubacks_when_the_cloud_connection_dies_is_answered_5
         took < Duration::from_secs(10),
         "{took:?} (timeouts.publish = 30 s)"
     );
+    // RELIABILITY.md: a refused request logs one line, warn for a 5xx.
+    let log = p.log("ingest");
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("request not persisted")
+            && l.contains("awaited its PubAcks")),
+        "{log}"
+    );
     // Frozen for over 2 s, the leader probe (clamped to 2 s) may have condemned the request
     // first; killed sooner, the lost connection did.
     if killed_at - sent_at < Duration::from_millis(1500) {
