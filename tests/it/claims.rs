@@ -785,3 +785,35 @@ async fn a_gateway_that_cannot_deliver_summarizes_every_30_s_and_says_when_it_de
     let again = log.lines().find(|l| l.contains(AGAIN)).unwrap();
     assert!(again.contains("failed_attempts="), "{again}");
 }
+
+/// README ("Quick start"): Ctrl-C (SIGINT) stops each program gracefully, as SIGTERM does:
+/// the gateway and then the ingest exit 0 within their grace, saying why; what was delivered
+/// stays delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_both_programs_gracefully() {
+    let mut p = pipeline(|_| {}, |_| {}).await;
+    let sent = crate::support::publish(&crate::support::edge_js(&p).await, 200).await;
+    let r = crate::support::verify_delivery(&p, &sent).await;
+    crate::support::assert_exactly_once(&p, &r, 200);
+    for program in ["gateway", "ingest"] {
+        let up = match program {
+            "gateway" => p.gateway.as_mut(),
+            _ => p.ingest.as_mut(),
+        }
+        .unwrap();
+        up.proc.signal(libc::SIGINT);
+        let code = up.proc.wait_exit(Duration::from_secs(20)).await;
+        let log = p.log(program);
+        assert_eq!(code, Some(0), "{program}: {}", crate::support::tail(&log));
+        assert!(
+            log.contains("SIGINT: shutting down"),
+            "{program}: {}",
+            crate::support::tail(&log)
+        );
+    }
+    let cloud = cloud_js(&p).await;
+    assert_eq!(
+        crate::support::stream_len(&cloud, &p.ingest_cfg.nats.stream).await,
+        200
+    );
+}
