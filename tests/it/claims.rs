@@ -817,3 +817,65 @@ async fn ctrl_c_stops_both_programs_gracefully() {
         200
     );
 }
+
+/// README (admin listeners): `/healthz` says the process is alive, `/readyz` whether it can do
+/// its job — the gateway's edge NATS connected, the ingest's JetStream reachable. With both
+/// nats-servers gone, both programs answer `/readyz` 503 with the reason and `/healthz` 200;
+/// with the servers back, `/readyz` is 200 again and delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_readyz_says_why_a_program_is_not_ready() {
+    use uplink_tools::testbed::http_get;
+    let mut p = pipeline(|_| {}, |_| {}).await;
+    let admins = [
+        ("gateway", p.gateway.as_ref().unwrap().admin),
+        ("ingest", p.ingest.as_ref().unwrap().admin),
+    ];
+    for (program, admin) in admins {
+        assert_eq!(
+            http_get(admin, "/healthz").await.unwrap(),
+            (200, "ok\n".into()),
+            "{program}"
+        );
+    }
+    p.stop_edge(Duration::ZERO).await;
+    p.stop_cloud();
+    let readyz = |admin, status| async move {
+        uplink_tools::testbed::wait_for(
+            || async { Ok(http_get(admin, "/readyz").await?.0 == status) },
+            Duration::from_secs(30),
+        )
+        .await
+    };
+    for (program, admin) in admins {
+        assert!(
+            readyz(admin, 503).await.is_ok(),
+            "{program}: {}",
+            crate::support::tail(&p.log(program))
+        );
+        let (_, why) = http_get(admin, "/readyz").await.unwrap();
+        let side = if program == "gateway" {
+            "edge NATS"
+        } else {
+            "cloud NATS"
+        };
+        assert!(why.contains(side), "{program}: {why}");
+        eprintln!("{program} /readyz: {}", why.trim());
+        assert_eq!(
+            http_get(admin, "/healthz").await.unwrap(),
+            (200, "ok\n".into()),
+            "{program}"
+        );
+    }
+    p.start_edge().await.unwrap();
+    p.start_cloud().await.unwrap();
+    for (program, admin) in admins {
+        assert!(
+            readyz(admin, 200).await.is_ok(),
+            "{program}: {}",
+            crate::support::tail(&p.log(program))
+        );
+    }
+    let sent = crate::support::publish(&crate::support::edge_js(&p).await, 100).await;
+    let r = crate::support::verify_delivery(&p, &sent).await;
+    crate::support::assert_exactly_once(&p, &r, 100);
+}
