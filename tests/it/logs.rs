@@ -137,3 +137,61 @@ async fn uplink_log_adds_one_modules_debug_lines_and_nobody_elses() {
         "{all:#?}"
     );
 }
+
+/// The targets of the JSON lines `uplink tail --count 0` writes to stderr with `env`.
+async fn tail_log_targets(url: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let mut cmd = tokio::process::Command::new(exe());
+    cmd.args([
+        "--log-format",
+        "json",
+        "tail",
+        "--nats",
+        url,
+        "--count",
+        "0",
+    ])
+    .env_remove("UPLINK_LOG")
+    .env_remove("RUST_LOG")
+    .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .expect("tail ends within 30 s")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    json_lines("tail", &err)
+        .into_iter()
+        .map(|o| o["target"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// README ("Logs"): filtered by `UPLINK_LOG` (or `RUST_LOG`), default `info` with async-nats's
+/// own lines off. The NATS client logs its connection at info: not by default, yes under
+/// `RUST_LOG=info`, and `UPLINK_LOG` wins over `RUST_LOG`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_filter_hides_the_nats_clients_lines_and_uplink_log_beats_rust_log() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let url = p.cloud_url();
+    let nats_lines = |targets: &[String]| {
+        targets
+            .iter()
+            .filter(|t| t.starts_with("async_nats"))
+            .count()
+    };
+    let default = tail_log_targets(&url, &[]).await;
+    assert_eq!(nats_lines(&default), 0, "{default:?}");
+    let rust_log = tail_log_targets(&url, &[("RUST_LOG", "info")]).await;
+    assert!(
+        nats_lines(&rust_log) > 0,
+        "RUST_LOG=info shows the client's lines: {rust_log:?}"
+    );
+    let both = tail_log_targets(
+        &url,
+        &[("RUST_LOG", "info"), ("UPLINK_LOG", "info,async_nats=off")],
+    )
+    .await;
+    assert_eq!(nats_lines(&both), 0, "UPLINK_LOG wins: {both:?}");
+}
