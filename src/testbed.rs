@@ -458,7 +458,9 @@ impl Uplink {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if std::env::var_os("UPLINK_LOG").is_none() {
+        // `info` unless the test's environment or `env` (a test setting a filter) says.
+        if std::env::var_os("UPLINK_LOG").is_none() && !env.iter().any(|(k, _)| *k == "UPLINK_LOG")
+        {
             cmd.env("UPLINK_LOG", "info");
         }
         Ok(Uplink {

@@ -18,6 +18,13 @@ fn batch(subject: &str) -> Batch {
     }
 }
 
+/// A batch from edge-1 carrying an id of edge-2.
+fn foreign_id() -> Batch {
+    let mut b = batch("a");
+    b.messages[0].id = "edge-2.api.1".into();
+    b
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
     let p = pipeline(|i| i.limits.max_body_bytes = 64 * 1024, |_| {}).await;
@@ -81,7 +88,34 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             "bad_subject",
             "wildcards",
         ),
+        // README: message ids must start with the platform's `P.`, so one platform cannot
+        // make another's messages look like duplicates.
+        (
+            "/v1/batches",
+            pb.to_vec(),
+            wire::encode_batch(&foreign_id(), Encoding::Identity, 1).unwrap(),
+            400,
+            "bad_id",
+            "edge-2.api.1",
+        ),
+        (
+            "/v1/batches",
+            vec![("content-type", "application/json")],
+            wire::encode_batch(&batch("a"), Encoding::Identity, 1).unwrap(),
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            "/v2/batches",
+            pb.to_vec(),
+            Bytes::from_static(b"x"),
+            404,
+            "not_found",
+            "/v2/batches",
+        ),
     ];
+    let refused = cases.len();
     for (path, headers, body, status, code, needle) in cases {
         let resp = h2client::post(&c, path, &headers, body).await.unwrap();
         assert_eq!(resp.status(), status, "{path} {needle}");
@@ -93,6 +127,19 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
             "{v} lacks {needle:?}"
         );
     }
+    // RELIABILITY.md: every refused request logs one line (info for a 4xx), with its reason.
+    let log = p.log("ingest");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request rejected"))
+        .collect();
+    assert_eq!(lines.len(), refused, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" INFO ") && l.contains("platform=")),
+        "{lines:#?}"
+    );
     let cloud = cloud_js(&p).await;
     assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 0);
 
@@ -110,6 +157,14 @@ async fn bad_requests_are_refused_with_json_errors_and_nothing_published() {
         );
     }
     assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 1);
+    // README: edge subject S from platform P is cloud subject `uplink.P.S`.
+    let got = uplink_tools::testbed::verify::read_all(&cloud, &p.ingest_cfg.nats.stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        (got[0].subject.as_str(), got[0].id.as_str()),
+        ("uplink.edge-1.telemetry.ok", "edge-1.api.1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -323,3 +323,71 @@ async fn the_dead_letter_stream_has_the_edge_streams_replicas() {
         assert_eq!(peers, replicas - 1, "{stream}: {:?}", info.cluster);
     }
 }
+
+/// README ("The cloud on a JetStream cluster"): an ingest started while a node is down connects
+/// to one that is up. The first node of its URL list is SIGKILLed before the ingest starts;
+/// it becomes ready on another node, and every message arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_started_with_its_first_node_down_connects_to_another() {
+    let mut p = cluster_pipeline().await;
+    assert!(p.kill_ingest("ingest"));
+    let first = cluster(&p).nodes[0].name.clone();
+    p.cluster.as_mut().unwrap().kill(0);
+    // Ready within the harness's 20 s (an election, if the first node led the stream).
+    p.start_ingest().await.unwrap();
+    let node = cluster(&p)
+        .node_of_client("uplink-ingest")
+        .await
+        .expect("the ingest is connected to a node");
+    assert_ne!(node, 0, "connected to the dead {first}");
+    let sent = publish(&edge_js(&p).await, 300).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 300);
+}
+
+/// README ("The cloud on a JetStream cluster"): the servers a cluster announces are added to
+/// the ingest's list. Given only the first node's URL, the ingest survives that node's SIGKILL
+/// by reconnecting to a node it was never told about, and every message arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_given_one_node_reconnects_to_the_nodes_the_cluster_announced() {
+    uplink::tls::install_crypto_provider();
+    let opts = PipelineOptions {
+        cloud_cluster: Some(3),
+        ..Default::default()
+    };
+    let mut p = Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        opts,
+        |i| {
+            let all = i.nats.connect.url.to_string();
+            let first = all.split(',').next().unwrap().trim().to_string();
+            i.nats.connect.url = first.parse().unwrap();
+        },
+        fast_recovery,
+    )
+    .await
+    .expect("pipeline on a cluster starts");
+    assert_eq!(p.ingest_cfg.nats.connect.url.servers().len(), 1);
+    assert_eq!(
+        cluster(&p).node_of_client("uplink-ingest").await,
+        Some(0),
+        "connected to the one node it was given"
+    );
+    p.cluster.as_mut().unwrap().kill(0);
+    wait_for(
+        || async {
+            Ok(matches!(
+                cluster(&p).node_of_client("uplink-ingest").await,
+                Some(n) if n != 0
+            ))
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("never reconnected: {}", tail(&p.log("ingest"))));
+    wait_ready(&p).await;
+    let sent = publish(&edge_js(&p).await, 300).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 300);
+}

@@ -57,14 +57,14 @@ async fn tls_without_a_preface_is_closed_after_the_preface_timeout() {
         got.len() < 100,
         "nothing but the server's SETTINGS: {read:?} {got:?}"
     );
-    assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
-        "{took:?}"
-    );
+    // Not before the timeout; and closed *by* it (the counter), however late a busy machine
+    // got to it — the 10 s read above is the only upper bound, a generous one.
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    wait_ingest_metric(&p, "uplink_ingest_preface_timeouts_total", 1.0).await;
     let m = p.ingest_metrics().await.unwrap();
     assert_eq!(
-        scrape_sum(&m, "uplink_ingest_preface_timeouts_total"),
-        1.0,
+        uplink::telemetry::scrape_sum_present(&m, "uplink_ingest_preface_timeouts_total"),
+        Some(1.0),
         "{m}"
     );
     // The connection that spoke is still the same one, and works.
@@ -462,7 +462,7 @@ impl RawClient {
         // wait (bounded) for its SETTINGS, or h2 would open all of them and see REFUSED_STREAM.
         let settled = uplink_tools::testbed::wait_for(
             || async { Ok(info.remote_max_concurrent_streams().is_some()) },
-            Duration::from_secs(5),
+            Duration::from_secs(20),
         )
         .await;
         assert!(settled.is_ok(), "the server sends SETTINGS");

@@ -642,3 +642,63 @@ fn no_source_file_or_function_is_too_long() {
         found.join("\n")
     );
 }
+
+/// docs/design.md §5, the proof table, names only tests that exist: `module::test` of
+/// `tests/it` (or `module::*`), and `src/<file>.rs::tests::name` / `src/<dir>/tests.rs::name` of
+/// the unit tests — a renamed or removed test leaves no row pointing at nothing.
+#[test]
+fn every_test_the_proof_table_names_exists() {
+    let design = std::fs::read_to_string(repo().join("docs/design.md")).unwrap();
+    let section = design
+        .split("\n## ")
+        .find(|s| s.starts_with("5. "))
+        .expect("docs/design.md has §5");
+    let has_fn = |file: &Path, name: &str| {
+        std::fs::read_to_string(file).is_ok_and(|t| {
+            [
+                format!("fn {name}("),
+                format!("fn {name}<"),
+                format!("mod {name} "),
+            ]
+            .iter()
+            .any(|p| t.contains(p.as_str()))
+        })
+    };
+    let (mut checked, mut missing) = (0, Vec::new());
+    for row in section.lines().filter(|l| l.starts_with('|')) {
+        let Some(cell) = row.split('|').nth(2) else {
+            continue;
+        };
+        for name in cell.split('`').skip(1).step_by(2) {
+            let found = if let Some(rest) = name.strip_prefix("src/") {
+                let (file, test) = match rest.split_once(".rs::") {
+                    Some((f, t)) => (format!("src/{f}.rs"), Some(t)),
+                    None => (format!("src/{rest}"), None),
+                };
+                let file = repo().join(&file);
+                match test.map(|t| t.trim_start_matches("tests::")) {
+                    _ if !file.exists() => false,
+                    None | Some("tests") => true,
+                    Some(t) => has_fn(&file, t),
+                }
+            } else if let Some((module, test)) = name.split_once("::") {
+                let file = repo().join(format!("tests/it/{module}.rs"));
+                if !file.exists() || test.contains("::") {
+                    continue; // not a test of tests/it (a module path, a bench flag)
+                }
+                test == "*" || has_fn(&file, test)
+            } else {
+                continue;
+            };
+            checked += 1;
+            if !found {
+                missing.push(name.to_string());
+            }
+        }
+    }
+    assert!(checked > 150, "the table's tests were read: {checked}");
+    assert!(
+        missing.is_empty(),
+        "§5 names tests that do not exist: {missing:#?}"
+    );
+}

@@ -180,3 +180,59 @@ async fn tail_shows_the_cloud_stream_filtered_and_consumes_nothing() {
     let cloud = cloud_js(&p).await;
     assert_eq!(stream_len(&cloud, &p.ingest_cfg.nats.stream).await, 8);
 }
+
+/// README ("What arrived"): `uplink tail --new` shows only what arrives after it started, not
+/// the stream's history. New messages are published until it has printed one (paced, at most
+/// 60 over ~20 s: a publish before its consumer exists is simply not shown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_new_shows_only_what_arrives_after_it_started() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let edge = edge_js(&p).await;
+    for i in 0..3 {
+        edge.publish("telemetry.old", Bytes::from(format!("old-{i}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    wait_delivered(&p, 3).await;
+    let config = p.dir.path().join("ingest.toml");
+    let run = tokio::process::Command::new(exe())
+        .arg("tail")
+        .arg("--config")
+        .arg(&config)
+        .args(["--new", "--count", "1", "--json"])
+        .kill_on_drop(true)
+        .output();
+    let publisher = async {
+        for i in 0..60 {
+            edge.publish("telemetry.new", Bytes::from(format!("new-{i}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let out = tokio::select! {
+        out = run => out.unwrap(),
+        () = publisher => panic!("tail --new printed nothing while 60 new messages arrived"),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let got = json(&lines);
+    assert_eq!(got.len(), 1, "{lines:?}");
+    assert_eq!(got[0]["edge_subject"], "telemetry.new", "{}", got[0]);
+    assert!(
+        got[0]["payload"].as_str().unwrap().starts_with("new-"),
+        "{}",
+        got[0]
+    );
+}
