@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod api_error;
+mod atomic_batch;
 pub mod budget;
 pub mod closing;
 pub mod decode;

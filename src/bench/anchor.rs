@@ -394,7 +394,7 @@ pub async fn native_drain(
         return run;
     }
     let cpu0 = super::sample::cpu_of(&procs);
-    super::backlog::perf_control("enable");
+    super::harness::perf_control("enable");
     let started = Instant::now();
     let want = w.count as u64;
     let budget = crate::testbed::pipeline::delivery_budget(w.count);
@@ -416,7 +416,7 @@ pub async fn native_drain(
         .context("creating the sourcing cloud stream")?;
     let messages = super::harness::wait_holds(&cloud_js, NATIVE_CLOUD_STREAM, want, budget).await?;
     let seconds = started.elapsed().as_secs_f64();
-    super::backlog::perf_control("disable");
+    super::harness::perf_control("disable");
     let cpu_ms = super::sample::cpu_since(&procs, &cpu0);
     drop((edge, nginx, cloud));
     Ok(NativeRun {

@@ -278,7 +278,7 @@ async fn uplink_drain(
     if !o.json {
         eprintln!("round {} uplink: pids {procs:?} (gateway: next)", round + 1);
     }
-    perf_control("enable");
+    super::harness::perf_control("enable");
     let started = Instant::now();
     p.start_gateway().await?;
     procs.push((
@@ -294,7 +294,7 @@ async fn uplink_drain(
         return Err(e);
     }
     let seconds = started.elapsed().as_secs_f64();
-    perf_control("disable");
+    super::harness::perf_control("disable");
     let cpu_ms = cpu_since(&procs, &cpu0);
     if !o.json {
         eprintln!("round {} uplink: pids {procs:?}", round + 1);
@@ -331,22 +331,6 @@ async fn uplink_drain(
         corrupted: report.corrupted,
     });
     Ok(t)
-}
-
-/// Profiling only the drain: with `UPLINK_BENCH_PERF_CTL` naming the control FIFO of a
-/// `perf record --control fifo:PATH -D -1 …`, the uplink drain's start and end are written
-/// there (`enable` / `disable`), so the profile holds the drain and nothing else.
-pub(crate) fn perf_control(command: &str) {
-    if let Some(path) = std::env::var_os("UPLINK_BENCH_PERF_CTL") {
-        use std::io::Write as _;
-        let r = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(format!("{command}\n").as_bytes()));
-        if let Err(e) = r {
-            eprintln!("UPLINK_BENCH_PERF_CTL {}: {e}", path.to_string_lossy());
-        }
-    }
 }
 
 /// Prints the rounds and the ratios, or one JSON line.

@@ -42,3 +42,19 @@ pub fn until_interrupted<T>(
         }
     })
 }
+
+/// Profiling only the drain: with `UPLINK_BENCH_PERF_CTL` naming the control FIFO of a
+/// `perf record --control fifo:PATH -D -1 …`, the uplink drain's start and end are written
+/// there (`enable` / `disable`), so the profile holds the drain and nothing else.
+pub(crate) fn perf_control(command: &str) {
+    if let Some(path) = std::env::var_os("UPLINK_BENCH_PERF_CTL") {
+        use std::io::Write as _;
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{command}\n").as_bytes()));
+        if let Err(e) = r {
+            eprintln!("UPLINK_BENCH_PERF_CTL {}: {e}", path.to_string_lossy());
+        }
+    }
+}

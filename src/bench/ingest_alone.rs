@@ -281,11 +281,11 @@ async fn timed(
         eprintln!("timed part: pids {procs:?}");
     }
     let cpu0 = cpu_of(&procs);
-    super::backlog::perf_control("enable");
+    super::harness::perf_control("enable");
     let started = Instant::now();
     let retries = g.drive(bodies, in_flight).await;
     let seconds = started.elapsed().as_secs_f64();
-    super::backlog::perf_control("disable");
+    super::harness::perf_control("disable");
     Ok(Timed {
         seconds,
         cpu_ms: cpu_since(&procs, &cpu0),

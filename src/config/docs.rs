@@ -67,6 +67,7 @@ values!(
     super::Discard,
     super::EdgeRetention,
     super::AckMode,
+    super::BatchPublish,
     super::RejectAction,
     super::Concurrency,
     super::LogFormat,

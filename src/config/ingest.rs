@@ -101,7 +101,30 @@ settings! {
         pub duplicate_window: Duration,
         /// Most publishes awaiting their PubAck at once (messages); requests wait beyond it.
         pub max_pending_acks: usize,
+        /// How a request's messages are published to the cloud stream: "fast" (nats-server
+        /// 2.14+, a stream with allow_batched: a request sent for the first time goes as one fast
+        /// batch, acked per window instead of one PubAck per message; retries message by
+        /// message), "atomic" (nats-server 2.12.1+, a stream with allow_atomic: every request of
+        /// up to 1000 messages lands all-or-nothing as one atomic batch; one holding a message
+        /// stored before is refused whole by the server and then published message by message)
+        /// or "off" (message by message, a PubAck each). A stream the ingest creates gets the
+        /// flag the mode needs; where the server or the stream lacks the mode, message by
+        /// message, said once in the log and in /status.
+        pub batch_publish: BatchPublish,
     }
+}
+
+/// How requests are published to the cloud stream (`nats.batch_publish`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchPublish {
+    /// Fast batches for first sends where the server and stream have them.
+    #[default]
+    Fast,
+    /// Every request as one atomic batch where the server and stream have them.
+    Atomic,
+    /// Message by message.
+    Off,
 }
 
 settings! {
@@ -265,6 +288,7 @@ impl Default for CloudNats {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
             max_pending_acks: 20_000,
+            batch_publish: BatchPublish::Fast,
         }
     }
 }

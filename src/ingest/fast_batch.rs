@@ -99,11 +99,7 @@ impl FastBatches {
                 }
             }
         });
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()).rotate_left(40);
+        let nonce = super::sink::batch_nonce();
         Ok(Arc::new(FastBatches {
             client,
             inbox,

@@ -1,6 +1,7 @@
 //! Persisting accepted messages: the JetStream implementation of the narrow [`Sink`] the
 //! handler talks to (publish with `Nats-Msg-Id`, await every PubAck; fast batches through
-//! [`super::fast_batch`] where the server has them).
+//! [`super::fast_batch`] or atomic batches through [`super::atomic_batch`] where the server
+//! and the stream have them, as `nats.batch_publish` says).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,10 @@ use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+use super::atomic_batch::{self, AtomicError};
 use super::fast_batch::{BatchError, FastBatches};
 use super::leader::{LeaderWatch, Loss};
-use crate::config::CloudNats;
+use crate::config::{BatchPublish, CloudNats};
 
 pub use super::sink::{OutMessage, Outcome, Sink, SinkError};
 
@@ -40,6 +42,9 @@ pub fn count_rejected(platform: Option<&str>, code: &'static str) {
 /// 1 while first-send requests go to the cloud as fast batches, 0 while message by message.
 const FAST_BATCHES: &str = "uplink_ingest_fast_batches";
 
+/// 1 while requests go to the cloud as atomic batches, 0 otherwise.
+const ATOMIC_BATCHES: &str = "uplink_ingest_atomic_batches";
+
 /// Seconds from a request's first publish to its last PubAck (`uplink_ingest_publish_seconds`).
 const PUBLISH_SECONDS: &str = "uplink_ingest_publish_seconds";
 
@@ -60,6 +65,10 @@ pub struct JetStreamSink {
     /// (`allow_batched`) have them: decided once the stream is checked.
     fast: Arc<tokio::sync::OnceCell<Arc<FastBatches>>>,
     fast_off: std::sync::atomic::AtomicBool,
+    /// Atomic batches ([`super::atomic_batch`]): set once the stream is checked and has them.
+    atomic: Arc<std::sync::atomic::AtomicBool>,
+    /// Distinguishes this process's atomic batch ids from another ingest's; then a counter.
+    atomic_ids: (u64, std::sync::atomic::AtomicU64),
 }
 
 /// Most publishes of one request in flight at once.
@@ -99,31 +108,46 @@ impl JetStreamSink {
             chunk: MAX_CHUNK.min(cfg.max_pending_acks),
             fast: Arc::default(),
             fast_off: std::sync::atomic::AtomicBool::new(false),
+            atomic: Arc::default(),
+            atomic_ids: (
+                super::sink::batch_nonce(),
+                std::sync::atomic::AtomicU64::new(0),
+            ),
         });
         metrics::gauge!(FAST_BATCHES).set(0.0);
-        for mode in ["fast_batch", "per_message"] {
+        metrics::gauge!(ATOMIC_BATCHES).set(0.0);
+        for mode in ["fast_batch", "atomic_batch", "per_message"] {
             metrics::counter!("uplink_ingest_publish_requests_total", "mode" => mode).increment(0);
         }
         let cfg = cfg.clone();
         let fast = sink.fast.clone();
+        let atomic = sink.atomic.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
                 match ensure_stream(&js, &client, &cfg).await {
                     Ok(()) => {
-                        let batching = match batching(&client, &cfg.stream).await {
-                            Ok(true) => match FastBatches::start(client.clone()).await {
-                                Ok(f) => {
-                                    let _ = fast.set(f);
-                                    metrics::gauge!(FAST_BATCHES).set(1.0);
-                                    "fast batches"
+                        let batching = match batching(&client, &cfg.stream, cfg.batch_publish).await
+                        {
+                            Ok(BatchPublish::Atomic) => {
+                                atomic.store(true, std::sync::atomic::Ordering::Release);
+                                metrics::gauge!(ATOMIC_BATCHES).set(1.0);
+                                "atomic batches"
+                            }
+                            Ok(BatchPublish::Fast) => {
+                                match FastBatches::start(client.clone()).await {
+                                    Ok(f) => {
+                                        let _ = fast.set(f);
+                                        metrics::gauge!(FAST_BATCHES).set(1.0);
+                                        "fast batches"
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "fast batches unavailable; publishing message by message");
+                                        "message by message"
+                                    }
                                 }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "fast batches unavailable; publishing message by message");
-                                    "message by message"
-                                }
-                            },
-                            Ok(false) => "message by message",
+                            }
+                            Ok(BatchPublish::Off) => "message by message",
                             Err(why) => {
                                 tracing::info!(stream = %cfg.stream, "{why}: publishing message by message");
                                 "message by message"
@@ -155,39 +179,66 @@ enum StreamError {
     Create { stream: String, reason: String },
 }
 
-/// Whether the connected server is 2.14 or later (fast batch publish, ADR-50).
-fn server_batches(client: &async_nats::Client) -> bool {
+/// The connected server's version as (major, minor, patch).
+fn server_version(client: &async_nats::Client) -> (u64, u64, u64) {
     let version = client.server_info().version;
-    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 14)
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
 }
 
-/// Whether requests can go as fast batches: the server has them and the stream allows them
-/// (`Err` says why not, once, in the log). The stream's config as the server reports it,
-/// read raw: async-nats's `Config` has the field only behind a feature we do not build.
-async fn batching(client: &async_nats::Client, stream: &str) -> Result<bool, String> {
-    if !server_batches(client) {
-        return Ok(false);
-    }
+/// Whether the connected server is 2.14 or later (fast batch publish, ADR-50).
+fn server_batches(client: &async_nats::Client) -> bool {
+    server_version(client) >= (2, 14, 0)
+}
+
+/// Whether the connected server takes `Nats-Msg-Id` in atomic batches (2.12.1, nats-server PR
+/// #7391; atomic batches themselves are 2.12.0).
+fn server_atomic(client: &async_nats::Client) -> bool {
+    server_version(client) >= (2, 12, 1)
+}
+
+/// How requests will be published: `wanted` where the server has it and the stream allows it
+/// (`Err` says why not, once, in the log), else message by message. The stream's config as the
+/// server reports it, read raw: async-nats's `Config` has the fields only behind a feature we
+/// do not build.
+async fn batching(
+    client: &async_nats::Client,
+    stream: &str,
+    wanted: BatchPublish,
+) -> Result<BatchPublish, String> {
+    let version = client.server_info().version;
+    let (flag, has) = match wanted {
+        BatchPublish::Off => return Ok(BatchPublish::Off),
+        BatchPublish::Fast if !server_batches(client) => return Ok(BatchPublish::Off),
+        BatchPublish::Atomic if !server_atomic(client) => {
+            return Err(format!(
+                "nats.batch_publish = \"atomic\" needs nats-server 2.12.1+, this one is {version}"
+            ));
+        }
+        BatchPublish::Fast => ("allow_batched", "fast batch publish"),
+        BatchPublish::Atomic => ("allow_atomic", "atomic batch publish"),
+    };
     let info = client
         .request(format!("$JS.API.STREAM.INFO.{stream}"), Bytes::new())
         .await
         .map_err(|e| format!("reading stream {stream}'s config: {e}"))?;
     let v: serde_json::Value = serde_json::from_slice(&info.payload)
         .map_err(|e| format!("reading stream {stream}'s config: {e}"))?;
-    if v["config"]["allow_batched"] == serde_json::Value::Bool(true) {
-        Ok(true)
+    if v["config"][flag] == serde_json::Value::Bool(true) {
+        Ok(wanted)
     } else {
         Err(format!(
-            "nats-server {} has fast batch publish but stream {stream} was created without allow_batched (recreate it with allow_batched to have requests published as batches)",
-            client.server_info().version
+            "nats-server {version} has {has} but stream {stream} was created without {flag} (recreate it with {flag} to have requests published as batches)"
         ))
     }
 }
 
 /// Creates the cloud stream when missing (and allowed), or checks that it exists. On a server
-/// with fast batch publish (2.14+) it is created with `allow_batched`.
+/// with fast batch publish (2.14+) it is created with `allow_batched`; with
+/// `nats.batch_publish = "atomic"` on 2.12.1+ also with `allow_atomic`.
 async fn ensure_stream(
     js: &jetstream::Context,
     client: &async_nats::Client,
@@ -208,8 +259,15 @@ async fn ensure_stream(
         ..Default::default()
     };
     cfg.limits.apply(&mut config);
+    let mut flags = Vec::new();
     if server_batches(client) {
-        return create_batched(client, &config).await;
+        flags.push("allow_batched");
+    }
+    if cfg.batch_publish == BatchPublish::Atomic && server_atomic(client) {
+        flags.push("allow_atomic");
+    }
+    if !flags.is_empty() {
+        return create_batched(client, &config, &flags).await;
     }
     js.create_stream(config)
         .await
@@ -220,17 +278,21 @@ async fn ensure_stream(
     Ok(())
 }
 
-/// `$JS.API.STREAM.CREATE` with `allow_batched` added to the config async-nats serializes.
+/// `$JS.API.STREAM.CREATE` with `flags` (`allow_batched`, `allow_atomic`) added to the config
+/// async-nats serializes.
 async fn create_batched(
     client: &async_nats::Client,
     config: &jetstream::stream::Config,
+    flags: &[&str],
 ) -> Result<(), StreamError> {
     let fail = |reason: String| StreamError::Create {
         stream: config.name.clone(),
         reason,
     };
     let mut v = serde_json::to_value(config).map_err(|e| fail(e.to_string()))?;
-    v["allow_batched"] = serde_json::Value::Bool(true);
+    for flag in flags {
+        v[*flag] = serde_json::Value::Bool(true);
+    }
     let body = serde_json::to_vec(&v).map_err(|e| fail(e.to_string()))?;
     let resp = client
         .request(
@@ -305,6 +367,85 @@ impl Sink for JetStreamSink {
                     }
                 };
             }
+            if self.atomic.load(std::sync::atomic::Ordering::Acquire)
+                && n <= atomic_batch::MAX_MESSAGES.min(self.max_pending)
+            {
+                match self.atomic_batch(messages.clone()).await {
+                    Ok(accepted) => {
+                        metrics::histogram!(PUBLISH_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        return Ok(Outcome {
+                            accepted,
+                            duplicates: 0,
+                        });
+                    }
+                    // Nothing of the batch was stored: message by message tells which are
+                    // duplicates, and stores the rest.
+                    Err(AtomicError::Duplicate) => {}
+                    Err(AtomicError::Refused(why)) => {
+                        tracing::warn!(%why, "atomic batches refused; publishing message by message from now on");
+                        self.atomic
+                            .store(false, std::sync::atomic::Ordering::Release);
+                        metrics::gauge!(ATOMIC_BATCHES).set(0.0);
+                    }
+                    Err(AtomicError::Sink(e)) => return Err(e),
+                }
+            }
+            let outcome = self.per_message(messages).await?;
+            metrics::histogram!(PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+            Ok(outcome)
+        })
+    }
+
+    /// The connected server's `max_payload` (0 before the first connection: then `ready` fails
+    /// first).
+    fn max_message_bytes(&self) -> usize {
+        match self.conn.client.max_payload() {
+            0 => usize::MAX,
+            n => n,
+        }
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        self.conn.ready()?;
+        if !self.stream_ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("cloud stream not created/checked yet".into());
+        }
+        self.leader.ready()
+    }
+}
+
+impl JetStreamSink {
+    /// One request as one atomic batch, holding the permits of all its messages.
+    async fn atomic_batch(&self, messages: Vec<OutMessage>) -> Result<usize, AtomicError> {
+        metrics::counter!("uplink_ingest_publish_requests_total", "mode" => "atomic_batch")
+            .increment(1);
+        let _permits = self
+            .pending
+            .acquire_many(messages.len() as u32)
+            .await
+            .expect("semaphore never closed");
+        let (nonce, next) = &self.atomic_ids;
+        let id = format!(
+            "u{nonce:x}a{:x}",
+            next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut lost = self.leader.losses();
+        let sent_at = std::time::Instant::now();
+        atomic_batch::publish(
+            &self.conn.client,
+            &id,
+            messages,
+            self.timeout,
+            &mut lost,
+            sent_at,
+        )
+        .await
+    }
+
+    /// Message by message, at most a chunk of PubAcks awaited at once.
+    async fn per_message(&self, messages: Vec<OutMessage>) -> Result<Outcome, SinkError> {
+        {
             metrics::counter!("uplink_ingest_publish_requests_total", "mode" => "per_message")
                 .increment(1);
             let mut outcome = Outcome::default();
@@ -336,26 +477,8 @@ impl Sink for JetStreamSink {
                 self.await_acks(acks, sent_at, &mut lost, &mut outcome)
                     .await?;
             }
-            metrics::histogram!(PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
             Ok(outcome)
-        })
-    }
-
-    /// The connected server's `max_payload` (0 before the first connection: then `ready` fails
-    /// first).
-    fn max_message_bytes(&self) -> usize {
-        match self.conn.client.max_payload() {
-            0 => usize::MAX,
-            n => n,
         }
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        self.conn.ready()?;
-        if !self.stream_ready.load(std::sync::atomic::Ordering::Acquire) {
-            return Err("cloud stream not created/checked yet".into());
-        }
-        self.leader.ready()
     }
 }
 

@@ -36,6 +36,15 @@ impl OutMessage {
     }
 }
 
+/// A number unlikely to repeat across ingest processes (time and pid), for batch ids.
+pub(super) fn batch_nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(40)
+}
+
 /// What a publish of a whole request achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
