@@ -126,7 +126,8 @@ pub struct ReloadingCert {
 struct CertState {
     current: Arc<CertifiedKey>,
     stamp: FileStamp,
-    checked: std::time::Instant,
+    /// Tokio's clock (the std clock outside a paused test), so the cadence can be tested.
+    checked: tokio::time::Instant,
 }
 
 /// Modification time and length of both files: what "changed" means.
@@ -172,7 +173,7 @@ fn record_expiry(file: &Path, chain: &[CertificateDer<'static>]) {
 impl ReloadingCert {
     /// Loads the pair now (errors name the files); checks for changes at most once a second.
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        Self::with_check_interval(cert, key, std::time::Duration::from_secs(1))
+        Self::with_check_interval(cert, key, reload::CHECK_EVERY)
     }
 
     pub fn with_check_interval(
@@ -189,7 +190,7 @@ impl ReloadingCert {
             state: std::sync::Mutex::new(CertState {
                 current,
                 stamp: before,
-                checked: std::time::Instant::now(),
+                checked: tokio::time::Instant::now(),
             }),
         })
     }
@@ -198,7 +199,7 @@ impl ReloadingCert {
     pub fn current(&self) -> Arc<CertifiedKey> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.checked.elapsed() >= self.check_every {
-            st.checked = std::time::Instant::now();
+            st.checked = tokio::time::Instant::now();
             let now = stamp(&self.cert, &self.key);
             if now != st.stamp {
                 match certified(&self.cert, &self.key) {

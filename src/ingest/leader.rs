@@ -62,6 +62,12 @@ pub struct LeaderWatch {
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_EVERY_WITHOUT_LEADER: Duration = Duration::from_millis(250);
 
+/// How long a probe waits for the stream's info: `timeouts.publish` clamped to 0.5–2 s, long
+/// enough for a busy cluster to answer, short enough to see a dead leader soon.
+fn probe_timeout(publish_timeout: Duration) -> Duration {
+    publish_timeout.clamp(Duration::from_millis(500), Duration::from_secs(2))
+}
+
 impl LeaderWatch {
     pub(super) fn new(stream: &str) -> Self {
         LeaderWatch {
@@ -147,11 +153,19 @@ impl LeaderWatch {
 
     /// Probes the stream's leader until the process ends.
     pub(super) async fn probe_forever(&self, js: jetstream::Context, publish_timeout: Duration) {
-        // Long enough for a busy cluster to answer, short enough to see a dead leader soon.
-        let timeout = publish_timeout.clamp(Duration::from_millis(500), Duration::from_secs(2));
+        let timeout = probe_timeout(publish_timeout);
+        self.probe_with(|| self.probe(&js, timeout)).await;
+    }
+
+    /// The probe loop, `probe` asking once: its cadence, apart from what it asks (tests fake it).
+    async fn probe_with<F, Fut>(&self, mut probe: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<String, NoLeader>>,
+    {
         loop {
             let asked = std::time::Instant::now();
-            let found = self.probe(&js, timeout).await;
+            let found = probe().await;
             let every = if found.is_ok() {
                 PROBE_EVERY
             } else {
@@ -290,5 +304,81 @@ mod tests {
         );
         // The connection is the connection's readiness, not the leader's.
         assert_eq!(w.ready(), Ok(()));
+    }
+
+    /// The time since the previous probe, when the loop probes next.
+    async fn next_probe(
+        probes: &mut tokio::sync::mpsc::UnboundedReceiver<tokio::time::Instant>,
+        last: &mut tokio::time::Instant,
+    ) -> Duration {
+        let at = probes.recv().await.expect("the loop probes on");
+        let gap = at - *last;
+        *last = at;
+        gap
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_is_probed_every_second_every_250_ms_without_one_at_once_on_trouble() {
+        let w = Arc::new(LeaderWatch::new("UPLINK"));
+        let answer = Arc::new(std::sync::Mutex::new(Ok::<_, NoLeader>(
+            "cloud-1".to_string(),
+        )));
+        let (asked, mut probes) = tokio::sync::mpsc::unbounded_channel();
+        let probing = tokio::spawn({
+            let (w, answer) = (w.clone(), answer.clone());
+            async move {
+                w.probe_with(|| {
+                    asked.send(tokio::time::Instant::now()).unwrap();
+                    std::future::ready(answer.lock().unwrap().clone())
+                })
+                .await
+            }
+        });
+        let mut last = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(0), "at start");
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(1000));
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(1000));
+
+        // The leader goes: the probe that finds it gone asks again at once (the loss pokes it),
+        // then every 250 ms until there is one.
+        *answer.lock().unwrap() = Err(NoLeader::Electing {
+            stream: "UPLINK".into(),
+        });
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(1000));
+        assert!(w.ready().unwrap_err().contains("has no leader"));
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(0));
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(250));
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(250));
+        *answer.lock().unwrap() = Ok("cloud-2".into());
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(250));
+        assert_eq!(w.ready(), Ok(()));
+        assert_eq!(
+            next_probe(&mut probes, &mut last).await,
+            ms(1000),
+            "a leader again"
+        );
+
+        // A publish overdue for its PubAck pokes the probe: it asks at once.
+        tokio::time::advance(ms(300)).await;
+        w.poke();
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(300));
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(1000));
+        // So does a publish nobody took; the probe finds the leader and /readyz follows.
+        tokio::time::advance(ms(100)).await;
+        w.no_responders();
+        assert!(w.ready().is_err());
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(100));
+        assert_eq!(w.ready(), Ok(()));
+        assert_eq!(next_probe(&mut probes, &mut last).await, ms(1000));
+        probing.abort();
+    }
+
+    #[test]
+    fn a_probe_waits_timeouts_publish_clamped_to_half_a_second_to_two() {
+        let ms = Duration::from_millis;
+        assert_eq!(probe_timeout(ms(100)), ms(500));
+        assert_eq!(probe_timeout(ms(1200)), ms(1200));
+        assert_eq!(probe_timeout(Duration::from_secs(30)), ms(2000));
     }
 }

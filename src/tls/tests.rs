@@ -140,3 +140,89 @@ fn dev_reissue_makes_new_pairs_that_chain_to_the_same_ca() {
         )
         .expect("the reissued server certificate chains to the CA");
 }
+
+/// Replaces `live`'s pair with `from`'s (both files, as a finished rotation does).
+fn rotate(live: &DevPki, from: &DevPki, from_name: &str) {
+    std::fs::copy(from.client_cert(from_name), live.client_cert("edge-1")).unwrap();
+    std::fs::copy(from.client_key(from_name), live.client_key("edge-1")).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn certificate_files_are_re_read_at_most_once_a_second_on_handshakes() {
+    use std::time::Duration;
+    let tmp = tmp();
+    let a = dev_pki(&tmp.path().join("a"), &["edge-1".to_string()]).unwrap();
+    let b = dev_pki(&tmp.path().join("b"), &["edge-2".to_string()]).unwrap();
+    let c = dev_pki(&tmp.path().join("c"), &["edge-3".to_string()]).unwrap();
+    let live = ReloadingCert::load(&a.client_cert("edge-1"), &a.client_key("edge-1")).unwrap();
+    let platform = || identity(&live.current().cert[0]);
+    assert_eq!(reload::CHECK_EVERY, Duration::from_secs(1));
+
+    rotate(&a, &b, "edge-2");
+    assert_eq!(platform().as_deref(), Some("edge-1"), "loaded just now");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert_eq!(
+        platform().as_deref(),
+        Some("edge-1"),
+        "999 ms after loading"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(
+        platform().as_deref(),
+        Some("edge-2"),
+        "a second after loading"
+    );
+
+    // The second counts from the last look, not from the load.
+    rotate(&a, &c, "edge-3");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert_eq!(
+        platform().as_deref(),
+        Some("edge-2"),
+        "999 ms after the last look"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(platform().as_deref(), Some("edge-3"));
+
+    // Nothing looks between handshakes: the first one after a quiet spell picks the change up.
+    rotate(&a, &b, "edge-2");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(
+        platform().as_deref(),
+        Some("edge-2"),
+        "the first call after 30 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watched_file_ca_or_deny_list_is_re_read_at_most_once_a_second() {
+    use std::time::Duration;
+    let tmp = tmp();
+    let path = tmp.path().join("deny.txt");
+    std::fs::write(&path, "edge-1\n").unwrap();
+    let deny = reload::Watched::load(
+        &path,
+        "deny list",
+        reload::DenyList::parse,
+        reload::CHECK_EVERY,
+    )
+    .unwrap();
+    assert!(deny.current().contains("edge-1"));
+
+    std::fs::write(&path, "edge-2\nedge-3\n").unwrap();
+    assert!(deny.current().contains("edge-1"), "loaded just now");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(deny.current().contains("edge-1"), "999 ms after loading");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let now = deny.current();
+    assert!(now.contains("edge-2") && !now.contains("edge-1"));
+
+    std::fs::write(&path, "edge-4\n").unwrap();
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(
+        deny.current().contains("edge-2"),
+        "500 ms after the last look"
+    );
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(deny.current().contains("edge-4"));
+}

@@ -245,3 +245,38 @@ fn bench_dedupe_memory_finds_ids_cost_memory() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--messages"));
 }
+
+/// RELIABILITY.md "Faults under load": a scenario never reached within `--duration` fails the
+/// run (exit 1) and is named in `problems`, although nothing was lost: `--chaos all` in 3 s
+/// cannot inject 13 scenarios of 2–4 s each.
+#[test]
+fn a_chaos_run_too_short_for_its_scenarios_exits_1_naming_the_ones_missed() {
+    let out = Command::new(exe())
+        .args(["bench", "--chaos", "all", "--duration", "3s", "--json"])
+        .args(["--seed", &chaos_seed().to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let last = stdout.lines().last().expect("a JSON line on stdout");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(
+        (v["lost"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "the exit is for the missed scenarios, not a loss: {v}"
+    );
+    let missed = v["faults"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, f)| f["injected"] == 0)
+        .map(|(name, _)| name.clone())
+        .collect::<Vec<_>>();
+    assert!(!missed.is_empty(), "{v}");
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("not injected within --duration"), "{v}");
+    for name in &missed {
+        assert!(problems.contains(name.as_str()), "{name} not named: {v}");
+    }
+}

@@ -879,3 +879,57 @@ async fn healthz_answers_while_readyz_says_why_a_program_is_not_ready() {
     let r = crate::support::verify_delivery(&p, &sent).await;
     crate::support::assert_exactly_once(&p, &r, 100);
 }
+
+/// README "HTTP API": the gateway does not forward edge headers in the ingest's namespaces
+/// (`Nats-*`, the edge JetStream's own control headers; `Uplink-*`, which the ingest refuses as
+/// `bad_header`). A message carrying them is not refused and dead-lettered: it arrives with its
+/// other headers and with the ingest's own stamps, not the edge's copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_headers_in_the_ingests_namespaces_are_not_forwarded_and_the_message_arrives() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let edge = crate::support::edge_js(&p).await;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Uplink-Platform", "edge-2");
+    h.insert("uplink-time-unix-nano", "1");
+    h.insert("Nats-Msg-Id", "edge-side-id");
+    h.insert("X-Kept", "yes");
+    edge.publish_with_headers("telemetry.spoof", h, "21.5".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    crate::support::wait_delivered(&p, 1).await;
+
+    let cloud = cloud_js(&p).await;
+    let stream = cloud.get_stream(&p.ingest_cfg.nats.stream).await.unwrap();
+    let m = stream
+        .get_raw_message(1)
+        .await
+        .expect("the message arrived");
+    let get = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
+    let id = get("Nats-Msg-Id").expect("the ingest's id");
+    let platform = id.split('.').next().unwrap().to_string();
+    assert_ne!(
+        id, "edge-side-id",
+        "the edge's Nats-Msg-Id is not forwarded"
+    );
+    assert_eq!(get("Uplink-Platform"), Some(platform.clone()), "{id}");
+    assert_ne!(platform, "edge-2");
+    assert_ne!(get("Uplink-Time-Unix-Nano").as_deref(), Some("1"));
+    assert_eq!(
+        get("X-Kept").as_deref(),
+        Some("yes"),
+        "other headers travel"
+    );
+    assert_eq!(
+        m.subject.as_str(),
+        format!("uplink.{platform}.telemetry.spoof")
+    );
+    assert_eq!(m.payload.as_ref(), b"21.5");
+    let g = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        uplink::telemetry::scrape_value(&g, "uplink_gateway_messages_total{result=\"rejected\"}"),
+        Some(0.0),
+        "nothing refused: {g}"
+    );
+}

@@ -514,3 +514,34 @@ async fn counts_a_reset_stream_as_lost() {
     assert!(v["max_requests_per_connection"].is_null(), "{v}");
     assert_eq!(v["requests_completed"], 32, "{v}");
 }
+
+/// README "How long it takes": nothing starts after `--time-limit`, so the idle and age probes
+/// wait only what the limit leaves (`idle_wait_seconds`), not `--idle-wait`: an ingest closing
+/// idle connections after 60 s is "not observed" within a 3 s limit, while the request limit,
+/// found before it, is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_limit_cuts_the_waits_to_what_it_leaves() {
+    let p = pipeline(
+        |i| {
+            i.http2.max_requests_per_connection = 50;
+            i.timeouts.idle = Duration::from_secs(60);
+        },
+        |_| {},
+    )
+    .await;
+    let args = [
+        "--requests",
+        "100",
+        "--idle-wait",
+        "90s",
+        "--time-limit",
+        "3s",
+        "--no-limits",
+        "--json",
+    ];
+    let v = json_of(&doctor_ingest(&p, &args).await);
+    let waited = v["idle_wait_seconds"].as_f64().expect("idle_wait_seconds");
+    assert!(waited <= 3.0, "waited {waited} s of a 3 s limit: {v}");
+    assert!(v["idle_timeout_seconds"].is_null(), "{v}");
+    assert_eq!(v["max_requests_per_connection"], 50, "{v}");
+}
