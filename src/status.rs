@@ -193,6 +193,9 @@ pub struct IngestStatus {
     pub inflight_bytes: f64,
     /// Whether first-send requests go to the cloud as fast batches (`None`: not said yet).
     pub fast_batches: Option<bool>,
+    /// Requests go as atomic batches (`nats.batch_publish = "atomic"`); absent before this
+    /// metric existed.
+    pub atomic_batches: Option<bool>,
     pub platforms: Vec<PlatformStatus>,
 }
 
@@ -355,6 +358,8 @@ fn ingest_status(m: &str, old: &Scrape, new: &Scrape, now: f64) -> IngestStatus 
         inflight_bytes: scrape_sum(m, "uplink_ingest_inflight_bytes"),
         fast_batches: crate::telemetry::scrape_value(m, "uplink_ingest_fast_batches")
             .map(|v| v > 0.0),
+        atomic_batches: crate::telemetry::scrape_value(m, "uplink_ingest_atomic_batches")
+            .map(|v| v > 0.0),
         platforms,
     }
 }
@@ -509,7 +514,11 @@ pub fn render(statuses: &[TargetStatus]) -> String {
                 count(i.goaways_sent),
                 ago_text(i.last_goaway_ago),
             ));
-            if let Some(fast) = i.fast_batches {
+            if i.atomic_batches == Some(true) {
+                out.push_str(
+                    "  publish: atomic batches (nats-server 2.12.1+, stream with allow_atomic)\n",
+                );
+            } else if let Some(fast) = i.fast_batches {
                 out.push_str(if fast {
                     "  publish: fast batches (nats-server 2.14+, stream with allow_batched)\n"
                 } else {
