@@ -5,16 +5,31 @@
 //! one batch and decides its end (`forward` is the retry loop, `retry` what a failed attempt
 //! means for retrying, `settle` acks and naks); this file wires them up with bounded in-flight batches and drains at shutdown.
 
-pub mod batch;
-pub mod complaints;
-pub mod concurrency;
-pub mod consume;
+pub(crate) mod batch;
+pub(crate) mod complaints;
+pub(crate) mod concurrency;
+pub(crate) mod consume;
 mod cumulative;
-pub mod deliver;
-pub mod forward;
-pub mod lag;
-pub mod retry;
-pub mod settle;
+pub(crate) mod deliver;
+pub(crate) mod forward;
+pub(crate) mod lag;
+pub(crate) mod retry;
+pub(crate) mod settle;
+
+// The gateway's public API beyond `run` and `preflight`, for the tools (uplink-tools): one
+// platform's sending as the gateway does it, and the edge stream as the gateway makes it.
+/// The retry loop's backoff (bench fleet and ingest-alone, tests/it lifecycle).
+pub use crate::backoff::Backoff;
+/// What delivery failures are logged as, passed to the retry loop (bench fleet, ingest-alone).
+pub use complaints::{CloudFiles, Complaints};
+/// The edge stream the gateway creates, and its dead letters (benches, tests/it cluster).
+pub use consume::{create_dead_letter_stream, stream_config};
+/// Whether a 2xx answer confirms every message sent (ingest-alone's generator).
+pub use deliver::confirms;
+/// One batch POSTed as the gateway sends it (bench fleet, ingest-alone's generator).
+pub use deliver::{HttpPost, Post};
+/// The retry loop around one batch's attempts (bench fleet, ingest-alone, tests/it lifecycle).
+pub use forward::{Delivery, send_with_retries};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +42,8 @@ use tokio_util::task::TaskTracker;
 
 use self::concurrency::Slots;
 use self::consume::{Bound, IdMaker, PumpError, bind, pump};
-use self::deliver::{Deliverer, HttpPost, Policy};
+use self::deliver::{Deliverer, Policy};
 use self::settle::SETTLE_TIMEOUT;
-use crate::backoff::Backoff;
 use crate::config::{AckMode, Concurrency, ConfigError, GatewayConfig};
 use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};
@@ -64,14 +78,14 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
 
 /// What the gateway holds once its config checked out, before any socket: the cloud client
 /// (not connected yet), the platform and the batches URL.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub client: Client,
     pub platform: String,
     pub batches_url: http::Uri,
 }
 
 /// [`preflight`], then the cloud client built from it; every failure a configuration error.
-pub fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
+pub(crate) fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
     let Preflight {
         tls,
         platform,
@@ -97,7 +111,7 @@ pub fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
 }
 
 /// [`run`] on an admin listener the caller bound, after [`prepare`].
-pub async fn serve(
+pub(crate) async fn serve(
     cfg: GatewayConfig,
     prepared: Prepared,
     admin: TcpListener,

@@ -21,8 +21,8 @@
 //! The harness, the benches, the demo and the `uplink` binary are another crate, `uplink_tools`
 //! (`tools/Cargo.toml`, root `src/tools.rs`): they see only what this crate makes public.
 
-pub mod admin;
-pub mod backoff;
+pub(crate) mod admin;
+pub(crate) mod backoff;
 pub mod config;
 pub mod doctor;
 pub mod error;

@@ -219,7 +219,7 @@ pub fn scrape_sum_present(text: &str, name: &str) -> Option<f64> {
 }
 
 /// The values a label takes in the samples of a family, in order of first appearance.
-pub fn scrape_label_values(text: &str, family: &str, label: &str) -> Vec<String> {
+pub(crate) fn scrape_label_values(text: &str, family: &str, label: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, _)) = l.rsplit_once(' ') else {
@@ -251,7 +251,7 @@ pub fn scrape_families(text: &str) -> Vec<(String, String)> {
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

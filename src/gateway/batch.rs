@@ -61,15 +61,11 @@ impl<T> Batcher<T> {
         !self.is_empty() && free_slots > 0
     }
 
-    /// The handles of the current batch.
-    pub fn handles(&self) -> &[T] {
-        &self.handles
-    }
-
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.handles.len()
     }

@@ -134,6 +134,7 @@ pub struct Hold {
 
 impl Hold {
     /// Bytes held by this request.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
     }

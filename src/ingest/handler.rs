@@ -28,7 +28,7 @@ use crate::config::IngestLimits;
 use crate::tls::reload::{DenyList, Watched};
 use crate::wire::{self, Encoding, ErrorCode, MessageError, WireError, scan};
 
-pub use crate::wire::{MAX_ID_LEN, PLATFORM_HEADER, TIME_HEADER};
+pub use crate::wire::{PLATFORM_HEADER, TIME_HEADER};
 
 /// What one decoded message costs beyond the bytes it copies: its structs, its header map with
 /// the two headers the ingest adds, the cloud subject (an estimate on the safe side).
@@ -105,6 +105,7 @@ impl Handler {
     }
 
     /// Bytes of requests held now.
+    #[cfg(test)]
     pub fn inflight_bytes(&self) -> usize {
         self.budget.held()
     }

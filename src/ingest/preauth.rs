@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use super::proxy::unmapped;
 
 /// Why a connection was closed without being served (a metric label).
+/// Each variant is named after the `limits.max_*` setting that refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
 pub enum Refusal {
     /// `limits.max_connections` full and no silent connection to evict.
     MaxConnections,

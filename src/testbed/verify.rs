@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use uplink::ingest::handler::TIME_HEADER;
+use uplink::wire::TIME_HEADER;
 
 /// What to publish.
 #[derive(Clone, Debug)]

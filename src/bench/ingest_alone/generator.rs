@@ -11,13 +11,9 @@ use http_body_util::Full;
 use rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
-use uplink::backoff::Backoff;
 use uplink::config::{ClientTimeouts, GatewayConfig};
-use uplink::gateway::complaints::{CloudFiles, Complaints};
-use uplink::gateway::forward::{Delivery, send_with_retries};
-use uplink::http2::classify::ForwardError;
-use uplink::http2::client::{Client, ClientConfig, FullResponse};
-use uplink::http2::dial::{self, BoxIo, Dial};
+use uplink::gateway::{Backoff, CloudFiles, Complaints, Delivery, send_with_retries};
+use uplink::http2::{self, BoxIo, Client, ClientConfig, Dial, ForwardError, FullResponse};
 use uplink::wire::{self, Encoding};
 
 /// A dialer that counts the connections it made.
@@ -32,7 +28,7 @@ pub(super) struct Counting {
 impl Dial for Counting {
     fn dial(&self) -> BoxFuture<'_, Result<BoxIo, ForwardError>> {
         Box::pin(async move {
-            let s = dial::connect_tls_from(
+            let s = http2::connect_tls_from(
                 &self.addr,
                 None,
                 self.server_name.clone(),
@@ -83,7 +79,7 @@ impl Generator {
         let gw = GatewayConfig::default();
         let base_uri: http::Uri = base.parse()?;
         let (addr, server_name) =
-            dial::target_of(&base_uri, None).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+            http2::target_of(&base_uri, None).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
         let tls = uplink::tls::client_config(
             &pki.ca(),
             &pki.client_cert(platform),
@@ -144,8 +140,7 @@ impl Generator {
             let resp = send.await?;
             let ok = match expect {
                 Expect::Confirmed => {
-                    !resp.status().is_success()
-                        || uplink::gateway::deliver::confirms(resp.body(), 1)
+                    !resp.status().is_success() || uplink::gateway::confirms(resp.body(), 1)
                 }
                 Expect::NoContent => {
                     !resp.status().is_success() || resp.status() == http::StatusCode::NO_CONTENT
