@@ -24,10 +24,8 @@ pub use crate::backoff::Backoff;
 pub use complaints::{CloudFiles, Complaints};
 /// The edge stream the gateway creates, and its dead letters (benches, tests/it cluster).
 pub use consume::{create_dead_letter_stream, stream_config};
-/// Whether a 2xx answer confirms every message sent (ingest-alone's generator).
-pub use deliver::confirms;
 /// One batch POSTed as the gateway sends it (bench fleet, ingest-alone's generator).
-pub use deliver::{HttpPost, Post};
+pub use deliver::{HttpPost, Post, unconfirmed};
 /// The retry loop around one batch's attempts (bench fleet, ingest-alone, tests/it lifecycle).
 pub use forward::{Delivery, send_with_retries};
 
