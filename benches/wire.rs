@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use divan::counter::{BytesCount, ItemsCount};
-use uplink::http2::frame::{Direction, Parser, Side};
+use uplink::http2::tap::{Direction, Parser, Side};
 use uplink::wire::{self, Batch, Encoding, Message};
 
 fn main() {
@@ -151,7 +151,7 @@ mod batch {
     fn count_messages(bencher: divan::Bencher, n: usize) {
         let raw = wire::encode_batch(&batch(n), Encoding::Identity, 0).unwrap();
         bencher.counter(BytesCount::new(raw.len())).bench(|| {
-            let mut c = wire::scan::Counter::new(n);
+            let mut c = wire::MessageCounter::new(n);
             for chunk in black_box(&raw).chunks(64 << 10) {
                 c.feed(chunk).unwrap();
             }

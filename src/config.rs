@@ -10,14 +10,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 #[macro_use]
-pub mod docs;
+pub(crate) mod docs;
 mod gateway;
 mod ingest;
 mod load;
 mod nats;
 pub use gateway::*;
 pub use ingest::*;
-pub use load::{Sources, default_keys, gateway, ingest, load, reference, render_defaults};
+#[cfg(test)]
+use load::default_keys;
+pub use load::{Sources, gateway, ingest, reference, render_defaults};
 pub use nats::{Auth, Discard, NatsConnect, NatsTls, NatsUrls, Secret, StreamLimits};
 
 /// A configuration problem: exit code 64 at the binary edge.
@@ -58,7 +60,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Durations as humantime strings ("250ms", "30s", "2m") in TOML.
-pub mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -80,7 +82,7 @@ pub mod duration {
 /// Values TOML holds as strings but the program uses typed (`Uri`, `SocketAddr`, `IpAddr`,
 /// `HeaderName`): parsed once, while the config loads, so a bad one is an error naming its key
 /// and origin like any other, and nothing downstream parses it again.
-pub mod text {
+pub(crate) mod text {
     use std::fmt::Display;
     use std::str::FromStr;
 

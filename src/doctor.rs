@@ -8,12 +8,12 @@
 //! writes the frames hyper will not), `report` turns the results into findings,
 //! recommendations, a table and JSON, `check` holds a gateway config against them.
 
-pub mod check;
-pub mod findings;
-pub mod limits;
-pub mod probe;
-pub mod raw;
-pub mod report;
+pub(crate) mod check;
+pub(crate) mod findings;
+pub(crate) mod limits;
+pub(crate) mod probe;
+pub(crate) mod raw;
+pub(crate) mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ use crate::config::ClientTimeouts;
 use crate::http2::ForwardError;
 use crate::http2::dial::target_of;
 
+/// `uplink doctor --config`: a gateway config held against the findings (the binary).
+pub use check::check as check_config;
 pub use findings::Findings;
 
 /// What to probe and how hard: `uplink doctor`'s flags (the doc comments are their help).
@@ -85,7 +87,7 @@ pub struct DoctorOptions {
 }
 
 /// `123`, `123k`/`123KiB` (×1024), `8m`/`8MiB` (×1024²).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

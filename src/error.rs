@@ -84,7 +84,7 @@ pub fn tls_is_config(t: &TlsError) -> bool {
 /// Reads every file the NATS settings name — credentials, nkey seed, TLS CA and client pair
 /// — and checks each holds what it should, without connecting (the library reads the TLS
 /// files only when it connects, and would only log their errors, retrying forever).
-pub fn check_nats_files(cfg: &NatsConnect) -> Result<(), StartError> {
+pub(crate) fn check_nats_files(cfg: &NatsConnect) -> Result<(), StartError> {
     crate::nats::options(cfg)?;
     let tls = &cfg.tls;
     let named = || {

@@ -5,16 +5,29 @@
 //! one batch and decides its end (`forward` is the retry loop, `retry` what a failed attempt
 //! means for retrying, `settle` acks and naks); this file wires them up with bounded in-flight batches and drains at shutdown.
 
-pub mod batch;
-pub mod complaints;
-pub mod concurrency;
-pub mod consume;
+pub(crate) mod batch;
+pub(crate) mod complaints;
+pub(crate) mod concurrency;
+pub(crate) mod consume;
 mod cumulative;
-pub mod deliver;
-pub mod forward;
-pub mod lag;
-pub mod retry;
-pub mod settle;
+pub(crate) mod deliver;
+pub(crate) mod forward;
+pub(crate) mod lag;
+pub(crate) mod retry;
+pub(crate) mod settle;
+
+// The gateway's public API beyond `run` and `preflight`, for the tools (uplink-tools): one
+// platform's sending as the gateway does it, and the edge stream as the gateway makes it.
+/// The retry loop's backoff (bench fleet and ingest-alone, tests/it lifecycle).
+pub use crate::backoff::Backoff;
+/// What delivery failures are logged as, passed to the retry loop (bench fleet, ingest-alone).
+pub use complaints::{CloudFiles, Complaints};
+/// The edge stream the gateway creates, and its dead letters (benches, tests/it cluster).
+pub use consume::{create_dead_letter_stream, stream_config};
+/// One batch POSTed as the gateway sends it (bench fleet, ingest-alone's generator).
+pub use deliver::{HttpPost, Post, unconfirmed};
+/// The retry loop around one batch's attempts (bench fleet, ingest-alone, tests/it lifecycle).
+pub use forward::{Delivery, send_with_retries};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +40,8 @@ use tokio_util::task::TaskTracker;
 
 use self::concurrency::Slots;
 use self::consume::{Bound, IdMaker, PumpError, bind, pump};
-use self::deliver::{Deliverer, HttpPost, Policy};
+use self::deliver::{Deliverer, Policy};
 use self::settle::SETTLE_TIMEOUT;
-use crate::backoff::Backoff;
 use crate::config::{AckMode, Concurrency, ConfigError, GatewayConfig};
 use crate::error::StartError;
 use crate::http2::{Client, ClientConfig};
@@ -64,14 +76,14 @@ pub async fn run(cfg: GatewayConfig, shutdown: CancellationToken) -> Result<(), 
 
 /// What the gateway holds once its config checked out, before any socket: the cloud client
 /// (not connected yet), the platform and the batches URL.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub client: Client,
     pub platform: String,
     pub batches_url: http::Uri,
 }
 
 /// [`preflight`], then the cloud client built from it; every failure a configuration error.
-pub fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
+pub(crate) fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
     let Preflight {
         tls,
         platform,
@@ -97,7 +109,7 @@ pub fn prepare(cfg: &GatewayConfig) -> Result<Prepared, StartError> {
 }
 
 /// [`run`] on an admin listener the caller bound, after [`prepare`].
-pub async fn serve(
+pub(crate) async fn serve(
     cfg: GatewayConfig,
     prepared: Prepared,
     admin: TcpListener,
@@ -465,86 +477,4 @@ fn batches_url(base: &http::Uri) -> Result<http::Uri, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::batches_url;
-    use super::consume::pull_max_bytes;
-    use super::deliver::confirms;
-
-    #[test]
-    fn a_pull_asks_for_four_batches_of_bytes_but_never_less_than_one_message() {
-        // The defaults: a 1 MiB batch, a 1 MiB max_payload.
-        assert_eq!(pull_max_bytes(1 << 20, 1 << 20), 4 << 20);
-        assert_eq!(pull_max_bytes(8 << 20, 1 << 20), 32 << 20);
-        // Batches smaller than the largest possible message still pull that message.
-        assert_eq!(pull_max_bytes(4096, 8 << 20), (8 << 20) + (64 << 10));
-    }
-
-    #[test]
-    fn the_path_of_cloud_url_is_honoured() {
-        let url = |s: &str| batches_url(&s.parse().unwrap()).map(|u| u.to_string());
-        assert_eq!(url("https://h:8443").unwrap(), "https://h:8443/v1/batches");
-        assert_eq!(url("https://h:8443/").unwrap(), "https://h:8443/v1/batches");
-        assert_eq!(
-            url("https://h/ingest/").unwrap(),
-            "https://h/ingest/v1/batches"
-        );
-        assert!(
-            url("https://h/x?y=1")
-                .unwrap_err()
-                .to_string()
-                .contains("query")
-        );
-        assert!(url("/only/a/path").is_err());
-    }
-
-    #[test]
-    fn a_bind_refusal_is_explained_by_its_error_code_not_its_text() {
-        use async_nats::jetstream;
-        let server = |code: u64, text: &str| -> jetstream::Error {
-            serde_json::from_value(
-                serde_json::json!({"code": 400, "err_code": code, "description": text}),
-            )
-            .unwrap()
-        };
-        let second = super::consume::BindError::Consumer {
-            consumer: "x".into(),
-            stream: "TELEMETRY".into(),
-            source: server(
-                10099,
-                "multiple non-filtered consumers not allowed on workqueue stream",
-            )
-            .into(),
-        };
-        let hint = second.hint().unwrap();
-        assert!(
-            hint.contains("nats.consumer") && hint.contains("nats.retention"),
-            "{hint}"
-        );
-        // The code decides, whatever the text says.
-        let storage = super::consume::BindError::CreateStream {
-            stream: "TELEMETRY".into(),
-            source: server(10047, "worded differently by a newer server").into(),
-        };
-        assert!(storage.hint().unwrap().contains("max_file_store"));
-        let other = super::consume::BindError::Consumer {
-            consumer: "x".into(),
-            stream: "TELEMETRY".into(),
-            source: server(10014, "multiple non-filtered consumers (said in passing)").into(),
-        };
-        assert!(other.hint().is_none());
-        assert!(
-            super::consume::BindError::Recreated("TELEMETRY".into())
-                .hint()
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn only_a_full_confirmation_acks() {
-        assert!(confirms(br#"{"accepted":3,"duplicates":2}"#, 5));
-        assert!(!confirms(br#"{"accepted":3,"duplicates":1}"#, 5));
-        assert!(!confirms(b"", 5));
-        assert!(!confirms(b"<html>ok</html>", 5));
-        assert!(!confirms(br#"{"status":"ok"}"#, 5));
-    }
-}
+mod tests;

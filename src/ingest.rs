@@ -4,21 +4,21 @@
 //! `accept` owns connections and their limits, `handler` the HTTP API, `budget` the memory
 //! requests may hold, `publish` JetStream.
 
-pub mod accept;
-pub mod api_error;
+pub(crate) mod accept;
+pub(crate) mod api_error;
 mod atomic_batch;
-pub mod budget;
-pub mod closing;
-pub mod decode;
-pub mod fast_batch;
-pub mod final_goaway;
-pub mod handler;
-pub mod leader;
-pub mod preauth;
-pub mod proxy;
-pub mod publish;
-pub mod quota;
-pub mod sink;
+pub(crate) mod budget;
+pub(crate) mod closing;
+pub(crate) mod decode;
+pub(crate) mod fast_batch;
+pub(crate) mod final_goaway;
+pub(crate) mod handler;
+pub(crate) mod leader;
+pub(crate) mod preauth;
+pub(crate) mod proxy;
+pub(crate) mod publish;
+pub(crate) mod quota;
+pub(crate) mod sink;
 
 use std::sync::Arc;
 
@@ -168,7 +168,7 @@ pub fn preflight(cfg: &IngestConfig) -> Result<Preflight, StartError> {
 /// Binds a client listener with `limits.listen_backlog` (std's `bind` uses a fixed 128, which
 /// a burst of reconnecting clients overflows: SYNs dropped, each costing the client a 1 s+
 /// retransmit).
-pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -8,7 +8,7 @@
 //!                   retry               classify                           publish
 //! ```
 //! - [`wire`]: the protobuf contract, encodings, subject rules, message ids (shared vocabulary).
-//! - [`config`], [`tls`], [`telemetry`], [`admin`], [`shutdown`]: what every program needs;
+//! - [`config`], [`tls`], [`telemetry`], `admin`, [`shutdown`], `backoff`: what every program needs;
 //!   [`nats`]: connecting to NATS as deployed (servers, credentials, TLS, connection events).
 //! - [`http2`]: HTTP/2 connection lifecycle (client pool, dial + handshake, failure
 //!   classification, frame parser and tap).
@@ -19,10 +19,13 @@
 //! - [`scratch`]: a directory removed on drop (the dev PKI's home in tests and tools).
 //!
 //! The harness, the benches, the demo and the `uplink` binary are another crate, `uplink_tools`
-//! (`tools/Cargo.toml`, root `src/tools.rs`): they see only what this crate makes public.
+//! (`tools/Cargo.toml`, root `src/tools.rs`): they see only what this crate makes public — the
+//! modules above but `admin` and `backoff`, each program's entry points, and the few items
+//! re-exported for them at a shallow path (`gateway`'s sender, `http2`'s client and dialer),
+//! each with a line saying who uses it (docs/design.md "Product and tools").
 
-pub mod admin;
-pub mod backoff;
+pub(crate) mod admin;
+pub(crate) mod backoff;
 pub mod config;
 pub mod doctor;
 pub mod error;

@@ -255,7 +255,7 @@ fn doctor(mut opts: uplink::doctor::DoctorOptions, json: bool) -> anyhow::Result
                 for s in &opts.sets {
                     source.push_str(&format!(" --set {s}"));
                 }
-                f.config_check = Some(uplink::doctor::check::check(cfg, &f, source));
+                f.config_check = Some(uplink::doctor::check_config(cfg, &f, source));
             }
             if json {
                 println!("{}", serde_json::to_string(&f)?);

@@ -27,7 +27,7 @@ pub enum NatsError {
 
 /// Which NATS this is, for logs and metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Edge,
     Cloud,
 }
@@ -43,7 +43,7 @@ impl Role {
 
 /// A NATS client with what its events taught us.
 #[derive(Clone)]
-pub struct Connection {
+pub(crate) struct Connection {
     pub client: async_nats::Client,
     state: Arc<EventState>,
 }
@@ -100,7 +100,7 @@ pub fn options(cfg: &NatsConnect) -> Result<ConnectOptions, NatsError> {
 
 /// Connects (retrying in the background, forever, if the servers are not reachable or refuse
 /// us) and logs every connection event.
-pub async fn connect(
+pub(crate) async fn connect(
     cfg: &NatsConnect,
     role: Role,
     client_name: &str,
@@ -172,7 +172,7 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a TCP connection to `host:port` fails, in words an operator acts on; `None` when it
 /// connects (the trouble is above TCP: TLS, authentication, protocol).
-pub async fn probe_tcp(host: &str, port: u16) -> Option<String> {
+pub(crate) async fn probe_tcp(host: &str, port: u16) -> Option<String> {
     let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
         Ok(a) => a.collect(),
         Err(e) => return Some(format!("{host} does not resolve ({e})")),

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::telemetry::{scrape_label_values, scrape_sum, scrape_value, unix_now};
 
 /// The admin addresses of a gateway and an ingest with their default configuration.
-pub const DEFAULT_TARGETS: [&str; 2] = ["127.0.0.1:9101", "127.0.0.1:9102"];
+pub(crate) const DEFAULT_TARGETS: [&str; 2] = ["127.0.0.1:9101", "127.0.0.1:9102"];
 
 /// How long one admin request may take: a hung program is down for this view.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,7 +47,7 @@ struct Scrape {
 
 /// Why a program could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ScrapeError {
+pub(crate) enum ScrapeError {
     #[error("{0}: not an address")]
     Address(String),
     #[error("{0}")]
@@ -120,7 +120,7 @@ struct ConnectionsOnly {
 
 /// What one program looks like now.
 #[derive(Clone, Debug, Serialize)]
-pub struct TargetStatus {
+pub(crate) struct TargetStatus {
     pub addr: String,
     pub up: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,7 +145,7 @@ pub struct TargetStatus {
 
 /// A gateway's numbers. Rates are per second over the two scrapes; ages in seconds.
 #[derive(Clone, Debug, Serialize)]
-pub struct GatewayStatus {
+pub(crate) struct GatewayStatus {
     pub delivered: f64,
     pub delivered_per_sec: f64,
     pub rejected: f64,
@@ -180,7 +180,7 @@ pub struct GatewayStatus {
 
 /// An ingest's numbers.
 #[derive(Clone, Debug, Serialize)]
-pub struct IngestStatus {
+pub(crate) struct IngestStatus {
     pub accepted: f64,
     pub accepted_per_sec: f64,
     pub duplicates: f64,
@@ -200,7 +200,7 @@ pub struct IngestStatus {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct PlatformStatus {
+pub(crate) struct PlatformStatus {
     pub platform: String,
     pub accepted: f64,
     pub accepted_per_sec: f64,
@@ -440,7 +440,7 @@ fn connection_lines(out: &mut String, s: &TargetStatus) {
 }
 
 /// The text view of every target.
-pub fn render(statuses: &[TargetStatus]) -> String {
+pub(crate) fn render(statuses: &[TargetStatus]) -> String {
     let mut out = String::new();
     for s in statuses {
         let state = match (&s.error, s.ready, &s.not_ready) {
@@ -598,7 +598,7 @@ pub fn run(opts: &StatusOptions, out: &mut impl Write) -> std::io::Result<()> {
     }
 }
 
-pub mod page;
+pub(crate) mod page;
 
 #[cfg(test)]
 mod tests;

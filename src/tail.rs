@@ -104,7 +104,7 @@ pub enum TailError {
 }
 
 /// The cloud subject filter for a platform and a cloud or edge subject.
-pub fn filter_subject(
+pub(crate) fn filter_subject(
     prefix: &str,
     platform: Option<&str>,
     subject: Option<&str>,
@@ -129,7 +129,7 @@ pub fn filter_subject(
 
 /// One message as shown.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Shown {
+pub(crate) struct Shown {
     /// When the cloud stream stored it (RFC 3339).
     pub time: String,
     /// When the edge stream stored it (RFC 3339), from `Uplink-Time-Unix-Nano`.
@@ -161,7 +161,7 @@ fn from_unix_nanos(ns: i128) -> SystemTime {
 
 /// The payload as text when all of it is printable UTF-8, else hex; at most `max` bytes of it
 /// (text is cut at a character boundary).
-pub fn show_payload(payload: &[u8], max: usize) -> (&'static str, String, bool) {
+pub(crate) fn show_payload(payload: &[u8], max: usize) -> (&'static str, String, bool) {
     let truncated = payload.len() > max;
     let printable = |t: &str| {
         t.chars()
@@ -186,7 +186,7 @@ pub fn show_payload(payload: &[u8], max: usize) -> (&'static str, String, bool) 
 }
 
 /// Builds the view of one message.
-pub fn show(prefix: &str, m: &jetstream::Message, max_bytes: usize) -> Shown {
+pub(crate) fn show(prefix: &str, m: &jetstream::Message, max_bytes: usize) -> Shown {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let (mut id, mut platform, mut edge_time) = (String::new(), String::new(), None);
     if let Some(h) = &m.headers {
@@ -236,7 +236,7 @@ pub fn show(prefix: &str, m: &jetstream::Message, max_bytes: usize) -> Shown {
 }
 
 /// One line of text: time, platform, edge subject, id, headers, payload.
-pub fn render(s: &Shown) -> String {
+pub(crate) fn render(s: &Shown) -> String {
     let mut line = format!("{} {} {} {}", s.time, s.platform, s.edge_subject, s.id);
     for (k, vs) in &s.headers {
         for v in vs {

@@ -1,8 +1,11 @@
 //! TLS: the one crypto provider, PEM loading, mutual-TLS server and client configs, the platform
 //! identity of a client certificate, and the dev PKI of `uplink pki dev`.
 
-pub mod dn;
-pub mod reload;
+pub(crate) mod dn;
+pub(crate) mod reload;
+
+/// How often a reloading TLS config looks at its files (bench chaos waits this long).
+pub use reload::CHECK_EVERY as RELOAD_CHECK_EVERY;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,7 +80,7 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
 }
 
 /// [`server_config`] that also refuses the platforms of a deny list (re-read when it changes).
-pub fn server_config_with_deny_list(
+pub(crate) fn server_config_with_deny_list(
     ca: &Path,
     cert: &Path,
     key: &Path,
@@ -115,7 +118,7 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
 /// certificate they were established with). Checked on handshakes, at most once per
 /// `check_every`; a file that fails to load keeps the previous pair and logs why.
 #[derive(Debug)]
-pub struct ReloadingCert {
+pub(crate) struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
     check_every: std::time::Duration,

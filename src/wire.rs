@@ -12,15 +12,17 @@ use std::io::Read;
 use bytes::Bytes;
 use prost::Message as _;
 
-pub mod answer;
-pub mod scan;
+pub(crate) mod answer;
+pub(crate) mod scan;
 
-pub use answer::{Accepted, ErrorAnswer, ErrorCode};
+pub(crate) use answer::{Accepted, ErrorAnswer, ErrorCode};
+/// The ingest's streaming message counter (measured by `benches/wire.rs`).
+pub use scan::Counter as MessageCounter;
 
 /// The route of a batch: `POST /v1/batches`.
 pub const BATCHES_PATH: &str = "/v1/batches";
 /// The route prefix of a single raw message: `POST /v1/publish/{subject}`.
-pub const PUBLISH_PATH_PREFIX: &str = "/v1/publish/";
+pub(crate) const PUBLISH_PATH_PREFIX: &str = "/v1/publish/";
 
 /// Header carrying the edge timestamp of a message into the cloud stream (set by the ingest).
 pub const TIME_HEADER: &str = "Uplink-Time-Unix-Nano";
@@ -33,7 +35,7 @@ pub const PLATFORM_HEADER: &str = "Uplink-Platform";
 /// clients) the ingest publishes message by message and reports duplicates exactly.
 pub const FIRST_SEND_HEADER: &str = "uplink-first-send";
 /// Longest accepted message id (bytes).
-pub const MAX_ID_LEN: usize = 512;
+pub(crate) const MAX_ID_LEN: usize = 512;
 
 /// `uplink.v1.Batch`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -106,7 +108,7 @@ impl Message {
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 
 /// Longest subject (edge part) the ingest accepts, in bytes.
-pub const MAX_SUBJECT_LEN: usize = 256;
+pub(crate) const MAX_SUBJECT_LEN: usize = 256;
 
 /// Body encodings understood by the ingest (`Content-Encoding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -233,7 +235,7 @@ pub fn decode_batch(body: &[u8], encoding: Encoding, limit: usize) -> Result<Bat
 /// A streaming decompressor over a compressed body that will be decoded within `limit` bytes,
 /// for callers that account for every output chunk before they let it be produced (the
 /// ingest). `None` for identity.
-pub fn decoder(
+pub(crate) fn decoder(
     body: &[u8],
     encoding: Encoding,
     limit: usize,
@@ -261,11 +263,11 @@ pub fn decoder(
 
 /// Largest zstd window the ingest decodes with (8 MiB, what zstd levels up to 19 use); a
 /// frame asking for more is refused rather than given the memory.
-pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+pub(crate) const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// The decoded size a compressed body declares (zstd frames may carry it), if any. A hint:
 /// decoding still enforces every limit.
-pub fn declared_size(body: &[u8], encoding: Encoding) -> Option<usize> {
+pub(crate) fn declared_size(body: &[u8], encoding: Encoding) -> Option<usize> {
     match encoding {
         Encoding::Zstd => zstd::zstd_safe::get_frame_content_size(body)
             .ok()
@@ -286,7 +288,7 @@ fn zstd_window_log(limit: usize) -> u32 {
 /// What the streaming decoder of [`decoder`] itself allocates for `body` decoded within
 /// `limit` (its context, window and buffers), so a caller can pay for it first. zstd sizes its
 /// window by the frame's declared content size when that is smaller than the window.
-pub fn decoder_memory(body: &[u8], encoding: Encoding, limit: usize) -> usize {
+pub(crate) fn decoder_memory(body: &[u8], encoding: Encoding, limit: usize) -> usize {
     /// zstd's decoding context (tables and workspace), rounded up.
     const ZSTD_CONTEXT: usize = 160 << 10;
     /// zstd's largest block.
@@ -309,7 +311,7 @@ pub fn decoder_memory(body: &[u8], encoding: Encoding, limit: usize) -> usize {
 /// starting with `Nats` (JetStream's control headers) and `Uplink-` (what the ingest stamps on
 /// every message: [`TIME_HEADER`], [`PLATFORM_HEADER`]). A client may not set them, or it
 /// could steer JetStream or lie to downstream consumers about a message's source.
-pub fn is_reserved_header(name: &str) -> bool {
+pub(crate) fn is_reserved_header(name: &str) -> bool {
     let starts = |prefix: &str| {
         name.get(..prefix.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
@@ -319,7 +321,7 @@ pub fn is_reserved_header(name: &str) -> bool {
 
 /// What can be wrong with one message of a request.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MessageError {
+pub(crate) enum MessageError {
     #[error("message id must be 1..={MAX_ID_LEN} bytes without control characters")]
     BadId,
     #[error("message id {id:?} must start with \"{platform}.\"")]
@@ -331,7 +333,7 @@ pub enum MessageError {
 /// Checks a message id for `platform`: ids are deduplicated per stream, so a platform may only
 /// use ids under its own name, or it could make another platform's messages look like
 /// duplicates.
-pub fn validate_id(platform: &str, id: &str) -> Result<(), MessageError> {
+pub(crate) fn validate_id(platform: &str, id: &str) -> Result<(), MessageError> {
     if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(|c| c.is_control()) {
         return Err(MessageError::BadId);
     }
@@ -345,19 +347,6 @@ pub fn validate_id(platform: &str, id: &str) -> Result<(), MessageError> {
         });
     }
     Ok(())
-}
-
-/// Decodes a `Batch` from an already decompressed buffer; payloads share its memory.
-pub fn decode_raw_batch(raw: Bytes) -> Result<Batch, WireError> {
-    Batch::decode(raw).map_err(|e| WireError::Malformed(e.to_string()))
-}
-
-/// An identity body as is (no copy), within `limit`.
-pub fn decompress_owned(body: Bytes, limit: usize) -> Result<Bytes, WireError> {
-    if body.len() > limit {
-        return Err(WireError::TooLarge { limit });
-    }
-    Ok(body)
 }
 
 /// Decompresses `body`, refusing to produce more than `limit` bytes.
@@ -400,7 +389,7 @@ pub fn decompress(body: &[u8], encoding: Encoding, limit: usize) -> Result<Bytes
 }
 
 /// Whether the NATS subject pattern `pattern` (`*` one token, `>` the rest) matches `subject`.
-pub fn subject_covers(pattern: &str, subject: &str) -> bool {
+pub(crate) fn subject_covers(pattern: &str, subject: &str) -> bool {
     let mut subject = subject.split('.');
     for p in pattern.split('.') {
         match (p, subject.next()) {
@@ -443,7 +432,7 @@ pub fn validate_subject(subject: &str) -> Result<(), WireError> {
 }
 
 /// Checks one token (a platform name or a stream name used inside subjects and ids).
-pub fn validate_token(token: &str) -> Result<(), WireError> {
+pub(crate) fn validate_token(token: &str) -> Result<(), WireError> {
     validate_subject(token)?;
     if token.contains('.') {
         return Err(WireError::BadSubject {
@@ -456,7 +445,7 @@ pub fn validate_token(token: &str) -> Result<(), WireError> {
 
 /// Whether a stream subject pattern (with `*` and `>` wildcards) can match some subject under
 /// `prefix` (i.e. `prefix.<something>`).
-pub fn pattern_reaches_under(pattern: &str, prefix: &str) -> bool {
+pub(crate) fn pattern_reaches_under(pattern: &str, prefix: &str) -> bool {
     let pat: Vec<&str> = pattern.split('.').collect();
     let pre: Vec<&str> = prefix.split('.').collect();
     for (i, p) in pat.iter().enumerate() {

@@ -368,7 +368,7 @@ pub async fn native_drain(
     if !kind.is_relay() {
         wait_leaf(kind, &cloud_nc, &edge).await?;
     }
-    let mut stream = uplink::gateway::consume::stream_config(edge_cfg);
+    let mut stream = uplink::gateway::stream_config(edge_cfg);
     if matches!(
         kind,
         Native::RelayLimits | Native::RelayAckAll | Native::RelayBare

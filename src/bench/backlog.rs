@@ -259,7 +259,7 @@ async fn uplink_drain(
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
     let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
     // The stream the gateway would create: the backlog is there before the gateway is.
-    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
+    edge.create_stream(uplink::gateway::stream_config(&p.gateway_cfg))
         .await
         .context("creating the edge stream")?;
     let sent = verify::publish(&edge, w).await?;

@@ -323,7 +323,7 @@ async fn trial(
     .await?;
     let edge = jetstream::new(async_nats::connect(p.edge.url()).await?);
     let cloud = jetstream::new(async_nats::connect(p.cloud_url()).await?);
-    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
+    edge.create_stream(uplink::gateway::stream_config(&p.gateway_cfg))
         .await
         .context("creating the edge stream")?;
     let w = Workload {

@@ -39,12 +39,9 @@ use crate::testbed::verify;
 use platform::{
     DialStats, FleetDialer, Outcome, Platform, Shared, flood, schedule, send, source_addr,
 };
-use uplink::backoff::Backoff;
 use uplink::config::GatewayConfig;
-use uplink::gateway::complaints::{CloudFiles, Complaints};
-use uplink::gateway::deliver::HttpPost;
-use uplink::http2::client::{Client, ClientConfig};
-use uplink::http2::dial;
+use uplink::gateway::{Backoff, CloudFiles, Complaints, HttpPost};
+use uplink::http2::{self, Client, ClientConfig};
 use uplink::wire;
 
 mod platform;
@@ -280,7 +277,7 @@ async fn fleet_of(
     let base: http::Uri = p.ingest_url().parse()?;
     let batches_url: http::Uri = format!("{}{}", p.ingest_url(), wire::BATCHES_PATH).parse()?;
     let (addr, server_name) =
-        dial::target_of(&base, None).map_err(|e| anyhow::anyhow!("ingest URL: {e}"))?;
+        http2::target_of(&base, None).map_err(|e| anyhow::anyhow!("ingest URL: {e}"))?;
     let mut platforms = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let tls = uplink::tls::client_config(

@@ -38,16 +38,8 @@ impl Sources {
 pub type Origins = BTreeMap<String, String>;
 
 /// Merges file, environment (`{env_prefix}KEY__SUBKEY`) and `--set` layers over the defaults,
-/// then deserializes and returns the typed config (not yet validated).
-pub fn load<T>(env_prefix: &str, sources: &Sources) -> Result<T, ConfigError>
-where
-    T: Serialize + DeserializeOwned + Default,
-{
-    load_with_origins(env_prefix, sources).map(|(t, _)| t)
-}
-
-/// [`load`], also returning where each set key came from, so that a value found wrong later
-/// (by validation) can be reported with its origin too.
+/// then deserializes and returns the typed config (not yet validated), with where each set key
+/// came from, so that a value found wrong later (by validation) can be reported with its origin.
 pub fn load_with_origins<T>(
     env_prefix: &str,
     sources: &Sources,
@@ -457,6 +449,7 @@ pub fn reference() -> String {
 }
 
 /// All leaf keys (dotted) of a program's defaults, for docs coverage checks.
+#[cfg(test)]
 pub fn default_keys<T: Serialize + Default>() -> Vec<String> {
     fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
         for (k, v) in t {

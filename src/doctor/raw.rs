@@ -54,24 +54,6 @@ pub enum EventKind {
     Closed(String),
 }
 
-impl EventKind {
-    /// The stream this event ends, if it ends one (a response's END_STREAM or a reset).
-    pub fn ends_stream(&self) -> Option<u32> {
-        match *self {
-            EventKind::Headers {
-                stream,
-                end_stream: true,
-            }
-            | EventKind::Data {
-                stream,
-                end_stream: true,
-            }
-            | EventKind::Reset { stream, .. } => Some(stream),
-            _ => None,
-        }
-    }
-}
-
 type Writer = Arc<Mutex<WriteHalf<TlsStream<TcpStream>>>>;
 
 /// One raw connection: frames out through [`RawConn::send`], server frames in as events.

@@ -458,6 +458,7 @@ impl Slots {
     }
 
     /// The limit in force.
+    #[cfg(test)]
     pub fn limit(&self) -> usize {
         self.state.lock().expect("slots lock").limit
     }

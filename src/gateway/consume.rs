@@ -70,10 +70,10 @@ pub(super) enum PumpError {
 }
 
 mod binding;
-pub use binding::{
-    BindError, create_dead_letter_stream, dead_letter_stream_config, effective_ack, stream_config,
-};
+#[cfg(test)]
+pub(super) use binding::BindError;
 pub(super) use binding::{Bound, bind};
+pub use binding::{create_dead_letter_stream, stream_config};
 
 /// Builds message ids (docs/design.md §2, "Stable ids"): `wire::message_id`'s format, with
 /// everything but the sequence written once per bind rather than per message.

@@ -43,6 +43,28 @@ pub struct HttpPost {
     pub url: http::Uri,
 }
 
+impl HttpPost {
+    /// Sends one encoded body as the gateway does (`POST /v1/batches`, its content type and
+    /// encoding, `wire::FIRST_SEND_HEADER` when `first_send`) and returns the answer unchecked:
+    /// [`Post::post`] checks that it confirms the batch; ingest-alone's generator, that nginx
+    /// answered 204.
+    pub fn send(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        first_send: bool,
+    ) -> impl Future<Output = Result<FullResponse, ForwardError>> + Send + '_ {
+        let mut req = Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
+            .header(http::header::CONTENT_ENCODING, encoding.as_str());
+        if first_send {
+            req = req.header(wire::FIRST_SEND_HEADER, "1");
+        }
+        let req = req.body(Full::new(body)).expect("valid request");
+        self.client.send(req)
+    }
+}
+
 impl Post for HttpPost {
     fn post(
         &self,
@@ -51,27 +73,26 @@ impl Post for HttpPost {
         count: usize,
         first_send: bool,
     ) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
-        let mut req = Request::post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
-            .header(http::header::CONTENT_ENCODING, encoding.as_str());
-        if first_send {
-            req = req.header(wire::FIRST_SEND_HEADER, "1");
-        }
-        let req = req.body(Full::new(body)).expect("valid request");
-        let send = self.client.send(req);
+        let send = self.send(body, encoding, first_send);
         Box::pin(async move {
             let resp = send.await?;
             if resp.status().is_success() && !confirms(resp.body(), count) {
-                return Err(ForwardError::Unconfirmed {
-                    status: resp.status().as_u16(),
-                    detail: String::from_utf8_lossy(resp.body())
-                        .chars()
-                        .take(200)
-                        .collect(),
-                });
+                return Err(unconfirmed(&resp));
             }
             Ok(resp)
         })
+    }
+}
+
+/// A 2xx answer that does not confirm what was sent, as the error it is: its status and the
+/// start of its body.
+pub fn unconfirmed(resp: &FullResponse) -> ForwardError {
+    ForwardError::Unconfirmed {
+        status: resp.status().as_u16(),
+        detail: String::from_utf8_lossy(resp.body())
+            .chars()
+            .take(200)
+            .collect(),
     }
 }
 

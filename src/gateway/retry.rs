@@ -6,7 +6,7 @@
 
 use http::StatusCode;
 
-pub use crate::http2::Retry;
+pub(crate) use crate::http2::Retry;
 use crate::http2::{ForwardError, classify};
 use crate::wire::ErrorAnswer;
 

@@ -42,10 +42,6 @@ impl Edge for jetstream::Message {
 pub trait Settle: Send + Sync + Sized + 'static {
     /// How many messages.
     fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// Sends `kind` for every message, within [`SETTLE_TIMEOUT`].
     fn send(&self, kind: AckKind) -> BoxFuture<'_, ()>;
     /// Splits off the messages from `at` on (bisecting a rejected batch).

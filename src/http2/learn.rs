@@ -111,6 +111,7 @@ pub struct LimitLearner {
 
 impl LimitLearner {
     /// The learned limit, if any.
+    #[cfg(test)]
     pub fn learned(&self) -> Option<u64> {
         self.learned
     }

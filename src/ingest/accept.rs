@@ -30,7 +30,7 @@ use super::closing::Lingering;
 use super::final_goaway::Gate;
 use super::handler::Handler;
 use super::preauth::{Admission, Budgets, Stage, Ticket, TlsFailure, first_byte};
-pub use super::proxy::{ProxyTrust, common_name};
+pub use super::proxy::ProxyTrust;
 use crate::config::{ServerHttp2, ServerTimeouts};
 use crate::http2::tap::{ConnInfo, Direction, Side, Tap, TapConfig, error_code_name};
 

@@ -230,10 +230,6 @@ impl<IO> Gate<IO> {
         }
     }
 
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     /// When the held ACK may go: quiet after the last new stream (or the ACK), at most
     /// `max_wait` after the ACK.
     fn release_at(&self) -> Option<Instant> {

@@ -28,7 +28,7 @@ use crate::config::IngestLimits;
 use crate::tls::reload::{DenyList, Watched};
 use crate::wire::{self, Encoding, ErrorCode, MessageError, WireError, scan};
 
-pub use crate::wire::{MAX_ID_LEN, PLATFORM_HEADER, TIME_HEADER};
+pub use crate::wire::{PLATFORM_HEADER, TIME_HEADER};
 
 static TIME_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(TIME_HEADER);
 static PLATFORM_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(PLATFORM_HEADER);
@@ -108,6 +108,7 @@ impl Handler {
     }
 
     /// Bytes of requests held now.
+    #[cfg(test)]
     pub fn inflight_bytes(&self) -> usize {
         self.budget.held()
     }

@@ -56,8 +56,6 @@ pub struct Outcome {
 /// be retried as a whole, and the duplicate window drops what was persisted already.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("JetStream is not connected")]
-    NotConnected,
     #[error("{0}")]
     NotReady(String),
     #[error("JetStream did not acknowledge within {0:?}")]

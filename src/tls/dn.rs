@@ -105,6 +105,7 @@ pub fn common_name(dn: &str) -> Result<Option<String>, DnError> {
 }
 
 /// Escapes `value` as an RFC 4514 attribute value (the inverse of the parser's unescaping).
+#[cfg(test)]
 pub fn escape_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let last = value.chars().count().saturating_sub(1);

@@ -62,11 +62,6 @@ impl Counter {
         }
     }
 
-    /// Messages seen so far.
-    pub fn messages(&self) -> usize {
-        self.messages
-    }
-
     /// Takes the next bytes of the decoded body.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), WireError> {
         while !data.is_empty() {

@@ -308,11 +308,11 @@ async fn the_dead_letter_stream_has_the_edge_streams_replicas() {
         cfg.forward.dead_letter = format!("dead{}", stream.to_lowercase());
         js.create_stream(jetstream::stream::Config {
             num_replicas: replicas,
-            ..uplink::gateway::consume::stream_config(&cfg)
+            ..uplink::gateway::stream_config(&cfg)
         })
         .await
         .expect("edge stream");
-        uplink::gateway::consume::create_dead_letter_stream(&js, &cfg, replicas).await;
+        uplink::gateway::create_dead_letter_stream(&js, &cfg, replicas).await;
         let mut dead = js
             .get_stream(format!("{stream}_DEAD"))
             .await

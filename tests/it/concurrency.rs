@@ -42,7 +42,7 @@ async fn a_slow_ingest_refusing_a_second_request_gets_the_limit_cut_and_every_me
         .set_latency(Duration::from_millis(1));
     // A backlog first, so the gateway's first two batches leave together.
     let edge = crate::support::edge_js(&p).await;
-    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
+    edge.create_stream(uplink::gateway::stream_config(&p.gateway_cfg))
         .await
         .unwrap();
     let w = Workload {

@@ -319,7 +319,7 @@ async fn a_gateway_stopped_mid_backlog_acks_all_the_cloud_confirmed_before_it_ex
         .set_latency(Duration::from_millis(20));
     let edge = edge_js(&p).await;
     let cloud = cloud_js(&p).await;
-    edge.create_stream(uplink::gateway::consume::stream_config(&p.gateway_cfg))
+    edge.create_stream(uplink::gateway::stream_config(&p.gateway_cfg))
         .await
         .unwrap();
     let sent = publish(&edge, N).await;

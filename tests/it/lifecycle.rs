@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use uplink::backoff::Backoff;
-use uplink::gateway::forward::{Delivery, send_with_retries};
+use uplink::gateway::{Backoff, Delivery, send_with_retries};
 use uplink::telemetry::{scrape_sum, scrape_sum_present, scrape_value};
 use uplink_tools::testbed::nginx::NginxSite;
 use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};

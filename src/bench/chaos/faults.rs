@@ -279,7 +279,7 @@ async fn store_or_cert_fault(
             uplink::tls::dev_reissue(&p.pki().dir, std::slice::from_ref(&p.platform))?;
             // Pairs are looked at on handshakes at most once per CHECK_EVERY: let that pass,
             // then make both sides handshake again with the new pairs.
-            tokio::time::sleep(uplink::tls::reload::CHECK_EVERY + Duration::from_millis(100)).await;
+            tokio::time::sleep(uplink::tls::RELOAD_CHECK_EVERY + Duration::from_millis(100)).await;
             fault_proxy(p)?.reset_existing();
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {

@@ -13,13 +13,9 @@ use futures_util::stream::FuturesUnordered;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uplink::backoff::Backoff;
 use uplink::config::ClientTimeouts;
-use uplink::gateway::complaints::Complaints;
-use uplink::gateway::deliver::{HttpPost, Post};
-use uplink::gateway::forward::{Delivery, send_with_retries};
-use uplink::http2::classify::ForwardError;
-use uplink::http2::dial::{self, BoxIo, Dial};
+use uplink::gateway::{Backoff, Complaints, Delivery, HttpPost, Post, send_with_retries};
+use uplink::http2::{self, BoxIo, Dial, ForwardError};
 use uplink::wire::{self, Encoding};
 
 /// What one platform's dialer saw.
@@ -44,7 +40,7 @@ impl Dial for FleetDialer {
     fn dial(&self) -> BoxFuture<'_, Result<BoxIo, ForwardError>> {
         Box::pin(async move {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            let s = dial::connect_tls_from(
+            let s = http2::connect_tls_from(
                 &self.addr,
                 Some(self.local),
                 self.server_name.clone(),

@@ -1,4 +1,5 @@
-//! `--ingest-alone`'s load generator: one-message POSTs through the library's client and the
+//! `--ingest-alone`'s load generator: one-message POSTs sent as the gateway sends them (its
+//! `HttpPost`: the request and the check of a confirmation), through the library's client and the
 //! gateway's retry loop, over a dialer that counts its connections.
 
 use std::sync::Arc;
@@ -7,17 +8,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http_body_util::Full;
 use rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
-use uplink::backoff::Backoff;
 use uplink::config::{ClientTimeouts, GatewayConfig};
-use uplink::gateway::complaints::{CloudFiles, Complaints};
-use uplink::gateway::forward::{Delivery, send_with_retries};
-use uplink::http2::classify::ForwardError;
-use uplink::http2::client::{Client, ClientConfig, FullResponse};
-use uplink::http2::dial::{self, BoxIo, Dial};
+use uplink::gateway::{
+    Backoff, CloudFiles, Complaints, Delivery, HttpPost, Post, send_with_retries, unconfirmed,
+};
+use uplink::http2::{self, BoxIo, Client, ClientConfig, Dial, ForwardError, FullResponse};
 use uplink::wire::{self, Encoding};
 
 /// A dialer that counts the connections it made.
@@ -32,7 +30,7 @@ pub(super) struct Counting {
 impl Dial for Counting {
     fn dial(&self) -> BoxFuture<'_, Result<BoxIo, ForwardError>> {
         Box::pin(async move {
-            let s = dial::connect_tls_from(
+            let s = http2::connect_tls_from(
                 &self.addr,
                 None,
                 self.server_name.clone(),
@@ -61,8 +59,8 @@ pub(super) enum Expect {
 
 /// The load generator: one client, `in_flight` requests open at all times.
 pub(super) struct Generator {
-    pub(super) client: Client,
-    pub(super) url: http::Uri,
+    /// The gateway's own POST of a batch body, over the counting client.
+    pub(super) post: HttpPost,
     pub(super) expect: Expect,
     pub(super) encoding: Encoding,
     pub(super) dials: Arc<AtomicU64>,
@@ -83,7 +81,7 @@ impl Generator {
         let gw = GatewayConfig::default();
         let base_uri: http::Uri = base.parse()?;
         let (addr, server_name) =
-            dial::target_of(&base_uri, None).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
+            http2::target_of(&base_uri, None).map_err(|e| anyhow::anyhow!("{base}: {e}"))?;
         let tls = uplink::tls::client_config(
             &pki.ca(),
             &pki.client_cert(platform),
@@ -114,8 +112,10 @@ impl Generator {
             Arc::new(dialer),
         );
         Ok(Generator {
-            client,
-            url: format!("{base}{}", wire::BATCHES_PATH).parse()?,
+            post: HttpPost {
+                client,
+                url: format!("{base}{}", wire::BATCHES_PATH).parse()?,
+            },
             expect,
             encoding,
             dials,
@@ -132,36 +132,22 @@ impl Generator {
         })
     }
 
+    /// One attempt: the gateway's POST of a one-message body, its answer checked as the
+    /// gateway checks it (confirmed), or as nginx's `return 204`.
     pub(super) fn attempt(&self, body: Bytes) -> BoxFuture<'_, Result<FullResponse, ForwardError>> {
-        let req = http::Request::post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE_PROTOBUF)
-            .header(http::header::CONTENT_ENCODING, self.encoding.as_str())
-            .body(Full::new(body))
-            .expect("valid request");
-        let send = self.client.send(req);
-        let expect = self.expect;
-        Box::pin(async move {
-            let resp = send.await?;
-            let ok = match expect {
-                Expect::Confirmed => {
-                    !resp.status().is_success()
-                        || uplink::gateway::deliver::confirms(resp.body(), 1)
-                }
-                Expect::NoContent => {
-                    !resp.status().is_success() || resp.status() == http::StatusCode::NO_CONTENT
-                }
-            };
-            if !ok {
-                return Err(ForwardError::Unconfirmed {
-                    status: resp.status().as_u16(),
-                    detail: String::from_utf8_lossy(resp.body())
-                        .chars()
-                        .take(200)
-                        .collect(),
-                });
+        match self.expect {
+            Expect::Confirmed => self.post.post(body, self.encoding, 1, false),
+            Expect::NoContent => {
+                let send = self.post.send(body, self.encoding, false);
+                Box::pin(async move {
+                    let resp = send.await?;
+                    if resp.status().is_success() && resp.status() != http::StatusCode::NO_CONTENT {
+                        return Err(unconfirmed(&resp));
+                    }
+                    Ok(resp)
+                })
             }
-            Ok(resp)
-        })
+        }
     }
 
     /// Sends `bodies` with `in_flight` open at all times; the attempts beyond one each.

@@ -25,7 +25,7 @@ impl Sink for FakeSink {
     ) -> BoxFuture<'_, Result<Outcome, SinkError>> {
         Box::pin(async move {
             if self.down {
-                return Err(SinkError::NotConnected);
+                return Err(SinkError::NotReady("JetStream is not connected".into()));
             }
             let n = messages.len();
             self.got.lock().unwrap().extend(messages);

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use uplink::config::ClientTimeouts;
-use uplink::http2::client::FullResponse;
-use uplink::http2::{Client, ClientConfig, ForwardError};
+use uplink::http2::{Client, ClientConfig, ForwardError, FullResponse};
 
 /// A client presenting `cert`/`key`, trusting `ca`.
 pub fn client(url: &str, ca: &Path, cert: &Path, key: &Path) -> Client {
