@@ -238,6 +238,8 @@ fn doctor(mut opts: uplink::doctor::DoctorOptions, json: bool) -> anyhow::Result
     }
     let rt = uplink::runtime()?;
     let result = rt.block_on(async {
+        // A last guard, not a promise the README makes: every probe has its own timeouts and
+        // none starts after the limit, so this cut is not expected to fire.
         tokio::time::timeout(
             opts.time_limit + Duration::from_secs(30),
             uplink::doctor::run(&opts),

@@ -676,10 +676,12 @@ fn every_test_the_proof_table_names_exists() {
                     None => (format!("src/{rest}"), None),
                 };
                 let file = repo().join(&file);
+                // `src/x.rs::tests::t` is module `x::tests`: inline in x.rs or in x/tests.rs.
+                let sibling = file.with_extension("").join("tests.rs");
                 match test.map(|t| t.trim_start_matches("tests::")) {
                     _ if !file.exists() => false,
                     None | Some("tests") => true,
-                    Some(t) => has_fn(&file, t),
+                    Some(t) => has_fn(&file, t) || (sibling.exists() && has_fn(&sibling, t)),
                 }
             } else if let Some((module, test)) = name.split_once("::") {
                 let file = repo().join(format!("tests/it/{module}.rs"));

@@ -59,3 +59,34 @@ fn rates_over_the_window_and_rejections_with_their_age() {
     // Rated against the oldest kept scrape (t0+6 s; t0+2 s is over WINDOW old).
     assert_eq!(v.rate_window_seconds, 3.0);
 }
+
+#[test]
+fn the_gateways_rejected_messages_are_a_rejection_row_dated_when_they_grew() {
+    const GATEWAY: &str = "uplink_gateway_messages_total{result=\"acked\"} 50\n\
+uplink_gateway_messages_total{result=\"rejected\"} 3\n";
+    let h = StatusHistory::new();
+    let t0 = Instant::now();
+    let v = h.view_at("g:1", t0, 1000.0, GATEWAY.into(), Ok(()));
+    assert_eq!(v.rejections.len(), 1, "{v:?}");
+    assert_eq!(v.rejections[0].source, "gateway");
+    assert_eq!(v.rejections[0].code, None);
+    assert_eq!(v.rejections[0].count, 3.0);
+    assert_eq!(
+        v.rejections[0].last_ago, None,
+        "there before the first look"
+    );
+    let grown = GATEWAY.replace("} 3\n", "} 5\n");
+    let v = h.view_at(
+        "g:1",
+        t0 + Duration::from_secs(1),
+        1001.0,
+        grown.clone(),
+        Ok(()),
+    );
+    assert_eq!(
+        (v.rejections[0].count, v.rejections[0].last_ago),
+        (5.0, Some(0.0))
+    );
+    let v = h.view_at("g:1", t0 + Duration::from_secs(4), 1004.0, grown, Ok(()));
+    assert_eq!(v.rejections[0].last_ago, Some(3.0));
+}
