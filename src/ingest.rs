@@ -7,6 +7,7 @@
 pub(crate) mod accept;
 pub(crate) mod api_error;
 mod atomic_batch;
+mod batch_conn;
 pub(crate) mod budget;
 pub(crate) mod closing;
 pub(crate) mod decode;

@@ -113,6 +113,23 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
     Ok(Arc::new(cfg))
 }
 
+/// Client config for a NATS server (the ingest's fast-batch connection): trusts only `ca`,
+/// presents `pair` (certificate chain, key) when given; no ALPN.
+pub(crate) fn nats_client_config(
+    ca: &Path,
+    pair: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    install_crypto_provider();
+    let builder = ClientConfig::builder().with_root_certificates(roots(ca)?);
+    let cfg = match pair {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?,
+    };
+    Ok(Arc::new(cfg))
+}
+
 /// A certificate chain and key re-read from disk when either file changes, so certificates can
 /// be rotated without a restart and without dropping open connections (they keep the
 /// certificate they were established with). Checked on handshakes, at most once per

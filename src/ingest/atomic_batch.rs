@@ -77,7 +77,7 @@ pub(super) async fn publish(
     let failed = |e: String| AtomicError::Sink(SinkError::Publish(e));
     let mut commit = None;
     for (i, m) in messages.into_iter().enumerate() {
-        let mut headers = m.headers;
+        let mut headers = m.headers.to_nats();
         headers.insert(NATS_MESSAGE_ID, m.id);
         headers.insert(BATCH_ID.clone(), id);
         let mut seq = String::with_capacity(20);

@@ -16,29 +16,34 @@
 //! the gateway marks as sent for the first time (`Uplink-First-Send`), where no message can be
 //! in the stream already, and keeps `accepted` / `duplicates` exact; retries go message by
 //! message. No crate implements this client side (async-nats 0.51 has only the config types,
-//! behind a feature), hence our own, on plain publishes and one inbox subscription.
+//! behind a feature), hence our own, written as `HPUB`s on the ingest's own connection for
+//! batches ([`super::batch_conn`]): one buffer per flow window instead of one client command
+//! per message.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::batch_conn::{BatchConn, Reply as Received, WriteError};
 use super::leader::Loss;
 use super::sink::{OutMessage, SinkError};
+use crate::config::NatsConnect;
 
 /// The most messages the server may let us send per flow ack (it caps it at 500).
 const FLOW: u64 = 500;
 
-/// Batches in progress on one connection, and the inbox their replies come to.
+/// After a failed dial, requests go message by message this long before the next dial.
+const DIAL_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// Batches in progress, on the ingest's own connection for them ([`BatchConn`]).
 pub(super) struct FastBatches {
-    client: async_nats::Client,
-    inbox: String,
-    waiting: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>>,
+    cfg: NatsConnect,
+    conn: tokio::sync::Mutex<Option<Arc<BatchConn>>>,
+    /// When and why the last dial failed (requests meanwhile go message by message).
+    failed: Mutex<Option<(Instant, String)>>,
     next: AtomicU64,
     /// Distinguishes this process's batch ids from another ingest's on the same stream.
     nonce: u64,
@@ -68,45 +73,65 @@ struct ApiError {
 /// JetStream error: fast batch publish is not enabled on the stream.
 const BATCHING_DISABLED: u64 = 10205;
 
-/// Why a fast batch did not complete. Every case fails the request (503, retried); `Refused`
-/// also tells the sink to stop using fast batches.
+/// Why a fast batch did not complete. `Sink` and `NoResponders` fail the request (503,
+/// retried); `Refused` also tells the sink to stop using fast batches; `Unavailable` means
+/// nothing was sent, and the request goes message by message.
 #[derive(Debug)]
 pub(super) enum BatchError {
     Sink(SinkError),
     /// The server or the stream does not do fast batches after all.
     Refused(String),
+    /// Nothing took the batch's first message: the stream has no leader.
+    NoResponders,
+    /// No fast-batch connection now (dial failed, or failing recently).
+    Unavailable(String),
 }
 
 impl FastBatches {
-    /// Subscribes to the batches' inbox (re-subscribed by the client after a reconnect).
-    pub(super) async fn start(client: async_nats::Client) -> Result<Arc<Self>, String> {
-        let inbox = client.new_inbox();
-        let mut sub = client
-            .subscribe(format!("{inbox}.>"))
-            .await
-            .map_err(|e| format!("subscribing to the batch inbox: {e}"))?;
-        let waiting: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>> = Arc::default();
-        let routes = waiting.clone();
-        let skip = inbox.len() + 1;
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                let Some(id) = m.subject.get(skip..).and_then(|s| s.split('.').next()) else {
-                    continue;
-                };
-                let tx = routes.lock().expect("not poisoned").get(id).cloned();
-                if let Some(tx) = tx {
-                    let _ = tx.send(m.payload);
-                }
-            }
-        });
-        let nonce = super::sink::batch_nonce();
+    /// Fast batches on their own connection to the servers of `cfg`; `Err` says why that
+    /// connection cannot be made with this configuration ([`super::batch_conn::unsupported`]).
+    pub(super) fn new(cfg: &NatsConnect) -> Result<Arc<Self>, String> {
+        if let Some(why) = super::batch_conn::unsupported(cfg) {
+            return Err(why);
+        }
         Ok(Arc::new(FastBatches {
-            client,
-            inbox,
-            waiting,
+            cfg: cfg.clone(),
+            conn: tokio::sync::Mutex::new(None),
+            failed: Mutex::new(None),
             next: AtomicU64::new(0),
-            nonce,
+            nonce: super::sink::batch_nonce(),
         }))
+    }
+
+    /// The connection, dialed when there is none alive (not again within
+    /// [`DIAL_AGAIN_AFTER`] of a failed dial).
+    async fn connection(&self, timeout: Duration) -> Result<Arc<BatchConn>, String> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| c.alive()) {
+            return Ok(c.clone());
+        }
+        if let Some((at, why)) = &*self.failed.lock().expect("not poisoned")
+            && at.elapsed() < DIAL_AGAIN_AFTER
+        {
+            return Err(why.clone());
+        }
+        match BatchConn::dial(&self.cfg, timeout).await {
+            Ok(c) => {
+                if self.failed.lock().expect("not poisoned").take().is_some() {
+                    tracing::info!("fast-batch connection to cloud NATS is back");
+                }
+                *conn = Some(c.clone());
+                Ok(c)
+            }
+            Err(why) => {
+                let mut failed = self.failed.lock().expect("not poisoned");
+                if failed.is_none() {
+                    tracing::warn!(error = %why, "no fast-batch connection to cloud NATS; publishing message by message until there is");
+                }
+                *failed = Some((Instant::now(), why.clone()));
+                Err(why)
+            }
+        }
     }
 
     /// Publishes `messages` (at least 2) as one fast batch; `Ok(n)` once the PubAck says all n
@@ -114,24 +139,29 @@ impl FastBatches {
     /// leader (after `sent_at`) ends it at once.
     pub(super) async fn publish(
         &self,
-        messages: Vec<OutMessage>,
+        messages: &[OutMessage],
         timeout: Duration,
         lost: &mut tokio::sync::watch::Receiver<Loss>,
-        sent_at: std::time::Instant,
+        sent_at: Instant,
     ) -> Result<usize, BatchError> {
-        let n = messages.len() as u64;
+        let n = messages.len();
         debug_assert!(n >= 2, "a single message is an ordinary publish");
+        let conn = self
+            .connection(timeout)
+            .await
+            .map_err(BatchError::Unavailable)?;
         let id = format!(
             "u{:x}x{:x}",
             self.nonce,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.waiting
-            .lock()
-            .expect("not poisoned")
-            .insert(id.clone(), tx);
-        let _unregister = Unregister(&self.waiting, &id);
+        if !conn.route(&id, tx) {
+            return Err(BatchError::Unavailable(
+                "the fast-batch connection just ended".into(),
+            ));
+        }
+        let _unroute = Unroute(&conn, &id);
         let mut waiter = Waiter {
             rx: &mut rx,
             timeout,
@@ -139,48 +169,69 @@ impl FastBatches {
             sent_at,
             watching: true,
         };
-        let reply_prefix = format!("{}.{id}.{FLOW}.fail.", self.inbox);
-        // Persisted up to this batch sequence, and how many more the server lets us send.
-        let (mut acked, mut window) = (0u64, 0u64);
-        for (i, m) in messages.into_iter().enumerate() {
-            let seq = i as u64 + 1;
+        let reply_prefix = format!("{}.{id}.{FLOW}.fail.", conn.inbox());
+        let mut buf = Vec::new();
+        let mut seq_text = String::with_capacity(20);
+        // Messages written, persisted up to this batch sequence, and how many more the server
+        // lets us send.
+        let (mut sent, mut acked, mut window) = (0usize, 0u64, 0u64);
+        loop {
             // The first message opens the batch; send more only within the server's window.
-            while seq > 1 && (window == 0 || seq > acked + 2 * window) {
-                match waiter.next(&id).await? {
-                    Step::Ack { seq, msgs } => {
-                        acked = acked.max(seq);
-                        window = msgs.max(1);
-                    }
-                    Step::Done(_) => {
-                        return Err(BatchError::Sink(SinkError::Publish(format!(
-                            "fast batch {id} ended at message {seq} of {n}"
-                        ))));
-                    }
+            let allowed = if sent == 0 {
+                1
+            } else {
+                n.min((acked + 2 * window) as usize)
+            };
+            if sent < allowed {
+                buf.clear();
+                for (i, m) in messages[sent..allowed].iter().enumerate() {
+                    let seq = sent + i + 1;
+                    let op = if seq == n {
+                        ".2.$FI"
+                    } else if seq == 1 {
+                        ".0.$FI"
+                    } else {
+                        ".1.$FI"
+                    };
+                    seq_text.clear();
+                    crate::wire::push_unsigned(&mut seq_text, seq as u64);
+                    super::batch_conn::push_hpub(
+                        &mut buf,
+                        &m.subject,
+                        &[&reply_prefix, &seq_text, op],
+                        m.headers.block(),
+                        &m.id,
+                        &m.payload,
+                    );
+                }
+                conn.write(&buf, timeout).await.map_err(|e| {
+                    BatchError::Sink(match e {
+                        WriteError::Failed(why) => SinkError::Lost(why),
+                        WriteError::Timeout => SinkError::Timeout(timeout),
+                    })
+                })?;
+                sent = allowed;
+            }
+            if sent == n {
+                break;
+            }
+            match waiter.next(&id).await? {
+                Step::Ack { seq, msgs } => {
+                    acked = acked.max(seq);
+                    window = msgs.max(1);
+                }
+                Step::Done(_) => {
+                    return Err(BatchError::Sink(SinkError::Publish(format!(
+                        "fast batch {id} ended at message {} of {n}",
+                        sent + 1
+                    ))));
                 }
             }
-            let op = if seq == n {
-                2
-            } else if seq == 1 {
-                0
-            } else {
-                1
-            };
-            // Per message, so no `format!` (see `crate::wire::push_decimal`).
-            let mut reply = String::with_capacity(reply_prefix.len() + 26);
-            reply.push_str(&reply_prefix);
-            crate::wire::push_unsigned(&mut reply, seq);
-            reply.push_str([".0.$FI", ".1.$FI", ".2.$FI"][op]);
-            let mut headers = m.headers;
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, m.id);
-            self.client
-                .publish_with_reply_and_headers(m.subject, reply, headers, m.payload)
-                .await
-                .map_err(|e| BatchError::Sink(SinkError::Publish(e.to_string())))?;
         }
         loop {
             match waiter.next(&id).await? {
                 Step::Ack { .. } => continue,
-                Step::Done(count) if count == n => return Ok(n as usize),
+                Step::Done(count) if count == n as u64 => return Ok(n),
                 Step::Done(count) => {
                     return Err(BatchError::Sink(SinkError::Publish(format!(
                         "fast batch {id}: the server committed {count} of {n} messages"
@@ -192,14 +243,11 @@ impl FastBatches {
 }
 
 /// Removes a batch's reply route when its publish ends, however it ends.
-struct Unregister<'a>(
-    &'a Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>,
-    &'a str,
-);
+struct Unroute<'a>(&'a BatchConn, &'a str);
 
-impl Drop for Unregister<'_> {
+impl Drop for Unroute<'_> {
     fn drop(&mut self) {
-        self.0.lock().expect("not poisoned").remove(self.1);
+        self.0.unroute(self.1);
     }
 }
 
@@ -212,7 +260,7 @@ enum Step {
 }
 
 struct Waiter<'a> {
-    rx: &'a mut mpsc::UnboundedReceiver<Bytes>,
+    rx: &'a mut mpsc::UnboundedReceiver<Received>,
     timeout: Duration,
     lost: &'a mut tokio::sync::watch::Receiver<Loss>,
     sent_at: std::time::Instant,
@@ -225,10 +273,13 @@ impl Waiter<'_> {
         loop {
             tokio::select! {
                 r = self.rx.recv() => {
-                    let Some(body) = r else {
-                        return Err(BatchError::Sink(SinkError::Publish("batch inbox closed".into())));
+                    return match r {
+                        Some(Received::Body(body)) => interpret(id, &body),
+                        Some(Received::NoResponders) => Err(BatchError::NoResponders),
+                        None => Err(BatchError::Sink(SinkError::Lost(
+                            "the fast-batch connection to cloud NATS ended".into(),
+                        ))),
                     };
-                    return interpret(id, &body);
                 }
                 changed = self.lost.changed(), if self.watching => {
                     let loss = self.lost.borrow_and_update().clone();

@@ -116,6 +116,7 @@ impl JetStreamSink {
         });
         metrics::gauge!(FAST_BATCHES).set(0.0);
         metrics::gauge!(ATOMIC_BATCHES).set(0.0);
+        metrics::counter!("uplink_ingest_batch_connection_lost_total").increment(0);
         for mode in ["fast_batch", "atomic_batch", "per_message"] {
             metrics::counter!("uplink_ingest_publish_requests_total", "mode" => mode).increment(0);
         }
@@ -134,19 +135,17 @@ impl JetStreamSink {
                                 metrics::gauge!(ATOMIC_BATCHES).set(1.0);
                                 "atomic batches"
                             }
-                            Ok(BatchPublish::Fast) => {
-                                match FastBatches::start(client.clone()).await {
-                                    Ok(f) => {
-                                        let _ = fast.set(f);
-                                        metrics::gauge!(FAST_BATCHES).set(1.0);
-                                        "fast batches"
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "fast batches unavailable; publishing message by message");
-                                        "message by message"
-                                    }
+                            Ok(BatchPublish::Fast) => match FastBatches::new(&cfg.connect) {
+                                Ok(f) => {
+                                    let _ = fast.set(f);
+                                    metrics::gauge!(FAST_BATCHES).set(1.0);
+                                    "fast batches"
                                 }
-                            }
+                                Err(why) => {
+                                    tracing::warn!(%why, "fast batches need the ingest's own connection to cloud NATS, which cannot be made with this configuration; publishing message by message");
+                                    "message by message"
+                                }
+                            },
                             Ok(BatchPublish::Off) => "message by message",
                             Err(why) => {
                                 tracing::info!(stream = %cfg.stream, "{why}: publishing message by message");
@@ -336,36 +335,47 @@ impl Sink for JetStreamSink {
                 && n <= self.max_pending
                 && !self.fast_off.load(std::sync::atomic::Ordering::Relaxed)
             {
-                metrics::counter!("uplink_ingest_publish_requests_total", "mode" => "fast_batch")
-                    .increment(1);
-                let _permits = self
+                let permits = self
                     .pending
                     .acquire_many(n as u32)
                     .await
                     .expect("semaphore never closed");
                 let mut lost = self.leader.losses();
                 let sent_at = std::time::Instant::now();
-                return match fast
-                    .publish(messages, self.timeout, &mut lost, sent_at)
-                    .await
-                {
+                let result = fast
+                    .publish(&messages, self.timeout, &mut lost, sent_at)
+                    .await;
+                drop(permits);
+                if !matches!(result, Err(BatchError::Unavailable(_))) {
+                    metrics::counter!("uplink_ingest_publish_requests_total", "mode" => "fast_batch")
+                        .increment(1);
+                }
+                match result {
                     Ok(accepted) => {
                         metrics::histogram!(PUBLISH_SECONDS)
                             .record(started.elapsed().as_secs_f64());
-                        Ok(Outcome {
+                        return Ok(Outcome {
                             accepted,
                             duplicates: 0,
-                        })
+                        });
                     }
-                    Err(BatchError::Sink(e)) => Err(e),
+                    Err(BatchError::Sink(e)) => return Err(e),
+                    Err(BatchError::NoResponders) => {
+                        return Err(SinkError::NoLeader(self.leader.no_responders()));
+                    }
                     Err(BatchError::Refused(why)) => {
                         tracing::warn!(%why, "fast batches refused; publishing message by message from now on");
                         self.fast_off
                             .store(true, std::sync::atomic::Ordering::Relaxed);
                         metrics::gauge!(FAST_BATCHES).set(0.0);
-                        Err(SinkError::Publish(why))
+                        return Err(SinkError::Publish(why));
                     }
-                };
+                    // Nothing was sent: message by message below (the dial's failure is
+                    // logged once, by `FastBatches`).
+                    Err(BatchError::Unavailable(why)) => {
+                        tracing::debug!(%why, "no fast-batch connection; this request goes message by message");
+                    }
+                }
             }
             if self.atomic.load(std::sync::atomic::Ordering::Acquire)
                 && n <= atomic_batch::MAX_MESSAGES.min(self.max_pending)
@@ -464,7 +474,7 @@ impl JetStreamSink {
                 for m in chunk {
                     // `headers` replaces the whole map: set it before the message id.
                     let publish = Publish::build()
-                        .headers(m.headers)
+                        .headers(m.headers.to_nats())
                         .message_id(&m.id)
                         .payload(m.payload);
                     let ack = self

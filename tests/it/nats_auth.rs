@@ -10,7 +10,9 @@ use uplink::telemetry::scrape_value;
 use uplink_tools::testbed::pipeline::{Pipeline, PipelineOptions};
 use uplink_tools::testbed::{NatsSecurity, TempDir, Uplink, free_addr, wait_for};
 
-use crate::support::{assert_exactly_once, edge_js, exe, nats_bin, publish, tail, verify_delivery};
+use crate::support::{
+    assert_exactly_once, edge_js, exe, nats_at_least, nats_bin, publish, tail, verify_delivery,
+};
 
 const EDGE_PASSWORD: &str = "edge-pw-6f1c";
 const CLOUD_TOKEN: &str = "cloud-token-93ab";
@@ -24,6 +26,30 @@ async fn start(
     Pipeline::start_with(&exe(), &nats_bin(), opts, ingest, gateway)
         .await
         .expect("pipeline starts")
+}
+
+/// Asserts that the ingest published first sends as fast batches, on its own connection to
+/// cloud NATS ([`uplink`]'s `ingest/batch_conn.rs`, which authenticates by itself), where the
+/// server has them (2.14+), and message by message only where it does not.
+async fn assert_fast_batches_where_the_server_has_them(p: &Pipeline) {
+    let m = p.ingest_metrics().await.unwrap();
+    let count = |mode: &str| {
+        scrape_value(
+            &m,
+            &format!("uplink_ingest_publish_requests_total{{mode=\"{mode}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {mode} count in:\n{m}"))
+    };
+    if nats_at_least(2, 14) {
+        assert!(count("fast_batch") > 0.0, "no fast batch:\n{m}");
+        assert!(
+            !p.log("ingest").contains("no fast-batch connection"),
+            "{}",
+            p.log("ingest")
+        );
+    } else {
+        assert_eq!(count("fast_batch"), 0.0, "{m}");
+    }
 }
 
 /// Asserts no log of the pipeline holds `secret`.
@@ -66,6 +92,7 @@ async fn password_on_the_edge_and_token_on_the_cloud_deliver_exactly_once() {
     let sent = publish(&edge_js(&p).await, 300).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 300);
+    assert_fast_batches_where_the_server_has_them(&p).await;
     assert_not_logged(&p, EDGE_PASSWORD);
     assert_not_logged(&p, CLOUD_TOKEN);
     let m = p.gateway_metrics().await.unwrap();
@@ -100,6 +127,7 @@ async fn tls_with_client_certificates_to_both_nats_servers() {
     let sent = publish(&edge, 300).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 300);
+    assert_fast_batches_where_the_server_has_them(&p).await;
 
     // The streams uplink created carry the configured retention.
     let info = edge
@@ -131,30 +159,50 @@ async fn tls_with_client_certificates_to_both_nats_servers() {
 }
 
 #[tokio::test]
-async fn nkey_user_on_the_edge_delivers_exactly_once() {
+async fn nkey_users_on_both_nats_servers_deliver_exactly_once() {
     let keys = TempDir::new("uplink-nkey").unwrap();
     let user = nkeys::KeyPair::new_user();
     let seed_file = keys.path().join("gateway.nk");
     std::fs::write(&seed_file, user.seed().unwrap()).unwrap();
+    let cloud_user = nkeys::KeyPair::new_user();
+    let cloud_seed = keys.path().join("ingest.nk");
+    std::fs::write(&cloud_seed, cloud_user.seed().unwrap()).unwrap();
     let opts = PipelineOptions {
         edge_security: NatsSecurity {
             nkeys: vec![user.public_key()],
             ..Default::default()
         },
+        cloud_security: NatsSecurity {
+            nkeys: vec![cloud_user.public_key()],
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let p = start(opts, |_| {}, |g| g.nats.connect.nkey = seed_file.clone()).await;
+    let p = start(
+        opts,
+        |i| i.nats.connect.nkey = cloud_seed.clone(),
+        |g| g.nats.connect.nkey = seed_file.clone(),
+    )
+    .await;
     assert!(async_nats::connect(p.edge.url()).await.is_err());
+    assert!(async_nats::connect(p.cloud_url()).await.is_err());
     let sent = publish(&edge_js(&p).await, 200).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 200);
+    assert_fast_batches_where_the_server_has_them(&p).await;
     assert_not_logged(&p, &user.seed().unwrap());
+    assert_not_logged(&p, &cloud_user.seed().unwrap());
 }
 
 #[tokio::test]
 async fn losing_and_regaining_cloud_nats_is_logged_once_each() {
     let mut p = crate::support::pipeline(|_| {}, |_| {}).await;
     let admin = p.ingest.as_ref().unwrap().admin;
+    // Traffic first, so that on 2.14+ the fast-batch connection is up when the server goes.
+    let sent = publish(&edge_js(&p).await, 100).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 100);
+    let fast_before = fast_batches(&p).await;
     p.stop_cloud();
     // The ingest notices (an event, not a guess), and says so at /readyz.
     wait_for(
@@ -234,10 +282,37 @@ async fn losing_and_regaining_cloud_nats_is_logged_once_each() {
             "{event}: {m}"
         );
     }
-    // And it works again.
+    // And it works again: on 2.14+ with fast batches on a new fast-batch connection, the old
+    // one's loss said once.
     let sent = publish(&edge_js(&p).await, 50).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 50);
+    let m = p.ingest_metrics().await.unwrap();
+    let lost = scrape_value(&m, "uplink_ingest_batch_connection_lost_total");
+    let log = p.log("ingest");
+    let lost_lines = log
+        .lines()
+        .filter(|l| l.contains("connection=\"fast-batch\"") && l.contains("disconnected"))
+        .count();
+    if nats_at_least(2, 14) {
+        assert!(fast_before > 0.0, "{m}");
+        assert!(fast_batches(&p).await > fast_before, "{m}");
+        assert_eq!(lost, Some(1.0), "{m}");
+        assert_eq!(lost_lines, 1, "{}", tail(&log));
+    } else {
+        assert_eq!(lost, Some(0.0), "{m}");
+        assert_eq!(lost_lines, 0, "{}", tail(&log));
+    }
+}
+
+/// Requests the ingest published as fast batches so far.
+async fn fast_batches(p: &Pipeline) -> f64 {
+    let m = p.ingest_metrics().await.unwrap();
+    scrape_value(
+        &m,
+        "uplink_ingest_publish_requests_total{mode=\"fast_batch\"}",
+    )
+    .unwrap_or(0.0)
 }
 
 /// A wrong password is not a reason to exit: the server's users may be changed any time. The
@@ -332,10 +407,10 @@ async fn wrong_password_is_logged_with_the_keys_to_check_and_retried() {
     );
 }
 
-/// Decentralized auth as `nsc` sets it up: a nats-server in operator mode, an account JWT with
-/// JetStream, and the gateway with a creds file (user JWT + seed) for that account.
+/// Decentralized auth as `nsc` sets it up: nats-servers in operator mode, an account JWT with
+/// JetStream, and both programs with a creds file (user JWT + seed) for that account.
 #[tokio::test]
-async fn creds_file_on_an_operator_mode_edge_delivers_exactly_once() {
+async fn creds_files_on_operator_mode_servers_deliver_exactly_once() {
     let op = std::sync::Arc::new(uplink_tools::testbed::nats_jwt::Operator::new().unwrap());
     let keys = TempDir::new("uplink-creds").unwrap();
     let creds = keys.path().join("gateway.creds");
@@ -345,13 +420,24 @@ async fn creds_file_on_an_operator_mode_edge_delivers_exactly_once() {
             operator: Some(op.clone()),
             ..Default::default()
         },
+        cloud_security: NatsSecurity {
+            operator: Some(op.clone()),
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let p = start(opts, |_| {}, |g| g.nats.connect.creds = creds.clone()).await;
+    let p = start(
+        opts,
+        |i| i.nats.connect.creds = creds.clone(),
+        |g| g.nats.connect.creds = creds.clone(),
+    )
+    .await;
     assert!(async_nats::connect(p.edge.url()).await.is_err());
+    assert!(async_nats::connect(p.cloud_url()).await.is_err());
     let sent = publish(&edge_js(&p).await, 200).await;
     let r = verify_delivery(&p, &sent).await;
     assert_exactly_once(&p, &r, 200);
+    assert_fast_batches_where_the_server_has_them(&p).await;
 }
 
 /// A server going into lame duck mode (SIGUSR2: it will close its clients soon) is announced
