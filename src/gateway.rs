@@ -364,10 +364,20 @@ async fn pump_bound(
                 rebind.clone(),
                 ctx.last_call.clone(),
             ));
+            // The reader's chunks, one delivery at a time.
+            let mut ready = std::collections::VecDeque::new();
             let messages = futures_util::stream::poll_fn(move |cx| {
-                deliveries
-                    .poll_recv(cx)
-                    .map(|d| d.map(|d| d.map_err(PumpError::from)))
+                loop {
+                    if let Some(d) = ready.pop_front() {
+                        let d: cumulative::Feed = d;
+                        return std::task::Poll::Ready(Some(d.map_err(PumpError::from)));
+                    }
+                    match deliveries.poll_recv(cx) {
+                        std::task::Poll::Ready(Some(chunk)) => ready.extend(chunk),
+                        std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                        std::task::Poll::Pending => return std::task::Poll::Pending,
+                    }
+                }
             });
             let r = pump(messages, None, ids, ctx, slots, tracker, shutdown).await;
             if r.is_err() {

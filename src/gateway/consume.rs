@@ -99,17 +99,18 @@ impl IdMaker {
 
 /// Converts an edge message for the wire. Headers in the ingest's namespaces
 /// ([`wire::is_reserved_header`]) are not forwarded.
-fn to_wire(ids: &IdMaker, m: &jetstream::Message) -> Result<wire::Message, String> {
-    let info = m.info().map_err(|e| e.to_string())?;
+fn to_wire<H: Edge>(ids: &IdMaker, h: &H) -> Result<wire::Message, String> {
+    let m = h.message();
+    let (stream_sequence, published) = h.meta()?;
     // The ingest refuses what it cannot map under the platform's prefix; find out here, for
     // this message alone.
     wire::validate_subject(&m.subject).map_err(|e| e.to_string())?;
     let mut out = wire::Message {
-        id: ids.id(info.stream_sequence),
+        id: ids.id(stream_sequence),
         subject: m.subject.to_string(),
         payload: m.payload.clone(),
         headers: Default::default(),
-        time_unix_nano: info.published.unix_timestamp_nanos() as i64,
+        time_unix_nano: published,
         multi_headers: Vec::new(),
     };
     if let Some(h) = &m.headers {
@@ -183,8 +184,19 @@ where
     let mut received_since_check = false;
     let mut strikes = 0;
     let mut batcher: Batcher<H> = Batcher::new(cfg.batch.max_messages, cfg.batch.max_bytes);
+    // One timer for the linger, moved only when the deadline moves: a new `sleep_until` per
+    // message registered and removed a timer per message (5 % of the gateway in a drain).
+    let linger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(linger);
+    let mut armed = None;
     loop {
         let deadline = batcher.deadline(cfg.batch.linger);
+        if deadline != armed {
+            if let Some(d) = deadline {
+                linger.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
         // Adaptive linger: a partial batch leaves as soon as a send slot is free and no further
         // message is ready — the lowest-priority arm below, reached only when the stream (polled
         // first, then once more after a yield so the client's reader can hand over what already
@@ -193,7 +205,7 @@ where
         let full = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = sleep_until_opt(deadline), if deadline.is_some() => true,
+            () = &mut linger, if deadline.is_some() => true,
             _ = check.tick(), if watchdog.is_some() => {
                 if std::mem::take(&mut received_since_check) {
                     strikes = 0;
@@ -209,7 +221,7 @@ where
                 false
             }
             next = messages.next() => match next {
-                Some(Ok(h)) => match to_wire(ids, h.message()) {
+                Some(Ok(h)) => match to_wire(ids, &h) {
                     Ok(w) => {
                         if !received_since_check {
                             received_since_check = true;
@@ -278,13 +290,6 @@ async fn stalled(consumer: &PullConsumer, cfg: &GatewayConfig, slots: &Slots) ->
         .ok()?;
     let room = (info.num_ack_pending as i64) < cfg.nats.max_ack_pending && slots.available() > 0;
     (info.num_pending > 0 && room).then_some(info.num_pending)
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// At shutdown, the client's buffer of pulled messages counts as drained once nothing more

@@ -26,6 +26,15 @@ pub const SHUTDOWN_NAK: AckKind = AckKind::Nak(Some(Duration::from_secs(2)));
 /// cumulative-ack delivery acked by the frontier (`cumulative::Tracked`).
 pub trait Edge: Send + Sync + 'static {
     fn message(&self) -> &jetstream::Message;
+    /// The message's edge stream sequence and publish time (Unix ns), from its JetStream
+    /// metadata (the ack subject).
+    fn meta(&self) -> Result<(u64, i64), String> {
+        let info = self.message().info().map_err(|e| e.to_string())?;
+        Ok((
+            info.stream_sequence,
+            info.published.unix_timestamp_nanos() as i64,
+        ))
+    }
     /// Whether what the client buffered is worth taking back at shutdown to give it back
     /// (explicit acks: else it waits out `ack_wait`); a cumulative-ack delivery not acked is
     /// redelivered by the next bind's reset anyway.
