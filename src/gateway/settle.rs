@@ -25,16 +25,13 @@ pub const SHUTDOWN_NAK: AckKind = AckKind::Nak(Some(Duration::from_secs(2)));
 /// A delivered edge message, whatever acks it: a JetStream message acked one by one, or a
 /// cumulative-ack delivery acked by the frontier (`cumulative::Tracked`).
 pub trait Edge: Send + Sync + 'static {
-    fn message(&self) -> &jetstream::Message;
+    /// The delivery as the edge server sent it.
+    fn message(&self) -> &async_nats::Message;
     /// The message's edge stream sequence and publish time (Unix ns), from its JetStream
     /// metadata (the ack subject).
-    fn meta(&self) -> Result<(u64, i64), String> {
-        let info = self.message().info().map_err(|e| e.to_string())?;
-        Ok((
-            info.stream_sequence,
-            info.published.unix_timestamp_nanos() as i64,
-        ))
-    }
+    fn meta(&self) -> Result<(u64, i64), String>;
+    /// The message with the edge JetStream it came from (to copy it to a dead letter).
+    fn with_context(&self) -> jetstream::Message;
     /// Whether what the client buffered is worth taking back at shutdown to give it back
     /// (explicit acks: else it waits out `ack_wait`); a cumulative-ack delivery not acked is
     /// redelivered by the next bind's reset anyway.
@@ -42,8 +39,18 @@ pub trait Edge: Send + Sync + 'static {
 }
 
 impl Edge for jetstream::Message {
-    fn message(&self) -> &jetstream::Message {
-        self
+    fn message(&self) -> &async_nats::Message {
+        &self.message
+    }
+    fn meta(&self) -> Result<(u64, i64), String> {
+        let info = self.info().map_err(|e| e.to_string())?;
+        Ok((
+            info.stream_sequence,
+            info.published.unix_timestamp_nanos() as i64,
+        ))
+    }
+    fn with_context(&self) -> jetstream::Message {
+        self.clone()
     }
 }
 
@@ -136,7 +143,7 @@ pub async fn dead_letter_each<H: Edge>(
     reason: &str,
 ) -> Result<(), DeadLetterError> {
     for m in msgs {
-        copy_to_dead_letter(m.message(), prefix, status, reason).await?;
+        copy_to_dead_letter(&m.with_context(), prefix, status, reason).await?;
     }
     Ok(())
 }

@@ -145,9 +145,24 @@ async fn a_message_the_ingest_refuses_is_dead_lettered_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_work_queue_edge_a_refused_message_is_kept_as_a_dead_letter() {
+    refused_message_kept_as_a_dead_letter(uplink::config::AckMode::Explicit).await;
+}
+
+/// The same with cumulative acks (2.14+; explicit on older servers): the dead letter is copied
+/// from the delivery and the edge JetStream the reader keeps once per bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cumulative_acks_a_refused_message_is_kept_as_a_dead_letter() {
+    refused_message_kept_as_a_dead_letter(uplink::config::AckMode::Cumulative).await;
+}
+
+async fn refused_message_kept_as_a_dead_letter(mode: uplink::config::AckMode) {
     // The default edge (work-queue retention) removes a termed message: before terming it the
     // gateway copies it to forward.dead_letter, into the stream it created for them.
-    let p = pipeline(refuse_over_16_kib, fast_recovery).await;
+    let p = pipeline(refuse_over_16_kib, |g| {
+        fast_recovery(g);
+        g.nats.ack = mode;
+    })
+    .await;
     assert_eq!(
         p.gateway_cfg.nats.retention,
         uplink::config::EdgeRetention::WorkQueue
@@ -196,7 +211,9 @@ async fn on_a_work_queue_edge_a_refused_message_is_kept_as_a_dead_letter() {
         Some(1.0),
         "{m}"
     );
-    assert_eq!(consumer_counts(&p).await, (0, 0));
+    if mode == uplink::config::AckMode::Explicit {
+        assert_eq!(consumer_counts(&p).await, (0, 0));
+    }
 }
 
 /// The edge consumer's pending and unacked counts.

@@ -92,3 +92,31 @@ fn a_kept_delivery_holds_the_frontier_until_its_retry_settles_it_then_the_fronti
     assert!(w.arrive(54, 153).is_err());
     assert_eq!(w.frontier(), Some((52, 152)), "a gap moves nothing");
 }
+
+#[test]
+fn ack_subjects_are_read_in_both_layouts_and_anything_else_is_refused() {
+    // The 7-token layout of older servers, and ADR-15's with domain and account hash (and a
+    // trailing token, ignored): (consumer seq, stream seq, delivered, publish ns).
+    assert_eq!(
+        ack_subject("$JS.ACK.EDGE.uplink.1.42.7.1765099999123456789.3"),
+        Some((7, 42, 1, 1_765_099_999_123_456_789))
+    );
+    assert_eq!(
+        ack_subject("$JS.ACK._.ACCHASH.EDGE.uplink.2.42.7.1765099999123456789.0"),
+        Some((7, 42, 2, 1_765_099_999_123_456_789))
+    );
+    assert_eq!(
+        ack_subject("$JS.ACK.hub.ACCHASH.EDGE.uplink.1.5.6.17.0.tok.more"),
+        Some((6, 5, 1, 17))
+    );
+    for bad in [
+        "$JS.ACK.EDGE.uplink.1.42.7.17",                     // 6 tokens
+        "$JS.ACK._.H.EDGE.uplink.1.42.7.17",                 // 8 tokens
+        "$JS.ACK.EDGE.uplink.x.42.7.17.0",                   // not a number
+        "$JS.ACK.EDGE.uplink.1.42.7.99999999999999999999.0", // ns beyond i64
+        "$JS.NAK.EDGE.uplink.1.42.7.17.0",
+        "",
+    ] {
+        assert_eq!(ack_subject(bad), None, "{bad}");
+    }
+}
