@@ -114,13 +114,21 @@ impl Headers {
 
     /// The same headers for async-nats (the per-message and atomic paths).
     pub fn to_nats(&self) -> async_nats::HeaderMap {
+        // The ingest's own two names are on every message: made once (a name parsed from a
+        // `&str` is validated and allocated each time).
+        static TIME: async_nats::HeaderName =
+            async_nats::HeaderName::from_static(crate::wire::TIME_HEADER);
+        static PLATFORM: async_nats::HeaderName =
+            async_nats::HeaderName::from_static(crate::wire::PLATFORM_HEADER);
         let mut map = async_nats::HeaderMap::new();
         for (name, value) in self.iter() {
+            let name = match name {
+                crate::wire::TIME_HEADER => Ok(TIME.clone()),
+                crate::wire::PLATFORM_HEADER => Ok(PLATFORM.clone()),
+                other => other.parse::<async_nats::HeaderName>(),
+            };
             // Checked when appended: neither parse can fail.
-            if let (Ok(n), Ok(v)) = (
-                name.parse::<async_nats::HeaderName>(),
-                value.parse::<async_nats::HeaderValue>(),
-            ) {
+            if let (Ok(n), Ok(v)) = (name, value.parse::<async_nats::HeaderValue>()) {
                 map.append(n, v);
             }
         }
