@@ -121,13 +121,15 @@ impl BatchConn {
         };
         let connect = connect_json(cfg, server, &info, tls)?;
         let inbox = format!("_INBOX.{}", nuid());
-        let hello = format!("CONNECT {connect}\r\nPING\r\nSUB {inbox}.> 1\r\n");
+        // The server answers in order: a refused CONNECT or SUB (a permission on the inbox)
+        // comes as -ERR before the PONG, and then the connection is not used.
+        let hello = format!("CONNECT {connect}\r\nSUB {inbox}.> 1\r\nPING\r\n");
         writer
             .write_all(hello.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
         writer.flush().await.map_err(|e| e.to_string())?;
-        // The answer to CONNECT: PONG when we are in, -ERR when not.
+        // PONG when we are in and subscribed, -ERR when not.
         loop {
             match next_op(&mut reader, &mut pending).await? {
                 Op::Pong => break,
