@@ -20,7 +20,7 @@
 //! batches ([`super::batch_conn`]): one buffer per flow window instead of one client command
 //! per message.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,15 +35,35 @@ use crate::config::NatsConnect;
 /// The most messages the server may let us send per flow ack (it caps it at 500).
 const FLOW: u64 = 500;
 
-/// After a failed dial, requests go message by message this long before the next dial.
+/// After a failed dial, requests go message by message this long before the next dial; it
+/// doubles with each failure in a row, up to [`DIAL_AGAIN_AT_MOST`].
 const DIAL_AGAIN_AFTER: Duration = Duration::from_secs(1);
+const DIAL_AGAIN_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Clears the dialing flag when dropped.
+struct Dialing<'a>(&'a AtomicBool);
+
+impl Drop for Dialing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The last failed dial: when, how long until the next, why.
+struct Failed {
+    at: Instant,
+    wait: Duration,
+    why: String,
+}
 
 /// Batches in progress, on the ingest's own connection for them ([`BatchConn`]).
 pub(super) struct FastBatches {
     cfg: NatsConnect,
-    conn: tokio::sync::Mutex<Option<Arc<BatchConn>>>,
-    /// When and why the last dial failed (requests meanwhile go message by message).
-    failed: Mutex<Option<(Instant, String)>>,
+    conn: Mutex<Option<Arc<BatchConn>>>,
+    /// Set while one request dials.
+    dialing: AtomicBool,
+    /// The last failed dial (requests meanwhile go message by message).
+    failed: Mutex<Option<Failed>>,
     next: AtomicU64,
     /// Distinguishes this process's batch ids from another ingest's on the same stream.
     nonce: u64,
@@ -96,39 +116,60 @@ impl FastBatches {
         }
         Ok(Arc::new(FastBatches {
             cfg: cfg.clone(),
-            conn: tokio::sync::Mutex::new(None),
+            conn: Mutex::new(None),
+            dialing: AtomicBool::new(false),
             failed: Mutex::new(None),
             next: AtomicU64::new(0),
             nonce: super::sink::batch_nonce(),
         }))
     }
 
-    /// The connection, dialed when there is none alive (not again within
-    /// [`DIAL_AGAIN_AFTER`] of a failed dial).
+    /// The connection, dialed when there is none alive. One request dials while the others
+    /// go message by message (a dial that hangs, e.g. on a server that wants TLS first, must
+    /// not hold every request for its timeout); after failed dials, the next waits
+    /// [`DIAL_AGAIN_AFTER`], doubling per failure up to [`DIAL_AGAIN_AT_MOST`].
     async fn connection(&self, timeout: Duration) -> Result<Arc<BatchConn>, String> {
-        let mut conn = self.conn.lock().await;
-        if let Some(c) = conn.as_ref().filter(|c| c.alive()) {
+        if let Some(c) = self
+            .conn
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .filter(|c| c.alive())
+        {
             return Ok(c.clone());
         }
-        if let Some((at, why)) = &*self.failed.lock().expect("not poisoned")
-            && at.elapsed() < DIAL_AGAIN_AFTER
+        if let Some(f) = &*self.failed.lock().expect("not poisoned")
+            && f.at.elapsed() < f.wait
         {
-            return Err(why.clone());
+            return Err(f.why.clone());
         }
+        if self.dialing.swap(true, Ordering::AcqRel) {
+            return Err("another request is dialing the fast-batch connection".into());
+        }
+        // Cleared however this ends: a request dropped mid-dial (its client went away) too.
+        let _dialing = Dialing(&self.dialing);
         match BatchConn::dial(&self.cfg, timeout).await {
             Ok(c) => {
                 if self.failed.lock().expect("not poisoned").take().is_some() {
                     tracing::info!("fast-batch connection to cloud NATS is back");
                 }
-                *conn = Some(c.clone());
+                *self.conn.lock().expect("not poisoned") = Some(c.clone());
                 Ok(c)
             }
             Err(why) => {
                 let mut failed = self.failed.lock().expect("not poisoned");
-                if failed.is_none() {
-                    tracing::warn!(error = %why, "no fast-batch connection to cloud NATS; publishing message by message until there is");
-                }
-                *failed = Some((Instant::now(), why.clone()));
+                let wait = match &*failed {
+                    None => {
+                        tracing::warn!(error = %why, "no fast-batch connection to cloud NATS; publishing message by message until there is");
+                        DIAL_AGAIN_AFTER
+                    }
+                    Some(f) => (f.wait * 2).min(DIAL_AGAIN_AT_MOST),
+                };
+                *failed = Some(Failed {
+                    at: Instant::now(),
+                    wait,
+                    why: why.clone(),
+                });
                 Err(why)
             }
         }
@@ -344,6 +385,74 @@ fn interpret(id: &str, body: &[u8]) -> Result<Step, BatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port nothing listens on (bound, then let go).
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_backs_off_doubling_and_only_one_request_dials() {
+        let cfg = NatsConnect {
+            url: format!("nats://127.0.0.1:{}", closed_port())
+                .parse()
+                .unwrap(),
+            ..Default::default()
+        };
+        let fast = FastBatches::new(&cfg).unwrap();
+        let t = Duration::from_secs(2);
+        // Refused: said, and the next dial waits 1 s.
+        let why = fast.connection(t).await.err().unwrap();
+        assert!(why.contains("127.0.0.1"), "{why}");
+        let first_at = {
+            let f = fast.failed.lock().unwrap();
+            let f = f.as_ref().unwrap();
+            assert_eq!(f.wait, DIAL_AGAIN_AFTER);
+            f.at
+        };
+        // Within the wait no dial happens: the same failure, at the same time.
+        assert_eq!(fast.connection(t).await.err().unwrap(), why);
+        assert_eq!(fast.failed.lock().unwrap().as_ref().unwrap().at, first_at);
+        // Once it has passed, the next request dials again, and the wait doubles, up to 30 s.
+        for want in [2, 4, 8, 16, 30, 30] {
+            fast.failed.lock().unwrap().as_mut().unwrap().at -= Duration::from_secs(31);
+            assert!(fast.connection(t).await.is_err());
+            let f = fast.failed.lock().unwrap();
+            assert_eq!(f.as_ref().unwrap().wait, Duration::from_secs(want));
+        }
+        assert!(
+            !fast.dialing.load(Ordering::Acquire),
+            "cleared after each dial"
+        );
+        // While one request dials, another does not wait for it.
+        fast.failed.lock().unwrap().take();
+        fast.dialing.store(true, Ordering::Release);
+        let busy = fast.connection(t).await.err().unwrap();
+        assert!(busy.contains("another request is dialing"), "{busy}");
+        assert!(
+            fast.failed.lock().unwrap().is_none(),
+            "not counted as a failed dial"
+        );
+    }
+
+    #[test]
+    fn configurations_the_connection_cannot_speak_are_named() {
+        let mut cfg = NatsConnect {
+            url: "ws://127.0.0.1:8080".parse().unwrap(),
+            ..Default::default()
+        };
+        assert!(FastBatches::new(&cfg).err().unwrap().contains("websocket"));
+        cfg.url = "tls://127.0.0.1:4222".parse().unwrap();
+        assert!(
+            FastBatches::new(&cfg)
+                .err()
+                .unwrap()
+                .contains("nats.tls.ca")
+        );
+        cfg.tls.ca = "/etc/ca.pem".into();
+        assert!(FastBatches::new(&cfg).is_ok());
+    }
 
     fn step(body: &str) -> Result<Step, BatchError> {
         interpret("b1", body.as_bytes())
