@@ -236,7 +236,17 @@ pub async fn read_all(js: &jetstream::Context, stream: &str) -> anyhow::Result<V
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e.context(format!("after {attempt} attempts"))),
+            Err(e) => {
+                if settling(&e) {
+                    eprintln!(
+                        "reading {stream} by consumer failed {attempt} times ({e:#}); reading it by sequence"
+                    );
+                    if let Ok(got) = read_by_sequence(js, stream).await {
+                        return Ok(got);
+                    }
+                }
+                return Err(e.context(format!("after {attempt} attempts")));
+            }
         }
     }
 }
@@ -269,33 +279,85 @@ async fn read_all_once(js: &jetstream::Context, stream: &str) -> anyhow::Result<
             .context("cloud stream ended")??;
         let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
         let published = info.published.unix_timestamp_nanos();
-        let mut headers = HashMap::new();
-        if let Some(h) = &m.headers {
-            for (k, v) in h.iter() {
-                let values: Vec<String> = v.iter().map(|v| v.as_str().to_string()).collect();
-                headers.insert(k.to_string(), values);
-            }
-        }
-        let one = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v: &Vec<String>| v.last())
-                .cloned()
-        };
-        let latency = one(TIME_HEADER)
-            .and_then(|t| t.parse::<i128>().ok())
-            .and_then(|t| u64::try_from(published - t).ok())
-            .map(Duration::from_nanos);
-        out.push(Received {
-            id: one("Nats-Msg-Id").unwrap_or_default(),
-            subject: m.subject.to_string(),
-            hash: hash(&m.payload),
-            len: m.payload.len(),
-            headers,
-            latency,
-            stored_ns: published,
-        });
+        out.push(received(
+            &m.subject,
+            m.headers.as_ref(),
+            &m.payload,
+            published,
+        ));
     }
+    Ok(out)
+}
+
+/// One stored message as the verification compares it.
+fn received(
+    subject: &str,
+    h: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    published: i128,
+) -> Received {
+    let mut headers = HashMap::new();
+    if let Some(h) = h {
+        for (k, v) in h.iter() {
+            let values: Vec<String> = v.iter().map(|v| v.as_str().to_string()).collect();
+            headers.insert(k.to_string(), values);
+        }
+    }
+    let one = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v: &Vec<String>| v.last())
+            .cloned()
+    };
+    let latency = one(TIME_HEADER)
+        .and_then(|t| t.parse::<i128>().ok())
+        .and_then(|t| u64::try_from(published - t).ok())
+        .map(Duration::from_nanos);
+    Received {
+        id: one("Nats-Msg-Id").unwrap_or_default(),
+        subject: subject.to_string(),
+        hash: hash(payload),
+        len: payload.len(),
+        headers,
+        latency,
+        stored_ns: published,
+    }
+}
+
+/// Every message of `stream` read one by one by sequence (`STREAM.MSG.GET`, answered by the
+/// stream's leader): the way to read a cluster's stream when ephemeral consumers keep failing
+/// to deliver (seen on 2.9.10 under load: a consumer placed on a peer not yet known offline).
+pub async fn read_by_sequence(
+    js: &jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<Vec<Received>> {
+    let mut s = js.get_stream(stream).await?;
+    let state = s.info().await?.state.clone();
+    let mut out = Vec::with_capacity(state.messages as usize);
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        match s.get_raw_message(seq).await {
+            Ok(m) => out.push(received(
+                &m.subject,
+                Some(&m.headers),
+                &m.payload,
+                m.time.unix_timestamp_nanos(),
+            )),
+            // A gap (deleted or never stored): nothing there to compare.
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(anyhow::anyhow!("reading {stream} message {seq}: {e}")),
+        }
+    }
+    anyhow::ensure!(
+        out.len() == state.messages as usize,
+        "read {} of {stream}'s {} messages by sequence",
+        out.len(),
+        state.messages
+    );
     Ok(out)
 }
 

@@ -289,6 +289,49 @@ async fn messages_of_the_edge_servers_maximum_size_arrive_exactly_once() {
     assert_exactly_once(&p, &report, 24);
 }
 
+/// The verification's fallback read (by sequence, for a cluster whose consumers will not
+/// deliver) sees the cloud stream exactly as the consumer read does: every message, subject,
+/// payload, headers and stored time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_cloud_stream_by_sequence_matches_reading_it_by_consumer() {
+    let p = pipeline(|_| {}, |_| {}).await;
+    let sent = publish(&edge_js(&p).await, 300).await;
+    let report = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &report, 300);
+    let cloud = cloud_js(&p).await;
+    let stream = &p.ingest_cfg.nats.stream;
+    let key = |r: &verify::Received| {
+        let mut h: Vec<_> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        h.sort();
+        (
+            r.id.clone(),
+            r.subject.clone(),
+            r.hash,
+            r.len,
+            h,
+            r.stored_ns,
+        )
+    };
+    let by_consumer: Vec<_> = verify::read_all(&cloud, stream)
+        .await
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
+    let by_sequence: Vec<_> = verify::read_by_sequence(&cloud, stream)
+        .await
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
+    assert_eq!(by_consumer.len(), 300);
+    assert_eq!(by_sequence, by_consumer);
+}
+
 /// A cloud server with no room for the ingest's headers (`max_payload` equal to the edge's):
 /// the ingest refuses the edge's largest messages as content (413 naming max_payload) instead
 /// of answering 503 forever, the gateway sets exactly those aside (`forward.on_rejected`), and
