@@ -133,7 +133,7 @@ fn a_sweep_of_one_setting_runs_every_value_verified_and_draws_the_curve() {
     assert_self_contained(&svg);
     assert_eq!(
         attrs(&svg, "data-panel"),
-        ["msgs/s vs connections (200 B, batch 500, in-flight 8)"]
+        ["msgs/s vs connections (200 B, batch 2000, in-flight 8)"]
     );
     // Four markers on one line, each with its value as a tooltip.
     assert_eq!(svg.matches("<circle").count(), 4, "{svg}");

@@ -97,9 +97,9 @@ fn the_curve_is_the_median_of_the_rounds_with_min_and_max() {
     assert_eq!(
         titles,
         [
-            "msgs/s vs in-flight (200 B, batch 500, connections 1)",
-            "msgs/s vs size (batch 500, in-flight 8, connections 1)",
-            "payload MiB/s vs size (batch 500, in-flight 8, connections 1)",
+            "msgs/s vs in-flight (200 B, batch 2000, connections 1)",
+            "msgs/s vs size (batch 2000, in-flight 8, connections 1)",
+            "payload MiB/s vs size (batch 2000, in-flight 8, connections 1)",
         ]
     );
     let svg = super::super::plot::render(&f);
