@@ -292,14 +292,14 @@ async fn finds_every_nginx_limit_and_checks_a_gateway_config_against_them() {
             "--set forward.max_requests_per_connection=225",
             "--set timeouts.idle=3s",
             "--set forward.max_connection_age=6s",
-            "--set batch.max_bytes=98304",
+            "--set batch.max_bytes=55296",
             "--set forward.max_in_flight=37",
         ],
         "{c}"
     );
     assert_eq!(
         c["toml"],
-        "[batch]\nmax_bytes = 98304\n[forward]\nmax_requests_per_connection = 225\nmax_connection_age = \"6s\"\nmax_in_flight = 37\n[timeouts]\nidle = \"3s\"\n",
+        "[batch]\nmax_bytes = 55296\n[forward]\nmax_requests_per_connection = 225\nmax_connection_age = \"6s\"\nmax_in_flight = 37\n[timeouts]\nidle = \"3s\"\n",
         "{c}"
     );
     // The fitting config: exit 0, said in the report.
