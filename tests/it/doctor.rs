@@ -205,7 +205,7 @@ async fn finds_every_nginx_limit_and_checks_a_gateway_config_against_them() {
         dir.path(),
         &url,
         &pki,
-        "[batch]\nmax_bytes = 65536\n[forward]\nmax_requests_per_connection = 200\nmax_connection_age = \"5s\"\nmax_in_flight = 16\n[timeouts]\nidle = \"2s\"\nping_interval = \"2s\"\n",
+        "[batch]\nmax_bytes = 55296\n[forward]\nmax_requests_per_connection = 200\nmax_connection_age = \"5s\"\nmax_in_flight = 16\n[timeouts]\nidle = \"2s\"\nping_interval = \"2s\"\n",
     );
     let (out, fit) = tokio::task::spawn_blocking(move || {
         let args = ["--requests", "300", "--idle-wait", "15s"];
