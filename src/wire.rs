@@ -479,7 +479,14 @@ pub fn push_decimal(out: &mut String, v: i64) {
 }
 
 /// Appends `v` in decimal (see [`push_decimal`]).
-pub fn push_unsigned(out: &mut String, mut v: u64) {
+pub fn push_unsigned(out: &mut String, v: u64) {
+    let (digits, at) = decimal_digits(v);
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ascii digits"));
+}
+
+/// `v`'s decimal digits: they are `digits[at..]` of the returned `(digits, at)`.
+pub(crate) fn decimal_digits(mut v: u64) -> ([u8; 20], usize) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -490,8 +497,7 @@ pub fn push_unsigned(out: &mut String, mut v: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).expect("ascii digits"));
+    (digits, at)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub(super) enum Reply {
     NoResponders,
 }
 
-type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>>;
+type Routes = Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Why a write did not complete.
@@ -49,7 +49,7 @@ pub(super) struct BatchConn {
     writer: tokio::sync::Mutex<Writer>,
     inbox: String,
     routes: Routes,
-    alive: Arc<AtomicBool>,
+    alive: AtomicBool,
     /// Cancelled when the connection is given up: the reader then ends too, and the socket
     /// closes once the last request holding the connection lets it go.
     ended: tokio_util::sync::CancellationToken,
@@ -97,12 +97,11 @@ impl BatchConn {
         cfg: &NatsConnect,
         server: &async_nats::ServerAddr,
     ) -> Result<Arc<Self>, String> {
-        let tcp = tokio::net::TcpStream::connect((server.host(), server.port()))
+        let mut tcp = tokio::net::TcpStream::connect((server.host(), server.port()))
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let mut pending = BytesMut::with_capacity(4096);
-        let mut tcp = tcp;
         let info = read_info(&mut tcp, &mut pending).await?;
         let tls = cfg.tls.required || server.tls_required() || info.tls_required;
         let (mut reader, mut writer): (Box<dyn AsyncRead + Send + Unpin>, Writer) = if tls {
@@ -147,19 +146,13 @@ impl BatchConn {
         let conn = Arc::new(BatchConn {
             writer,
             inbox,
-            routes: Arc::default(),
-            alive: Arc::new(AtomicBool::new(true)),
+            routes: Routes::default(),
+            alive: AtomicBool::new(true),
             ended: tokio_util::sync::CancellationToken::new(),
             server: format!("{}:{}", server.host(), server.port()),
         });
         let ended = conn.ended.clone();
-        let reading = read_loop(
-            reader,
-            pending,
-            Arc::downgrade(&conn),
-            conn.routes.clone(),
-            conn.alive.clone(),
-        );
+        let reading = read_loop(reader, pending, Arc::downgrade(&conn));
         tokio::spawn(async move {
             tokio::select! {
                 () = reading => {}
@@ -216,7 +209,8 @@ impl BatchConn {
         }
     }
 
-    /// Gives the connection up: the batches waiting on it fail at once.
+    /// Gives the connection up: the batches waiting on it fail at once (503, retried), the
+    /// next request dials again. Logged and counted the first time only.
     fn close(&self, why: &str) {
         let mut routes = self.routes.lock().expect("not poisoned");
         let was_alive = self.alive.swap(false, Ordering::AcqRel);
@@ -224,7 +218,8 @@ impl BatchConn {
         drop(routes);
         self.ended.cancel();
         if was_alive {
-            lost(&self.server, why);
+            metrics::counter!("uplink_ingest_batch_connection_lost_total").increment(1);
+            tracing::warn!(nats = "cloud", connection = "fast-batch", event = "disconnected", server = %self.server, reason = %why, "the fast-batch connection to cloud NATS was lost; its batches are answered 503 and the next request dials again");
         }
     }
 }
@@ -265,18 +260,8 @@ pub(super) fn push_hpub(
 }
 
 fn push_usize(buf: &mut Vec<u8>, v: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+    let (digits, at) = crate::wire::decimal_digits(v as u64);
+    buf.extend_from_slice(&digits[at..]);
 }
 
 /// The part of the server's `INFO` this connection uses.
@@ -518,8 +503,6 @@ async fn read_loop(
     mut reader: Box<dyn AsyncRead + Send + Unpin>,
     mut pending: BytesMut,
     conn: std::sync::Weak<BatchConn>,
-    routes: Routes,
-    alive: Arc<AtomicBool>,
 ) {
     let why = loop {
         let op = match next_op(&mut reader, &mut pending).await {
@@ -545,7 +528,8 @@ async fn read_loop(
                 } else {
                     Reply::Body(payload)
                 };
-                let tx = id.and_then(|id| routes.lock().expect("not poisoned").get(id).cloned());
+                let tx =
+                    id.and_then(|id| conn.routes.lock().expect("not poisoned").get(id).cloned());
                 if let Some(tx) = tx {
                     let _ = tx.send(reply);
                 }
@@ -566,20 +550,9 @@ async fn read_loop(
             Op::Pong | Op::Ok | Op::Info(_) => {}
         }
     };
-    let mut r = routes.lock().expect("not poisoned");
-    let was_alive = alive.swap(false, Ordering::AcqRel);
-    r.clear();
-    drop(r);
-    if was_alive && let Some(conn) = conn.upgrade() {
-        lost(&conn.server, &why);
+    if let Some(conn) = conn.upgrade() {
+        conn.close(&why);
     }
-}
-
-/// Logs and counts the loss of a fast-batch connection: the requests whose batches were on it
-/// are answered 503 (retried), the next one dials again.
-fn lost(server: &str, why: &str) {
-    metrics::counter!("uplink_ingest_batch_connection_lost_total").increment(1);
-    tracing::warn!(nats = "cloud", connection = "fast-batch", event = "disconnected", server, reason = %why, "the fast-batch connection to cloud NATS was lost; its batches are answered 503 and the next request dials again");
 }
 
 #[cfg(test)]

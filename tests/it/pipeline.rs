@@ -316,18 +316,9 @@ async fn reading_the_cloud_stream_by_sequence_matches_reading_it_by_consumer() {
             r.stored_ns,
         )
     };
-    let by_consumer: Vec<_> = verify::read_all(&cloud, stream)
-        .await
-        .unwrap()
-        .iter()
-        .map(key)
-        .collect();
-    let by_sequence: Vec<_> = verify::read_by_sequence(&cloud, stream)
-        .await
-        .unwrap()
-        .iter()
-        .map(key)
-        .collect();
+    let keys = |got: Vec<verify::Received>| got.iter().map(key).collect::<Vec<_>>();
+    let by_consumer = keys(verify::read_all(&cloud, stream).await.unwrap());
+    let by_sequence = keys(verify::read_by_sequence(&cloud, stream).await.unwrap());
     assert_eq!(by_consumer.len(), 300);
     assert_eq!(by_sequence, by_consumer);
 }
