@@ -232,7 +232,7 @@ fn trial(
 }
 
 /// One uplink drain: pipeline up without the gateway, fill, start the gateway, time, verify.
-async fn uplink_drain(
+pub(super) async fn uplink_drain(
     exe: &std::path::Path,
     nats_bin: &std::path::Path,
     o: &BacklogOptions,

@@ -10,8 +10,15 @@
 //! default and the case study's setting). Note: uplink persists into a cloud JetStream, while
 //! nginx persists nothing.
 //!
-//! `--runs` rounds; each runs uplink once and the Go gateway once per keepalive value, on
-//! fresh servers, alternating the order. CPU per message per process from `/proc/<pid>/stat`.
+//! The Go gateway drains a backlog published before its clock starts, while the steady bench's
+//! clock includes its publisher: so each round also has uplink draining the same N
+//! pre-published messages (`uplink-drain`, as `--backlog N` runs it) and NATS's own leafnode
+//! sourcing moving them (`leafnode`, as `--backlog N --anchor leafnode`): the like-for-like
+//! pair, and what NATS itself reaches on the same machine in the same round.
+//!
+//! `--runs` rounds; each runs every contender once (the Go gateway once per keepalive value),
+//! on fresh servers, alternating the order. CPU per message per process from
+//! `/proc/<pid>/stat`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,14 +149,15 @@ pub struct BaselineOptions {
 #[derive(Debug, serde::Serialize)]
 pub struct Trial {
     pub round: usize,
-    /// `uplink` or `go-gateway`.
+    /// `uplink`, `uplink-drain`, `leafnode` or `go-gateway`.
     pub what: &'static str,
     /// nginx's `keepalive_requests` (Go gateway trials).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_requests: Option<u64>,
     pub messages: usize,
-    /// uplink: publisher start → the cloud stream holds all; Go: its own clock (consumer
-    /// created → last ack), as the case study reports it.
+    /// uplink: publisher start → the cloud stream holds all; uplink-drain and leafnode: the
+    /// backlog's drain (`--backlog`); Go: its own clock (consumer created → last ack), as the
+    /// case study reports it.
     pub seconds: f64,
     /// The CPU's window: uplink as `seconds`; Go: process start → exit.
     pub wall_seconds: f64,
@@ -178,9 +186,11 @@ pub struct BaselineResult {
     pub load_average_start: String,
     pub load_average_end: String,
     pub trials: Vec<Trial>,
-    /// msgs/s per contender (`uplink`, `go-gateway@<keepalive>`).
+    /// msgs/s per contender (`uplink`, `uplink-drain`, `leafnode`, `go-gateway@<keepalive>`).
     pub msgs_per_sec: BTreeMap<String, Range>,
-    /// uplink msgs/s ÷ the Go gateway's, each round's pair, per keepalive value.
+    /// uplink's (steady) msgs/s ÷ the Go gateway's, each round's pair, per keepalive value
+    /// (`go-gateway@<keepalive>`); `uplink-drain÷go-gateway@<keepalive>` and
+    /// `leafnode÷go-gateway@<keepalive>` the same for the drains.
     pub ratio_to: BTreeMap<String, Range>,
     /// Every uplink trial exactly once and every Go trial fully acked.
     pub ok: bool,
@@ -214,6 +224,19 @@ fn key(ka: u64) -> String {
     format!("go-gateway@{ka}")
 }
 
+/// One contender of a round.
+#[derive(Clone, Copy)]
+enum Contender {
+    /// The steady bench (publisher running).
+    Uplink,
+    /// uplink draining N pre-published messages (`--backlog N`).
+    UplinkDrain,
+    /// NATS-native sourcing over an mTLS leafnode, the same backlog.
+    Leafnode,
+    /// The case study's Go gateway at this `keepalive_requests`.
+    Go(u64),
+}
+
 /// Runs the rounds (the Go program already built: `bin`).
 pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResult> {
     uplink::tls::install_crypto_provider();
@@ -234,17 +257,57 @@ pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResu
         ratio_to: BTreeMap::new(),
         ok: true,
     };
+    let exe = std::env::current_exe()?;
+    let drain = super::backlog::BacklogOptions {
+        messages: o.bench.messages,
+        size: o.bench.size,
+        runs: 1,
+        anchors: Vec::new(),
+        nats_server: Some(nats_bin.clone()),
+        in_flight: None,
+        json: true,
+    };
+    let w = crate::testbed::verify::Workload {
+        count: o.bench.messages,
+        size: o.bench.size,
+        ..Default::default()
+    };
     for round in 0..o.runs {
-        let mut order: Vec<Option<u64>> = std::iter::once(None)
-            .chain(o.keepalive_requests.iter().copied().map(Some))
-            .collect();
+        let mut order: Vec<Contender> = [
+            Contender::Uplink,
+            Contender::UplinkDrain,
+            Contender::Leafnode,
+        ]
+        .into_iter()
+        .chain(o.keepalive_requests.iter().copied().map(Contender::Go))
+        .collect();
         if round % 2 == 1 {
             order.reverse();
         }
         for what in order {
             let t = match what {
-                None => uplink_trial(o, round).await?,
-                Some(ka) => go_trial(o, bin, &nats_bin, ka, round)
+                Contender::Uplink => uplink_trial(o, round).await?,
+                Contender::UplinkDrain => {
+                    let t = super::backlog::uplink_drain(&exe, &nats_bin, &drain, &w, round)
+                        .await
+                        .context("uplink draining the backlog")?;
+                    drain_trial("uplink-drain", round, &t.cpu_ms, t.seconds, &w, t.verdict)
+                }
+                Contender::Leafnode => {
+                    let kind = super::anchor::Native::Leafnode;
+                    let r = super::anchor::native_drain(
+                        &nats_bin,
+                        kind,
+                        &w,
+                        &uplink::config::GatewayConfig::default(),
+                    )
+                    .await
+                    .context("leafnode sourcing")?;
+                    let mut t = drain_trial("leafnode", round, &r.cpu_ms, r.seconds, &w, None);
+                    t.failures = w.count.saturating_sub(r.messages as usize);
+                    t
+                }
+                Contender::Go(ka) => go_trial(o, bin, &nats_bin, ka, round)
                     .await
                     .with_context(|| format!("Go gateway, keepalive_requests {ka}"))?,
             };
@@ -252,7 +315,7 @@ pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResu
                 eprintln!(
                     "round {} {:<22} {:>8.0} msgs/s  {:.2} s  cpu µs/msg {}",
                     t.round,
-                    t.keepalive_requests.map_or("uplink".to_string(), key),
+                    t.keepalive_requests.map_or(t.what.to_string(), key),
                     t.msgs_per_sec,
                     t.seconds,
                     t.cpu_us_per_msg
@@ -268,23 +331,34 @@ pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResu
             result.trials.push(t);
         }
     }
-    let rates = |ka: Option<u64>| -> Vec<f64> {
+    let rates = |what: &str, ka: Option<u64>| -> Vec<f64> {
         result
             .trials
             .iter()
-            .filter(|t| t.keepalive_requests == ka)
+            .filter(|t| t.what == what && t.keepalive_requests == ka)
             .map(|t| t.msgs_per_sec)
             .collect()
     };
-    let ours = rates(None);
     let mut msgs_per_sec = BTreeMap::new();
     let mut ratio_to = BTreeMap::new();
-    msgs_per_sec.extend(Range::of(ours.clone()).map(|r| ("uplink".to_string(), r)));
+    for what in ["uplink", "uplink-drain", "leafnode"] {
+        msgs_per_sec.extend(Range::of(rates(what, None)).map(|r| (what.to_string(), r)));
+    }
     for &ka in &o.keepalive_requests {
-        let theirs = rates(Some(ka));
-        let ratios = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
-        msgs_per_sec.extend(Range::of(theirs).map(|r| (key(ka), r)));
-        ratio_to.extend(Range::of(ratios).map(|r| (key(ka), r)));
+        let theirs = rates("go-gateway", Some(ka));
+        msgs_per_sec.extend(Range::of(theirs.clone()).map(|r| (key(ka), r)));
+        for what in ["uplink", "uplink-drain", "leafnode"] {
+            let ratios = rates(what, None)
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| a / b)
+                .collect();
+            let name = match what {
+                "uplink" => key(ka),
+                _ => format!("{what}÷{}", key(ka)),
+            };
+            ratio_to.extend(Range::of(ratios).map(|r| (name, r)));
+        }
     }
     result.msgs_per_sec = msgs_per_sec;
     result.ratio_to = ratio_to;
@@ -310,6 +384,31 @@ async fn uplink_trial(o: &BaselineOptions, round: usize) -> anyhow::Result<Trial
         failures: r.lost + r.duplicates + r.corrupted,
         report: Vec::new(),
     })
+}
+
+/// A drain's trial (`uplink-drain`, `leafnode`): its failures are the verdict's lost,
+/// duplicated and corrupted messages.
+fn drain_trial(
+    what: &'static str,
+    round: usize,
+    cpu_ms: &BTreeMap<String, f64>,
+    seconds: f64,
+    w: &crate::testbed::verify::Workload,
+    verdict: Option<super::backlog::Verdict>,
+) -> Trial {
+    Trial {
+        round: round + 1,
+        what,
+        keepalive_requests: None,
+        messages: w.count,
+        seconds,
+        wall_seconds: seconds,
+        msgs_per_sec: w.count as f64 / seconds.max(1e-9),
+        cpu_us_per_msg: per_msg(cpu_ms, w.count),
+        cpu_ms: cpu_ms.clone(),
+        failures: verdict.map_or(0, |v| v.lost + v.duplicates + v.corrupted),
+        report: Vec::new(),
+    }
 }
 
 /// Publishes `count` messages of `size` bytes into `STREAM` (512 PubAcks in flight).
@@ -470,8 +569,13 @@ pub fn print(r: &BaselineResult, json: bool) {
         );
     }
     for (what, x) in &r.ratio_to {
+        let what = if what.contains('÷') {
+            what.replace('÷', " ÷ ")
+        } else {
+            format!("uplink ÷ {what}")
+        };
         println!(
-            "uplink ÷ {what:<22} {:.2} … {:.2} (median {:.2}, each round's pair)",
+            "{what:<38} {:.2} … {:.2} (median {:.2}, each round's pair)",
             x.min, x.max, x.median
         );
     }

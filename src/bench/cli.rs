@@ -85,7 +85,8 @@ pub struct BenchArgs {
     pub keepalive_requests: Option<String>,
     /// uplink's steady bench (--messages) side by side with the case study's Go gateway
     /// (built from --baseline-dir with Go; 64 workers, one POST per message into nginx
-    /// `return 204`, draining --messages pre-published), --runs rounds alternating.
+    /// `return 204`, draining --messages pre-published), with uplink and NATS's leafnode
+    /// sourcing draining the same pre-published backlog beside them; --runs rounds alternating.
     #[arg(long)]
     pub compare_baseline: bool,
     /// --compare-baseline: the case study's baseline directory (default ../shared/baseline).
