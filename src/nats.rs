@@ -7,6 +7,8 @@
 //! that exits would then need a restart by hand. The refusal is logged at `error` with the
 //! settings to check, and `/readyz` reports it until the connection is up.
 
+pub(crate) mod proto;
+
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_nats::{ClientError, ConnectErrorKind, ConnectOptions, Event, ServerError};
