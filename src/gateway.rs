@@ -358,7 +358,7 @@ async fn pump_bound(
             let (feed, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
             let rebind = CancellationToken::new();
             ctx.readers.spawn(cumulative::read(
-                bound,
+                *bound,
                 js.clone(),
                 feed,
                 rebind.clone(),

@@ -199,6 +199,8 @@ pub struct NatsSecurity {
     pub operator: Option<std::sync::Arc<nats_jwt::Operator>>,
     /// `max_payload` in bytes (default: nats-server's, 1 MiB).
     pub max_payload: Option<usize>,
+    /// `max_connections`: clients beyond it are refused (`-ERR 'maximum connections exceeded'`).
+    pub max_connections: Option<usize>,
 }
 
 /// PEM files of a TLS nats-server.
@@ -229,6 +231,7 @@ impl NatsSecurity {
             && self.tls.is_none()
             && self.operator.is_none()
             && self.max_payload.is_none()
+            && self.max_connections.is_none()
     }
 
     /// The nats-server configuration file for this server.
@@ -244,6 +247,9 @@ impl NatsSecurity {
         );
         if let Some(n) = self.max_payload {
             c.push_str(&format!("max_payload: {n}\n"));
+        }
+        if let Some(n) = self.max_connections {
+            c.push_str(&format!("max_connections: {n}\n"));
         }
         if let Some(token) = &self.token {
             if !self.users.is_empty() || !self.nkeys.is_empty() {

@@ -33,12 +33,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use self::source::{Got, Replier, Source};
 use super::settle::{DeadLetterError, Settle};
+
+mod source;
+pub(super) use self::source::subscribe;
 
 /// The headers a flow-control reply acks with (nats-server `JSLastConsumerSeq`,
 /// `JSLastStreamSeq`); an idle heartbeat carries the same two, naming the last delivery.
@@ -166,6 +169,8 @@ pub enum Stop {
     Gap(#[from] Gap),
     #[error("the deliver subject's subscription ended")]
     Ended,
+    #[error("the delivery connection to edge NATS was lost: {0}")]
+    Lost(String),
     #[error("no delivery or heartbeat from the edge consumer for {0:?}: is it still there?")]
     Silent(Duration),
 }
@@ -276,7 +281,9 @@ impl Settle for Vec<Tracked> {
 
 /// What a bind of a cumulative consumer gives the reader.
 pub(super) struct Bound {
-    pub(super) subscription: async_nats::Subscriber,
+    /// The deliver subject's messages, and where the flow-control replies go.
+    pub(super) source: Source,
+    pub(super) replier: Replier,
     /// The highest stream sequence delivered before the reset: at or below it, a delivery may
     /// have reached the cloud before.
     pub(super) delivered_before: u64,
@@ -294,7 +301,8 @@ pub(super) async fn read(
     last_call: CancellationToken,
 ) {
     let Bound {
-        mut subscription,
+        mut source,
+        replier,
         delivered_before,
     } = bound;
     let tracker = Arc::new(Tracker {
@@ -302,7 +310,7 @@ pub(super) async fn read(
         moved: Notify::new(),
         context: js.clone(),
     });
-    let mut replies = Replies::new(js.client());
+    let mut replies = Replies::new(replier);
     let mut heard = tokio::time::Instant::now();
     let mut reader = Reader {
         tracker: &tracker,
@@ -315,26 +323,31 @@ pub(super) async fn read(
             biased;
             _ = rebind.cancelled() => return,
             _ = last_call.cancelled() => break,
-            _ = tracker.moved.notified() => replies.answer(&tracker).await,
+            _ = tracker.moved.notified() => {
+                if let Err(why) = replies.answer(&tracker).await {
+                    let _ = feed.send(vec![Err(Stop::Lost(why))]);
+                    return;
+                }
+            }
             _ = tokio::time::sleep_until(heard + SILENCE) => {
                 let _ = feed.send(vec![Err(Stop::Silent(SILENCE))]);
                 return;
             }
-            next = subscription.next() => {
+            next = source.next() => {
                 heard = tokio::time::Instant::now();
-                let Some(m) = next else {
+                let Some(got) = next else {
                     let _ = feed.send(vec![Err(Stop::Ended)]);
                     return;
                 };
                 // This delivery, and every one already here behind it, as one chunk.
-                let mut next = Some(m);
-                while let Some(m) = next.take() {
-                    if reader.take(m, &mut replies).await.is_break() {
+                let mut next = Some(got);
+                while let Some(got) = next.take() {
+                    if reader.take(got, &mut replies).await.is_break() {
                         reader.send();
                         return;
                     }
                     if reader.chunk.len() < CHUNK {
-                        next = futures_util::FutureExt::now_or_never(subscription.next()).flatten();
+                        next = source.ready();
                     }
                 }
                 reader.send();
@@ -342,18 +355,29 @@ pub(super) async fn read(
         }
     }
     // Shutdown: the in-flight batches are settled; ack them with the next request.
-    replies.answer(&tracker).await;
+    if replies.answer(&tracker).await.is_err() {
+        return;
+    }
     if replies.acked == tracker.frontier() {
         return;
     }
     let wait = async {
-        while let Some(m) = subscription.next().await {
-            if m.status.is_some()
-                && let Some(reply) = &m.reply
-            {
-                replies.held = Some(reply.to_string());
-                replies.answer(&tracker).await;
-                return;
+        while let Some(got) = source.next().await {
+            match got {
+                Got::Ping => {
+                    if replies.replier.pong().await.is_err() {
+                        return;
+                    }
+                }
+                Got::Message(m) => {
+                    if m.status.is_some()
+                        && let Some(reply) = &m.reply
+                    {
+                        replies.held = Some(reply.to_string());
+                        let _ = replies.answer(&tracker).await;
+                        return;
+                    }
+                }
             }
         }
     };
@@ -379,17 +403,26 @@ impl Reader<'_> {
     /// Takes one message of the deliver subject: a delivery joins the chunk, a flow-control
     /// request is answered, a heartbeat checked; `Break` once the bind must end (the reason is
     /// the chunk's last entry).
-    async fn take(
-        &mut self,
-        m: async_nats::Message,
-        replies: &mut Replies,
-    ) -> std::ops::ControlFlow<()> {
+    async fn take(&mut self, got: Got, replies: &mut Replies) -> std::ops::ControlFlow<()> {
         use std::ops::ControlFlow::{Break, Continue};
         let tracker = self.tracker;
+        let m = match got {
+            Got::Message(m) => m,
+            Got::Ping => {
+                if let Err(why) = replies.replier.pong().await {
+                    self.chunk.push(Err(Stop::Lost(why)));
+                    return Break(());
+                }
+                return Continue(());
+            }
+        };
         if m.status.is_some() {
             if let Some(reply) = &m.reply {
                 replies.held = Some(reply.to_string());
-                replies.answer(tracker).await;
+                if let Err(why) = replies.answer(tracker).await {
+                    self.chunk.push(Err(Stop::Lost(why)));
+                    return Break(());
+                }
             } else if let Some(last) = header_u64(&m, LAST_CONSUMER) {
                 let w = tracker.marks.lock().expect("watermark lock");
                 if w.missed(last) {
@@ -446,51 +479,47 @@ impl Reader<'_> {
 }
 
 struct Replies {
-    client: async_nats::Client,
+    replier: Replier,
     held: Option<String>,
     acked: Option<(u64, u64)>,
 }
 
 impl Replies {
-    fn new(client: async_nats::Client) -> Self {
+    fn new(replier: Replier) -> Self {
         Replies {
-            client,
+            replier,
             held: None,
             acked: None,
         }
     }
 
-    /// Answers the held request if the frontier moved since the last reply.
-    async fn answer(&mut self, tracker: &Tracker) {
+    /// Answers the held request if the frontier moved since the last reply. An error means
+    /// our own delivery connection is lost (the bind ends); through async-nats a reply that
+    /// could not be sent is said, and the server's next request (on its next heartbeat) acks.
+    async fn answer(&mut self, tracker: &Tracker) -> Result<(), String> {
         let frontier = tracker.frontier();
         let Some((dseq, sseq)) = frontier else {
-            return;
+            return Ok(());
         };
         if frontier == self.acked {
-            return;
+            return Ok(());
         }
         let Some(reply) = self.held.take() else {
-            return;
+            return Ok(());
         };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(LAST_CONSUMER, dseq.to_string().as_str());
-        headers.insert(LAST_STREAM, sseq.to_string().as_str());
-        match self
-            .client
-            .publish_with_headers(reply, headers, bytes::Bytes::new())
-            .await
-        {
+        match self.replier.ack(&reply, dseq, sseq).await {
             Ok(()) => {
                 metrics::counter!("uplink_gateway_cumulative_acks_total").increment(1);
                 let before = self.acked.map(|a| a.0).unwrap_or(0);
                 metrics::counter!("uplink_gateway_cumulatively_acked_total")
                     .increment(dseq.saturating_sub(before));
                 self.acked = frontier;
+                Ok(())
             }
+            Err(e) if matches!(self.replier, Replier::Own(_)) => Err(e),
             Err(e) => {
-                // The request is lost with the connection; the server sends another on its
-                // next heartbeat.
                 tracing::warn!(error = %e, "flow-control reply not sent; the next request acks");
+                Ok(())
             }
         }
     }

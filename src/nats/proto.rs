@@ -275,9 +275,10 @@ pub(crate) enum Op {
 }
 
 /// Parses one operation at the start of `buf`, consuming it; `Ok(None)` when more bytes are
-/// needed.
+/// needed. A `MSG`/`HMSG` is sliced out of `buf` without a copy. Allocation-free for what a
+/// delivery costs (`MSG`, `HMSG`, `PING`): the gateway parses every delivery of a drain here.
 pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Op>, String> {
-    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+    let Some(eol) = line_end(buf) else {
         if buf.len() > MAX_LINE {
             return Err("a protocol line longer than 1 MiB".into());
         }
@@ -285,76 +286,199 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Op>, String> {
     };
     let line = &buf[..eol];
     let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-    let word = line[..word_end].to_ascii_uppercase();
-    let op = match word.as_slice() {
-        b"PING" => Op::Ping,
-        b"PONG" => Op::Pong,
-        b"+OK" => Op::Ok,
-        b"-ERR" => Op::Err(
+    let word = &line[..word_end];
+    let is = |name: &[u8]| word.eq_ignore_ascii_case(name);
+    let op = if is(b"MSG") || is(b"HMSG") {
+        return parse_msg(buf, eol, word_end, is(b"HMSG"));
+    } else if is(b"PING") {
+        Op::Ping
+    } else if is(b"PONG") {
+        Op::Pong
+    } else if is(b"+OK") {
+        Op::Ok
+    } else if is(b"-ERR") {
+        Op::Err(
             String::from_utf8_lossy(&line[word_end..])
                 .trim()
                 .to_string(),
-        ),
-        b"INFO" => {
-            let json = Bytes::copy_from_slice(&line[word_end..]);
-            buf.advance(eol + 2);
-            return Ok(Some(Op::Info(json)));
-        }
-        b"MSG" | b"HMSG" => {
-            let args: Vec<&[u8]> = line[word_end..]
-                .split(|&b| b == b' ' || b == b'\t')
-                .filter(|a| !a.is_empty())
-                .collect();
-            let number = |a: &[u8]| -> Result<usize, String> {
-                std::str::from_utf8(a)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("bad size in {:?}", String::from_utf8_lossy(line)))
-            };
-            let with_headers = word == b"HMSG";
-            // MSG subject sid [reply] size; HMSG subject sid [reply] hsize size.
-            let sizes = if with_headers { 2 } else { 1 };
-            if args.len() < 2 + sizes || args.len() > 3 + sizes {
-                return Err(format!("bad {:?}", String::from_utf8_lossy(line)));
-            }
-            let total = number(args[args.len() - 1])?;
-            let hsize = if with_headers {
-                number(args[args.len() - 2])?
-            } else {
-                0
-            };
-            if hsize > total {
-                return Err(format!("bad sizes in {:?}", String::from_utf8_lossy(line)));
-            }
-            let at = |a: &[u8]| a.as_ptr() as usize - buf.as_ptr() as usize;
-            let subject = (at(args[0]), args[0].len());
-            let reply = (args.len() == 3 + sizes).then(|| (at(args[2]), args[2].len()));
-            if buf.len() < eol + 2 + total + 2 {
-                return Ok(None);
-            }
-            let mut head = buf.split_to(eol + 2 + total + 2).freeze();
-            let slice = |(from, len): (usize, usize)| head.slice(from..from + len);
-            let subject = slice(subject);
-            let reply = reply.map(slice).unwrap_or_default();
-            head.advance(eol + 2);
-            let headers = head.slice(..hsize);
-            let payload = head.slice(hsize..total);
-            return Ok(Some(Op::Msg {
-                subject,
-                reply,
-                headers,
-                payload,
-            }));
-        }
-        _ => {
-            return Err(format!(
-                "unknown operation {:?}",
-                String::from_utf8_lossy(&line[..line.len().min(64)])
-            ));
-        }
+        )
+    } else if is(b"INFO") {
+        let json = Bytes::copy_from_slice(&line[word_end..]);
+        buf.advance(eol + 2);
+        return Ok(Some(Op::Info(json)));
+    } else {
+        return Err(format!(
+            "unknown operation {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(64)])
+        ));
     };
     buf.advance(eol + 2);
     Ok(Some(op))
+}
+
+/// Where the first line of `buf` ends (the index of its `\r\n`).
+fn line_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let nl = from + at;
+        if nl > 0 && buf[nl - 1] == b'\r' {
+            return Some(nl - 1);
+        }
+        from = nl + 1;
+    }
+    None
+}
+
+/// `MSG subject sid [reply] size` or `HMSG subject sid [reply] hsize size` whose line ends at
+/// `eol`, then the headers and payload and their `\r\n`.
+fn parse_msg(
+    buf: &mut BytesMut,
+    eol: usize,
+    word_end: usize,
+    with_headers: bool,
+) -> Result<Option<Op>, String> {
+    let line = &buf[..eol];
+    let bad = |what: &str| format!("{what} in {:?}", String::from_utf8_lossy(line));
+    // (offset, length) of each argument: at most 5.
+    let mut args = [(0usize, 0usize); 5];
+    let mut n = 0;
+    let mut at = word_end;
+    while at < line.len() {
+        if line[at] == b' ' || line[at] == b'\t' {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < line.len() && line[at] != b' ' && line[at] != b'\t' {
+            at += 1;
+        }
+        if n == args.len() {
+            return Err(bad("too many arguments"));
+        }
+        args[n] = (start, at - start);
+        n += 1;
+    }
+    let sizes = if with_headers { 2 } else { 1 };
+    if n < 2 + sizes || n > 3 + sizes {
+        return Err(bad("bad arguments"));
+    }
+    let number = |(from, len): (usize, usize)| -> Result<usize, String> {
+        let digits = &line[from..from + len];
+        if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad("bad size"));
+        }
+        Ok(digits
+            .iter()
+            .fold(0usize, |v, d| v * 10 + usize::from(d - b'0')))
+    };
+    let total = number(args[n - 1])?;
+    let hsize = if with_headers {
+        number(args[n - 2])?
+    } else {
+        0
+    };
+    if hsize > total {
+        return Err(bad("bad sizes"));
+    }
+    let subject = args[0];
+    let reply = (n == 3 + sizes).then_some(args[2]);
+    if buf.len() < eol + 2 + total + 2 {
+        return Ok(None);
+    }
+    let mut head = buf.split_to(eol + 2 + total + 2).freeze();
+    let slice = |(from, len): (usize, usize)| head.slice(from..from + len);
+    let subject = slice(subject);
+    let reply = reply.map(slice).unwrap_or_default();
+    head.advance(eol + 2);
+    let headers = head.slice(..hsize);
+    let payload = head.slice(hsize..total);
+    Ok(Some(Op::Msg {
+        subject,
+        reply,
+        headers,
+        payload,
+    }))
+}
+
+/// A delivered `MSG`/`HMSG` as async-nats's [`async_nats::Message`], which the gateway's
+/// settling code takes (payload, subject and reply are not copied). The header block is read
+/// as async-nats reads it: `NATS/1.0[ status[ description]]`, then `Name: value` lines, a
+/// line starting with whitespace continuing the value before it.
+pub(crate) fn message_of(
+    subject: Bytes,
+    reply: Bytes,
+    headers: Bytes,
+    payload: Bytes,
+) -> Result<async_nats::Message, String> {
+    let length = subject.len() + reply.len() + headers.len() + payload.len();
+    let subject = async_nats::Subject::try_from(subject).map_err(|_| "a subject not in UTF-8")?;
+    let reply = if reply.is_empty() {
+        None
+    } else {
+        Some(async_nats::Subject::try_from(reply).map_err(|_| "a reply subject not in UTF-8")?)
+    };
+    let (status, description, headers) = if headers.is_empty() {
+        (None, None, None)
+    } else {
+        let (status, description, map) = header_block(&headers)?;
+        (status, description, Some(map))
+    };
+    Ok(async_nats::Message {
+        subject,
+        reply,
+        payload,
+        headers,
+        status,
+        description,
+        length,
+    })
+}
+
+type Status = (
+    Option<async_nats::StatusCode>,
+    Option<String>,
+    async_nats::HeaderMap,
+);
+
+fn header_block(block: &[u8]) -> Result<Status, String> {
+    let text = std::str::from_utf8(block).map_err(|_| "a header block not in UTF-8")?;
+    let mut lines = text.split("\r\n").peekable();
+    let version = lines.next().unwrap_or_default();
+    let rest = version
+        .strip_prefix("NATS/1.0")
+        .ok_or_else(|| format!("a header block starting {version:?}"))?
+        .trim();
+    let (code, description) = rest.split_once(' ').unwrap_or((rest, ""));
+    let status = if code.is_empty() {
+        None
+    } else {
+        Some(
+            code.parse::<async_nats::StatusCode>()
+                .map_err(|_| format!("a status {code:?}"))?,
+        )
+    };
+    let description = Some(description.trim())
+        .filter(|d| !d.is_empty())
+        .map(str::to_string);
+    let mut map = async_nats::HeaderMap::new();
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("a header line {line:?}"))?;
+        let name: async_nats::HeaderName = name
+            .parse()
+            .map_err(|_| format!("a header name {name:?}"))?;
+        let mut value = value.trim_start().to_string();
+        while let Some(more) = lines.next_if(|l| l.starts_with(char::is_whitespace)) {
+            value.push_str(more);
+        }
+        value.truncate(value.trim_end().len());
+        map.append(name, value);
+    }
+    Ok((status, description, map))
 }
 
 pub(crate) async fn next_op<R: AsyncRead + Unpin + ?Sized>(

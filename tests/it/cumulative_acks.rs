@@ -55,6 +55,17 @@ async fn cumulative_acks_deliver_a_backlog_exactly_once_and_empty_the_work_queue
             replies >= 1.0 && replies * 10.0 <= N as f64,
             "{replies} replies: {m}"
         );
+        // Read on the gateway's own delivery connection, not the client library's fallback.
+        assert_eq!(
+            scrape_value(&m, "uplink_gateway_own_delivery_connection"),
+            Some(1.0),
+            "{m}"
+        );
+        assert!(
+            !p.log("gateway").contains("delivery connection"),
+            "{}",
+            tail(&p.log("gateway"))
+        );
         let info = edge
             .get_stream(&p.gateway_cfg.nats.stream)
             .await
@@ -378,5 +389,98 @@ async fn a_gateway_stopped_mid_backlog_acks_all_the_cloud_confirmed_before_it_ex
         scrape_value(&im, "uplink_ingest_messages_total{result=\"duplicate\"}").unwrap_or(0.0),
         0.0,
         "{im}"
+    );
+}
+
+/// Where the gateway's own delivery connection cannot be made (here: the edge server takes no
+/// more clients than the gateway's and the test's), the bind reads its deliveries through the
+/// NATS client library instead, says why, and every message still arrives exactly once and is
+/// acked cumulatively.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_delivery_connection_falls_back_to_the_client_library() {
+    if !server_has_cumulative_acks() {
+        return;
+    }
+    const N: usize = 3_000;
+    uplink::tls::install_crypto_provider();
+    let options = uplink_tools::testbed::pipeline::PipelineOptions {
+        edge_security: uplink_tools::testbed::NatsSecurity {
+            max_connections: Some(2),
+            ..Default::default()
+        },
+        defer_gateway: true,
+        ..Default::default()
+    };
+    let mut p = uplink_tools::testbed::pipeline::Pipeline::start_with(
+        &exe(),
+        &nats_bin(),
+        options,
+        |_| {},
+        |g| {
+            cumulative(g);
+            g.nats.max_ack_pending = 1_000;
+        },
+    )
+    .await
+    .expect("pipeline starts");
+    // The test's client, then the gateway's: the server's two connections. The harness's
+    // readiness probes (plain TCP connects) count until the server has seen them close.
+    let opts = || uplink::nats::options(&p.gateway_cfg.nats.connect).unwrap();
+    let mut tries = 0;
+    let client = loop {
+        match opts().connect(p.edge.url()).await {
+            Ok(c) => break c,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                tracing::debug!(error = %e, "edge not taking the test's client yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("edge NATS: {e}"),
+        }
+    };
+    let edge = async_nats::jetstream::new(client);
+    edge.create_stream(uplink::gateway::stream_config(&p.gateway_cfg))
+        .await
+        .unwrap();
+    let sent = publish(&edge, N).await;
+    p.start_gateway().await.unwrap();
+    // Checked on the test's own client: the edge server takes no other.
+    let cloud = cloud_js(&p).await;
+    let budget = uplink_tools::testbed::pipeline::delivery_budget(N);
+    let stream = &p.gateway_cfg.nats.stream;
+    uplink_tools::testbed::verify::wait_count(&cloud, &p.ingest_cfg.nats.stream, N as u64, budget)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", tail(&p.log("gateway"))));
+    uplink_tools::testbed::verify::wait_drained(
+        &edge,
+        stream,
+        &p.gateway_cfg.nats.consumer,
+        budget,
+    )
+    .await
+    .unwrap();
+    let r = p.check_delivery(&edge, &cloud, &sent).await.unwrap();
+    assert_exactly_once(&p, &r, N);
+    wait_stream_len_is(&edge, stream, 0).await;
+    let m = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&m, "uplink_gateway_own_delivery_connection"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        scrape_value(&m, "uplink_gateway_cumulative_acks"),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape_value(&m, "uplink_gateway_cumulatively_acked_total"),
+        Some(N as f64),
+        "{m}"
+    );
+    let log = p.log("gateway");
+    assert!(
+        log.contains("cannot dial the delivery connection") && log.contains("maximum connections"),
+        "{}",
+        tail(&log)
     );
 }

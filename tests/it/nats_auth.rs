@@ -30,8 +30,19 @@ async fn start(
 
 /// Asserts that the ingest published first sends as fast batches, on its own connection to
 /// cloud NATS ([`uplink`]'s `ingest/batch_conn.rs`, which authenticates by itself), where the
-/// server has them (2.14+), and message by message only where it does not.
+/// server has them (2.14+), and message by message only where it does not; and that a gateway
+/// with cumulative acks read its deliveries on its own connection to edge NATS (`nats/proto.rs`,
+/// the same authentication) where the server has them.
 async fn assert_fast_batches_where_the_server_has_them(p: &Pipeline) {
+    if p.gateway_cfg.nats.ack == uplink::config::AckMode::Cumulative && nats_at_least(2, 14) {
+        let m = p.gateway_metrics().await.unwrap();
+        assert_eq!(
+            scrape_value(&m, "uplink_gateway_own_delivery_connection"),
+            Some(1.0),
+            "{m}\n{}",
+            p.log("gateway")
+        );
+    }
     let m = p.ingest_metrics().await.unwrap();
     let count = |mode: &str| {
         scrape_value(
@@ -82,6 +93,7 @@ async fn password_on_the_edge_and_token_on_the_cloud_deliver_exactly_once() {
         |g| {
             g.nats.connect.user = "gateway".into();
             g.nats.connect.password = Secret::new(EDGE_PASSWORD);
+            g.nats.ack = uplink::config::AckMode::Cumulative;
         },
     )
     .await;
@@ -112,7 +124,12 @@ async fn tls_with_client_certificates_to_both_nats_servers() {
         nats_tls: true,
         ..Default::default()
     };
-    let p = start(opts, |_| {}, |_| {}).await;
+    let p = start(
+        opts,
+        |_| {},
+        |g| g.nats.ack = uplink::config::AckMode::Cumulative,
+    )
+    .await;
     // `verify: true`: TLS without a client certificate is refused, and so is plain text.
     let pki = p.pki();
     let no_cert = async_nats::ConnectOptions::new()
@@ -181,7 +198,10 @@ async fn nkey_users_on_both_nats_servers_deliver_exactly_once() {
     let p = start(
         opts,
         |i| i.nats.connect.nkey = cloud_seed.clone(),
-        |g| g.nats.connect.nkey = seed_file.clone(),
+        |g| {
+            g.nats.connect.nkey = seed_file.clone();
+            g.nats.ack = uplink::config::AckMode::Cumulative;
+        },
     )
     .await;
     assert!(async_nats::connect(p.edge.url()).await.is_err());
@@ -429,7 +449,10 @@ async fn creds_files_on_operator_mode_servers_deliver_exactly_once() {
     let p = start(
         opts,
         |i| i.nats.connect.creds = creds.clone(),
-        |g| g.nats.connect.creds = creds.clone(),
+        |g| {
+            g.nats.connect.creds = creds.clone();
+            g.nats.ack = uplink::config::AckMode::Cumulative;
+        },
     )
     .await;
     assert!(async_nats::connect(p.edge.url()).await.is_err());

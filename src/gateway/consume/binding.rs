@@ -162,7 +162,7 @@ pub fn effective_ack(wanted: AckMode, version: &str) -> AckMode {
 /// A bound edge consumer.
 pub(crate) enum Bound {
     Explicit(Box<PullConsumer>),
-    Cumulative(super::super::cumulative::Bound),
+    Cumulative(Box<super::super::cumulative::Bound>),
 }
 
 /// The edge stream a gateway creates when it is missing (`nats.create_stream`).
@@ -279,7 +279,7 @@ pub(crate) async fn bind(
                 .get_or_create_consumer(&n.consumer, push_config(cfg))
                 .await
                 .map_err(consumer_err)?;
-            Bound::Cumulative(bind_cumulative(js, &stream, consumer, cfg).await?)
+            Bound::Cumulative(Box::new(bind_cumulative(js, &stream, consumer, cfg).await?))
         }
     };
     // The stream may have been recreated between reading its incarnation and binding.
@@ -359,13 +359,13 @@ async fn bind_cumulative(
         reset_to = reset.reset_seq,
         "cumulative-ack consumer reset to its ack floor"
     );
-    let subscription = js
-        .client()
-        .subscribe(subject.clone())
-        .await
-        .map_err(|source| BindError::Subscribe { subject, source })?;
+    let (source, replier) =
+        super::super::cumulative::subscribe(&cfg.nats.connect, &js.client(), &subject)
+            .await
+            .map_err(|source| BindError::Subscribe { subject, source })?;
     Ok(super::super::cumulative::Bound {
-        subscription,
+        source,
+        replier,
         delivered_before,
     })
 }

@@ -79,3 +79,100 @@ fn inboxes_do_not_repeat() {
     assert_eq!(a.len(), 22);
     assert_ne!(a, nuid());
 }
+
+#[test]
+fn a_delivery_becomes_the_client_library_s_message_without_copies() {
+    let block = "NATS/1.0\r\nTag: a\r\nTag: b\r\nLong: first\r\n  second\r\n\r\n";
+    let wire = format!(
+        "HMSG _uplink.deliver.S.C 1 $JS.ACK.S.C.1.7.7.1733580000000000000.3 {} {}\r\n{block}hi\r\nMSG x 1 2\r\nok\r\n",
+        block.len(),
+        block.len() + 2
+    );
+    let mut buf = BytesMut::from(wire.as_bytes());
+    let Ok(Some(Op::Msg {
+        subject,
+        reply,
+        headers,
+        payload,
+    })) = parse(&mut buf)
+    else {
+        panic!("not a message");
+    };
+    let payload_at = payload.as_ptr();
+    let m = message_of(subject, reply, headers, payload).unwrap();
+    assert_eq!(m.subject.as_str(), "_uplink.deliver.S.C");
+    assert_eq!(
+        m.reply.as_deref(),
+        Some("$JS.ACK.S.C.1.7.7.1733580000000000000.3")
+    );
+    assert_eq!(m.payload, "hi");
+    assert_eq!(m.payload.as_ptr(), payload_at);
+    assert_eq!(m.status, None);
+    let h = m.headers.as_ref().unwrap();
+    let tags: Vec<&str> = h.get_all("Tag").map(|v| v.as_str()).collect();
+    assert_eq!(tags, ["a", "b"]);
+    // A line starting with whitespace continues the value before it, as async-nats reads it.
+    assert_eq!(h.get("Long").unwrap().as_str(), "first  second");
+    // The next operation is still there, whole.
+    assert!(matches!(parse(&mut buf), Ok(Some(Op::Msg { payload, .. })) if payload == "ok"));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn a_status_message_has_its_code_description_and_headers() {
+    let block =
+        "NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 5\r\nNats-Last-Stream: 9\r\n\r\n";
+    let m = message_of(
+        Bytes::from_static(b"d"),
+        Bytes::new(),
+        Bytes::copy_from_slice(block.as_bytes()),
+        Bytes::new(),
+    )
+    .unwrap();
+    assert_eq!(m.status, Some(async_nats::StatusCode::IDLE_HEARTBEAT));
+    assert_eq!(m.description.as_deref(), Some("Idle Heartbeat"));
+    assert_eq!(m.reply, None);
+    let h = m.headers.unwrap();
+    assert_eq!(h.get("Nats-Last-Consumer").unwrap().as_str(), "5");
+    assert_eq!(h.get("Nats-Last-Stream").unwrap().as_str(), "9");
+    // A flow-control request: a status and a reply subject, no headers after the status line.
+    let m = message_of(
+        Bytes::from_static(b"d"),
+        Bytes::from_static(b"$JS.FC.S.C.x"),
+        Bytes::from_static(b"NATS/1.0 100 FlowControl Request\r\n\r\n"),
+        Bytes::new(),
+    )
+    .unwrap();
+    assert_eq!(m.status, Some(async_nats::StatusCode::IDLE_HEARTBEAT));
+    assert_eq!(m.reply.as_deref(), Some("$JS.FC.S.C.x"));
+    assert!(m.headers.unwrap().is_empty());
+    // What async-nats would refuse is refused, naming what was wrong.
+    let bad = |block: &'static [u8]| {
+        message_of(
+            Bytes::from_static(b"d"),
+            Bytes::new(),
+            Bytes::from_static(block),
+            Bytes::new(),
+        )
+        .err()
+        .unwrap()
+    };
+    assert!(bad(b"HTTP/1.1 200\r\n\r\n").contains("HTTP/1.1"));
+    assert!(bad(b"NATS/1.0 abc\r\n\r\n").contains("abc"));
+    assert!(bad(b"NATS/1.0\r\nno colon\r\n\r\n").contains("no colon"));
+    assert!(bad(b"NATS/1.0\r\n\xff: x\r\n\r\n").contains("UTF-8"));
+}
+
+#[test]
+fn message_lines_are_checked_argument_by_argument() {
+    // Tabs and repeated spaces separate arguments; a line end without CR is not one.
+    assert!(matches!(
+        parsed(b"MSG  s\t1  r 2\r\nhi\r\n").0,
+        Ok(Some(Op::Msg { reply, .. })) if reply == "r"
+    ));
+    assert_eq!(parsed(b"MSG s 1 2\nhi\n").0, Ok(None));
+    assert!(parsed(b"MSG s 1 r x 2 3\r\n").0.is_err());
+    assert!(parsed(b"MSG s 1 -2\r\n").0.is_err());
+    assert!(parsed(b"MSG s 1 9999999999999\r\n").0.is_err());
+    assert!(parsed(b"HMSG s 1 2\r\n").0.is_err());
+}
