@@ -542,11 +542,14 @@ pub(super) fn ack_subject(reply: &str) -> Option<(u64, u64, u64, i64)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     let mut tokens: [&str; 9] = [""; 9];
     let mut n = 0;
-    for t in rest.split('.') {
+    let mut from = 0;
+    // The dots by `memchr` (a `str::split` was 4 % of the gateway in a drain's profile).
+    for dot in memchr::memchr_iter(b'.', rest.as_bytes()).chain([rest.len()]) {
         if n < tokens.len() {
-            tokens[n] = t;
+            tokens[n] = &rest[from..dot];
         }
         n += 1;
+        from = dot + 1;
     }
     let numbers = match n {
         7 => &tokens[2..7],

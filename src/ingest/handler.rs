@@ -523,10 +523,9 @@ impl Handler {
                 .append(k, v)
                 .map_err(|e| ApiError::new(ErrorCode::BadHeader, e.to_string()))?;
         }
-        // Per message, so without `format!` (6 % of the ingest's CPU in a drain profile).
-        let mut time = String::with_capacity(20);
-        wire::push_decimal(&mut time, m.time_unix_nano);
-        headers.push(TIME_HEADER, &time);
+        // Per message, so without `format!` (6 % of the ingest's CPU in a drain profile) and
+        // written into the block.
+        headers.push_decimal(TIME_HEADER, m.time_unix_nano);
         headers.push(PLATFORM_HEADER, platform);
         let mut subject =
             String::with_capacity(self.subject_prefix.len() + platform.len() + m.subject.len() + 2);

@@ -90,6 +90,15 @@ impl Headers {
             .filter_map(|line| line.split_once(": "))
     }
 
+    /// Adds one of the ingest's own headers whose value is `v` in decimal, written in place.
+    pub(super) fn push_decimal(&mut self, name: &str, v: i64) {
+        for part in [name, ": "] {
+            self.block.push_str(part);
+        }
+        crate::wire::push_decimal(&mut self.block, v);
+        self.block.push_str("\r\n");
+    }
+
     /// The first value of `name` (exact name).
     #[cfg(test)]
     pub fn get<'a>(&'a self, name: &'a str) -> Option<&'a str> {
@@ -232,6 +241,13 @@ mod tests {
         let tags: Vec<&str> = nats.get_all("Tag").map(|v| v.as_str()).collect();
         assert_eq!(tags, ["x", "y: z"]);
         assert_eq!(nats.get("Empty").map(|v| v.as_str()), Some(""));
+        // The ingest's own time header is written in place, negative or not.
+        h.push_decimal("Uplink-Time", -12);
+        h.push_decimal("Uplink-Time", 1_733_580_000_000_000_000);
+        assert_eq!(
+            h.get_all("Uplink-Time").collect::<Vec<_>>(),
+            ["-12", "1733580000000000000"]
+        );
     }
 
     #[test]
