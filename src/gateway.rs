@@ -357,7 +357,7 @@ async fn pump_bound(
         Bound::Cumulative(bound) => {
             let (feed, mut deliveries) = tokio::sync::mpsc::unbounded_channel();
             let rebind = CancellationToken::new();
-            ctx.readers.spawn(cumulative::read(
+            let reader = ctx.readers.spawn(cumulative::read(
                 *bound,
                 js.clone(),
                 feed,
@@ -382,6 +382,9 @@ async fn pump_bound(
             let r = pump(messages, None, ids, ctx, slots, tracker, shutdown).await;
             if r.is_err() {
                 rebind.cancel();
+                // The reader ends its subscription before the next bind looks at the consumer
+                // (bounded inside; this bound is only a backstop).
+                let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
             }
             r
         }

@@ -305,6 +305,30 @@ pub(super) async fn read(
         replier,
         delivered_before,
     } = bound;
+    read_bind(
+        &mut source,
+        replier.clone(),
+        delivered_before,
+        js,
+        feed,
+        rebind,
+        last_call,
+    )
+    .await;
+    // Before the next bind looks at the consumer: it must not find this subscription still
+    // there (on our own connection, closing the socket is not ordered with that request).
+    source.close(&replier).await;
+}
+
+async fn read_bind(
+    source: &mut Source,
+    replier: Replier,
+    delivered_before: u64,
+    js: jetstream::Context,
+    feed: mpsc::UnboundedSender<Chunk>,
+    rebind: CancellationToken,
+    last_call: CancellationToken,
+) {
     let tracker = Arc::new(Tracker {
         marks: Mutex::default(),
         moved: Notify::new(),

@@ -142,6 +142,39 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Ends the subscription so that the server has seen it end when this returns (bounded by
+    /// [`CLOSE_WITHIN`]): on our own connection an `UNSUB` and a `PING` whose `PONG` comes
+    /// after the server processed it; through async-nats dropping the subscription queues its
+    /// `UNSUB` on the connection the next bind's requests go through, in order.
+    pub(crate) async fn close(&mut self, replier: &Replier) {
+        let Source::Own(own) = self else {
+            return;
+        };
+        if own.ended.is_some() {
+            return;
+        }
+        let closed = async {
+            replier.write_raw(b"UNSUB 1\r\nPING\r\n").await?;
+            loop {
+                match proto::next_op(&mut own.reader, &mut own.pending).await? {
+                    Op::Pong => return Ok::<(), String>(()),
+                    _ => continue,
+                }
+            }
+        };
+        if let Ok(Err(e)) | Err(e) = tokio::time::timeout(CLOSE_WITHIN, closed)
+            .await
+            .map_err(|_| format!("no answer within {CLOSE_WITHIN:?}"))
+        {
+            tracing::debug!(error = %e, "closing the delivery connection");
+        }
+    }
+}
+
+/// How long [`Source::close`] waits for the server to confirm the `UNSUB`.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
 impl Own {
     /// The next whole operation the buffer holds that the reader wants: `Some(None)` once the
     /// connection ended, `None` when more bytes are needed.
@@ -226,12 +259,17 @@ impl Replier {
         }
     }
 
-    /// Answers the server's PING on our own connection.
-    pub(crate) async fn pong(&self) -> Result<(), String> {
+    /// Writes whole protocol commands on our own connection (nothing through async-nats).
+    async fn write_raw(&self, buf: &[u8]) -> Result<(), String> {
         match self {
-            Replier::Own(writer) => write(writer, b"PONG\r\n").await,
+            Replier::Own(writer) => write(writer, buf).await,
             Replier::Client(_) => Ok(()),
         }
+    }
+
+    /// Answers the server's PING on our own connection.
+    pub(crate) async fn pong(&self) -> Result<(), String> {
+        self.write_raw(b"PONG\r\n").await
     }
 }
 
