@@ -331,9 +331,21 @@ pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResu
             result.trials.push(t);
         }
     }
+    let (msgs_per_sec, ratio_to) = summary(&result.trials, &o.keepalive_requests);
+    result.msgs_per_sec = msgs_per_sec;
+    result.ratio_to = ratio_to;
+    result.load_average_end = super::load_average();
+    Ok(result)
+}
+
+/// msgs/s per contender over the rounds, and each round's ratio of uplink (steady and
+/// draining) and of sourcing to the Go gateway, per keepalive value.
+fn summary(
+    trials: &[Trial],
+    keepalive_requests: &[u64],
+) -> (BTreeMap<String, Range>, BTreeMap<String, Range>) {
     let rates = |what: &str, ka: Option<u64>| -> Vec<f64> {
-        result
-            .trials
+        trials
             .iter()
             .filter(|t| t.what == what && t.keepalive_requests == ka)
             .map(|t| t.msgs_per_sec)
@@ -344,7 +356,7 @@ pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResu
     for what in ["uplink", "uplink-drain", "leafnode"] {
         msgs_per_sec.extend(Range::of(rates(what, None)).map(|r| (what.to_string(), r)));
     }
-    for &ka in &o.keepalive_requests {
+    for &ka in keepalive_requests {
         let theirs = rates("go-gateway", Some(ka));
         msgs_per_sec.extend(Range::of(theirs.clone()).map(|r| (key(ka), r)));
         for what in ["uplink", "uplink-drain", "leafnode"] {
@@ -360,10 +372,7 @@ pub async fn run(o: &BaselineOptions, bin: &Path) -> anyhow::Result<BaselineResu
             ratio_to.extend(Range::of(ratios).map(|r| (name, r)));
         }
     }
-    result.msgs_per_sec = msgs_per_sec;
-    result.ratio_to = ratio_to;
-    result.load_average_end = super::load_average();
-    Ok(result)
+    (msgs_per_sec, ratio_to)
 }
 
 /// uplink's steady bench, as `uplink bench --messages N` runs it.
