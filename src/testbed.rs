@@ -23,11 +23,20 @@ pub fn free_port() -> u16 {
     // out for binds to port 0 or as the local end of an outgoing connection could be taken by
     // one of those between our check and the server's bind. Random, so concurrent test
     // processes rarely try the same one; checked free before it is returned.
+    // A port is free until the server it was picked for binds it, so one process asking for
+    // several ports before starting anything (a leafnode, a websocket and a client port) could
+    // be handed the same one twice: a port handed out is never handed out again by this process.
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..1000 {
         let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = 20_000 + (fastrand::u16(..) ^ offset.wrapping_mul(7919)) % 12_000;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
@@ -513,3 +522,6 @@ pub mod nats_jwt;
 pub mod nginx;
 pub mod pipeline;
 pub mod verify;
+
+#[cfg(test)]
+mod tests;
