@@ -210,6 +210,8 @@ pub struct NatsSecurity {
     pub max_payload: Option<usize>,
     /// `max_connections`: clients beyond it are refused (`-ERR 'maximum connections exceeded'`).
     pub max_connections: Option<usize>,
+    /// Subjects every user of `users` may not publish to (`permissions: { publish: { deny } }`).
+    pub deny_publish: Vec<String>,
 }
 
 /// PEM files of a TLS nats-server.
@@ -270,7 +272,18 @@ impl NatsSecurity {
             let users: Vec<String> = self
                 .users
                 .iter()
-                .map(|(u, pw)| format!("{{ user: {}, password: {} }}", q(u), q(pw)))
+                .map(|(u, pw)| {
+                    let deny: Vec<String> = self.deny_publish.iter().map(|d| q(d)).collect();
+                    let permissions = if deny.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", permissions: {{ publish: {{ deny: [ {} ] }} }}",
+                            deny.join(", ")
+                        )
+                    };
+                    format!("{{ user: {}, password: {}{permissions} }}", q(u), q(pw))
+                })
                 .chain(self.nkeys.iter().map(|k| format!("{{ nkey: {} }}", q(k))))
                 .collect();
             c.push_str(&format!(

@@ -287,6 +287,9 @@ pub(super) struct Bound {
     /// The highest stream sequence delivered before the reset: at or below it, a delivery may
     /// have reached the cloud before.
     pub(super) delivered_before: u64,
+    /// The edge stream, where each flow-control reply is preceded by a purge below the
+    /// frontier (`consume::binding::purges_what_it_acks`).
+    pub(super) purge: Option<jetstream::stream::Stream>,
 }
 
 /// Reads the push subscription of one bind: deliveries go to the pump (through `feed`),
@@ -304,10 +307,11 @@ pub(super) async fn read(
         mut source,
         replier,
         delivered_before,
+        purge,
     } = bound;
     read_bind(
         &mut source,
-        replier.clone(),
+        Replies::new(replier.clone(), purge),
         delivered_before,
         js,
         feed,
@@ -322,7 +326,7 @@ pub(super) async fn read(
 
 async fn read_bind(
     source: &mut Source,
-    replier: Replier,
+    mut replies: Replies,
     delivered_before: u64,
     js: jetstream::Context,
     feed: mpsc::UnboundedSender<Chunk>,
@@ -334,7 +338,6 @@ async fn read_bind(
         moved: Notify::new(),
         context: js.clone(),
     });
-    let mut replies = Replies::new(replier);
     let mut heard = tokio::time::Instant::now();
     let mut reader = Reader {
         tracker: &tracker,
@@ -506,15 +509,41 @@ struct Replies {
     replier: Replier,
     held: Option<String>,
     acked: Option<(u64, u64)>,
+    /// The edge stream to purge below the frontier before each reply; dropped for the rest of
+    /// the bind after a purge fails (the reply's ack deletes the same messages, one by one).
+    purge: Option<jetstream::stream::Stream>,
 }
 
+/// Longest a purge before a flow-control reply may take before the reply goes without it.
+const PURGE_WITHIN: Duration = Duration::from_secs(2);
+
 impl Replies {
-    fn new(replier: Replier) -> Self {
+    fn new(replier: Replier, purge: Option<jetstream::stream::Stream>) -> Self {
         Replies {
             replier,
             held: None,
             acked: None,
+            purge,
         }
+    }
+
+    /// Purges the edge stream below `sseq + 1`: every message up to the frontier, all settled
+    /// (the cloud confirmed them, or they were dead-lettered), which the reply would delete.
+    async fn purge_through(&mut self, sseq: u64) {
+        let Some(stream) = &self.purge else {
+            return;
+        };
+        let outcome = tokio::time::timeout(PURGE_WITHIN, stream.purge().sequence(sseq + 1)).await;
+        let why = match outcome {
+            Ok(Ok(_)) => {
+                metrics::counter!("uplink_gateway_edge_purges_total").increment(1);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {PURGE_WITHIN:?}"),
+        };
+        tracing::warn!(error = %why, "purging the edge stream below the acked frontier failed; acks delete those messages one by one for the rest of this bind");
+        self.purge = None;
     }
 
     /// Answers the held request if the frontier moved since the last reply. An error means
@@ -531,6 +560,7 @@ impl Replies {
         let Some(reply) = self.held.take() else {
             return Ok(());
         };
+        self.purge_through(sseq).await;
         match self.replier.ack(&reply, dseq, sseq).await {
             Ok(()) => {
                 metrics::counter!("uplink_gateway_cumulative_acks_total").increment(1);

@@ -61,6 +61,19 @@ async fn cumulative_acks_deliver_a_backlog_exactly_once_and_empty_the_work_queue
             Some(1.0),
             "{m}"
         );
+        // A work queue read by an unfiltered consumer: the settled range is purged before the
+        // reply that acks it, at most once per reply.
+        let purges = scrape_value(&m, "uplink_gateway_edge_purges_total").unwrap_or(0.0);
+        assert!(
+            purges >= 1.0 && purges <= replies,
+            "{purges} purges: {m}\n{}",
+            tail(&p.log("gateway"))
+        );
+        assert!(
+            !p.log("gateway").contains("purging the edge stream"),
+            "{}",
+            tail(&p.log("gateway"))
+        );
         assert!(
             !p.log("gateway").contains("delivery connection"),
             "{}",
@@ -85,6 +98,39 @@ async fn cumulative_acks_deliver_a_backlog_exactly_once_and_empty_the_work_queue
             tail(&p.log("gateway"))
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_limits_edge_stream_cumulative_acks_purge_nothing_and_the_history_stays() {
+    // The purge before a reply is only for a work queue, where the ack deletes the same
+    // messages: a limits stream keeps acked messages on purpose.
+    const N: usize = 3_000;
+    let p = pipeline(
+        |_| {},
+        |g| {
+            cumulative(g);
+            g.nats.retention = uplink::config::EdgeRetention::Limits;
+        },
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, N).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, N);
+    let m = p.gateway_metrics().await.unwrap();
+    if server_has_cumulative_acks() {
+        let acked = scrape_value(&m, "uplink_gateway_cumulatively_acked_total").unwrap_or(0.0);
+        assert_eq!(acked, N as f64, "{m}");
+    }
+    assert_eq!(
+        scrape_value(&m, "uplink_gateway_edge_purges_total").unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        stream_len(&edge, &p.gateway_cfg.nats.stream).await,
+        N as u64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,16 +186,6 @@ async fn a_consumer_created_with_the_other_ack_policy_is_refused_by_name() {
     assert!(said.is_ok(), "{}", tail(&p.log("cumulative")));
     assert!(!p.log("cumulative").contains("consumer bound"));
     drop(g);
-}
-
-/// Waits until `stream` holds exactly `n` messages (acks take effect shortly after delivery).
-async fn wait_stream_len_is(js: &async_nats::jetstream::Context, stream: &str, n: u64) {
-    let r = uplink_tools::testbed::wait_for(
-        || async { Ok(stream_len(js, stream).await == n) },
-        Duration::from_secs(30),
-    )
-    .await;
-    r.unwrap_or_else(|e| panic!("{stream} never held {n}: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

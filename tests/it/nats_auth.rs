@@ -12,6 +12,7 @@ use uplink_tools::testbed::{NatsSecurity, TempDir, Uplink, free_addr, wait_for};
 
 use crate::support::{
     assert_exactly_once, edge_js, exe, nats_at_least, nats_bin, publish, tail, verify_delivery,
+    wait_stream_len_is,
 };
 
 const EDGE_PASSWORD: &str = "edge-pw-6f1c";
@@ -116,6 +117,57 @@ async fn password_on_the_edge_and_token_on_the_cloud_deliver_exactly_once() {
         Some(1.0),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn a_gateway_denied_the_edge_purge_acks_message_by_message_and_says_so() {
+    // The purge before each flow-control reply is a shortcut: refused, the acks delete the
+    // same messages one by one, nothing is lost and the work queue still empties.
+    let opts = PipelineOptions {
+        edge_security: NatsSecurity {
+            users: vec![("gateway".into(), EDGE_PASSWORD.into())],
+            deny_publish: vec!["$JS.API.STREAM.PURGE.>".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = start(
+        opts,
+        |_| {},
+        |g| {
+            g.nats.connect.user = "gateway".into();
+            g.nats.connect.password = Secret::new(EDGE_PASSWORD);
+            g.nats.ack = uplink::config::AckMode::Cumulative;
+        },
+    )
+    .await;
+    let edge = edge_js(&p).await;
+    let sent = publish(&edge, 2_000).await;
+    let r = verify_delivery(&p, &sent).await;
+    assert_exactly_once(&p, &r, 2_000);
+    wait_stream_len_is(&edge, &p.gateway_cfg.nats.stream, 0).await;
+    let m = p.gateway_metrics().await.unwrap();
+    assert_eq!(
+        scrape_value(&m, "uplink_gateway_edge_purges_total").unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    let log = p.log("gateway");
+    let said = log
+        .matches("purging the edge stream below the acked frontier failed")
+        .count();
+    if nats_at_least(2, 14) {
+        // Said once for the bind, not once per reply.
+        assert_eq!(said, 1, "{}", tail(&log));
+        assert!(
+            log.contains("Permissions Violation") || log.contains("permission"),
+            "{}",
+            tail(&log)
+        );
+    } else {
+        // Explicit acks on older servers: no flow-control replies, no purge tried.
+        assert_eq!(said, 0, "{}", tail(&log));
+    }
 }
 
 #[tokio::test]

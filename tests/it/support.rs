@@ -224,3 +224,13 @@ pub fn json_of(out: &std::process::Output) -> serde_json::Value {
     let last = stdout.lines().last().expect("a JSON line on stdout");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
 }
+
+/// Waits until `stream` holds exactly `n` messages (acks take effect shortly after delivery).
+pub async fn wait_stream_len_is(js: &async_nats::jetstream::Context, stream: &str, n: u64) {
+    let r = uplink_tools::testbed::wait_for(
+        || async { Ok(stream_len(js, stream).await == n) },
+        Duration::from_secs(30),
+    )
+    .await;
+    r.unwrap_or_else(|e| panic!("{stream} never held {n}: {e}"));
+}

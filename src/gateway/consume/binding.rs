@@ -326,6 +326,44 @@ async fn check_ack_policy(
     })
 }
 
+/// Whether a cumulative consumer's flow-control replies may be preceded by a purge of the edge
+/// stream below the frontier: only where the ack would delete exactly those messages anyway.
+/// That is a work-queue stream (a limits stream keeps acked messages on purpose) read by a
+/// consumer that sees every message from the start (no filter, `DeliverAll`): a work queue
+/// admits no other consumer beside an unfiltered one, so no one else's messages are below it.
+///
+/// Why purge at all: a work queue deletes an acked message one by one (per message through
+/// the stream's ack queue and the file store's delete), which was over half of the edge
+/// server's CPU in a drain; a purge removes a range at once, whole blocks where it can, and
+/// the ack that follows finds nothing left to delete (BENCHMARKS.md, session 35).
+async fn purges_what_it_acks(
+    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    consumer: &jetstream::consumer::Config,
+    cfg: &GatewayConfig,
+) -> bool {
+    if stream.cached_info().config.retention != jetstream::stream::RetentionPolicy::WorkQueue
+        || !consumer.filter_subject.is_empty()
+        || consumer.deliver_policy != jetstream::consumer::DeliverPolicy::All
+    {
+        return false;
+    }
+    // `filter_subjects` (2.10+) is read from the server's own answer: async-nats drops it
+    // without its `server_2_10` feature, which would change other requests too.
+    let info: Result<serde_json::Value, _> = js
+        .request(
+            format!("CONSUMER.INFO.{}.{}", cfg.nats.stream, cfg.nats.consumer),
+            &serde_json::json!({}),
+        )
+        .await;
+    info.is_ok_and(|v| {
+        v["error"].is_null()
+            && v["config"]["filter_subjects"]
+                .as_array()
+                .is_none_or(|f| f.is_empty())
+    })
+}
+
 /// Readies a cumulative-ack consumer for this gateway: nobody else reads it, it is reset to
 /// its ack floor (what an earlier run had not acked comes again: with `ack_wait` 0 nothing
 /// else would redeliver it), and its deliver subject is subscribed — after the reset, so no
@@ -345,6 +383,9 @@ async fn bind_cumulative(
         });
     }
     let delivered_before = info.delivered.stream_sequence;
+    let purge = purges_what_it_acks(js, stream, &info.config, cfg)
+        .await
+        .then(|| stream.clone());
     let subject = info.config.deliver_subject.clone().unwrap_or_default();
     let reset = stream
         .reset_consumer(&n.consumer, None)
@@ -367,5 +408,6 @@ async fn bind_cumulative(
         source,
         replier,
         delivered_before,
+        purge,
     })
 }
