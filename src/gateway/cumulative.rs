@@ -356,6 +356,12 @@ async fn read_bind(
                     return;
                 }
             }
+            done = replies.purged() => {
+                if let Err(why) = done {
+                    let _ = feed.send(vec![Err(Stop::Lost(why))]);
+                    return;
+                }
+            }
             _ = tokio::time::sleep_until(heard + SILENCE) => {
                 let _ = feed.send(vec![Err(Stop::Silent(SILENCE))]);
                 return;
@@ -382,7 +388,7 @@ async fn read_bind(
         }
     }
     // Shutdown: the in-flight batches are settled; ack them with the next request.
-    if replies.answer(&tracker).await.is_err() {
+    if replies.answer_now(&tracker).await.is_err() {
         return;
     }
     if replies.acked == tracker.frontier() {
@@ -401,7 +407,7 @@ async fn read_bind(
                         && let Some(reply) = &m.reply
                     {
                         replies.held = Some(reply.to_string());
-                        let _ = replies.answer(&tracker).await;
+                        let _ = replies.answer_now(&tracker).await;
                         return;
                     }
                 }
@@ -512,6 +518,10 @@ struct Replies {
     /// The edge stream to purge below the frontier before each reply; dropped for the rest of
     /// the bind after a purge fails (the reply's ack deletes the same messages, one by one).
     purge: Option<jetstream::stream::Stream>,
+    /// The purge on its way, and the reply it goes before: (request, dseq, sseq). The reader
+    /// goes on reading deliveries meanwhile (a purge waits for the store; a reader waiting
+    /// with it let the server's flow-control window fill).
+    purging: Option<(BoxFuture<'static, Result<(), String>>, (String, u64, u64))>,
 }
 
 /// Longest a purge before a flow-control reply may take before the reply goes without it.
@@ -524,32 +534,20 @@ impl Replies {
             held: None,
             acked: None,
             purge,
+            purging: None,
         }
     }
 
-    /// Purges the edge stream below `sseq + 1`: every message up to the frontier, all settled
-    /// (the cloud confirmed them, or they were dead-lettered), which the reply would delete.
-    async fn purge_through(&mut self, sseq: u64) {
-        let Some(stream) = &self.purge else {
-            return;
-        };
-        let outcome = tokio::time::timeout(PURGE_WITHIN, stream.purge().sequence(sseq + 1)).await;
-        let why = match outcome {
-            Ok(Ok(_)) => {
-                metrics::counter!("uplink_gateway_edge_purges_total").increment(1);
-                return;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {PURGE_WITHIN:?}"),
-        };
-        tracing::warn!(error = %why, "purging the edge stream below the acked frontier failed; acks delete those messages one by one for the rest of this bind");
-        self.purge = None;
-    }
-
-    /// Answers the held request if the frontier moved since the last reply. An error means
-    /// our own delivery connection is lost (the bind ends); through async-nats a reply that
-    /// could not be sent is said, and the server's next request (on its next heartbeat) acks.
+    /// Answers the held request if the frontier moved since the last reply; on a work queue
+    /// the reply waits for a purge of the stream below the frontier (started here, finished by
+    /// [`Replies::purged`]). An error means our own delivery connection is lost (the bind
+    /// ends); through async-nats a reply that could not be sent is said, and the server's next
+    /// request (on its next heartbeat) acks.
     async fn answer(&mut self, tracker: &Tracker) -> Result<(), String> {
+        if self.purging.is_some() {
+            // The reply after that purge takes the latest request.
+            return Ok(());
+        }
         let frontier = tracker.frontier();
         let Some((dseq, sseq)) = frontier else {
             return Ok(());
@@ -560,14 +558,63 @@ impl Replies {
         let Some(reply) = self.held.take() else {
             return Ok(());
         };
-        self.purge_through(sseq).await;
-        match self.replier.ack(&reply, dseq, sseq).await {
+        if let Some(stream) = &self.purge {
+            // Every message below `sseq + 1` is settled (the cloud confirmed it, or it was
+            // dead-lettered): exactly what the reply's ack would delete.
+            let stream = stream.clone();
+            let purge = async move {
+                match tokio::time::timeout(PURGE_WITHIN, stream.purge().sequence(sseq + 1)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {PURGE_WITHIN:?}")),
+                }
+            };
+            self.purging = Some((Box::pin(purge), (reply, dseq, sseq)));
+            return Ok(());
+        }
+        self.ack(&reply, dseq, sseq).await
+    }
+
+    /// Waits for the purge on its way (forever when there is none), then sends the reply it
+    /// went before, to the latest request.
+    async fn purged(&mut self) -> Result<(), String> {
+        let Some((purge, _)) = &mut self.purging else {
+            return std::future::pending().await;
+        };
+        let outcome = purge.await;
+        let Some((_, (reply, dseq, sseq))) = self.purging.take() else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(()) => metrics::counter!("uplink_gateway_edge_purges_total").increment(1),
+            Err(why) => {
+                tracing::warn!(error = %why, "purging the edge stream below the acked frontier failed; acks delete those messages one by one for the rest of this bind");
+                self.purge = None;
+            }
+        }
+        // The server ignores a reply to any request but its latest.
+        let reply = self.held.take().unwrap_or(reply);
+        self.ack(&reply, dseq, sseq).await
+    }
+
+    /// Answers the held request and waits for the purge it needs, if any (at shutdown).
+    async fn answer_now(&mut self, tracker: &Tracker) -> Result<(), String> {
+        self.answer(tracker).await?;
+        if self.purging.is_some() {
+            self.purged().await?;
+        }
+        Ok(())
+    }
+
+    /// Acks everything up to (`dseq`, `sseq`) with a reply to `reply`.
+    async fn ack(&mut self, reply: &str, dseq: u64, sseq: u64) -> Result<(), String> {
+        match self.replier.ack(reply, dseq, sseq).await {
             Ok(()) => {
                 metrics::counter!("uplink_gateway_cumulative_acks_total").increment(1);
                 let before = self.acked.map(|a| a.0).unwrap_or(0);
                 metrics::counter!("uplink_gateway_cumulatively_acked_total")
                     .increment(dseq.saturating_sub(before));
-                self.acked = frontier;
+                self.acked = Some((dseq, sseq));
                 Ok(())
             }
             Err(e) if matches!(self.replier, Replier::Own(_)) => Err(e),

@@ -342,7 +342,10 @@ async fn purges_what_it_acks(
     consumer: &jetstream::consumer::Config,
     cfg: &GatewayConfig,
 ) -> bool {
-    if stream.cached_info().config.retention != jetstream::stream::RetentionPolicy::WorkQueue
+    let config = &stream.cached_info().config;
+    // `deny_purge`: the stream's owner forbade it; the acks delete.
+    if config.retention != jetstream::stream::RetentionPolicy::WorkQueue
+        || config.deny_purge
         || !consumer.filter_subject.is_empty()
         || consumer.deliver_policy != jetstream::consumer::DeliverPolicy::All
     {
