@@ -521,8 +521,11 @@ struct Replies {
     /// The purge on its way, and the reply it goes before: (request, dseq, sseq). The reader
     /// goes on reading deliveries meanwhile (a purge waits for the store; a reader waiting
     /// with it let the server's flow-control window fill).
-    purging: Option<(BoxFuture<'static, Result<(), String>>, (String, u64, u64))>,
+    purging: Option<(Purge, (String, u64, u64))>,
 }
+
+/// A purge of the edge stream on its way: `Err` says why it failed.
+type Purge = BoxFuture<'static, Result<(), String>>;
 
 /// Longest a purge before a flow-control reply may take before the reply goes without it.
 const PURGE_WITHIN: Duration = Duration::from_secs(2);
