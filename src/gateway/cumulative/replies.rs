@@ -1,0 +1,131 @@
+//! The replies to a cumulative consumer's flow-control requests: held until the frontier
+//! moves, then answered with it; on a work queue, after a purge of the stream below it.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::future::BoxFuture;
+
+use super::Tracker;
+use super::source::Replier;
+
+/// The flow-control request held, and what the last reply acked.
+pub(super) struct Replies {
+    pub(super) replier: Replier,
+    /// The flow-control request not answered yet (the server's latest).
+    pub(super) held: Option<String>,
+    /// What the last reply acked: (consumer seq, stream seq).
+    pub(super) acked: Option<(u64, u64)>,
+    /// The edge stream to purge below the frontier before each reply; dropped for the rest of
+    /// the bind after a purge fails (the reply's ack deletes the same messages, one by one).
+    purge: Option<jetstream::stream::Stream>,
+    /// The purge on its way, and the reply it goes before: (request, dseq, sseq). The reader
+    /// goes on reading deliveries meanwhile (a purge waits for the store; a reader waiting
+    /// with it let the server's flow-control window fill).
+    purging: Option<(Purge, (String, u64, u64))>,
+}
+
+/// A purge of the edge stream on its way: `Err` says why it failed.
+type Purge = BoxFuture<'static, Result<(), String>>;
+
+/// Longest a purge before a flow-control reply may take before the reply goes without it.
+const PURGE_WITHIN: Duration = Duration::from_secs(2);
+
+impl Replies {
+    pub(super) fn new(replier: Replier, purge: Option<jetstream::stream::Stream>) -> Self {
+        Replies {
+            replier,
+            held: None,
+            acked: None,
+            purge,
+            purging: None,
+        }
+    }
+
+    /// Answers the held request if the frontier moved since the last reply; on a work queue
+    /// the reply waits for a purge of the stream below the frontier (started here, finished by
+    /// [`Replies::purged`]). An error means our own delivery connection is lost (the bind
+    /// ends); through async-nats a reply that could not be sent is said, and the server's next
+    /// request (on its next heartbeat) acks.
+    pub(super) async fn answer(&mut self, tracker: &Tracker) -> Result<(), String> {
+        if self.purging.is_some() {
+            // The reply after that purge takes the latest request.
+            return Ok(());
+        }
+        let frontier = tracker.frontier();
+        let Some((dseq, sseq)) = frontier else {
+            return Ok(());
+        };
+        if frontier == self.acked {
+            return Ok(());
+        }
+        let Some(reply) = self.held.take() else {
+            return Ok(());
+        };
+        if let Some(stream) = &self.purge {
+            // Every message below `sseq + 1` is settled (the cloud confirmed it, or it was
+            // dead-lettered): exactly what the reply's ack would delete.
+            let stream = stream.clone();
+            let purge = async move {
+                match tokio::time::timeout(PURGE_WITHIN, stream.purge().sequence(sseq + 1)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {PURGE_WITHIN:?}")),
+                }
+            };
+            self.purging = Some((Box::pin(purge), (reply, dseq, sseq)));
+            return Ok(());
+        }
+        self.ack(&reply, dseq, sseq).await
+    }
+
+    /// Waits for the purge on its way (forever when there is none), then sends the reply it
+    /// went before, to the latest request.
+    pub(super) async fn purged(&mut self) -> Result<(), String> {
+        let Some((purge, _)) = &mut self.purging else {
+            return std::future::pending().await;
+        };
+        let outcome = purge.await;
+        let Some((_, (reply, dseq, sseq))) = self.purging.take() else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(()) => metrics::counter!("uplink_gateway_edge_purges_total").increment(1),
+            Err(why) => {
+                tracing::warn!(error = %why, "purging the edge stream below the acked frontier failed; acks delete those messages one by one for the rest of this bind");
+                self.purge = None;
+            }
+        }
+        // The server ignores a reply to any request but its latest.
+        let reply = self.held.take().unwrap_or(reply);
+        self.ack(&reply, dseq, sseq).await
+    }
+
+    /// Answers the held request and waits for the purge it needs, if any (at shutdown).
+    pub(super) async fn answer_now(&mut self, tracker: &Tracker) -> Result<(), String> {
+        self.answer(tracker).await?;
+        if self.purging.is_some() {
+            self.purged().await?;
+        }
+        Ok(())
+    }
+
+    /// Acks everything up to (`dseq`, `sseq`) with a reply to `reply`.
+    async fn ack(&mut self, reply: &str, dseq: u64, sseq: u64) -> Result<(), String> {
+        match self.replier.ack(reply, dseq, sseq).await {
+            Ok(()) => {
+                metrics::counter!("uplink_gateway_cumulative_acks_total").increment(1);
+                let before = self.acked.map(|a| a.0).unwrap_or(0);
+                metrics::counter!("uplink_gateway_cumulatively_acked_total")
+                    .increment(dseq.saturating_sub(before));
+                self.acked = Some((dseq, sseq));
+                Ok(())
+            }
+            Err(e) if matches!(self.replier, Replier::Own(_)) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "flow-control reply not sent; the next request acks");
+                Ok(())
+            }
+        }
+    }
+}
