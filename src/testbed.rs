@@ -269,11 +269,11 @@ impl NatsSecurity {
             c.push_str(&format!("authorization {{ token: {} }}\n", q(token)));
         }
         if !self.users.is_empty() || !self.nkeys.is_empty() {
+            let deny: Vec<String> = self.deny_publish.iter().map(|d| q(d)).collect();
             let users: Vec<String> = self
                 .users
                 .iter()
                 .map(|(u, pw)| {
-                    let deny: Vec<String> = self.deny_publish.iter().map(|d| q(d)).collect();
                     let permissions = if deny.is_empty() {
                         String::new()
                     } else {

@@ -359,12 +359,20 @@ async fn purges_what_it_acks(
             &serde_json::json!({}),
         )
         .await;
-    info.is_ok_and(|v| {
-        v["error"].is_null()
-            && v["config"]["filter_subjects"]
-                .as_array()
-                .is_none_or(|f| f.is_empty())
-    })
+    match info {
+        Ok(v) if v["error"].is_null() => v["config"]["filter_subjects"]
+            .as_array()
+            .is_none_or(|f| f.is_empty()),
+        // Not knowing the filters, no purge: the acks delete, as without it.
+        Ok(v) => {
+            tracing::debug!(error = %v["error"], "consumer info refused; the edge stream is not purged before acks");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "consumer info failed; the edge stream is not purged before acks");
+            false
+        }
+    }
 }
 
 /// Readies a cumulative-ack consumer for this gateway: nobody else reads it, it is reset to
