@@ -196,7 +196,9 @@ const EDGE_API: &str = "$JS.edge.API";
 
 /// The leafnode settings of the cloud server and the edge's remote for `kind` (none for the
 /// relays: two unconnected servers). `pl`: the cloud's leafnode port, `pw` its websocket port,
-/// `pn` nginx's in front of it.
+/// `pn` nginx's in front of it. The remotes name `127.0.0.1`, never `localhost`: a nats-server
+/// built with Go's own resolver may ask DNS before /etc/hosts (no /etc/nsswitch.conf), and an
+/// unreachable resolver held a CI run's leaf back past the 15 s wait (stop 35).
 fn leaf_configs(
     kind: Native,
     pki: &uplink::tls::DevPki,
@@ -221,16 +223,16 @@ fn leaf_configs(
                 q(pki.server_key()),
                 q(pki.ca())
             ),
-            format!("leafnodes {{ remotes [ {{ url: \"tls://localhost:{pl}\", {edge_tls} }} ] }}"),
+            format!("leafnodes {{ remotes [ {{ url: \"tls://127.0.0.1:{pl}\", {edge_tls} }} ] }}"),
         ),
         // nats-server 2.9 accepts a leafnode websocket upgrade only with a leafnode port
         // configured (loopback, unused); `advertise` names nginx, never the raw websocket port.
         Native::LeafnodeWs => (
             format!(
-                "leafnodes {{ listen: \"127.0.0.1:{pl}\" }}\nwebsocket {{ listen: \"127.0.0.1:{pw}\", no_tls: true, advertise: \"localhost:{pn}\" }}"
+                "leafnodes {{ listen: \"127.0.0.1:{pl}\" }}\nwebsocket {{ listen: \"127.0.0.1:{pw}\", no_tls: true, advertise: \"127.0.0.1:{pn}\" }}"
             ),
             format!(
-                "leafnodes {{ remotes [ {{ urls: [\"wss://localhost:{pn}\"], {edge_tls} }} ] }}"
+                "leafnodes {{ remotes [ {{ urls: [\"wss://127.0.0.1:{pn}\"], {edge_tls} }} ] }}"
             ),
         ),
         // Two unconnected servers: the relay is the only link.
@@ -261,10 +263,16 @@ async fn wait_leaf(
     )
     .await
     .with_context(|| {
+        // The edge's warnings and errors last: a truncated CI log keeps the tail.
+        let log = edge.log_text();
+        let alarms: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[ERR]") || l.contains("[WRN]"))
+            .collect();
         format!(
-            "{} leafnode did not connect: edge log {}",
+            "{} leafnode did not connect within 15 s: edge log {log}\nedge warnings and errors:\n{}",
             kind.name(),
-            edge.log_text()
+            alarms.join("\n")
         )
     })
 }
