@@ -198,7 +198,8 @@ const EDGE_API: &str = "$JS.edge.API";
 /// relays: two unconnected servers). `pl`: the cloud's leafnode port, `pw` its websocket port,
 /// `pn` nginx's in front of it. The remotes name `127.0.0.1`, never `localhost`: a nats-server
 /// built with Go's own resolver may ask DNS before /etc/hosts (no /etc/nsswitch.conf), and an
-/// unreachable resolver held a CI run's leaf back past the 15 s wait (stop 35).
+/// unreachable resolver is one way a loaded CI run's leaf came up only at the end of the wait
+/// (stop 35; the log that would say why was cut).
 fn leaf_configs(
     kind: Native,
     pki: &uplink::tls::DevPki,
@@ -259,7 +260,8 @@ async fn wait_leaf(
                 Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
             }
         },
-        Duration::from_secs(15),
+        // Seconds when fast; the margin is for a loaded 2-core CI machine.
+        Duration::from_secs(30),
     )
     .await
     .with_context(|| {
@@ -270,7 +272,7 @@ async fn wait_leaf(
             .filter(|l| l.contains("[ERR]") || l.contains("[WRN]"))
             .collect();
         format!(
-            "{} leafnode did not connect within 15 s: edge log {log}\nedge warnings and errors:\n{}",
+            "{} leafnode did not connect within 30 s: edge log {log}\nedge warnings and errors:\n{}",
             kind.name(),
             alarms.join("\n")
         )
