@@ -241,6 +241,10 @@ fn leaf_configs(
     }
 }
 
+/// How long the anchors wait for the leaf: seconds when fast, the margin is for a loaded 2-core
+/// CI machine.
+const LEAF_WAIT: Duration = Duration::from_secs(30);
+
 /// The leaf is up when the edge domain's JetStream API answers from the cloud side (for
 /// wss, the edge's "connection created" is logged before the upgrade: not enough).
 async fn wait_leaf(
@@ -260,8 +264,7 @@ async fn wait_leaf(
                 Ok(matches!(r, Ok(Ok(m)) if !m.payload.is_empty()))
             }
         },
-        // Seconds when fast; the margin is for a loaded 2-core CI machine.
-        Duration::from_secs(30),
+        LEAF_WAIT,
     )
     .await
     .with_context(|| {
@@ -272,7 +275,7 @@ async fn wait_leaf(
             .filter(|l| l.contains("[ERR]") || l.contains("[WRN]"))
             .collect();
         format!(
-            "{} leafnode did not connect within 30 s: edge log {log}\nedge warnings and errors:\n{}",
+            "{} leafnode did not connect within {LEAF_WAIT:?}: edge log {log}\nedge warnings and errors:\n{}",
             kind.name(),
             alarms.join("\n")
         )
