@@ -56,7 +56,8 @@ pub async fn run(cfg: IngestConfig, shutdown: CancellationToken) -> Result<(), S
             cfg.limits.clone(),
             cfg.timeouts.request_body,
         )
-        .with_deny_list(deny),
+        .with_deny_list(deny)
+        .with_platform_header(cfg.nats.platform_header),
     );
     tracing::info!(
         listen = %listener.local_addr().map_err(StartError::listen(cfg.listen, "listen"))?,

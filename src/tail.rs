@@ -206,7 +206,16 @@ pub(crate) fn show(prefix: &str, m: &jetstream::Message, max_bytes: usize) -> Sh
         }
     }
     let subject = m.subject.to_string();
-    // `prefix.platform.edge subject`.
+    // `prefix.platform.edge subject`: the platform is the token after the prefix (a platform is
+    // one token), the header only says it again where the ingest stamps it
+    // (`nats.platform_header`).
+    if platform.is_empty()
+        && let Some(rest) = subject
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix('.'))
+    {
+        platform = rest.split('.').next().unwrap_or_default().to_string();
+    }
     let edge_subject = subject
         .strip_prefix(&format!("{prefix}.{platform}."))
         .unwrap_or(&subject)

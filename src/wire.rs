@@ -26,7 +26,8 @@ pub(crate) const PUBLISH_PATH_PREFIX: &str = "/v1/publish/";
 
 /// Header carrying the edge timestamp of a message into the cloud stream (set by the ingest).
 pub const TIME_HEADER: &str = "Uplink-Time-Unix-Nano";
-/// Header carrying the sending platform into the cloud stream (set by the ingest).
+/// Header carrying the sending platform into the cloud stream (set by the ingest where
+/// `nats.platform_header` is on; the cloud subject carries it always).
 pub const PLATFORM_HEADER: &str = "Uplink-Platform";
 /// Request header (value `1`) by which the gateway says that no message of the batch was sent
 /// before — its first attempt, every message delivered by the edge for the first time — so
@@ -309,7 +310,7 @@ pub(crate) fn decoder_memory(body: &[u8], encoding: Encoding, limit: usize) -> u
 
 /// Header names whose namespace belongs to the ingest, compared case-insensitively: anything
 /// starting with `Nats` (JetStream's control headers) and `Uplink-` (what the ingest stamps on
-/// every message: [`TIME_HEADER`], [`PLATFORM_HEADER`]). A client may not set them, or it
+/// messages: [`TIME_HEADER`], and [`PLATFORM_HEADER`] where `nats.platform_header` is on). A client may not set them, or it
 /// could steer JetStream or lie to downstream consumers about a message's source.
 pub(crate) fn is_reserved_header(name: &str) -> bool {
     let starts = |prefix: &str| {

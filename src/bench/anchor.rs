@@ -500,7 +500,6 @@ async fn relay_backlog(
                         .stream_sequence;
                     let mut h = async_nats::HeaderMap::new();
                     h.insert(uplink::wire::TIME_HEADER, "1796185928813989953");
-                    h.insert(uplink::wire::PLATFORM_HEADER, platform);
                     p = p
                         .headers(h)
                         .message_id(format!("{platform}.{edge_stream}.{seq}"));

@@ -92,6 +92,12 @@ settings! {
         pub subjects: Vec<String>,
         /// Cloud subject = <prefix>.<platform>.<edge subject>.
         pub subject_prefix: String,
+        /// Also stamp each cloud message with an Uplink-Platform header naming its platform.
+        /// Off by default: the cloud subject already carries the platform (the token after
+        /// subject_prefix, from the client certificate), and the cloud nats-server scans every
+        /// header byte several times per message (BENCHMARKS.md). On for consumers that read
+        /// the header rather than the subject.
+        pub platform_header: bool,
         /// Create the cloud stream (file storage) when it does not exist.
         pub create_stream: bool,
         /// Stream replicas when created (1..=5).
@@ -284,6 +290,7 @@ impl Default for CloudNats {
             stream: "UPLINK".into(),
             subjects: vec!["uplink.>".into()],
             subject_prefix: "uplink".into(),
+            platform_header: false,
             create_stream: true,
             replicas: 1,
             duplicate_window: Duration::from_secs(120),

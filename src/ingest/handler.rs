@@ -38,6 +38,8 @@ pub const MESSAGE_OVERHEAD: usize = 512;
 pub struct Handler {
     sink: Arc<dyn Sink>,
     subject_prefix: String,
+    /// Stamp [`PLATFORM_HEADER`] on each message (`nats.platform_header`).
+    platform_header: bool,
     limits: IngestLimits,
     body_timeout: Duration,
     /// Bytes of requests held now (`limits.max_inflight_bytes` and its shares).
@@ -80,6 +82,7 @@ impl Handler {
         Handler {
             sink,
             subject_prefix,
+            platform_header: false,
             limits,
             body_timeout,
             budget,
@@ -92,6 +95,12 @@ impl Handler {
     /// Refuses the platforms of `deny` (re-read when it changes) with 403 `revoked`.
     pub fn with_deny_list(mut self, deny: Option<Arc<Watched<DenyList>>>) -> Self {
         self.deny = deny;
+        self
+    }
+
+    /// Also stamps each message with [`PLATFORM_HEADER`] (`nats.platform_header`).
+    pub fn with_platform_header(mut self, on: bool) -> Self {
+        self.platform_header = on;
         self
     }
 
@@ -526,7 +535,9 @@ impl Handler {
         // Per message, so without `format!` (6 % of the ingest's CPU in a drain profile) and
         // written into the block.
         headers.push_decimal(TIME_HEADER, m.time_unix_nano);
-        headers.push(PLATFORM_HEADER, platform);
+        if self.platform_header {
+            headers.push(PLATFORM_HEADER, platform);
+        }
         let mut subject =
             String::with_capacity(self.subject_prefix.len() + platform.len() + m.subject.len() + 2);
         for part in [self.subject_prefix.as_str(), ".", platform, ".", &m.subject] {

@@ -133,7 +133,10 @@ async fn a_first_send_is_one_fast_batch_where_the_server_has_them_and_a_resend_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atomic_batches_land_whole_and_one_holding_a_stored_message_goes_message_by_message() {
     let p = pipeline(
-        |i| i.nats.batch_publish = uplink::config::BatchPublish::Atomic,
+        |i| {
+            i.nats.batch_publish = uplink::config::BatchPublish::Atomic;
+            i.nats.platform_header = true;
+        },
         |_| {},
     )
     .await;

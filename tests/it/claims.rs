@@ -886,7 +886,8 @@ async fn healthz_answers_while_readyz_says_why_a_program_is_not_ready() {
 /// other headers and with the ingest's own stamps, not the edge's copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_headers_in_the_ingests_namespaces_are_not_forwarded_and_the_message_arrives() {
-    let p = pipeline(|_| {}, |_| {}).await;
+    // With the platform header on, the ingest's own stamp replaces the edge's copy.
+    let p = pipeline(|i| i.nats.platform_header = true, |_| {}).await;
     let edge = crate::support::edge_js(&p).await;
     let mut h = async_nats::HeaderMap::new();
     h.insert("Uplink-Platform", "edge-2");

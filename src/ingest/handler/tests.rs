@@ -126,7 +126,6 @@ async fn a_message_over_the_clouds_max_payload_is_413_and_nothing_is_published()
     let block = "NATS/1.0\r\n".len()
         + "h: v\r\n".len()
         + format!("{TIME_HEADER}: 9\r\n").len()
-        + format!("{PLATFORM_HEADER}: edge-1\r\n").len()
         + "Nats-Msg-Id: edge-1.a.1\r\n".len()
         + "\r\n".len();
     assert_eq!(o.nats_size(), block + 1);
@@ -168,6 +167,30 @@ async fn a_message_over_the_clouds_max_payload_is_413_and_nothing_is_published()
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(sink.got.lock().unwrap().len(), 2);
+}
+
+/// The platform travels in the cloud subject; the header saying it again is stamped only where
+/// `nats.platform_header` asks for it, and the edge time always.
+#[test]
+fn the_platform_header_only_where_asked_and_the_subject_always() {
+    let m = msg("edge-1.a.1", "x");
+    let plain = handler(Arc::new(FakeSink::default()))
+        .out_message("edge-1", m.clone())
+        .unwrap();
+    assert_eq!(plain.subject, "uplink.edge-1.x");
+    assert_eq!(plain.headers.get(PLATFORM_HEADER), None);
+    assert_eq!(plain.headers.get(TIME_HEADER), Some("9"));
+    let stamped = handler(Arc::new(FakeSink::default()))
+        .with_platform_header(true)
+        .out_message("edge-1", m)
+        .unwrap();
+    assert_eq!(stamped.subject, "uplink.edge-1.x");
+    assert_eq!(stamped.headers.get(PLATFORM_HEADER), Some("edge-1"));
+    assert_eq!(stamped.headers.get(TIME_HEADER), Some("9"));
+    assert_eq!(
+        stamped.nats_size() - plain.nats_size(),
+        format!("{PLATFORM_HEADER}: edge-1\r\n").len()
+    );
 }
 
 #[tokio::test]
