@@ -23,9 +23,10 @@
 //!   consumer had delivered before the reset may have reached the cloud already: it is not
 //!   marked `Uplink-First-Send`, so the ingest deduplicates it and counts it.
 //!
-//! The flow-control request is held until the frontier moves past what the last reply acked,
-//! then answered at once; the server sends at most one at a time and ignores a reply to any
-//! but its latest. While it is held the server delivers at most its flow-control window
+//! The flow-control request is held until the frontier has moved over half of what is
+//! delivered and not acked since the last reply, or for `replies::HOLD` once it moved
+//! (`replies`: what a purge costs the server), then answered; the server sends at most one
+//! at a time and ignores a reply to any but its latest. While it is held the server delivers at most its flow-control window
 //! (32 MiB) and `max_ack_pending` messages, which bounds what the gateway holds.
 
 use std::collections::VecDeque;
@@ -161,6 +162,12 @@ impl Tracker {
 
     fn frontier(&self) -> Option<(u64, u64)> {
         self.marks.lock().expect("watermark lock").frontier()
+    }
+
+    /// The frontier, and the consumer sequence of the last delivery received.
+    fn progress(&self) -> (Option<(u64, u64)>, u64) {
+        let w = self.marks.lock().expect("watermark lock");
+        (w.frontier(), w.last.0)
     }
 }
 
@@ -348,6 +355,7 @@ async fn read_bind(
         chunk: Vec::new(),
     };
     loop {
+        let due = replies.due(&tracker);
         tokio::select! {
             biased;
             _ = rebind.cancelled() => return,
@@ -360,6 +368,12 @@ async fn read_bind(
             }
             done = replies.purged() => {
                 if let Err(why) = done {
+                    let _ = feed.send(vec![Err(Stop::Lost(why))]);
+                    return;
+                }
+            }
+            _ = until(due) => {
+                if let Err(why) = replies.answer(&tracker).await {
                     let _ = feed.send(vec![Err(Stop::Lost(why))]);
                     return;
                 }
@@ -408,7 +422,7 @@ async fn read_bind(
                     if m.status.is_some()
                         && let Some(reply) = &m.reply
                     {
-                        replies.held = Some(reply.to_string());
+                        replies.hold(reply.to_string());
                         let _ = replies.answer_now(&tracker).await;
                         return;
                     }
@@ -422,6 +436,14 @@ async fn read_bind(
             pending,
             "shutdown: no flow-control request to ack the last confirmed messages with; the next start redelivers them (the cloud deduplicates)"
         );
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -452,7 +474,7 @@ impl Reader<'_> {
         };
         if m.status.is_some() {
             if let Some(reply) = &m.reply {
-                replies.held = Some(reply.to_string());
+                replies.hold(reply.to_string());
                 if let Err(why) = replies.answer(tracker).await {
                     self.chunk.push(Err(Stop::Lost(why)));
                     return Break(());

@@ -1,7 +1,20 @@
 //! The replies to a cumulative consumer's flow-control requests: held until the frontier
-//! moves, then answered with it; on a work queue, after a purge of the stream below it.
+//! has moved over at least half of what is delivered and not acked (or for [`HOLD`]), then
+//! answered with it; on a work queue, after a purge of the stream below it.
+//!
+//! Why half: the server pays for a purge in proportion to everything still pending, not to
+//! what the purge removes. `(*consumer).purge` (nats-server `server/consumer.go`) walks the
+//! whole pending map, and its `writeStoreState` hands it to `(*consumerFileStore).Update`
+//! (`server/filestore.go`), which copies every entry left into a new map. Answering as soon
+//! as one batch settled purged 2,000 messages while 20,000 (`max_ack_pending`) were pending:
+//! a tenth of the walk and the copy did useful work, and the purges were 37 % of the edge
+//! nats-server's CPU in a drain (BENCHMARKS.md, session 38). Waiting until half has settled
+//! bounds that overhead at twice the work removed, and the server keeps delivering meanwhile
+//! (it stops only at `max_ack_pending`, with the other half still in the gateway's hands).
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream;
 use futures_util::future::BoxFuture;
@@ -12,8 +25,10 @@ use super::source::Replier;
 /// The flow-control request held, and what the last reply acked.
 pub(super) struct Replies {
     pub(super) replier: Replier,
-    /// The flow-control request not answered yet (the server's latest).
-    pub(super) held: Option<String>,
+    /// The flow-control request not answered yet (the server's latest), and since when one
+    /// has been waiting (the first one held since the last reply).
+    held: Option<String>,
+    held_since: Option<Instant>,
     /// What the last reply acked: (consumer seq, stream seq).
     pub(super) acked: Option<(u64, u64)>,
     /// The edge stream to purge below the frontier before each reply; dropped for the rest of
@@ -31,37 +46,81 @@ type Purge = BoxFuture<'static, Result<(), String>>;
 /// Longest a purge before a flow-control reply may take before the reply goes without it.
 const PURGE_WITHIN: Duration = Duration::from_secs(2);
 
+/// Longest a request is held once the frontier moved, when less than half of what is pending
+/// settled (a message retried in-process holds the frontier back; the rest behind it should
+/// not wait for it). Long enough for half of `max_ack_pending` (20,000) to settle at a
+/// drain's rate (≈ 150 ms at 65k msgs/s on 2 cores), short against the 1 s heartbeat.
+pub(super) const HOLD: Duration = Duration::from_millis(250);
+
+/// Whether a reply acking up to delivery `frontier` is worth its purge now: it covers at least
+/// half of what is delivered and not acked (`acked` .. `last`), or the request waited [`HOLD`].
+pub(super) fn worth_answering(acked: u64, frontier: u64, last: u64, held_for: Duration) -> bool {
+    let moved = frontier.saturating_sub(acked);
+    let pending = last.saturating_sub(acked);
+    moved > 0 && (2 * moved >= pending || held_for >= HOLD)
+}
+
 impl Replies {
     pub(super) fn new(replier: Replier, purge: Option<jetstream::stream::Stream>) -> Self {
         Replies {
             replier,
             held: None,
+            held_since: None,
             acked: None,
             purge,
             purging: None,
         }
     }
 
-    /// Answers the held request if the frontier moved since the last reply; on a work queue
-    /// the reply waits for a purge of the stream below the frontier (started here, finished by
-    /// [`Replies::purged`]). An error means our own delivery connection is lost (the bind
-    /// ends); through async-nats a reply that could not be sent is said, and the server's next
-    /// request (on its next heartbeat) acks.
+    /// Holds the server's latest flow-control request (it replaces any earlier one).
+    pub(super) fn hold(&mut self, reply: String) {
+        self.held = Some(reply);
+        self.held_since.get_or_insert_with(Instant::now);
+    }
+
+    /// When the held request is due for an answer although less than half of what is pending
+    /// settled ([`HOLD`]): `None` while nothing is held, a purge is on its way, or the frontier
+    /// has not moved (then the next settlement calls [`Replies::answer`]).
+    pub(super) fn due(&self, tracker: &Tracker) -> Option<Instant> {
+        let since = self.held_since?;
+        if self.held.is_none() || self.purging.is_some() {
+            return None;
+        }
+        let (frontier, _) = tracker.progress();
+        (frontier.is_some() && frontier != self.acked).then_some(since + HOLD)
+    }
+
+    /// Answers the held request if the frontier moved over at least half of what is pending
+    /// since the last reply, or the request waited [`HOLD`] ([`worth_answering`]); on a work
+    /// queue the reply waits for a purge of the stream below the frontier (started here,
+    /// finished by [`Replies::purged`]). An error means our own delivery connection is lost
+    /// (the bind ends); through async-nats a reply that could not be sent is said, and the
+    /// server's next request (on its next heartbeat) acks.
     pub(super) async fn answer(&mut self, tracker: &Tracker) -> Result<(), String> {
+        self.answer_if(tracker, false).await
+    }
+
+    async fn answer_if(&mut self, tracker: &Tracker, now: bool) -> Result<(), String> {
         if self.purging.is_some() {
             // The reply after that purge takes the latest request.
             return Ok(());
         }
-        let frontier = tracker.frontier();
+        let (frontier, last) = tracker.progress();
         let Some((dseq, sseq)) = frontier else {
             return Ok(());
         };
         if frontier == self.acked {
             return Ok(());
         }
+        let held_for = self.held_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let acked = self.acked.map_or(0, |a| a.0);
+        if !now && !worth_answering(acked, dseq, last, held_for) {
+            return Ok(());
+        }
         let Some(reply) = self.held.take() else {
             return Ok(());
         };
+        self.held_since = None;
         if let Some(stream) = &self.purge {
             // Every message below `sseq + 1` is settled (the cloud confirmed it, or it was
             // dead-lettered): exactly what the reply's ack would delete.
@@ -98,12 +157,13 @@ impl Replies {
         }
         // The server ignores a reply to any request but its latest.
         let reply = self.held.take().unwrap_or(reply);
+        self.held_since = None;
         self.ack(&reply, dseq, sseq).await
     }
 
     /// Answers the held request and waits for the purge it needs, if any (at shutdown).
     pub(super) async fn answer_now(&mut self, tracker: &Tracker) -> Result<(), String> {
-        self.answer(tracker).await?;
+        self.answer_if(tracker, true).await?;
         if self.purging.is_some() {
             self.purged().await?;
         }

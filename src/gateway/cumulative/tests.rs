@@ -120,3 +120,23 @@ fn ack_subjects_are_read_in_both_layouts_and_anything_else_is_refused() {
         assert_eq!(ack_subject(bad), None, "{bad}");
     }
 }
+
+/// A reply (and the purge before it) goes once it covers half of what is pending, or once the
+/// request waited `HOLD` with the frontier moved; never when the frontier did not move.
+#[test]
+fn a_reply_waits_for_half_of_what_is_pending_or_for_hold() {
+    use replies::{HOLD, worth_answering};
+    let now = std::time::Duration::ZERO;
+    // 20,000 pending after the last ack at 1,000: one settled batch of 2,000 is not enough.
+    assert!(!worth_answering(1_000, 3_000, 21_000, now));
+    assert!(!worth_answering(1_000, 10_999, 21_000, now));
+    // Half is.
+    assert!(worth_answering(1_000, 11_000, 21_000, now));
+    // Everything settled (a quiet stream: one message at a time).
+    assert!(worth_answering(5, 6, 6, now));
+    assert!(worth_answering(0, 1, 1, now));
+    // Held long enough, any progress goes.
+    assert!(worth_answering(1_000, 1_001, 21_000, HOLD));
+    // No progress, no reply, however long it waited.
+    assert!(!worth_answering(1_000, 1_000, 21_000, HOLD * 10));
+}
