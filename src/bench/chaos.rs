@@ -105,7 +105,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         fault: Fault::DiskFullCloud,
         name: "disk-full-cloud",
-        about: "cloud stream limited to 256 KiB above its content (max_bytes, discard=new): once full the ingest answers 503; then room again",
+        about: "cloud stream limited to 2,000 messages above its content (max_msgs, discard=new): once full the ingest answers 503; then room again",
     },
     Scenario {
         fault: Fault::CertRotate,

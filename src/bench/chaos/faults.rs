@@ -233,6 +233,11 @@ async fn proxy_fault(f: Fault, p: &mut Pipeline, rng: &mut fastrand::Rng) -> any
     Ok(evidence)
 }
 
+/// Messages the cloud stream still takes once the disk-full fault set its limit: one full
+/// gateway batch (`batch.max_messages`' default), what may land between reading the stream's
+/// state and the limit taking effect.
+const FULL_AFTER: i64 = 2000;
+
 /// The cloud store full for a while, or every certificate reissued under load.
 async fn store_or_cert_fault(
     f: Fault,
@@ -250,11 +255,17 @@ async fn store_or_cert_fault(
             let mut stream = cloud.get_stream(&name).await?;
             let info = stream.info().await?.clone();
             let mut full = info.config.clone();
-            // Room for a moment of load more (256 KiB), then publishes are refused by the store.
-            // Never a limit below what the stream holds by the time the update lands: nats-server
-            // enforces a lowered limit by deleting the oldest messages, discard=new or not (the
-            // first version of this fault, at +4 KiB, "lost" the run's first messages that way).
-            full.max_bytes = info.state.bytes as i64 + 256 * 1024;
+            // Room for a moment of load more (one full batch), then publishes are refused by the
+            // store. Never a limit below what the stream holds by the time the update lands:
+            // nats-server enforces a lowered limit by deleting the oldest messages, discard=new
+            // or not (the first version of this fault, at +4 KiB, "lost" the run's first
+            // messages that way). A message-count limit, not a byte one: before 2.10.5 a
+            // discard=new stream admits a message by its payload and headers but counts its
+            // whole record, so the message that fills a `max_bytes` stream tips it over and the
+            // server deletes the oldest one to make room (v2.9.10 `server/filestore.go`
+            // `storeRawMsg`; fixed by nats-server bf8ac377f, "Fix DiscardNew exceed bytes
+            // calculation"). The message count is checked exactly on every version.
+            full.max_messages = info.state.messages as i64 + FULL_AFTER;
             full.discard = jetstream::stream::DiscardPolicy::New;
             cloud.update_stream(full).await?;
             let after = stream.info().await?.state.first_sequence;
