@@ -27,6 +27,67 @@ pub enum NatsError {
     },
 }
 
+/// The first nats-server release that admits a message to a `discard = new` stream with
+/// `max_bytes` by the size it is stored with. Before it, `storeRawMsg` (v2.9.10
+/// `server/filestore.go`) compared payload + headers against the limit but counted the whole
+/// record, so the message that fills such a stream can tip it over the limit, and the server
+/// then deletes the stream's oldest message to get back under it: a full stream meant to refuse
+/// new messages drops old ones instead (fixed by nats-server bf8ac377f, "Fix DiscardNew exceed
+/// bytes calculation").
+pub const DISCARD_NEW_BYTES_EXACT: (u64, u64, u64) = (2, 10, 5);
+
+/// A server version string (`2.9.10`, `v2.15.1-beta`) as (major, minor, patch); unreadable
+/// parts are 0.
+pub fn version_of(version: &str) -> (u64, u64, u64) {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
+/// Whether a stream of `config` on a server of `version` can lose its oldest message when it
+/// fills up ([`DISCARD_NEW_BYTES_EXACT`]): `discard = new` with a `max_bytes` limit, before
+/// 2.10.5.
+pub fn full_stream_drops_oldest(
+    version: &str,
+    config: &async_nats::jetstream::stream::Config,
+) -> bool {
+    config.discard == async_nats::jetstream::stream::DiscardPolicy::New
+        && config.max_bytes > 0
+        && version_of(version) < DISCARD_NEW_BYTES_EXACT
+}
+
+/// Says once per process and stream that a full stream may drop its oldest message on this
+/// server ([`full_stream_drops_oldest`]); `which` names the side (`edge`, `cloud`).
+pub(crate) fn warn_if_full_stream_drops_oldest(
+    which: &'static str,
+    version: &str,
+    config: &async_nats::jetstream::stream::Config,
+) {
+    static WARNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    if !full_stream_drops_oldest(version, config) {
+        return;
+    }
+    let key = format!("{which}/{}", config.name);
+    let mut warned = WARNED.lock().expect("warned lock");
+    if warned.contains(&key) {
+        return;
+    }
+    warned.push(key);
+    let (a, b, c) = DISCARD_NEW_BYTES_EXACT;
+    tracing::warn!(
+        nats = which,
+        stream = %config.name,
+        server = version,
+        max_bytes = config.max_bytes,
+        "nats-server {version} can delete this stream's oldest message when a message fills it \
+         (discard = new with max_bytes: fixed in nats-server {a}.{b}.{c}); upgrade the server, \
+         or size max_bytes so the stream never fills"
+    );
+}
+
 /// Which NATS this is, for logs and metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {

@@ -180,12 +180,7 @@ enum StreamError {
 
 /// The connected server's version as (major, minor, patch).
 fn server_version(client: &async_nats::Client) -> (u64, u64, u64) {
-    let version = client.server_info().version;
-    let mut parts = version
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let mut next = || parts.next().unwrap_or(0);
-    (next(), next(), next())
+    crate::nats::version_of(&client.server_info().version)
 }
 
 /// Whether the connected server is 2.14 or later (fast batch publish, ADR-50).
@@ -243,7 +238,14 @@ async fn ensure_stream(
     client: &async_nats::Client,
     cfg: &CloudNats,
 ) -> Result<(), StreamError> {
-    if js.get_stream(&cfg.stream).await.is_ok() {
+    if let Ok(mut stream) = js.get_stream(&cfg.stream).await {
+        if let Ok(info) = stream.info().await {
+            crate::nats::warn_if_full_stream_drops_oldest(
+                "cloud",
+                &client.server_info().version,
+                &info.config,
+            );
+        }
         return Ok(());
     }
     if !cfg.create_stream {
@@ -258,6 +260,7 @@ async fn ensure_stream(
         ..Default::default()
     };
     cfg.limits.apply(&mut config);
+    crate::nats::warn_if_full_stream_drops_oldest("cloud", &client.server_info().version, &config);
     let mut flags = Vec::new();
     if server_batches(client) {
         flags.push("allow_batched");

@@ -81,3 +81,31 @@ async fn the_probe_tells_refused_from_listening() {
         "{why}"
     );
 }
+
+#[test]
+fn versions_are_read_and_the_discard_new_hazard_is_known_by_release() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    assert_eq!(version_of("2.9.10"), (2, 9, 10));
+    assert_eq!(version_of("v2.15.1-beta.2"), (2, 15, 1));
+    assert_eq!(version_of("junk"), (0, 0, 0));
+    let full = Config {
+        discard: DiscardPolicy::New,
+        max_bytes: 1 << 30,
+        ..Default::default()
+    };
+    assert!(full_stream_drops_oldest("2.9.10", &full));
+    assert!(full_stream_drops_oldest("2.10.4", &full));
+    assert!(!full_stream_drops_oldest("2.10.5", &full));
+    assert!(!full_stream_drops_oldest("2.15.1", &full));
+    // Only discard = new with a byte limit is affected.
+    let old = Config {
+        discard: DiscardPolicy::Old,
+        ..full.clone()
+    };
+    assert!(!full_stream_drops_oldest("2.9.10", &old));
+    let unlimited = Config {
+        max_bytes: -1,
+        ..full
+    };
+    assert!(!full_stream_drops_oldest("2.9.10", &unlimited));
+}

@@ -349,3 +349,80 @@ async fn a_platform_over_its_quota_is_slowed_not_dropped() {
         Some(0.0)
     );
 }
+
+/// Before nats-server 2.10.5 a `discard = new` stream with `max_bytes` admits a message by its
+/// payload and headers but counts its whole record: the message that fills it tips it over,
+/// and the server deletes the oldest message to get back under the limit. Shown here on the
+/// server under test with a limit that leaves room for one payload but not one record; the
+/// prediction `uplink::nats::full_stream_drops_oldest` must match what the server did, and the
+/// gateway (whose default edge stream is `discard = new` with `max_bytes`) says so at bind on
+/// an affected server, and only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_discard_new_stream_that_drops_its_oldest_message_is_named_at_bind() {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    let p = pipeline(|_| {}, |_| {}).await;
+    let js = edge_js(&p).await;
+    let version = js.client().server_info().version;
+    let payload = bytes::Bytes::from(vec![b'x'; 100]);
+    // One record's size on this server: one message in an unlimited stream.
+    let mut probe = js
+        .create_stream(Config {
+            name: "PROBE".into(),
+            subjects: vec!["probe".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("probe", payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let record = probe.info().await.unwrap().state.bytes as i64;
+    // Room for 3 records and one more payload, not one more record.
+    let config = Config {
+        name: "FULL".into(),
+        subjects: vec!["full".into()],
+        discard: DiscardPolicy::New,
+        max_bytes: 3 * record + payload.len() as i64 + 1,
+        ..Default::default()
+    };
+    let mut full = js.create_stream(config.clone()).await.unwrap();
+    let mut refused = 0;
+    for _ in 0..4 {
+        match js.publish("full", payload.clone()).await.unwrap().await {
+            Ok(_) => {}
+            Err(_) => refused += 1,
+        }
+    }
+    let state = full.info().await.unwrap().state.clone();
+    let dropped = state.first_sequence > 1;
+    assert_eq!(
+        dropped,
+        uplink::nats::full_stream_drops_oldest(&version, &config),
+        "nats-server {version}: {state:?}, {refused} refused"
+    );
+    // Either the fourth message was refused, or it was stored and the first one deleted.
+    assert_eq!(refused, if dropped { 0 } else { 1 }, "{state:?}");
+    assert_eq!(state.messages, 3, "{state:?}");
+    // The warning comes before the bind is logged.
+    uplink_tools::testbed::wait_for(
+        || {
+            let bound = p.log("gateway").contains("consumer bound");
+            async move { Ok(bound) }
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&p.log("gateway"))));
+    let warned = p
+        .log("gateway")
+        .lines()
+        .any(|l| l.contains("can delete this stream's oldest message"));
+    assert_eq!(
+        warned,
+        uplink::nats::version_of(&version) < uplink::nats::DISCARD_NEW_BYTES_EXACT,
+        "{}",
+        tail(&p.log("gateway"))
+    );
+}

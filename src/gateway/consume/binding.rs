@@ -260,7 +260,9 @@ pub(crate) async fn bind(
     }
     let incarnation = info.created.unix_timestamp_nanos();
     // Known once the connection is up (the stream lookup above went through it).
-    let mode = effective_ack(cfg.nats.ack, &js.client().server_info().version);
+    let version = js.client().server_info().version;
+    crate::nats::warn_if_full_stream_drops_oldest("edge", &version, &info.config);
+    let mode = effective_ack(cfg.nats.ack, &version);
     check_ack_policy(&stream, cfg, mode).await?;
     let consumer_err = |source| BindError::Consumer {
         consumer: n.consumer.clone(),
