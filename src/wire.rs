@@ -310,8 +310,9 @@ pub(crate) fn decoder_memory(body: &[u8], encoding: Encoding, limit: usize) -> u
 
 /// Header names whose namespace belongs to the ingest, compared case-insensitively: anything
 /// starting with `Nats` (JetStream's control headers) and `Uplink-` (what the ingest stamps on
-/// messages: [`TIME_HEADER`], and [`PLATFORM_HEADER`] where `nats.platform_header` is on). A client may not set them, or it
-/// could steer JetStream or lie to downstream consumers about a message's source.
+/// messages: [`TIME_HEADER`], and [`PLATFORM_HEADER`] where `nats.platform_header` is on). A
+/// client may not set them, or it could steer JetStream or lie to downstream consumers about a
+/// message's source.
 pub(crate) fn is_reserved_header(name: &str) -> bool {
     let starts = |prefix: &str| {
         name.get(..prefix.len())

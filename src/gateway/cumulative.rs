@@ -26,8 +26,9 @@
 //! The flow-control request is held until the frontier has moved over half of what is
 //! delivered and not acked since the last reply, or for `replies::HOLD` once it moved
 //! (`replies`: what a purge costs the server), then answered; the server sends at most one
-//! at a time and ignores a reply to any but its latest. While it is held the server delivers at most its flow-control window
-//! (32 MiB) and `max_ack_pending` messages, which bounds what the gateway holds.
+//! at a time and ignores a reply to any but its latest. While it is held the server delivers
+//! at most its flow-control window (32 MiB) and `max_ack_pending` messages, which bounds what
+//! the gateway holds.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -238,14 +238,12 @@ async fn ensure_stream(
     client: &async_nats::Client,
     cfg: &CloudNats,
 ) -> Result<(), StreamError> {
-    if let Ok(mut stream) = js.get_stream(&cfg.stream).await {
-        if let Ok(info) = stream.info().await {
-            crate::nats::warn_if_full_stream_drops_oldest(
-                "cloud",
-                &client.server_info().version,
-                &info.config,
-            );
-        }
+    if let Ok(stream) = js.get_stream(&cfg.stream).await {
+        crate::nats::warn_if_full_stream_drops_oldest(
+            "cloud",
+            &client.server_info().version,
+            &stream.cached_info().config,
+        );
         return Ok(());
     }
     if !cfg.create_stream {

@@ -148,11 +148,7 @@ const CUMULATIVE_SINCE: (u64, u64) = (2, 14);
 /// The ack mode used with an edge server of `version`: `nats.ack`, except that cumulative acks
 /// fall back to explicit ones on a server older than 2.14.
 pub fn effective_ack(wanted: AckMode, version: &str) -> AckMode {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let (major, minor, _) = crate::nats::version_of(version);
     match wanted {
         AckMode::Cumulative if (major, minor) < CUMULATIVE_SINCE => AckMode::Explicit,
         w => w,

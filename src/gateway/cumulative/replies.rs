@@ -27,8 +27,7 @@ pub(super) struct Replies {
     pub(super) replier: Replier,
     /// The flow-control request not answered yet (the server's latest), and since when one
     /// has been waiting (the first one held since the last reply).
-    held: Option<String>,
-    held_since: Option<Instant>,
+    held: Option<(String, Instant)>,
     /// What the last reply acked: (consumer seq, stream seq).
     pub(super) acked: Option<(u64, u64)>,
     /// The edge stream to purge below the frontier before each reply; dropped for the rest of
@@ -65,7 +64,6 @@ impl Replies {
         Replies {
             replier,
             held: None,
-            held_since: None,
             acked: None,
             purge,
             purging: None,
@@ -74,20 +72,23 @@ impl Replies {
 
     /// Holds the server's latest flow-control request (it replaces any earlier one).
     pub(super) fn hold(&mut self, reply: String) {
-        self.held = Some(reply);
-        self.held_since.get_or_insert_with(Instant::now);
+        let since = self
+            .held
+            .take()
+            .map_or_else(Instant::now, |(_, since)| since);
+        self.held = Some((reply, since));
     }
 
     /// When the held request is due for an answer although less than half of what is pending
     /// settled ([`HOLD`]): `None` while nothing is held, a purge is on its way, or the frontier
     /// has not moved (then the next settlement calls [`Replies::answer`]).
     pub(super) fn due(&self, tracker: &Tracker) -> Option<Instant> {
-        let since = self.held_since?;
-        if self.held.is_none() || self.purging.is_some() {
+        let (_, since) = self.held.as_ref()?;
+        if self.purging.is_some() {
             return None;
         }
         let (frontier, _) = tracker.progress();
-        (frontier.is_some() && frontier != self.acked).then_some(since + HOLD)
+        (frontier.is_some() && frontier != self.acked).then_some(*since + HOLD)
     }
 
     /// Answers the held request if the frontier moved over at least half of what is pending
@@ -112,15 +113,16 @@ impl Replies {
         if frontier == self.acked {
             return Ok(());
         }
-        let held_for = self.held_since.map_or(Duration::ZERO, |t| t.elapsed());
-        let acked = self.acked.map_or(0, |a| a.0);
-        if !now && !worth_answering(acked, dseq, last, held_for) {
-            return Ok(());
-        }
-        let Some(reply) = self.held.take() else {
+        let Some((_, since)) = &self.held else {
             return Ok(());
         };
-        self.held_since = None;
+        let acked = self.acked.map_or(0, |a| a.0);
+        if !now && !worth_answering(acked, dseq, last, since.elapsed()) {
+            return Ok(());
+        }
+        let Some((reply, _)) = self.held.take() else {
+            return Ok(());
+        };
         if let Some(stream) = &self.purge {
             // Every message below `sseq + 1` is settled (the cloud confirmed it, or it was
             // dead-lettered): exactly what the reply's ack would delete.
@@ -156,8 +158,7 @@ impl Replies {
             }
         }
         // The server ignores a reply to any request but its latest.
-        let reply = self.held.take().unwrap_or(reply);
-        self.held_since = None;
+        let reply = self.held.take().map_or(reply, |(latest, _)| latest);
         self.ack(&reply, dseq, sseq).await
     }
 
